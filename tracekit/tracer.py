@@ -371,13 +371,13 @@ class Recorder:
         fid = id(frame)
         scope = self._scopes[fid]
         rendered = self._render_locals(frame, scope)
-        baseline = self._baseline if self._last_frame_id == fid else None
+        self._switch_to(fid)
+        baseline = self._baseline
         if baseline is None:
             state = rendered
         else:
             state = {k: (DOTS if baseline.get(k) == v else v) for k, v in rendered.items()}
         self._baseline = rendered
-        self._last_frame_id = fid
         if frame is self.entry_frame:
             self._pending_exc = None
         self._emit(("line", frame.f_lineno, state, None, scope[0], scope[1]))
@@ -385,7 +385,7 @@ class Recorder:
     def _on_return(self, frame, arg):
         fid = id(frame)
         scope = self._scopes[fid]
-        self._last_frame_id = fid
+        self._switch_to(fid)
         self._emit(("return", frame.f_lineno, None, self.renderer.render(arg), scope[0], scope[1]))
         code = frame.f_code
         is_generator = code.co_flags & _GENERATOR_FLAGS
@@ -403,13 +403,19 @@ class Recorder:
     def _on_exception(self, frame, arg):
         fid = id(frame)
         scope = self._scopes[fid]
-        self._last_frame_id = fid
+        self._switch_to(fid)
         if frame is self.entry_frame:
             self._pending_exc = (arg[0], arg[1])
         self._emit(("exception", frame.f_lineno, None, self.renderer.render(arg),
                     scope[0], scope[1]))
 
     # helpers -----------------------------------------------------------------------------
+
+    def _switch_to(self, fid: int) -> None:
+        """The ".." rule's context switch: a frame of another scope forgets the baseline."""
+        if self._last_frame_id != fid:
+            self._last_frame_id = fid
+            self._baseline = None
 
     def _emit(self, record):
         self.frames.append(record)

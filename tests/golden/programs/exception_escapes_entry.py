@@ -1,0 +1,5 @@
+def get(d):  # << START_OF_TRACE
+    key = "k"
+    return d[key]
+
+# tracekit-call: get({})

@@ -1,0 +1,174 @@
+"""The `tracekit` command line."""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from tracekit import sandbox, tracer
+from tracekit.cwm import trace_text
+from tracekit.pretty import print_trace, summary_line
+from tracekit.trace import Trace
+
+# Exit codes: one per kind of outcome, so scripts can tell them apart.
+EXIT_CODES = {
+    "ok": 0,
+    "raised": 1, "exited": 1,                      # complete trace; the program itself failed
+    "timeout": 3, "memory_limit": 3, "output_limit": 3, "frame_limit": 3,   # a limit hit
+    "syntax_error": 4, "no_entry": 4, "setup_error": 4,                   # the program or call is unusable
+    "crashed": 5,
+    "sandbox_unavailable": 6,
+}
+EXIT_HELP = ("Exit codes: 0 ok; 1 the program raised or called sys.exit (the trace is complete); "
+             "2 bad command line; 3 a limit was hit (timeout, memory, output, frames); "
+             "4 syntax error, no entry function or module-level error; 5 the program crashed; "
+             "6 sandbox or interpreter unavailable.")
+
+stderr = Console(stderr=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tracekit")
+def main() -> None:
+    """tracekit: execution traces in the format of Meta's Code World Model (CWM).
+
+    Start with `tracekit trace prog.py --call "f(3)"`.
+    """
+    warnings.simplefilter("default", sandbox.SandboxWarning)
+    warnings.showwarning = _show_warning
+
+
+def _show_warning(message, category, *args, **kwargs) -> None:
+    stderr.print(f"[yellow]warning:[/] {message}", highlight=False)
+
+
+def _limits_options(f):
+    options = [
+        click.option("--python", "python", metavar="VERSION|PATH",
+                     help="Interpreter that runs the program: 3.10 reproduces CWM's traces most "
+                          "closely. Default: this one."),
+        click.option("--timeout", type=float, default=10.0, show_default=True,
+                     help="Wall-clock seconds per program (also the CPU-time limit)."),
+        click.option("--memory-mb", type=int, default=2048, show_default=True,
+                     help="Address-space limit of the program."),
+        click.option("--max-frames", type=int, default=tracer.DEFAULT_MAX_FRAMES,
+                     show_default=True, help="Stop with status frame_limit after this many "
+                     "frames (0: no cap)."),
+        click.option("--max-value-chars", type=int, default=None,
+                     help="Cut rendered values after this many characters, marked "
+                          "'...<tracekit: N more chars>'. Default: no cut (as in CWM's data)."),
+        click.option("--repr-timeout", type=float, default=tracer.DEFAULT_REPR_TIMEOUT,
+                     show_default=True, help="Seconds a value's __repr__ may run before it is "
+                     "shown as '<tracekit: repr timed out>'."),
+        click.option("--sandbox", type=click.Choice(sandbox.SANDBOX_MODES), default="auto",
+                     show_default=True, help="bubblewrap isolation: auto (use it when it works), "
+                     "bwrap (require it), none (rlimits only)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _run(source: str, filename: str, call, entry, python, timeout, memory_mb, max_frames,
+         max_value_chars, repr_timeout, sandbox_mode) -> Trace:
+    return sandbox.run_trace(
+        source, call=call or tracer.call_from_comment(source), entry=entry, filename=filename,
+        python=python, limits=sandbox.Limits(timeout=timeout, memory_mb=memory_mb),
+        max_frames=max_frames or None, max_value_chars=max_value_chars,
+        repr_timeout=repr_timeout, sandbox=sandbox_mode,
+    )
+
+
+@main.command(epilog=EXIT_HELP)
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--entry", metavar="NAME", help="Function to trace (the marker is added to its def "
+              "line). Default: the def marked '  # << START_OF_TRACE'.")
+@click.option("--call", metavar="EXPR", help="Call to run, e.g. \"f(3, 'x')\". Default: a "
+              "'# tracekit-call: EXPR' line in the file, else the entry with no arguments.")
+@click.option("--format", "fmt", type=click.Choice(["pretty", "cwm", "json"]), default="pretty",
+              show_default=True, help="pretty: a table to read; cwm: the wire sequence CWM was "
+              "trained on; json: tracekit's trace schema.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the trace here instead of stdout.")
+@_limits_options
+def trace(file: Path, entry, call, fmt, output, python, timeout, memory_mb, max_frames,
+          max_value_chars, repr_timeout, sandbox) -> None:
+    """Trace FILE's entry function in a sandbox and print the CWM trace.
+
+    \b
+    tracekit trace prog.py --call "f(3)"
+    tracekit trace prog.py --entry helper --call "helper('x')" --python 3.10 --format cwm
+    """
+    try:
+        source = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.FileError(str(file), hint=str(exc)) from None
+    result = _run(source, str(file), call, entry, python, timeout, memory_mb, max_frames,
+                  max_value_chars, repr_timeout, sandbox)
+    if fmt == "pretty" and output is None:
+        print_trace(result)
+    else:
+        text = {"cwm": trace_text, "json": lambda t: t.to_json(indent=1),
+                "pretty": _pretty_text}[fmt](result)
+        if output is None:
+            click.echo(text, nl=fmt != "cwm")
+        else:
+            output.write_text(text, encoding="utf-8")
+    _exit_for(result)
+
+
+def _pretty_text(trace: Trace) -> str:
+    console = Console(record=True, width=160, file=open("/dev/null", "w"))
+    print_trace(trace, console)
+    return console.export_text()
+
+
+def _exit_for(result: Trace) -> None:
+    code = EXIT_CODES[result.status]
+    if code:
+        what = "(the trace is complete)" if result.complete else ""
+        stderr.print(f"[red]{result.status}:[/] {result.error} {what}".rstrip(), highlight=False)
+    sys.exit(code)
+
+
+@main.command()
+@click.option("--programs", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=Path("data/programs"), show_default=True,
+              help="Directory of sample programs (each marked, with a '# tracekit-call:' line).")
+@click.option("--show", metavar="NAME", default="bubble_sort",
+              help="Which program's trace to print in full.")
+@_limits_options
+def demo(programs: Path, show, python, timeout, memory_mb, max_frames, max_value_chars,
+         repr_timeout, sandbox) -> None:
+    """Trace every sample program; print one trace in full and a line per program."""
+    console = Console()
+    files = sorted(programs.glob("*.py"))
+    if not files:
+        raise click.UsageError(f"no .py files in {programs}")
+    results = []
+    with console.status("tracing…"):
+        for path in files:
+            start = time.perf_counter()
+            result = _run(path.read_text(encoding="utf-8"), path.name, None, None, python,
+                          timeout, memory_mb, max_frames, max_value_chars, repr_timeout, sandbox)
+            results.append((path.stem, result, time.perf_counter() - start))
+    shown = next((r for name, r, _ in results if name == show), results[0][1])
+    print_trace(shown, console)
+    console.print()
+    width = max(len(name) for name, _, _ in results)
+    for name, result, seconds in results:
+        line = summary_line(result)
+        line.append(f"  {seconds * 1000:.0f} ms", style="dim")
+        console.print(f"{name:<{width}}  ", line, sep="", highlight=False)
+    bad = [name for name, r, _ in results if not r.complete]
+    console.print(f"\n{len(results)} programs traced, {len(results) - len(bad)} complete"
+                  + (f"; incomplete: {', '.join(bad)}" if bad else ""))
+
+
+if __name__ == "__main__":
+    main()

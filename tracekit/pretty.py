@@ -1,0 +1,66 @@
+"""A readable view of a trace for people (rich)."""
+
+from __future__ import annotations
+
+from rich import box
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from tracekit.trace import Trace
+from tracekit.tracer import DOTS
+
+_EVENT_STYLE = {"call": "bold green", "line": "cyan", "return": "bold magenta",
+                "exception": "bold red"}
+
+
+def trace_table(trace: Trace, max_value_chars: int = 80) -> Table:
+    """One row per frame: step, event, line, source (indented by call depth), state or value.
+    Unchanged values (`".."`) are shown as dim names; changed ones as `name = value`."""
+    table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
+    table.add_column("#", justify="right", style="dim")
+    table.add_column("event")
+    table.add_column("line", justify="right", style="dim")
+    table.add_column("source", overflow="fold", ratio=2)
+    table.add_column("state / value", overflow="fold", ratio=3)
+    for step, frame in enumerate(trace.frames):
+        source = Text("  " * frame.depth + frame.source.rstrip("\n").strip(), style="white")
+        if frame.locals is not None:
+            shown = Text()
+            for name, value in frame.locals.items():
+                if shown:
+                    shown.append("  ")
+                if value == DOTS:
+                    shown.append(name, style="dim")
+                else:
+                    shown.append(f"{name} = ", style="bold")
+                    shown.append(_clip(value, max_value_chars))
+        else:
+            arrow = "-> " if frame.event == "return" else "!! "
+            shown = Text(arrow + _clip(frame.arg or "", max_value_chars),
+                         style=_EVENT_STYLE[frame.event])
+        table.add_row(str(step), Text(frame.event, style=_EVENT_STYLE[frame.event]),
+                      str(frame.lineno or ""), source, shown)
+    return table
+
+
+def summary_line(trace: Trace) -> Text:
+    """`status · frames · return value or error` in one line."""
+    style = "green" if trace.status == "ok" else "yellow" if trace.complete else "red"
+    text = Text(trace.status, style=f"bold {style}")
+    text.append(f"  {len(trace.frames)} frames  python {trace.python}  sandbox {trace.sandbox}")
+    if trace.return_value is not None:
+        text.append(f"  returned {_clip(trace.return_value, 60)}")
+    if trace.error:
+        text.append(f"  {trace.error}", style=style)
+    return text
+
+
+def print_trace(trace: Trace, console: Console | None = None) -> None:
+    console = console or Console()
+    title = Text(f"{trace.entry}  <-  {trace.call}", style="bold")
+    console.print(Group(title, trace_table(trace), summary_line(trace)))
+
+
+def _clip(value: str, limit: int) -> str:
+    return value if len(value) <= limit else value[: limit - 1] + "…"
