@@ -20,12 +20,13 @@ EXIT_CODES = {
     "ok": 0,
     "raised": 1, "exited": 1,                      # complete trace; the program itself failed
     "timeout": 3, "memory_limit": 3, "output_limit": 3, "frame_limit": 3,   # a limit hit
+    "recursion_limit": 3,
     "syntax_error": 4, "no_entry": 4, "setup_error": 4,                   # the program or call is unusable
     "crashed": 5,
     "sandbox_unavailable": 6,
 }
 EXIT_HELP = ("Exit codes: 0 ok; 1 the program raised or called sys.exit (the trace is complete); "
-             "2 bad command line; 3 a limit was hit (timeout, memory, output, frames); "
+             "2 bad command line; 3 a limit was hit (timeout, memory, output, frames, recursion); "
              "4 syntax error, no entry function or module-level error; 5 the program crashed; "
              "6 sandbox or interpreter unavailable.")
 

@@ -31,7 +31,7 @@ from tracekit.trace import Trace
 TRACER_PATH = Path(tracer.__file__).resolve()
 SANDBOX_MODES = ("auto", "bwrap", "none")
 _INSIDE_TRACER = "/tmp/.tracekit/tracer.py"
-_GRACE_SECONDS = 2.0  # the child reports its own timeout first; the host kills after this
+_GRACE_SECONDS = 1.0  # the child reports its own timeout first; the host kills after this
 
 
 class SandboxWarning(UserWarning):
@@ -291,11 +291,13 @@ def _run_child(command: list[str], request: dict, env: dict, cwd: str, limits: L
     except BrokenPipeError:
         pass
     streams = _Streams(proc, result_read, limits)
+    started = time.monotonic()
     try:
-        streams.pump(time.monotonic() + limits.timeout + _GRACE_SECONDS)
+        streams.pump(started + limits.timeout + _GRACE_SECONDS)
     finally:
         _kill_group(proc)
         streams.close()
+    elapsed = time.monotonic() - started
     stdout, stderr = streams.text()
     raw = bytes(streams.result)
     result = None
@@ -313,22 +315,25 @@ def _run_child(command: list[str], request: dict, env: dict, cwd: str, limits: L
     if streams.timed_out:
         return _Outcome(None, "timeout", f"wall-clock timeout after {limits.timeout:g}s "
                         "(the process did not respond)", stdout, stderr)
-    return _Outcome(None, *_crash_reason(proc.returncode, stderr), stdout, stderr)
+    cpu_limit = request["limits"]["RLIMIT_CPU"][0]
+    return _Outcome(None, *_crash_reason(proc.returncode, stderr, elapsed >= cpu_limit),
+                    stdout, stderr)
 
 
-def _crash_reason(code: int | None, stderr: str) -> tuple[str, str]:
-    if code is not None and code > 128 and code - 128 in (signal.SIGKILL, signal.SIGXCPU):
+def _crash_reason(code: int, stderr: str, past_cpu_limit: bool) -> tuple[str, str]:
+    """Status and message for a child that ended without reporting a result."""
+    if code > 128:
         code = -(code - 128)  # bwrap reports a child killed by a signal as 128 + signal
-    if code in (-signal.SIGXCPU, -signal.SIGKILL) and "MemoryError" not in stderr:
-        if code == -signal.SIGXCPU:
-            return "timeout", "CPU time limit reached"
     if "MemoryError" in stderr:
         return "memory_limit", "the program ran out of memory (address-space limit)"
-    if code is not None and code < 0:
-        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else -code
+    if code == -signal.SIGXCPU or (code == -signal.SIGKILL and past_cpu_limit):
+        return "timeout", "CPU time limit reached (the program did not respond)"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = str(-code)
         return "crashed", f"the program was killed by signal {name} before the trace finished"
-    if code is not None and code > 128:
-        return "crashed", f"the program was killed by signal {code - 128} before the trace finished"
     return "crashed", f"the process exited with code {code} before the trace finished (os._exit?)"
 
 

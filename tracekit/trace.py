@@ -19,6 +19,8 @@ STATUSES = {
     "memory_limit": "the program ran out of its address-space limit (MemoryError or killed)",
     "output_limit": "the program wrote more stdout/stderr than allowed",
     "frame_limit": "the trace reached the frame cap; frames up to the cap are kept",
+    "recursion_limit": "the program hit the recursion limit, where the tracer cannot run: the "
+                       "trace stops there (the unwinding frames are missing)",
     "syntax_error": "the program or the --call expression does not parse",
     "no_entry": "no entry function, or the call never entered it",
     "setup_error": "module-level code raised before the call",

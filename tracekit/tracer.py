@@ -184,13 +184,14 @@ def _code_objects(code: types.CodeType):
             yield from _code_objects(const)
 
 
-def _entry_code(module_code: types.CodeType, tree: ast.AST, def_lineno: int) -> types.CodeType:
+def _entry_code(module_code: types.CodeType, tree: ast.AST, def_lineno: int):
+    """The entry's code object, or None when the compiler dropped it as unreachable."""
     node = next(n for n in _function_defs(tree) if n.lineno == def_lineno)
     first_lines = {node.lineno} | {d.lineno for d in node.decorator_list}
     for code in _code_objects(module_code):
         if code.co_name == node.name and code.co_firstlineno in first_lines:
             return code
-    raise TraceSetupError("no_entry", f"could not find the code of {node.name}")
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,33 +324,43 @@ class Recorder:
             if frame.f_code is not self.entry_code:
                 return None
             self.entry_frame = frame
-        try:
-            self._on_call(frame)
-        except _StopTracing:
-            raise
-        except MemoryError:
-            self._hit_limit("memory_limit", "MemoryError inside the tracer (address-space limit)")
-        except Exception as exc:
-            self._hit_limit("crashed", f"tracer error: {type(exc).__name__}: {exc}")
+        self._guarded(self._on_call, frame)
         return self.local_trace
 
     def local_trace(self, frame, event, arg):
         if self.done:
             return None
+        if event == "line":
+            self._guarded(self._on_line, frame)
+        elif event == "return":
+            self._guarded(self._on_return, frame, arg)
+        elif event == "exception":
+            self._guarded(self._on_exception, frame, arg)
+        return self.local_trace
+
+    def _guarded(self, handler, *args):
+        """Run an event handler; the tracer's own failures never become the program's."""
         try:
-            if event == "line":
-                self._on_line(frame)
-            elif event == "return":
-                self._on_return(frame, arg)
-            elif event == "exception":
-                self._on_exception(frame, arg)
+            handler(*args)
         except _StopTracing:
             raise
+        except RecursionError:
+            # The program is at its recursion limit and the tracer's frames tipped it over:
+            # record this event with some headroom; the program then meets the limit itself.
+            limit = sys.getrecursionlimit()
+            sys.setrecursionlimit(limit + 100)
+            try:
+                handler(*args)
+            except _StopTracing:
+                raise
+            except Exception as exc:
+                self._hit_limit("crashed", f"tracer error: {type(exc).__name__}: {exc}")
+            finally:
+                sys.setrecursionlimit(limit)
         except MemoryError:
             self._hit_limit("memory_limit", "MemoryError inside the tracer (address-space limit)")
         except Exception as exc:  # a tracer bug must not become the program's exception
             self._hit_limit("crashed", f"tracer error: {type(exc).__name__}: {exc}")
-        return self.local_trace
 
     # events ------------------------------------------------------------------------------
 
@@ -567,6 +578,9 @@ def trace_source(
         result.update(status="setup_error",
                       error=f"module-level code raised {_exception_line(type(exc), exc)}")
         return result
+    if entry_code is None:
+        result.update(status="no_entry", error=f"{entry_name} is never defined (unreachable code?)")
+        return result
 
     recorder = Recorder(filename, entry_code,
                         Renderer(max_value_chars, max_repr_chars, repr_timeout),
@@ -599,7 +613,12 @@ def _status_of(recorder: Recorder, call_error, entry_name: str, call: str):
                                 f"before entering {entry_name}: check --call")
         return "no_entry", f"{call} never called {entry_name}: check --call"
     if not recorder.done:
-        return "crashed", "tracing stopped before the entry returned (the program called sys.settrace?)"
+        if isinstance(call_error, RecursionError):
+            return "recursion_limit", (
+                "RecursionError: the program reached the recursion limit, where the tracer "
+                "itself can no longer run; the trace stops there")
+        return "crashed", ("tracing stopped before the entry returned (the program called "
+                           "sys.settrace, or hit the recursion limit and caught it)")
     if recorder.entry_raised is not None:
         exc_type = recorder.entry_exc_type
         if isinstance(exc_type, type) and issubclass(exc_type, SystemExit):

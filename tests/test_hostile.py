@@ -1,0 +1,379 @@
+"""Hostile programs: each ends with the right status, within its limits, and the host stays healthy."""
+
+from __future__ import annotations
+
+import os
+import socket
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from tracekit.sandbox import TRACER_PATH, Limits, bwrap_problem, find_python, run_trace
+from tracekit.tracer import MARKER, RAISED_PLACEHOLDER, TIMEOUT_PLACEHOLDER
+
+needs_bwrap = pytest.mark.skipif(bwrap_problem() is not None,
+                                 reason=f"bubblewrap unavailable: {bwrap_problem()}")
+
+
+def trace(body: str, **kwargs):
+    """Trace `f` defined by `body` (marked here unless it is already), timing the whole run."""
+    source = textwrap.dedent(body)
+    if MARKER not in source:
+        lines = source.split("\n")
+        i = next(i for i, line in enumerate(lines) if line.startswith("def f("))
+        lines[i] += MARKER
+        source = "\n".join(lines)
+    start = time.monotonic()
+    result = run_trace(source, **kwargs)
+    return result, time.monotonic() - start
+
+
+def sandboxed_processes() -> list[int]:
+    """PIDs of live processes running the tracer (inside or outside bubblewrap)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        if b".tracekit/tracer.py" in cmdline or str(TRACER_PATH).encode() in cmdline:
+            if "\nState:\tZ" not in status:
+                pids.append(int(entry.name))
+    return pids
+
+
+def test_infinite_loop_hits_the_frame_cap_and_keeps_frames():
+    result, seconds = trace("""
+        def f():
+            n = 0
+            while True:
+                n += 1
+        """, max_frames=500)
+    assert result.status == "frame_limit"
+    assert len(result.frames) == 500
+    assert seconds < 5
+
+
+def test_infinite_loop_without_frame_cap_times_out():
+    result, seconds = trace("""
+        def f():
+            while True:
+                pass
+        """, max_frames=None, limits=Limits(timeout=1.5))
+    assert result.status == "timeout"
+    assert seconds < 1.5 + 3
+
+
+def test_busy_generator_times_out_with_its_frames():
+    result, seconds = trace("""
+        def spin():
+            while True: pass
+            yield 1
+
+        def f():  # << START_OF_TRACE
+            g = spin()
+            return next(g)
+        """, limits=Limits(timeout=1.5))
+    assert result.status == "timeout"
+    assert [f.event for f in result.frames][:3] == ["call", "line", "line"]
+    assert seconds < 1.5 + 3
+
+
+def test_c_loop_holding_the_gil_is_killed_at_the_deadline():
+    result, seconds = trace("""
+        import itertools
+
+        def f():  # << START_OF_TRACE
+            return sum(itertools.count())
+        """, limits=Limits(timeout=1.5))
+    assert result.status == "timeout"
+    assert seconds < 1.5 + 3
+
+
+def test_one_huge_allocation_is_a_memory_limit():
+    result, _ = trace("""
+        def f():
+            xs = [0] * 10 ** 10
+            return len(xs)
+        """, limits=Limits(memory_mb=512))
+    assert result.status == "memory_limit"
+    assert result.frames[-1].event == "return"
+
+
+def test_growing_memory_is_a_memory_limit():
+    result, seconds = trace("""
+        def f():
+            chunks = []
+            while True:
+                chunks.append(bytearray(10 ** 7))
+        """, max_frames=None, limits=Limits(memory_mb=384, timeout=20))
+    assert result.status == "memory_limit"
+    assert seconds < 20
+
+
+def test_deep_recursion_stops_cleanly_with_its_frames():
+    result, _ = trace("""
+        def f(n=0):
+            return f(n + 1)
+        """, max_frames=None)
+    assert result.status == "recursion_limit"
+    assert "RecursionError" in result.error
+    assert len(result.frames) > 1500
+    assert not result.complete
+
+
+def test_forked_children_do_not_outlive_the_sandbox():
+    result, _ = trace("""
+        import os, time
+
+        def f():  # << START_OF_TRACE
+            for _ in range(200):
+                if os.fork() == 0:
+                    time.sleep(1000)
+                    os._exit(0)
+            return 200
+        """, max_frames=None)
+    assert result.status == "ok", result.error
+    assert result.return_value == "200"
+    assert sandboxed_processes() == []
+
+
+def test_forked_children_die_without_bubblewrap_too():
+    result, _ = trace("""
+        import os, time
+
+        def f():  # << START_OF_TRACE
+            for _ in range(50):
+                if os.fork() == 0:
+                    time.sleep(1000)
+                    os._exit(0)
+            return 50
+        """, max_frames=None, sandbox="none")
+    assert result.status == "ok", result.error
+    assert result.sandbox == "rlimits"
+    assert sandboxed_processes() == []
+
+
+def test_sys_exit_is_a_complete_trace_with_status_exited():
+    result, _ = trace("""
+        import sys
+
+        def f():  # << START_OF_TRACE
+            sys.exit(3)
+        """)
+    assert result.status == "exited"
+    assert result.error == "SystemExit: 3"
+    assert [f.event for f in result.frames] == ["call", "line", "exception", "return"]
+    assert result.complete
+
+
+def test_os_exit_is_a_crash():
+    result, _ = trace("""
+        import os
+
+        def f():  # << START_OF_TRACE
+            os._exit(0)
+        """)
+    assert result.status == "crashed"
+    assert "exited with code 0" in result.error
+
+
+def test_killing_itself_is_a_crash():
+    result, _ = trace("""
+        import os
+
+        def f():  # << START_OF_TRACE
+            os.kill(os.getpid(), 9)
+        """)
+    assert result.status == "crashed"
+    assert "SIGKILL" in result.error
+
+
+def test_gigabytes_of_stdout_hit_the_output_limit():
+    limits = Limits(max_output_bytes=4 << 20, capture_bytes=1000)
+    result, seconds = trace("""
+        import sys
+
+        def f():  # << START_OF_TRACE
+            while True:
+                sys.stdout.write("x" * 65536)
+        """, max_frames=None, limits=limits)
+    assert result.status == "output_limit"
+    assert result.stdout.startswith("x" * 1000)
+    assert len(result.stdout) < 1100  # the host kept only what it may capture
+    assert seconds < 10
+
+
+def test_repr_that_raises_becomes_a_placeholder():
+    result, _ = trace("""
+        class Bad:
+            def __repr__(self):
+                raise SystemExit("not from a repr")
+
+        def f():  # << START_OF_TRACE
+            b = Bad()
+            return 1
+        """)
+    assert result.status == "ok"
+    assert result.frames[-2].locals["b"] == RAISED_PLACEHOLDER.format("SystemExit")
+
+
+def test_repr_that_sleeps_forever_times_out_per_value():
+    result, seconds = trace("""
+        import time
+
+        class Sleepy:
+            def __repr__(self):
+                time.sleep(10 ** 6)
+
+        def f():  # << START_OF_TRACE
+            s = Sleepy()
+            n = 2
+            return n
+        """, repr_timeout=0.3)
+    assert result.status == "ok"
+    states = [f.locals for f in result.frames if f.locals is not None]
+    assert states[2]["s"] == TIMEOUT_PLACEHOLDER
+    assert states[3]["s"] == ".."  # the placeholder is the value; unchanged values stay ".."
+    assert seconds < 3
+
+
+def test_repr_that_catches_the_timeout_still_ends():
+    result, _ = trace("""
+        class Stubborn:
+            def __repr__(self):
+                while True:
+                    try:
+                        while True:
+                            pass
+                    except BaseException:
+                        pass
+
+        def f():  # << START_OF_TRACE
+            s = Stubborn()
+            return 1
+        """, repr_timeout=0.2, limits=Limits(timeout=2))
+    assert result.status == "timeout"
+    assert [f.event for f in result.frames][:2] == ["call", "line"]
+
+
+def test_repr_of_100_megabytes_becomes_a_placeholder():
+    result, _ = trace("""
+        class Huge:
+            def __repr__(self):
+                return "x" * 100_000_000
+
+        def f():  # << START_OF_TRACE
+            h = Huge()
+            return 1
+        """)
+    assert result.status == "ok"
+    assert result.frames[-2].locals["h"] == "<tracekit: repr too large: 100000000 chars>"
+
+
+@needs_bwrap
+def test_network_is_unreachable_inside_the_sandbox():
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.5)
+    port = server.getsockname()[1]
+    try:
+        result, _ = trace(f"""
+            import socket
+
+            def f():  # << START_OF_TRACE
+                try:
+                    socket.create_connection(("127.0.0.1", {port}), timeout=2)
+                except OSError as exc:
+                    return type(exc).__name__
+                return "connected"
+            """)
+        assert result.status == "ok", result.error
+        assert result.return_value != "'connected'"
+        with pytest.raises(socket.timeout):
+            server.accept()  # nobody came through
+    finally:
+        server.close()
+
+
+@needs_bwrap
+def test_filesystem_is_read_only_except_a_private_tmp():
+    outside = Path(__file__).parent / "written_by_sandbox.txt"
+    result, _ = trace(f"""
+        import os
+
+        def f():  # << START_OF_TRACE
+            results = []
+            for path in [{str(outside)!r}, "/tmp/inside.txt"]:
+                try:
+                    with open(path, "w") as fh:
+                        fh.write("x")
+                    results.append("written")
+                except OSError as exc:
+                    results.append(type(exc).__name__)
+            results.append(os.listdir({str(Path.home())!r}))
+            return results
+        """)
+    assert result.status == "ok", result.error
+    home = Path.home()
+    # Only the directories leading to the interpreter come back into the hidden home.
+    interpreter_dirs = sorted({Path(p).relative_to(home).parts[0]
+                               for p in find_python(None).prefixes if Path(p).is_relative_to(home)})
+    assert result.return_value == f"['OSError', 'written', {interpreter_dirs}]"
+    assert not outside.exists()
+    assert not Path("/tmp/inside.txt").exists()  # the sandbox's /tmp is its own
+    assert any(Path.home().iterdir()), "the host home is not empty, yet the sandbox saw it empty"
+
+
+def test_syntax_error_is_reported_with_its_line():
+    result, _ = trace("""
+        def f():
+            return (1
+        """)
+    assert result.status == "syntax_error"
+    assert "line 2" in result.error or "line 3" in result.error
+
+
+def test_missing_entry_function():
+    result = run_trace("def g():\n    return 1\n")
+    assert result.status == "no_entry"
+    assert "--entry" in result.error
+    result = run_trace("def g():\n    return 1\n", entry="nothere")
+    assert result.status == "no_entry"
+    assert "nothere" in result.error
+
+
+def test_call_that_never_enters_the_entry():
+    result = run_trace("def f(x):  # << START_OF_TRACE\n    return x\n", call="f()")
+    assert result.status == "no_entry"
+    assert "TypeError" in result.error and "--call" in result.error
+
+
+def test_module_level_error_is_a_setup_error():
+    result = run_trace("raise ValueError('boom')\n\ndef f():  # << START_OF_TRACE\n    return 1\n")
+    assert result.status == "setup_error"
+    assert "ValueError: boom" in result.error
+
+
+def test_program_that_switches_tracing_off():
+    result, _ = trace("""
+        import sys
+
+        def f():  # << START_OF_TRACE
+            sys.settrace(None)
+            x = 1
+            return x
+        """)
+    assert result.status == "crashed"
+    assert "sys.settrace" in result.error
+
+
+def test_host_is_healthy_after_the_hostile_programs():
+    result = run_trace("def f():  # << START_OF_TRACE\n    return 41 + 1\n")
+    assert result.status == "ok" and result.return_value == "42"
+    assert sandboxed_processes() == []
+    assert os.getpid() > 0
