@@ -66,7 +66,8 @@ def test_infinite_loop_without_frame_cap_times_out():
                 pass
         """, max_frames=None, limits=Limits(timeout=1.5))
     assert result.status == "timeout"
-    assert seconds < 1.5 + 3
+    assert len(result.frames) > 1000  # what was traced until then is kept
+    assert seconds < 1.5 + 10  # the host also parses the hundreds of thousands of frames
 
 
 def test_busy_generator_times_out_with_its_frames():

@@ -380,8 +380,15 @@ class _Streams:
                     return
 
     def _drain_ready(self, timeout: float) -> None:
-        for key, _ in self.selector.select(timeout=timeout):
-            self._read(key)
+        """Read whatever is already buffered in the pipes (their writers may never close them:
+        the program's own children inherit them)."""
+        while self.selector.get_map():
+            ready = self.selector.select(timeout=timeout)
+            if not ready:
+                return
+            for key, _ in ready:
+                if self._read(key):
+                    return
 
     def _read(self, key) -> bool:
         """Read one chunk; True when the output limit was crossed."""

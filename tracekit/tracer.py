@@ -198,54 +198,96 @@ def _entry_code(module_code: types.CodeType, tree: ast.AST, def_lineno: int):
 # Rendering values
 
 
+class _ReprWatchdog:
+    """Interrupts the main thread when one repr runs longer than its budget.
+
+    A daemon thread samples which repr is in progress a few times per budget; when the same
+    one is still running after the budget, it sends SIGALRM to the main thread, whose handler
+    raises inside the repr. The main thread pays two attribute writes per repr, no syscalls.
+    If the program installs its own SIGALRM handler, the budget is off (the wall-clock
+    timeout still ends the program).
+    """
+
+    _instance = None
+
+    def __init__(self):
+        self.budget = DEFAULT_REPR_TIMEOUT
+        self.current = 0  # number of the repr in progress; 0 when none
+        self.count = 0
+        self.main_id = threading.main_thread().ident
+        signal.signal(signal.SIGALRM, self.on_alarm)
+        threading.Thread(target=self.watch, name="tracekit-repr-watchdog", daemon=True).start()
+
+    @classmethod
+    def get(cls, budget: float):
+        """The process's watchdog (started on first use, from the main thread), or None."""
+        if cls._instance is None:
+            if threading.current_thread() is not threading.main_thread():
+                return None
+            cls._instance = cls()
+        cls._instance.budget = budget
+        return cls._instance
+
+    def on_alarm(self, signum, frame):
+        # Raise only inside the repr itself: a signal that lands in the tracer's own code
+        # (the repr has just returned) is ignored.
+        if self.current and frame is not None and frame.f_code not in _TRACER_CODES:
+            raise _ReprTimeout()
+
+    def watch(self) -> None:
+        import time
+
+        seen, since = 0, 0.0
+        while True:
+            period = self.budget / 4
+            time.sleep(period)
+            current = self.current
+            if current == 0 or current != seen:
+                seen, since = current, 0.0
+                continue
+            since += period
+            if since >= self.budget and signal.getsignal(signal.SIGALRM) == self.on_alarm:
+                signal.pthread_kill(self.main_id, signal.SIGALRM)
+                since = 0.0  # a repr that swallows the first interrupt gets another
+
+
 class Renderer:
-    """repr(v) with addresses stripped, under a time and size budget."""
+    """repr(v) with addresses stripped, under a time and size budget, optionally capped."""
 
     def __init__(self, max_value_chars=None, max_repr_chars=DEFAULT_MAX_REPR_CHARS,
                  repr_timeout=DEFAULT_REPR_TIMEOUT):
         self.max_value_chars = max_value_chars
         self.max_repr_chars = max_repr_chars
-        self.repr_timeout = repr_timeout
-        self.can_time = (
-            repr_timeout is not None
-            and hasattr(signal, "setitimer")
-            and threading.current_thread() is threading.main_thread()
-        )
-        self._armed = False
-        if self.can_time:
-            signal.signal(signal.SIGALRM, self._on_alarm)
+        # A text longer than this, or holding an address, needs `finish`.
+        self.threshold = min(max_repr_chars, max_value_chars or max_repr_chars)
+        self.watchdog = (_ReprWatchdog.get(repr_timeout)
+                         if repr_timeout is not None and hasattr(signal, "pthread_kill") else None)
 
-    def _on_alarm(self, signum, frame):
-        if self._armed:
-            raise _ReprTimeout()
-
-    def arm(self) -> bool:
-        """Start the repr time budget; returns whether it was armed."""
-        if not self.can_time or signal.getsignal(signal.SIGALRM) != self._on_alarm:
-            return False  # the program took SIGALRM for itself: no budget
-        self._armed = True
-        signal.setitimer(signal.ITIMER_REAL, self.repr_timeout, self.repr_timeout)
-        return True
-
-    def disarm(self) -> None:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        self._armed = False
-
-    def slow_repr(self, value) -> str:
-        """repr of a value whose repr may run user code; the caller has armed the budget."""
+    def render(self, value) -> str:
+        """The CWM rendering of one value, under its own time budget; never raises."""
+        if type(value) in _PLAIN_TYPES and type(value) is not int:  # no user code, no digit limit
+            text = repr(value)
+            return text if len(text) <= self.threshold and " at 0x" not in text else self.finish(text)
+        watchdog = self.watchdog
+        if watchdog is not None:
+            watchdog.count += 1
+            watchdog.current = watchdog.count
         try:
-            return repr(value)
-        except _ReprTimeout:
-            return TIMEOUT_PLACEHOLDER
-        except ValueError as exc:
-            if "integer string conversion" in str(exc):
-                return _big_int_repr(value)
-            return RAISED_PLACEHOLDER.format(type(exc).__name__)
+            text = repr(value)
         except BaseException as exc:  # a __repr__ may raise anything, SystemExit included
-            return RAISED_PLACEHOLDER.format(type(exc).__name__)
+            if isinstance(exc, _ReprTimeout):
+                text = TIMEOUT_PLACEHOLDER
+            elif isinstance(exc, ValueError) and "integer string conversion" in str(exc):
+                text = _big_int_repr(value)  # past 3.11+'s digit limit: print it as 3.10 does
+            else:
+                text = RAISED_PLACEHOLDER.format(type(exc).__name__)
+        finally:
+            if watchdog is not None:
+                watchdog.current = 0
+        return self.finish(text)
 
     def finish(self, text: str) -> str:
-        """Apply the size budget, address stripping and the optional value cap."""
+        """Size budget, address stripping and the optional value cap."""
         n = len(text)
         if n > self.max_repr_chars:
             return TOO_LARGE_PLACEHOLDER.format(n)
@@ -255,20 +297,6 @@ class Renderer:
         if cap is not None and len(text) > cap:
             text = text[:cap] + TRUNCATED_MARKER.format(len(text) - cap)
         return text
-
-    def render(self, value) -> str:
-        """The CWM rendering of one value."""
-        if type(value) in _PLAIN_TYPES:
-            try:
-                return self.finish(repr(value))
-            except ValueError:
-                return self.finish(_big_int_repr(value))
-        armed = self.arm()
-        try:
-            return self.finish(self.slow_repr(value))
-        finally:
-            if armed:
-                self.disarm()
 
 
 def _big_int_repr(value) -> str:
@@ -288,150 +316,200 @@ def _big_int_repr(value) -> str:
 
 
 class Recorder:
-    """Records CWM frames of one entry call through `sys.settrace`.
+    """Records the CWM frames of one entry call through `sys.settrace`.
 
-    `frames` holds tuples (event, lineno, state, arg, scope, depth): `state` is the locals dict
-    (values rendered or "..") for call/line frames and None otherwise; `arg` the rendered return
-    value or exception triple for return/exception frames.
+    `frames` holds tuples (event, lineno, source, state, arg, scope, depth): `source` is the
+    context line at `lineno` (marker removed, newline kept); `state` the locals (rendered
+    values or "..") of call/line frames, else None; `arg` the rendered return value or
+    exception triple of return/exception frames, else None.
+
+    The ".." rule keeps one baseline: the rendered locals of the last call/line frame, valid
+    while events keep coming from the same Python frame (`_last_frame_id`); an event of any
+    other frame drops it, so the first frame after a context switch prints every value.
+    The event handlers are written flat: tracing slows every Python instruction, the tracer's
+    own included, and they run for every event of every traced program.
     """
 
-    def __init__(self, filename: str, entry_code: types.CodeType, renderer: Renderer,
-                 max_frames: int | None = DEFAULT_MAX_FRAMES, on_limit=None):
+    def __init__(self, filename: str, context: str, entry_code: types.CodeType,
+                 renderer: Renderer, max_frames: int | None = DEFAULT_MAX_FRAMES, on_limit=None):
         self.filename = filename
+        self.lines = context.replace(MARKER, "").split("\n")  # line n is lines[n - 1]
         self.entry_code = entry_code
         self.renderer = renderer
-        self.max_frames = max_frames
-        self.on_limit = on_limit  # called with ("frame_limit", message); default: stop
+        self.max_frames = max_frames if max_frames is not None else float("inf")
+        self.on_limit = on_limit  # called with (status, message) when a limit stops the trace
         self.frames: list = []
         self.entry_frame = None
         self.done = False
-        self.entry_raised: str | None = None  # "Type: message" if the entry exited by raising
-        self.entry_exc_type: type | None = None
-        self.return_value: str | None = None
+        self.limit: tuple | None = None  # (status, message) once a limit stopped the trace
+        self.entry_exception = None  # (type, value) when the entry exited by raising
+        self._entry_exception = None
         self._scopes: dict = {}  # id(frame) -> [scope id, depth, persistent locals (3.13+)]
         self._next_scope = 0
         self._last_frame_id = None
         self._baseline: dict | None = None
-        self._pending_exc = None  # (type, value) seen in the entry frame, not yet handled
-        self.limit: tuple | None = None  # (status, message) once a limit stopped the trace
+        self._retrying = False
 
     # settrace entry points ---------------------------------------------------------------
 
     def global_trace(self, frame, event, arg):
+        """The `sys.settrace` function: sees every call; traces the entry and what it calls."""
         if self.done or frame.f_code.co_filename != self.filename:
             return None
         if self.entry_frame is None:
             if frame.f_code is not self.entry_code:
                 return None
             self.entry_frame = frame
-        self._guarded(self._on_call, frame)
+        try:
+            self._on_call(frame)
+        except BaseException as exc:
+            self._failed(exc, self._on_call, frame)
         return self.local_trace
 
     def local_trace(self, frame, event, arg):
+        """The per-frame trace function: line, return and exception events."""
         if self.done:
             return None
-        if event == "line":
-            self._guarded(self._on_line, frame)
-        elif event == "return":
-            self._guarded(self._on_return, frame, arg)
-        elif event == "exception":
-            self._guarded(self._on_exception, frame, arg)
+        try:
+            if event == "line":
+                fid = id(frame)
+                scope = self._scopes[fid]
+                state = self._render_locals(
+                    frame, scope, self._baseline if self._last_frame_id == fid else None)
+                self._last_frame_id = fid
+                lineno = frame.f_lineno
+                frames = self.frames
+                if len(frames) >= self.max_frames:
+                    self._frame_limit()
+                frames.append(("line", lineno, self.lines[lineno - 1] + "\n" if lineno else "",
+                               state, None, scope[0], scope[1]))
+            elif event == "return":
+                self._on_return(frame, arg)
+            elif event == "exception":
+                self._on_exception(frame, arg)
+        except BaseException as exc:
+            self._failed(exc, self.local_trace, frame, event, arg)
         return self.local_trace
 
-    def _guarded(self, handler, *args):
-        """Run an event handler; the tracer's own failures never become the program's."""
-        try:
-            handler(*args)
-        except _StopTracing:
-            raise
-        except RecursionError:
+    def _failed(self, exc: BaseException, retry, *args) -> None:
+        """The tracer's own failures never become the program's exceptions."""
+        if isinstance(exc, _StopTracing):
+            raise exc
+        if isinstance(exc, RecursionError) and not self._retrying:
             # The program is at its recursion limit and the tracer's frames tipped it over:
             # record this event with some headroom; the program then meets the limit itself.
             limit = sys.getrecursionlimit()
             sys.setrecursionlimit(limit + 100)
+            self._retrying = True
             try:
-                handler(*args)
-            except _StopTracing:
-                raise
-            except Exception as exc:
-                self._hit_limit("crashed", f"tracer error: {type(exc).__name__}: {exc}")
+                retry(*args)
             finally:
+                self._retrying = False
                 sys.setrecursionlimit(limit)
-        except MemoryError:
+        elif isinstance(exc, MemoryError):
             self._hit_limit("memory_limit", "MemoryError inside the tracer (address-space limit)")
-        except Exception as exc:  # a tracer bug must not become the program's exception
+        else:
             self._hit_limit("crashed", f"tracer error: {type(exc).__name__}: {exc}")
 
     # events ------------------------------------------------------------------------------
 
     def _on_call(self, frame):
         fid = id(frame)
-        code = frame.f_code
-        scope = self._scopes.get(fid)
-        if scope is None or self._is_fresh_start(frame, code):
-            scope = [self._next_scope, 0, {} if _PY313 else None]
+        scopes = self._scopes
+        scope = scopes.get(fid)
+        if (scope is None or not frame.f_code.co_flags & _GENERATOR_FLAGS
+                or _fresh_generator(frame)):
+            scope = scopes[fid] = [self._next_scope, 0, {} if _PY313 else None]
             self._next_scope += 1
-            self._scopes[fid] = scope
-        scope[1] = self._depth_of(frame)
-        rendered = self._render_locals(frame, scope)
-        self._baseline = rendered
+        if frame is not self.entry_frame:
+            parent = scopes.get(id(frame.f_back))
+            scope[1] = parent[1] + 1 if parent is not None else self._depth_of(frame)
+        state = self._render_locals(frame, scope, None)
         self._last_frame_id = fid
-        self._emit(("call", frame.f_lineno, rendered, None, scope[0], scope[1]))
-
-    def _on_line(self, frame):
-        fid = id(frame)
-        scope = self._scopes[fid]
-        rendered = self._render_locals(frame, scope)
-        self._switch_to(fid)
-        baseline = self._baseline
-        if baseline is None:
-            state = rendered
-        else:
-            state = {k: (DOTS if baseline.get(k) == v else v) for k, v in rendered.items()}
-        self._baseline = rendered
-        if frame is self.entry_frame:
-            self._pending_exc = None
-        self._emit(("line", frame.f_lineno, state, None, scope[0], scope[1]))
+        self._append("call", frame.f_lineno, state, None, scope)
 
     def _on_return(self, frame, arg):
         fid = id(frame)
         scope = self._scopes[fid]
-        self._switch_to(fid)
-        self._emit(("return", frame.f_lineno, None, self.renderer.render(arg), scope[0], scope[1]))
-        code = frame.f_code
-        is_generator = code.co_flags & _GENERATOR_FLAGS
+        if self._last_frame_id != fid:
+            self._last_frame_id, self._baseline = fid, None
+        previous = self.frames[-1]
+        self._append("return", frame.f_lineno, None, self.renderer.render(arg), scope)
+        is_generator = frame.f_code.co_flags & _GENERATOR_FLAGS
         if not is_generator:
             del self._scopes[fid]
-        if frame is self.entry_frame and not (is_generator and self._at_yield(frame, code)):
-            if self._pending_exc is not None and arg is None:
-                exc_type, exc_value = self._pending_exc
-                self.entry_exc_type = exc_type
-                self.entry_raised = _exception_line(exc_type, exc_value)
-            else:
-                self.return_value = self.frames[-1][3]
+        if frame is self.entry_frame and not (is_generator and _at_yield(frame)):
+            # Exited by raising: its exception event came right before, and arg is None.
+            if previous[0] == "exception" and previous[5] == scope[0] and arg is None:
+                self.entry_exception = self._entry_exception
             self._stop()
 
     def _on_exception(self, frame, arg):
         fid = id(frame)
         scope = self._scopes[fid]
-        self._switch_to(fid)
+        if self._last_frame_id != fid:
+            self._last_frame_id, self._baseline = fid, None
         if frame is self.entry_frame:
-            self._pending_exc = (arg[0], arg[1])
-        self._emit(("exception", frame.f_lineno, None, self.renderer.render(arg),
-                    scope[0], scope[1]))
+            self._entry_exception = (arg[0], arg[1])
+        self._append("exception", frame.f_lineno, None, self.renderer.render(arg), scope)
 
     # helpers -----------------------------------------------------------------------------
 
-    def _switch_to(self, fid: int) -> None:
-        """The ".." rule's context switch: a frame of another scope forgets the baseline."""
-        if self._last_frame_id != fid:
-            self._last_frame_id = fid
-            self._baseline = None
+    def _append(self, event, lineno, state, arg, scope):
+        frames = self.frames
+        if len(frames) >= self.max_frames:
+            self._frame_limit()
+        frames.append((event, lineno, self.lines[lineno - 1] + "\n" if lineno else "",
+                       state, arg, scope[0], scope[1]))
 
-    def _emit(self, record):
-        self.frames.append(record)
-        if self.max_frames is not None and len(self.frames) >= self.max_frames and not self.done:
-            self._hit_limit("frame_limit", f"trace reached the frame limit ({self.max_frames} frames)")
+    def _render_locals(self, frame, scope, baseline: dict | None) -> dict:
+        """Render the frame's locals and make them the new baseline; with a baseline, return
+        the ".."-encoded state. (A loop, not comprehensions: on 3.10/3.11 each comprehension
+        is a function call, and this runs for every event.)"""
+        if _PY313:  # f_locals is a proxy in fast-locals order: keep 3.10's insertion order
+            variables = scope[2]
+            current = dict(frame.f_locals)
+            for name in [n for n in variables if n not in current]:
+                del variables[name]
+            variables.update(current)
+            items = variables.items()
+        else:
+            items = frame.f_locals.items()
+        renderer = self.renderer
+        watchdog = renderer.watchdog
+        threshold = renderer.threshold
+        plain = _PLAIN_TYPES
+        rendered = {}
+        state = rendered if baseline is None else {}
+        try:
+            for name, value in items:
+                if type(value) in plain:
+                    text = repr(value)  # a ValueError here: an int past 3.11+'s digit limit
+                elif watchdog is None:
+                    text = renderer.render(value)
+                else:  # a repr that may run user code gets its own time budget
+                    watchdog.count += 1
+                    watchdog.current = watchdog.count
+                    try:
+                        text = repr(value)
+                    except BaseException:
+                        text = renderer.render(value)  # again, alone: the placeholder
+                    watchdog.current = 0
+                if len(text) > threshold or " at 0x" in text:
+                    text = renderer.finish(text)
+                rendered[name] = text
+                if baseline is not None:
+                    state[name] = DOTS if baseline.get(name) == text else text
+        except ValueError:
+            rendered = {name: renderer.render(value) for name, value in items}
+            state = rendered if baseline is None else {
+                name: DOTS if baseline.get(name) == text else text
+                for name, text in rendered.items()}
+        self._baseline = rendered
+        return state
+
+    def _frame_limit(self):
+        self._hit_limit("frame_limit", f"trace reached the frame limit ({self.max_frames} frames)")
 
     def _hit_limit(self, status: str, message: str):
         """Stop tracing for good: report through `on_limit`, else unwind the program."""
@@ -445,41 +523,7 @@ class Recorder:
         self.done = True
         sys.settrace(None)
 
-    def _render_locals(self, frame, scope) -> dict:
-        if _PY313:
-            persistent = scope[2]
-            current = dict(frame.f_locals)
-            for name in [n for n in persistent if n not in current]:
-                del persistent[name]
-            persistent.update(current)
-            items = persistent.items()
-        else:
-            items = frame.f_locals.items()
-        renderer = self.renderer
-        finish = renderer.finish
-        out = {}
-        armed = tried = False
-        try:
-            for name, value in items:
-                if type(value) in _PLAIN_TYPES:
-                    try:
-                        text = repr(value)
-                    except ValueError:
-                        text = _big_int_repr(value)
-                else:
-                    if not tried:
-                        tried = True
-                        armed = renderer.arm()
-                    text = renderer.slow_repr(value)
-                out[name] = finish(text)
-        finally:
-            if armed:
-                renderer.disarm()
-        return out
-
     def _depth_of(self, frame) -> int:
-        if frame is self.entry_frame:
-            return 0
         parent = frame.f_back
         while parent is not None:
             scope = self._scopes.get(id(parent))
@@ -488,22 +532,30 @@ class Recorder:
             parent = parent.f_back
         return 0
 
-    @staticmethod
-    def _is_fresh_start(frame, code) -> bool:
-        if not code.co_flags & _GENERATOR_FLAGS:
-            return True
-        lasti = frame.f_lasti
-        if lasti < 0:  # 3.10: a frame that has not run yet
-            return True
-        if _RESUME_OP:  # 3.11+: RESUME's oparg says start (0) or resume after yield/await
-            raw = code.co_code
-            return raw[lasti] in _RESUME_OP and raw[lasti + 1] & 3 == 0
-        return False
 
-    @staticmethod
-    def _at_yield(frame, code) -> bool:
-        lasti = frame.f_lasti
-        return lasti >= 0 and code.co_code[lasti] in _YIELD_OPS
+def _fresh_generator(frame) -> bool:
+    """For a generator/coroutine frame's call event: a first start, not a resume?"""
+    lasti = frame.f_lasti
+    if lasti < 0:  # 3.10: a frame that has not run yet
+        return True
+    if _RESUME_OP:  # 3.11+: RESUME's oparg says start (0) or resume after yield/await
+        raw = frame.f_code.co_code
+        return raw[lasti] in _RESUME_OP and raw[lasti + 1] & 3 == 0
+    return False
+
+
+def _at_yield(frame) -> bool:
+    """For a generator's return event: stopped at a yield (not finished)?"""
+    lasti = frame.f_lasti
+    return lasti >= 0 and frame.f_code.co_code[lasti] in _YIELD_OPS
+
+
+def _nested_codes(*functions) -> frozenset:
+    return frozenset(c for f in functions for c in _code_objects(f.__code__))
+
+
+# The watchdog's SIGALRM interrupts a repr only when it lands outside these (the tracer's own).
+_TRACER_CODES = _nested_codes(Renderer.render, Recorder._render_locals)
 
 
 def _exception_line(exc_type, exc_value) -> str:
@@ -517,7 +569,7 @@ def _exception_line(exc_type, exc_value) -> str:
 
 def source_lines(context: str) -> list[str]:
     """The context's physical lines, each ending in a newline, marker removed (index = line-1)."""
-    return [line.replace(MARKER, "") + "\n" for line in context.split("\n")]
+    return [line + "\n" for line in context.replace(MARKER, "").split("\n")]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -582,7 +634,7 @@ def trace_source(
         result.update(status="no_entry", error=f"{entry_name} is never defined (unreachable code?)")
         return result
 
-    recorder = Recorder(filename, entry_code,
+    recorder = Recorder(filename, context, entry_code,
                         Renderer(max_value_chars, max_repr_chars, repr_timeout),
                         max_frames, on_limit)
     if on_start is not None:
@@ -598,9 +650,11 @@ def trace_source(
     finally:
         sys.settrace(None)
         sys.modules["__main__"] = saved_main
-    result["frames"] = frames_to_json(recorder, context)
-    result["return_value"] = recorder.return_value
+    frames = recorder.frames
+    result["frames"] = frames
     result["status"], result["error"] = _status_of(recorder, call_error, entry_name, call)
+    if result["status"] == "ok":
+        result["return_value"] = frames[-1][4]
     return result
 
 
@@ -619,24 +673,15 @@ def _status_of(recorder: Recorder, call_error, entry_name: str, call: str):
                 "itself can no longer run; the trace stops there")
         return "crashed", ("tracing stopped before the entry returned (the program called "
                            "sys.settrace, or hit the recursion limit and caught it)")
-    if recorder.entry_raised is not None:
-        exc_type = recorder.entry_exc_type
+    if recorder.entry_exception is not None:
+        exc_type, exc_value = recorder.entry_exception
+        message = _exception_line(exc_type, exc_value)
         if isinstance(exc_type, type) and issubclass(exc_type, SystemExit):
-            return "exited", recorder.entry_raised
+            return "exited", message
         if isinstance(exc_type, type) and issubclass(exc_type, MemoryError):
-            return "memory_limit", recorder.entry_raised
-        return "raised", recorder.entry_raised
+            return "memory_limit", message
+        return "raised", message
     return "ok", None
-
-
-def frames_to_json(recorder: Recorder, context: str) -> list:
-    """Recorder tuples -> [event, lineno, source, state, arg, scope, depth] lists."""
-    lines = source_lines(context)
-    out = []
-    for event, lineno, state, arg, scope, depth in recorder.frames:
-        source = lines[lineno - 1] if lineno is not None and 0 < lineno <= len(lines) else ""
-        out.append([event, lineno, source, state, arg, scope, depth])
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -661,8 +706,7 @@ def _child_main(argv: list[str]) -> None:
             "return_value": None}
 
     def write_result(result: dict) -> None:
-        if not lock.acquire(blocking=False):
-            return  # another thread is already reporting
+        lock.acquire()  # a second reporter waits here until the first ends the process
         data = memoryview(json.dumps(result).encode())
         while data:
             data = data[os.write(result_fd, data):]
@@ -676,7 +720,9 @@ def _child_main(argv: list[str]) -> None:
         reserve.clear()
         sys.settrace(None)
         recorder = running["recorder"]
-        frames = frames_to_json(recorder, running["context"]) if recorder else []
+        if recorder is not None:
+            recorder.done = True  # the main thread stops recording (abort may run elsewhere)
+        frames = list(recorder.frames) if recorder else []
         write_result({**base, "context": running["context"], "status": status,
                       "error": message, "frames": frames})
         _flush_and_exit()

@@ -1,0 +1,174 @@
+"""Tracer speed on the 800 CRUXEval programs: tracekit vs a minimal settrace loop vs PySnooper.
+
+All three run in this process, on the same interpreter, over the same programs, interleaved,
+for several rounds; the figure is the median round, in microseconds per trace event (events
+counted by the minimal loop: call, line, return and exception events of the program's code).
+
+    python benchmarks/tracer.py [--data ../shared/data/cruxeval.jsonl] [--rounds 5]
+
+(a) minimal: `sys.settrace` that records (event, line, {name: repr(value)}) per event;
+(b) PySnooper: `pysnooper.snoop(depth=...)` on the entry, writing to memory;
+(c) tracekit: the recorder with full CWM semantics (addresses stripped, ".." rule, scopes,
+    source lines, repr time/size budget): a finished list of frames;
+(d) the same, turned into a Trace and rendered as CWM wire text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tracekit.cwm import trace_text  # noqa: E402
+from tracekit.trace import Trace  # noqa: E402
+from tracekit.tracer import Recorder, Renderer, _entry_code, prepare_context  # noqa: E402
+
+FILENAME = "<cruxeval>"
+HARNESS = "\ndef main():  # << START_OF_TRACE\n    return f({})\n"
+
+
+def load_programs(path: Path) -> list[dict]:
+    programs = []
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        source = row["code"] + HARNESS.format(row["input"])
+        context, _, def_lineno = prepare_context(source)
+        import ast
+
+        code = compile(context, FILENAME, "exec")
+        programs.append({"id": row["id"], "context": context, "code": code,
+                         "entry_code": _entry_code(code, ast.parse(context), def_lineno)})
+    return programs
+
+
+def fresh_namespace(program: dict) -> dict:
+    namespace = {"__name__": "__main__"}
+    exec(program["code"], namespace)
+    return namespace
+
+
+def run_minimal(program: dict, namespace: dict) -> int:
+    events = []
+
+    def tracer(frame, event, arg):
+        if frame.f_code.co_filename != FILENAME:
+            return None
+        events.append((event, frame.f_lineno, {k: repr(v) for k, v in frame.f_locals.items()}))
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        namespace["main"]()
+    except Exception:
+        pass
+    finally:
+        sys.settrace(None)
+    return len(events)
+
+
+def run_pysnooper(program: dict, namespace: dict) -> int:
+    import pysnooper
+
+    sink = io.StringIO()
+    snooped = pysnooper.snoop(output=sink, depth=20, color=False)(namespace["main"])
+    try:
+        snooped()
+    except Exception:
+        pass
+    return sink.tell()
+
+
+def record(program: dict, namespace: dict) -> Recorder:
+    recorder = Recorder(FILENAME, program["context"], program["entry_code"], Renderer(),
+                        max_frames=None)
+    sys.settrace(recorder.global_trace)
+    try:
+        namespace["main"]()
+    except Exception:
+        pass
+    finally:
+        sys.settrace(None)
+    return recorder
+
+
+def run_tracekit(program: dict, namespace: dict) -> int:
+    return len(record(program, namespace).frames)
+
+
+def run_tracekit_text(program: dict, namespace: dict) -> int:
+    trace = Trace.from_dict({"context": program["context"], "entry": "main", "call": "main()",
+                             "frames": record(program, namespace).frames})
+    return len(trace_text(trace))
+
+
+TRACERS = {
+    "minimal settrace loop": run_minimal,
+    "PySnooper": run_pysnooper,
+    "tracekit": run_tracekit,
+    "tracekit + CWM wire text": run_tracekit_text,
+}
+
+
+def time_round(programs: list[dict], runner) -> float:
+    total = 0.0
+    for program in programs:
+        namespace = fresh_namespace(program)
+        start = time.perf_counter()
+        runner(program, namespace)
+        total += time.perf_counter() - start
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/cruxeval.jsonl")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--only", choices=[*TRACERS, "none"],
+                        help="run one tracer once over all programs, untimed (for valgrind "
+                             "--tool=callgrind: compare its instruction count with 'none')")
+    args = parser.parse_args()
+    if not args.data.exists():
+        sys.exit(f"no data at {args.data}: pass --data PATH to cruxeval.jsonl")
+    try:
+        import pysnooper  # noqa: F401
+    except ImportError:
+        sys.exit("PySnooper is not installed: pip install pysnooper (it is in the dev extra)")
+
+    programs = load_programs(args.data)
+    if args.only is not None:  # one tracer, one pass, no timing: for instruction counters
+        for program in programs:
+            if args.only != "none":
+                TRACERS[args.only](program, fresh_namespace(program))
+            else:
+                fresh_namespace(program)
+        return
+    events = sum(run_minimal(p, fresh_namespace(p)) for p in programs)
+    frames = sum(run_tracekit(p, fresh_namespace(p)) for p in programs)
+    assert frames == events, f"tracekit recorded {frames} frames for {events} events"
+    for runner in TRACERS.values():  # warm up
+        time_round(programs[:50], runner)
+    rounds: dict[str, list[float]] = {name: [] for name in TRACERS}
+    for _ in range(args.rounds):
+        for name, runner in TRACERS.items():
+            rounds[name].append(time_round(programs, runner))
+
+    per_event = {name: statistics.median(t) / events * 1e6 for name, t in rounds.items()}
+    base = per_event["minimal settrace loop"]
+    print(f"{len(programs)} CRUXEval programs, {events} events, median of {args.rounds} rounds; "
+          f"Python {platform.python_version()} on {platform.machine()}, {time.strftime('%Y-%m-%d')}")
+    print(f"{'tracer':28s} {'us/event':>9s} {'vs minimal':>11s}")
+    for name, us in per_event.items():
+        print(f"{name:28s} {us:9.2f} {us / base:10.2f}x")
+    print(f"tracekit is {per_event['PySnooper'] / per_event['tracekit']:.1f}x faster than PySnooper")
+
+
+if __name__ == "__main__":
+    main()
