@@ -30,8 +30,18 @@ def trace(body: str, **kwargs):
     return result, time.monotonic() - start
 
 
-def sandboxed_processes() -> list[int]:
-    """PIDs of live processes running the tracer (inside or outside bubblewrap)."""
+def sandboxed_processes(wait: float = 2.0) -> list[int]:
+    """PIDs of processes still running the tracer (inside or outside bubblewrap), after giving
+    SIGKILLs already sent up to `wait` seconds to land."""
+    deadline = time.monotonic() + wait
+    while True:
+        pids = _tracer_processes()
+        if not pids or time.monotonic() > deadline:
+            return pids
+        time.sleep(0.05)
+
+
+def _tracer_processes() -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():

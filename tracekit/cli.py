@@ -45,7 +45,7 @@ def main() -> None:
 
 
 def _show_warning(message, category, *args, **kwargs) -> None:
-    stderr.print(f"[yellow]warning:[/] {message}", highlight=False)
+    stderr.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
 
 
 def _limits_options(f):
@@ -133,7 +133,8 @@ def _exit_for(result: Trace) -> None:
     code = EXIT_CODES[result.status]
     if code:
         what = "(the trace is complete)" if result.complete else ""
-        stderr.print(f"[red]{result.status}:[/] {result.error} {what}".rstrip(), highlight=False)
+        stderr.print(f"[red]{result.status}:[/] {result.error} {what}".rstrip(), highlight=False,
+                     soft_wrap=True)
     sys.exit(code)
 
 

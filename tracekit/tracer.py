@@ -48,6 +48,7 @@ DEFAULT_MAX_REPR_CHARS = 1_000_000
 DEFAULT_REPR_TIMEOUT = 1.0
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+_LOOSE_MARKER = re.compile(r"#\s*<<\s*START_OF_TRACE\s*$")  # to explain a misspelt marker
 # Types whose repr runs no user code, so no time budget is needed.
 _PLAIN_TYPES = frozenset({int, float, str, bool, type(None), bytes, complex})
 _GENERATOR_FLAGS = 0x20 | 0x80 | 0x200  # CO_GENERATOR | CO_COROUTINE | CO_ASYNC_GENERATOR
@@ -106,7 +107,7 @@ def prepare_context(source: str, entry: str | None = None) -> tuple[str, str, in
     except SyntaxError as exc:
         raise TraceSetupError("syntax_error", _syntax_message(exc)) from None
     lines = source.split("\n")
-    marked = [i + 1 for i, line in enumerate(lines) if MARKER.strip() in line]
+    marked = [i + 1 for i, line in enumerate(lines) if _LOOSE_MARKER.search(line)]
     defs = list(_function_defs(tree))
     if entry is not None:
         if marked:

@@ -1,0 +1,117 @@
+"""The `tracekit` command line: formats, exit codes, one-line errors, the demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tests.conftest import python_or_skip
+from tracekit.cli import main
+from tracekit.trace import Trace
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "data" / "programs" / "bubble_sort.py"
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_cwm_format_is_the_whole_wire_sequence():
+    result = run("trace", str(SAMPLE), "--format", "cwm")
+    assert result.exit_code == 0
+    assert result.output.startswith("<|begin_of_text|><|trace_context_start|>def bubble_sort")
+    assert result.output.endswith("<|end_of_text|>")
+    assert result.output.count("<|call_sep|>") == 1
+
+
+def test_json_format_round_trips():
+    result = run("trace", str(SAMPLE), "--format", "json", "--call", "bubble_sort([2, 1])")
+    trace = Trace.from_json(result.output)
+    assert trace.status == "ok" and trace.return_value == "[1, 2]"
+    assert trace.call == "bubble_sort([2, 1])"
+
+
+def test_pretty_format_shows_the_source_and_a_summary():
+    result = run("trace", str(SAMPLE))
+    assert result.exit_code == 0
+    assert "swapped = True" in result.output
+    assert "ok" in result.output and "returned [1, 2, 3]" in result.output
+
+
+def test_output_file(tmp_path):
+    out = tmp_path / "trace.cwm"
+    result = run("trace", str(SAMPLE), "--format", "cwm", "-o", str(out))
+    assert result.exit_code == 0 and result.output == ""
+    assert out.read_text().endswith("<|end_of_text|>")
+
+
+def test_program_that_raises_exits_1_with_one_line(tmp_path):
+    prog = tmp_path / "p.py"
+    prog.write_text("def f(d):  # << START_OF_TRACE\n    return d['k']\n")
+    result = subprocess.run([sys.executable, "-m", "tracekit.cli", "trace", str(prog),
+                             "--call", "f({})", "--format", "cwm"],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 1
+    assert result.stdout.endswith("<|end_of_text|>")  # the trace is complete and printed
+    assert result.stderr.strip().splitlines() == [
+        "raised: KeyError: 'k' (the trace is complete)"]
+
+
+@pytest.mark.parametrize("source, args, code, words", [
+    ("def f(:\n", [], 4, "syntax_error: SyntaxError"),
+    ("def f():\n    return 1\n", [], 4, "no_entry: no function is marked"),
+    ("def f():\n    return 1\n", ["--entry", "g"], 4, "no_entry: no function named 'g'"),
+    ("def f():  # << START_OF_TRACE\n    while True:\n        pass\n", ["--max-frames", "50"], 3,
+     "frame_limit"),
+    ("import os\ndef f():  # << START_OF_TRACE\n    os._exit(0)\n", [], 5, "crashed"),
+    ("def f():  # << START_OF_TRACE\n    return 1\n", ["--python", "2.5"], 6,
+     "sandbox_unavailable: python '2.5' not found"),
+])
+def test_exit_codes_and_one_line_errors(tmp_path, source, args, code, words):
+    prog = tmp_path / "p.py"
+    prog.write_text(source)
+    result = subprocess.run([sys.executable, "-m", "tracekit.cli", "trace", str(prog),
+                             "--format", "json", *args], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == code, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(words), lines
+    assert json.loads(result.stdout)["status"] == words.split(":")[0]
+
+
+def test_python_option_runs_the_chosen_interpreter():
+    python_or_skip("3.10")
+    result = run("trace", str(SAMPLE), "--format", "json", "--python", "3.10")
+    assert Trace.from_json(result.output).python.startswith("3.10.")
+
+
+def test_missing_bubblewrap_is_said_once(tmp_path):
+    """With no bwrap on PATH the demo still runs, under rlimits, and says so exactly once."""
+    env = {**os.environ, "PATH": str(tmp_path)}  # an empty PATH: no bwrap to find
+    result = subprocess.run([sys.executable, "-m", "tracekit.cli", "demo"], capture_output=True,
+                            text=True, cwd=ROOT, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("network and filesystem isolation are OFF") == 1
+    assert "sandbox rlimits" in result.stdout
+
+
+def test_demo_traces_every_sample_program():
+    result = run("demo")
+    assert result.exit_code == 0
+    names = sorted(p.stem for p in (ROOT / "data" / "programs").glob("*.py"))
+    assert len(names) >= 12
+    for name in names:
+        assert name in result.output
+    assert f"{len(names)} programs traced, {len(names)} complete" in result.output
+
+
+def test_help_teaches_the_command():
+    result = run("trace", "--help")
+    assert "--call" in result.output and "Exit codes" in result.output
+    assert "START_OF_TRACE" in result.output

@@ -1,0 +1,212 @@
+"""The tracer's rules one by one: context and entry, rendering, the ".." rule against ground
+truth, determinism, and the trace data model."""
+
+from __future__ import annotations
+
+import re
+import sys
+import textwrap
+
+import pytest
+
+from tests.golden.expected_for import PROGRAMS
+from tracekit.sandbox import run_trace
+from tracekit.trace import Frame, Trace, resolve_dots
+from tracekit.tracer import (MARKER, Renderer, TraceSetupError, call_from_comment,
+                             prepare_context, trace_source)
+
+
+# --- context and entry ----------------------------------------------------------------------
+
+def test_marker_finds_the_entry():
+    context, entry, line = prepare_context("x = 1\ndef f(a):  # << START_OF_TRACE\n    return a\n")
+    assert (entry, line) == ("f", 2)
+    assert context.count(MARKER) == 1
+
+
+def test_entry_option_adds_the_marker_to_the_def_line():
+    source = "def g():\n    return 1\n\n@staticmethod\ndef f(a):\n    return g()\n"
+    context, entry, line = prepare_context(source, entry="f")
+    assert context.split("\n")[4] == "def f(a):" + MARKER
+    assert (entry, line) == ("f", 5)
+
+
+def test_entry_option_takes_a_method_by_qualified_name():
+    source = "class Stack:\n    def push(self, x):\n        return x\n"
+    context, entry, _ = prepare_context(source, entry="Stack.push")
+    assert context.split("\n")[1] == "    def push(self, x):" + MARKER
+    result = trace_source(source, entry="Stack.push", call="Stack().push(3)")
+    assert result["status"] == "ok" and result["return_value"] == "3"
+    assert result["frames"][0][2] == "    def push(self, x):\n"  # marker removed from the action
+
+
+@pytest.mark.parametrize("source, words", [
+    ("def f():  # << START_OF_TRACE\n    pass\ndef g():  # << START_OF_TRACE\n    pass\n",
+     "keep exactly one"),
+    ("def f():  #  << START_OF_TRACE\n    pass\n", "exactly"),
+    ("x = 1  # << START_OF_TRACE\n", "not a def line"),
+    ("def f():\n    pass\n", "--entry"),
+])
+def test_bad_markers_are_explained(source, words):
+    with pytest.raises(TraceSetupError) as info:
+        prepare_context(source)
+    assert info.value.status == "no_entry"
+    assert words in str(info.value)
+
+
+def test_call_comment():
+    assert call_from_comment("def f(x):\n    pass\n# tracekit-call: f(3, 'x')\n") == "f(3, 'x')"
+    assert call_from_comment("def f(x):\n    pass\n") is None
+
+
+def test_generator_entry_is_traced_to_exhaustion_not_its_first_yield():
+    source = "def gen(n):  # << START_OF_TRACE\n    for i in range(n):\n        yield i\n"
+    result = trace_source(source, call="list(gen(2))")
+    events = [f[0] for f in result["frames"]]
+    assert events.count("return") == 3  # two yields and the final return
+    assert result["status"] == "ok" and result["return_value"] == "None"
+
+
+def test_syntax_error_in_the_call():
+    result = trace_source("def f(x):  # << START_OF_TRACE\n    return x\n", call="f(")
+    assert result["status"] == "syntax_error" and result["error"].startswith("--call")
+
+
+# --- rendering ------------------------------------------------------------------------------
+
+def test_addresses_are_stripped_everywhere():
+    renderer = Renderer()
+    text = renderer.render([lambda: 1, object()])
+    assert " at 0x" not in text
+    assert re.fullmatch(r"\[<function test_addresses_are_stripped_everywhere.<locals>.<lambda>>,"
+                        r" <object object>\]", text)
+
+
+def test_value_cap_is_off_by_default_and_marked_when_set():
+    long = "x" * 5000
+    assert Renderer().render(long) == repr(long)
+    assert Renderer(max_value_chars=10).render(long) == "'xxxxxxxxx...<tracekit: 4992 more chars>"
+
+
+def test_big_ints_print_in_full_as_on_3_10():
+    value = 10 ** 5000
+    assert Renderer().render(value) == "1" + "0" * 5000
+
+
+def test_frame_cap_keeps_the_first_frames():
+    source = "def f():  # << START_OF_TRACE\n    n = 0\n    while True:\n        n += 1\n"
+    result = trace_source(source, max_frames=7)
+    assert result["status"] == "frame_limit" and len(result["frames"]) == 7
+    assert "7 frames" in result["error"]
+
+
+# --- the ".." rule, checked against ground truth ----------------------------------------------
+
+def full_locals_by_snapshot(source: str, call: str) -> list[dict]:
+    """Every call/line event's locals, rendered in full by a plain settrace loop (the truth)."""
+    context, entry, _ = prepare_context(source)
+    code = compile(context, "<truth>", "exec")
+    namespace = {"__name__": "__main__"}
+    exec(code, namespace)
+    renderer, snapshots, state = Renderer(), [], {"on": False, "depth": 0}
+    entry_code = namespace[entry].__code__ if entry in namespace else None
+
+    def tracer(frame, event, arg):
+        if frame.f_code.co_filename != "<truth>":
+            return None
+        if frame.f_code is entry_code and not state["on"]:
+            state["on"] = True
+        if not state["on"]:
+            return None
+        if event in ("call", "line"):
+            snapshots.append({k: renderer.render(v) for k, v in frame.f_locals.items()})
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        eval(call, namespace)
+    except Exception:
+        pass
+    finally:
+        sys.settrace(None)
+    return snapshots
+
+
+@pytest.mark.parametrize("name", ["loop_dots", "nested_calls", "recursion", "generator",
+                                  "exception_from_callee", "exception_caught", "while_else",
+                                  "custom_repr", "sets_dicts", "closure_free_vars"])
+def test_resolving_dots_gives_back_every_value(name):
+    source = (PROGRAMS / f"{name}.py").read_text()
+    call = call_from_comment(source)
+    result = trace_source(source, call=call, filename="<tracekit>")
+    trace = Trace.from_dict(result)
+    resolved = [r for r in resolve_dots(trace.frames) if r is not None]
+    assert resolved == full_locals_by_snapshot(source, call)
+    assert any(".." in (f.locals or {}).values() for f in trace.frames)  # the rule did apply
+
+
+def test_dots_follow_the_spec_example_exactly():
+    """spec/trace-format.md section 9, frame by frame."""
+    source = textwrap.dedent("""\
+        def add_all(xs):  # << START_OF_TRACE
+            total = 0
+            for x in xs:
+                total += x
+            return total
+        """)
+    frames = trace_source(source, call="add_all([3, 4])")["frames"]
+    assert [f[3] for f in frames] == [
+        {"xs": "[3, 4]"}, {"xs": ".."}, {"xs": "..", "total": "0"},
+        {"xs": "..", "total": "..", "x": "3"}, {"xs": "..", "total": "3", "x": ".."},
+        {"xs": "..", "total": "..", "x": "4"}, {"xs": "..", "total": "7", "x": ".."},
+        {"xs": "..", "total": "..", "x": ".."}, None]
+    assert frames[-1][4] == "7"
+
+
+def test_resolve_dots_on_frames_without_scope_ids_uses_call_and_return_boundaries():
+    frames = [Frame("call", 1, "def f(a):\n", {"a": "1"}),
+              Frame("line", 2, "    b = g(a)\n", {"a": ".."}),
+              Frame("call", 5, "def g(x):\n", {"x": "1"}),
+              Frame("return", 6, "    return x\n", None, "1"),
+              Frame("line", 3, "    return b\n", {"a": "1", "b": "1"}),
+              Frame("line", 3, "    return b\n", {"a": "..", "b": ".."})]
+    assert resolve_dots(frames) == [{"a": "1"}, {"a": "1"}, {"x": "1"}, None,
+                                    {"a": "1", "b": "1"}, {"a": "1", "b": "1"}]
+
+
+# --- determinism and the data model -----------------------------------------------------------
+
+DETERMINISTIC = """\
+import random
+
+def f():  # << START_OF_TRACE
+    words = {"pear", "fig", "kiwi", "plum"}
+    roll = random.randint(0, 10 ** 9)
+    h = hash("pear") % 1000
+    return sorted(words), roll, h, list(words)
+"""
+
+
+def test_traces_are_deterministic():
+    first = run_trace(DETERMINISTIC)
+    second = run_trace(DETERMINISTIC)
+    assert first.status == "ok"
+    assert first.frames == second.frames
+
+
+def test_stdout_and_stderr_are_captured_apart_from_the_trace():
+    result = run_trace("import sys\ndef f():  # << START_OF_TRACE\n    print('hi')\n"
+                       "    sys.stderr.write('err')\n    return 1\n")
+    assert result.stdout == "hi\n" and result.stderr == "err"
+    assert all("hi" not in f.source or "print" in f.source for f in result.frames)
+
+
+def test_trace_json_round_trip_keeps_everything():
+    trace = run_trace((PROGRAMS / "exception_escapes_callee.py").read_text(),
+                      call="total([1, -1])")
+    assert trace.status == "raised"
+    again = Trace.from_json(trace.to_json())
+    assert again == trace
+    assert {f.event for f in again.frames} == {"call", "line", "return", "exception"}
+    assert again.frames[0].depth == 0 and max(f.depth for f in again.frames) == 1
+    assert len({f.scope for f in again.frames}) == 3  # total, check(1), check(-1)
