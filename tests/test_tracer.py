@@ -210,3 +210,18 @@ def test_trace_json_round_trip_keeps_everything():
     assert {f.event for f in again.frames} == {"call", "line", "return", "exception"}
     assert again.frames[0].depth == 0 and max(f.depth for f in again.frames) == 1
     assert len({f.scope for f in again.frames}) == 3  # total, check(1), check(-1)
+
+
+@pytest.mark.parametrize("body, status, value", [
+    ("    try:\n        raise ValueError('v')\n    finally:\n        x = 1\n", "raised", None),
+    ("    try:\n        raise ValueError('v')\n    except ValueError:\n        pass\n", "ok", "None"),
+    ("    return None\n", "ok", "None"),
+    ("    for i in range(2):\n        try:\n            return {}['k']\n"
+     "        except KeyError:\n            pass\n", "ok", "None"),
+])
+def test_exit_by_raising_is_told_from_returning_none(body, status, value):
+    result = trace_source("def f():  # << START_OF_TRACE\n" + body)
+    assert result["status"] == status, result["error"]
+    assert result["return_value"] == value
+    if status == "raised":
+        assert result["error"] == "ValueError: v"

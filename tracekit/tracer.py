@@ -53,6 +53,8 @@ _LOOSE_MARKER = re.compile(r"#\s*<<\s*START_OF_TRACE\s*$")  # to explain a missp
 _PLAIN_TYPES = frozenset({int, float, str, bool, type(None), bytes, complex})
 _GENERATOR_FLAGS = 0x20 | 0x80 | 0x200  # CO_GENERATOR | CO_COROUTINE | CO_ASYNC_GENERATOR
 _PY313 = sys.version_info >= (3, 13)
+
+
 def _opcode_numbers(*names: str) -> frozenset:
     import dis
 
@@ -60,6 +62,7 @@ def _opcode_numbers(*names: str) -> frozenset:
 
 
 _YIELD_OPS = _opcode_numbers("YIELD_VALUE", "YIELD_FROM")
+_RETURN_OPS = _opcode_numbers("RETURN_VALUE", "RETURN_CONST")
 _RESUME_OP = _opcode_numbers("RESUME")
 
 
@@ -215,6 +218,7 @@ class _ReprWatchdog:
         self.budget = DEFAULT_REPR_TIMEOUT
         self.current = 0  # number of the repr in progress; 0 when none
         self.count = 0
+        self.fired = 0  # the repr the last interrupt was meant for
         self.main_id = threading.main_thread().ident
         signal.signal(signal.SIGALRM, self.on_alarm)
         threading.Thread(target=self.watch, name="tracekit-repr-watchdog", daemon=True).start()
@@ -232,7 +236,8 @@ class _ReprWatchdog:
     def on_alarm(self, signum, frame):
         # Raise only inside the repr itself: a signal that lands in the tracer's own code
         # (the repr has just returned) is ignored.
-        if self.current and frame is not None and frame.f_code not in _TRACER_CODES:
+        if (self.current and self.current == self.fired
+                and frame is not None and frame.f_code not in _TRACER_CODES):
             raise _ReprTimeout()
 
     def watch(self) -> None:
@@ -248,6 +253,7 @@ class _ReprWatchdog:
                 continue
             since += period
             if since >= self.budget and signal.getsignal(signal.SIGALRM) == self.on_alarm:
+                self.fired = current
                 signal.pthread_kill(self.main_id, signal.SIGALRM)
                 since = 0.0  # a repr that swallows the first interrupt gets another
 
@@ -327,8 +333,8 @@ class Recorder:
     The ".." rule keeps one baseline: the rendered locals of the last call/line frame, valid
     while events keep coming from the same Python frame (`_last_frame_id`); an event of any
     other frame drops it, so the first frame after a context switch prints every value.
-    The event handlers are written flat: tracing slows every Python instruction, the tracer's
-    own included, and they run for every event of every traced program.
+    The event handlers are written flat, with few calls and no comprehensions on the line
+    path: they run for every event of every traced program (benchmarks/RESULTS.md).
     """
 
     def __init__(self, filename: str, context: str, entry_code: types.CodeType,
@@ -434,15 +440,19 @@ class Recorder:
         scope = self._scopes[fid]
         if self._last_frame_id != fid:
             self._last_frame_id, self._baseline = fid, None
-        previous = self.frames[-1]
         self._append("return", frame.f_lineno, None, self.renderer.render(arg), scope)
         is_generator = frame.f_code.co_flags & _GENERATOR_FLAGS
         if not is_generator:
             del self._scopes[fid]
-        if frame is self.entry_frame and not (is_generator and _at_yield(frame)):
-            # Exited by raising: its exception event came right before, and arg is None.
-            if previous[0] == "exception" and previous[5] == scope[0] and arg is None:
-                self.entry_exception = self._entry_exception
+        if frame is self.entry_frame:
+            # The instruction the frame stopped at tells a yield, a return and a raise apart
+            # (settrace passes None for both a `return None` and an exception leaving).
+            lasti = frame.f_lasti
+            op = frame.f_code.co_code[lasti] if lasti >= 0 else None
+            if is_generator and op in _YIELD_OPS:
+                return  # suspended, not finished
+            if op not in _RETURN_OPS:
+                self.entry_exception = self._entry_exception or (Exception, "unknown exception")
             self._stop()
 
     def _on_exception(self, frame, arg):
@@ -543,12 +553,6 @@ def _fresh_generator(frame) -> bool:
         raw = frame.f_code.co_code
         return raw[lasti] in _RESUME_OP and raw[lasti + 1] & 3 == 0
     return False
-
-
-def _at_yield(frame) -> bool:
-    """For a generator's return event: stopped at a yield (not finished)?"""
-    lasti = frame.f_lasti
-    return lasti >= 0 and frame.f_code.co_code[lasti] in _YIELD_OPS
 
 
 def _nested_codes(*functions) -> frozenset:
