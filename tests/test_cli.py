@@ -115,3 +115,11 @@ def test_help_teaches_the_command():
     result = run("trace", "--help")
     assert "--call" in result.output and "Exit codes" in result.output
     assert "START_OF_TRACE" in result.output
+
+
+def test_pretty_format_to_a_file(tmp_path):
+    out = tmp_path / "trace.txt"
+    result = run("trace", str(SAMPLE), "-o", str(out))
+    assert result.exit_code == 0
+    text = out.read_text()
+    assert "items[j], items[j + 1] = items[j + 1], items[j]" in text and "\x1b[" not in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 import time
 import warnings
@@ -124,7 +125,7 @@ def trace(file: Path, entry, call, fmt, output, python, timeout, memory_mb, max_
 
 
 def _pretty_text(trace: Trace) -> str:
-    console = Console(record=True, width=160, file=open("/dev/null", "w"))
+    console = Console(record=True, width=160, file=io.StringIO())
     print_trace(trace, console)
     return console.export_text()
 

@@ -169,8 +169,8 @@ def _bwrap_base(tmp_size_mb: int) -> list[str]:
 
 def _bwrap_command(interp: Interpreter, limits: Limits) -> list[str]:
     args = [shutil.which("bwrap"), *_bwrap_base(limits.tmp_size_mb)]
-    hidden = [a for i, a in enumerate(args) if i and args[i - 1] == "--tmpfs" and a != "/tmp"]
-    for prefix in interp.prefixes:  # an interpreter under a hidden home comes back read-only
+    hidden = [a for i, a in enumerate(args) if i and args[i - 1] == "--tmpfs"]
+    for prefix in interp.prefixes:  # an interpreter under /tmp or a home comes back read-only
         if any(prefix == h or prefix.startswith(h.rstrip("/") + "/") for h in hidden):
             args += ["--ro-bind", prefix, prefix]
     args += ["--ro-bind", str(TRACER_PATH), _INSIDE_TRACER, "--chdir", "/tmp"]
