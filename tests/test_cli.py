@@ -98,7 +98,7 @@ def test_missing_bubblewrap_is_said_once(tmp_path):
                             text=True, cwd=ROOT, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("network and filesystem isolation are OFF") == 1
-    assert "sandbox rlimits" in result.stdout
+    assert "sandbox rlimits)" in result.stdout
 
 
 def test_demo_traces_every_sample_program():

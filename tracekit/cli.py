@@ -13,7 +13,7 @@ from rich.console import Console
 
 from tracekit import sandbox, tracer
 from tracekit.cwm import trace_text
-from tracekit.pretty import print_trace, summary_line
+from tracekit.pretty import print_trace, summary_table
 from tracekit.trace import Trace
 
 # Exit codes: one per kind of outcome, so scripts can tell them apart.
@@ -163,14 +163,12 @@ def demo(programs: Path, show, python, timeout, memory_mb, max_frames, max_value
     shown = next((r for name, r, _ in results if name == show), results[0][1])
     print_trace(shown, console)
     console.print()
-    width = max(len(name) for name, _, _ in results)
-    for name, result, seconds in results:
-        line = summary_line(result)
-        line.append(f"  {seconds * 1000:.0f} ms", style="dim")
-        console.print(f"{name:<{width}}  ", line, sep="", highlight=False)
+    console.print(summary_table(results))
     bad = [name for name, r, _ in results if not r.complete]
-    console.print(f"\n{len(results)} programs traced, {len(results) - len(bad)} complete"
-                  + (f"; incomplete: {', '.join(bad)}" if bad else ""))
+    first = results[0][1]
+    console.print(f"{len(results)} programs traced, {len(results) - len(bad)} complete"
+                  + (f"; incomplete: {', '.join(bad)}" if bad else "")
+                  + f" (python {first.python}, sandbox {first.sandbox})")
 
 
 if __name__ == "__main__":

@@ -56,6 +56,23 @@ def summary_line(trace: Trace) -> Text:
     return text
 
 
+def summary_table(rows: list[tuple[str, Trace, float]]) -> Table:
+    """One line per traced program: name, status, frames, what it returned or why it failed,
+    and the time it took (sandbox start included)."""
+    table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False, expand=True)
+    table.add_column("program")
+    table.add_column("status")
+    table.add_column("frames", justify="right")
+    table.add_column("returned / error", overflow="fold", ratio=1)
+    table.add_column("ms", justify="right")
+    for name, trace, seconds in rows:
+        style = "green" if trace.status == "ok" else "yellow" if trace.complete else "red"
+        outcome = trace.error if trace.error else _clip(trace.return_value or "", 80)
+        table.add_row(name, Text(trace.status, style=style), str(len(trace.frames)),
+                      outcome, f"{seconds * 1000:.0f}")
+    return table
+
+
 def print_trace(trace: Trace, console: Console | None = None) -> None:
     console = console or Console()
     title = Text(f"{trace.entry}  <-  {trace.call}", style="bold")
