@@ -340,7 +340,7 @@ class Recorder:
     def __init__(self, filename: str, context: str, entry_code: types.CodeType,
                  renderer: Renderer, max_frames: int | None = DEFAULT_MAX_FRAMES, on_limit=None):
         self.filename = filename
-        self.lines = context.replace(MARKER, "").split("\n")  # line n is lines[n - 1]
+        self.lines = [""] + source_lines(context)  # the action of line n is lines[n]
         self.entry_code = entry_code
         self.renderer = renderer
         self.max_frames = max_frames if max_frames is not None else float("inf")
@@ -388,7 +388,7 @@ class Recorder:
                 frames = self.frames
                 if len(frames) >= self.max_frames:
                     self._frame_limit()
-                frames.append(("line", lineno, self.lines[lineno - 1] + "\n" if lineno else "",
+                frames.append(("line", lineno, self.lines[lineno or 0],
                                state, None, scope[0], scope[1]))
             elif event == "return":
                 self._on_return(frame, arg)
@@ -470,7 +470,7 @@ class Recorder:
         frames = self.frames
         if len(frames) >= self.max_frames:
             self._frame_limit()
-        frames.append((event, lineno, self.lines[lineno - 1] + "\n" if lineno else "",
+        frames.append((event, lineno, self.lines[lineno or 0],
                        state, arg, scope[0], scope[1]))
 
     def _render_locals(self, frame, scope, baseline: dict | None) -> dict:
@@ -487,35 +487,44 @@ class Recorder:
         else:
             items = frame.f_locals.items()
         renderer = self.renderer
-        watchdog = renderer.watchdog
+        finish = renderer.finish
         threshold = renderer.threshold
-        plain = _PLAIN_TYPES
+        watchdog = renderer.watchdog
+        if watchdog is not None:  # one time budget for this optimistic pass over the values
+            watchdog.count += 1
+            watchdog.current = watchdog.count
         rendered = {}
-        state = rendered if baseline is None else {}
         try:
-            for name, value in items:
-                if type(value) in plain:
-                    text = repr(value)  # a ValueError here: an int past 3.11+'s digit limit
-                elif watchdog is None:
-                    text = renderer.render(value)
-                else:  # a repr that may run user code gets its own time budget
-                    watchdog.count += 1
-                    watchdog.current = watchdog.count
-                    try:
-                        text = repr(value)
-                    except BaseException:
-                        text = renderer.render(value)  # again, alone: the placeholder
-                    watchdog.current = 0
-                if len(text) > threshold or " at 0x" in text:
-                    text = renderer.finish(text)
-                rendered[name] = text
-                if baseline is not None:
-                    state[name] = DOTS if baseline.get(name) == text else text
-        except ValueError:
+            if baseline is None:
+                state = rendered
+                for name, value in items:
+                    text = repr(value)
+                    if len(text) > threshold or " at 0x" in text:
+                        text = finish(text)
+                    rendered[name] = text
+            else:
+                state = {}
+                previous = baseline.get
+                for name, value in items:
+                    text = repr(value)
+                    if previous(name) == text:  # unchanged: it passed `finish` unaltered before
+                        state[name] = DOTS
+                    else:
+                        if len(text) > threshold or " at 0x" in text:
+                            text = finish(text)
+                        state[name] = DOTS if previous(name) == text else text
+                    rendered[name] = text
+        except BaseException:
+            # A repr raised or ran out of time, or an int is past 3.11+'s digit limit: again,
+            # value by value, each under its own time budget, with placeholders.
+            if watchdog is not None:
+                watchdog.current = 0
             rendered = {name: renderer.render(value) for name, value in items}
             state = rendered if baseline is None else {
                 name: DOTS if baseline.get(name) == text else text
                 for name, text in rendered.items()}
+        if watchdog is not None:
+            watchdog.current = 0
         self._baseline = rendered
         return state
 
