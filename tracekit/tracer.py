@@ -16,7 +16,10 @@ What it records follows `spec/trace-format.md` sections 1-5:
 Placeholders the tracer writes instead of a value (all start with ``<tracekit:``):
 
 - ``<tracekit: repr raised TYPE>``: the value's ``__repr__`` raised TYPE;
-- ``<tracekit: repr timed out>``: the ``__repr__`` ran longer than ``repr_timeout`` seconds;
+- ``<tracekit: repr timed out>``: the ``__repr__`` ran longer than ``repr_timeout`` seconds
+  (a frame's values are first rendered in one pass under one budget; if that pass fails or
+  runs out of time, each value is rendered again alone, under a budget of its own, so a
+  ``__repr__`` with side effects may run twice in that case);
 - ``<tracekit: repr too large: N chars>``: the repr was longer than ``max_repr_chars``;
 - ``...<tracekit: N more chars>``: appended to a value cut at ``max_value_chars`` (off by
   default, as in CWM's data).
@@ -203,11 +206,11 @@ def _entry_code(module_code: types.CodeType, tree: ast.AST, def_lineno: int):
 
 
 class _ReprWatchdog:
-    """Interrupts the main thread when one repr runs longer than its budget.
+    """Interrupts the main thread when one rendering pass runs longer than its budget.
 
-    A daemon thread samples which repr is in progress a few times per budget; when the same
+    A daemon thread samples which pass is in progress a few times per budget; when the same
     one is still running after the budget, it sends SIGALRM to the main thread, whose handler
-    raises inside the repr. The main thread pays two attribute writes per repr, no syscalls.
+    raises inside the repr. The main thread pays a few attribute writes per pass, no syscalls.
     If the program installs its own SIGALRM handler, the budget is off (the wall-clock
     timeout still ends the program).
     """
