@@ -102,21 +102,10 @@ def _pyenv_versions() -> list[Path]:
     root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
     if not root.is_dir():
         return []
+
     def key(p: Path):
         return tuple(int(x) if x.isdigit() else 0 for x in p.name.split("."))
     return sorted((p for p in root.iterdir() if p.is_dir()), key=key, reverse=True)
-
-
-def available_pythons() -> list[Interpreter]:
-    """Every CPython 3.10+ found on PATH or under pyenv, one per minor version (newest patch)."""
-    found: dict[str, Interpreter] = {}
-    for minor in range(10, 20):
-        try:
-            interp = find_python(f"3.{minor}")
-        except SandboxUnavailable:
-            continue
-        found[f"3.{minor}"] = interp
-    return list(found.values())
 
 
 @functools.lru_cache(maxsize=None)
@@ -161,7 +150,7 @@ def _bwrap_base(tmp_size_mb: int) -> list[str]:
     args = ["--die-with-parent", "--new-session", "--unshare-all", "--cap-drop", "ALL",
             "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
             "--size", str(tmp_size_mb << 20), "--tmpfs", "/tmp"]
-    for home in {"/root", "/home", os.path.expanduser("~")}:
+    for home in sorted({"/root", "/home", os.path.expanduser("~")}):
         if os.path.isdir(home) and home != "/":
             args += ["--tmpfs", home]
     return args
