@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from tests.conftest import python_or_skip
-from tracekit.cli import main
-from tracekit.trace import Trace
+from tracekit.cli import EXIT_CODES, main
+from tracekit.trace import STATUSES, Trace
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "data" / "programs" / "bubble_sort.py"
@@ -123,3 +123,8 @@ def test_pretty_format_to_a_file(tmp_path):
     assert result.exit_code == 0
     text = out.read_text()
     assert "items[j], items[j + 1] = items[j + 1], items[j]" in text and "\x1b[" not in text
+
+
+def test_every_status_has_an_exit_code():
+    assert set(EXIT_CODES) == set(STATUSES)
+    assert EXIT_CODES["ok"] == 0 and all(code != 2 for code in EXIT_CODES.values())

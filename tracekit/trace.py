@@ -7,8 +7,6 @@ from dataclasses import asdict, dataclass, field
 
 from tracekit.tracer import DOTS
 
-EVENTS = ("call", "line", "return", "exception")
-
 # Every status a trace can end with. A trace is usable for training when its status is in
 # COMPLETE_STATUSES: the entry frame ran to its final return event.
 STATUSES = {
