@@ -359,6 +359,7 @@ class Recorder:
         self._last_frame_id = None
         self._baseline: dict | None = None
         self._retrying = False
+        self._local_trace = self.local_trace  # one bound method, not a new one per event
 
     # settrace entry points ---------------------------------------------------------------
 
@@ -374,7 +375,7 @@ class Recorder:
             self._on_call(frame)
         except BaseException as exc:
             self._failed(exc, self._on_call, frame)
-        return self.local_trace
+        return self._local_trace
 
     def local_trace(self, frame, event, arg):
         """The per-frame trace function: line, return and exception events."""
@@ -399,7 +400,7 @@ class Recorder:
                 self._on_exception(frame, arg)
         except BaseException as exc:
             self._failed(exc, self.local_trace, frame, event, arg)
-        return self.local_trace
+        return self._local_trace
 
     def _failed(self, exc: BaseException, retry, *args) -> None:
         """The tracer's own failures never become the program's exceptions."""
@@ -490,7 +491,6 @@ class Recorder:
         else:
             items = frame.f_locals.items()
         renderer = self.renderer
-        finish = renderer.finish
         threshold = renderer.threshold
         watchdog = renderer.watchdog
         if watchdog is not None:  # one time budget for this optimistic pass over the values
@@ -498,24 +498,24 @@ class Recorder:
             watchdog.current = watchdog.count
         rendered = {}
         try:
+            # (No bound methods kept in locals here: each would be a new object per event.)
             if baseline is None:
                 state = rendered
                 for name, value in items:
                     text = repr(value)
                     if len(text) > threshold or " at 0x" in text:
-                        text = finish(text)
+                        text = renderer.finish(text)
                     rendered[name] = text
             else:
                 state = {}
-                previous = baseline.get
                 for name, value in items:
                     text = repr(value)
-                    if previous(name) == text:  # unchanged: it passed `finish` unaltered before
+                    if baseline.get(name) == text:  # unchanged: it passed `finish` as it is
                         state[name] = DOTS
                     else:
                         if len(text) > threshold or " at 0x" in text:
-                            text = finish(text)
-                        state[name] = DOTS if previous(name) == text else text
+                            text = renderer.finish(text)
+                        state[name] = DOTS if baseline.get(name) == text else text
                     rendered[name] = text
         except BaseException:
             # A repr raised or ran out of time, or an int is past 3.11+'s digit limit: again,
