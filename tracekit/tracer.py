@@ -210,7 +210,7 @@ class _ReprWatchdog:
 
     A daemon thread samples which pass is in progress a few times per budget; when the same
     one is still running after the budget, it sends SIGALRM to the main thread, whose handler
-    raises inside the repr. The main thread pays a few attribute writes per pass, no syscalls.
+    raises inside the repr. The main thread pays two attribute writes per pass, no syscalls.
     If the program installs its own SIGALRM handler, the budget is off (the wall-clock
     timeout still ends the program).
     """
@@ -219,9 +219,10 @@ class _ReprWatchdog:
 
     def __init__(self):
         self.budget = DEFAULT_REPR_TIMEOUT
-        self.current = 0  # number of the repr in progress; 0 when none
-        self.count = 0
-        self.fired = 0  # the repr the last interrupt was meant for
+        # The rendering pass in progress, named by an object made for it (None when idle):
+        # the main thread only stores a reference, which allocates nothing.
+        self.current = None
+        self.fired = None  # the pass the last interrupt was meant for
         self.main_id = threading.main_thread().ident
         signal.signal(signal.SIGALRM, self.on_alarm)
         threading.Thread(target=self.watch, name="tracekit-repr-watchdog", daemon=True).start()
@@ -239,19 +240,19 @@ class _ReprWatchdog:
     def on_alarm(self, signum, frame):
         # Raise only inside the repr itself: a signal that lands in the tracer's own code
         # (the repr has just returned) is ignored.
-        if (self.current and self.current == self.fired
+        if (self.current is not None and self.current is self.fired
                 and frame is not None and frame.f_code not in _TRACER_CODES):
             raise _ReprTimeout()
 
     def watch(self) -> None:
         import time
 
-        seen, since = 0, 0.0
+        seen, since = None, 0.0  # holding `seen` keeps its id from being reused
         while True:
             period = self.budget / 4
             time.sleep(period)
             current = self.current
-            if current == 0 or current != seen:
+            if current is None or current is not seen:
                 seen, since = current, 0.0
                 continue
             since += period
@@ -280,8 +281,7 @@ class Renderer:
             return text if len(text) <= self.threshold and " at 0x" not in text else self.finish(text)
         watchdog = self.watchdog
         if watchdog is not None:
-            watchdog.count += 1
-            watchdog.current = watchdog.count
+            watchdog.current = object()
         try:
             text = repr(value)
         except BaseException as exc:  # a __repr__ may raise anything, SystemExit included
@@ -293,7 +293,7 @@ class Renderer:
                 text = RAISED_PLACEHOLDER.format(type(exc).__name__)
         finally:
             if watchdog is not None:
-                watchdog.current = 0
+                watchdog.current = None
         return self.finish(text)
 
     def finish(self, text: str) -> str:
@@ -334,7 +334,7 @@ class Recorder:
     exception triple of return/exception frames, else None.
 
     The ".." rule keeps one baseline: the rendered locals of the last call/line frame, valid
-    while events keep coming from the same Python frame (`_last_frame_id`); an event of any
+    while events keep coming from the same Python frame (`_last_frame`); an event of any
     other frame drops it, so the first frame after a context switch prints every value.
     The event handlers are written flat, with few calls and no comprehensions on the line
     path: they run for every event of every traced program (benchmarks/RESULTS.md).
@@ -356,7 +356,8 @@ class Recorder:
         self._entry_exception = None
         self._scopes: dict = {}  # id(frame) -> [scope id, depth, persistent locals (3.13+)]
         self._next_scope = 0
-        self._last_frame_id = None
+        self._last_frame = None  # the frame of the last event (released when tracing stops)
+        self._last_scope = None
         self._baseline: dict | None = None
         self._retrying = False
         self._local_trace = self.local_trace  # one bound method, not a new one per event
@@ -383,11 +384,12 @@ class Recorder:
             return None
         try:
             if event == "line":
-                fid = id(frame)
-                scope = self._scopes[fid]
-                state = self._render_locals(
-                    frame, scope, self._baseline if self._last_frame_id == fid else None)
-                self._last_frame_id = fid
+                if frame is self._last_frame:
+                    scope, baseline = self._last_scope, self._baseline
+                else:
+                    scope, baseline = self._scopes[id(frame)], None
+                    self._last_frame, self._last_scope = frame, scope
+                state = self._render_locals(frame, scope, baseline)
                 lineno = frame.f_lineno
                 frames = self.frames
                 if len(frames) >= self.max_frames:
@@ -436,14 +438,14 @@ class Recorder:
             parent = scopes.get(id(frame.f_back))
             scope[1] = parent[1] + 1 if parent is not None else self._depth_of(frame)
         state = self._render_locals(frame, scope, None)
-        self._last_frame_id = fid
+        self._last_frame, self._last_scope = frame, scope
         self._append("call", frame.f_lineno, state, None, scope)
 
     def _on_return(self, frame, arg):
         fid = id(frame)
         scope = self._scopes[fid]
-        if self._last_frame_id != fid:
-            self._last_frame_id, self._baseline = fid, None
+        if self._last_frame is not frame:
+            self._last_frame, self._last_scope, self._baseline = frame, scope, None
         self._append("return", frame.f_lineno, None, self.renderer.render(arg), scope)
         is_generator = frame.f_code.co_flags & _GENERATOR_FLAGS
         if not is_generator:
@@ -460,10 +462,9 @@ class Recorder:
             self._stop()
 
     def _on_exception(self, frame, arg):
-        fid = id(frame)
-        scope = self._scopes[fid]
-        if self._last_frame_id != fid:
-            self._last_frame_id, self._baseline = fid, None
+        scope = self._scopes[id(frame)]
+        if self._last_frame is not frame:
+            self._last_frame, self._last_scope, self._baseline = frame, scope, None
         if frame is self.entry_frame:
             self._entry_exception = (arg[0], arg[1])
         self._append("exception", frame.f_lineno, None, self.renderer.render(arg), scope)
@@ -493,10 +494,9 @@ class Recorder:
         renderer = self.renderer
         threshold = renderer.threshold
         watchdog = renderer.watchdog
-        if watchdog is not None:  # one time budget for this optimistic pass over the values
-            watchdog.count += 1
-            watchdog.current = watchdog.count
         rendered = {}
+        if watchdog is not None:  # one time budget for this optimistic pass over the values
+            watchdog.current = rendered  # (a dict of strings: the watchdog may hold on to it)
         try:
             # (No bound methods kept in locals here: each would be a new object per event.)
             if baseline is None:
@@ -521,13 +521,13 @@ class Recorder:
             # A repr raised or ran out of time, or an int is past 3.11+'s digit limit: again,
             # value by value, each under its own time budget, with placeholders.
             if watchdog is not None:
-                watchdog.current = 0
+                watchdog.current = None
             rendered = {name: renderer.render(value) for name, value in items}
             state = rendered if baseline is None else {
                 name: DOTS if baseline.get(name) == text else text
                 for name, text in rendered.items()}
         if watchdog is not None:
-            watchdog.current = 0
+            watchdog.current = None
         self._baseline = rendered
         return state
 
@@ -544,6 +544,7 @@ class Recorder:
 
     def _stop(self):
         self.done = True
+        self._last_frame = self._last_scope = None
         sys.settrace(None)
 
     def _depth_of(self, frame) -> int:
