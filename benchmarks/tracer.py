@@ -55,6 +55,17 @@ def fresh_namespace(program: dict) -> dict:
     return namespace
 
 
+def run_traced(namespace: dict, trace_function) -> None:
+    """Call the program's main() under `trace_function`; the program's own errors are fine."""
+    sys.settrace(trace_function)
+    try:
+        namespace["main"]()
+    except Exception:
+        pass
+    finally:
+        sys.settrace(None)
+
+
 def run_minimal(program: dict, namespace: dict) -> int:
     events = []
 
@@ -64,13 +75,7 @@ def run_minimal(program: dict, namespace: dict) -> int:
         events.append((event, frame.f_lineno, {k: repr(v) for k, v in frame.f_locals.items()}))
         return tracer
 
-    sys.settrace(tracer)
-    try:
-        namespace["main"]()
-    except Exception:
-        pass
-    finally:
-        sys.settrace(None)
+    run_traced(namespace, tracer)
     return len(events)
 
 
@@ -89,13 +94,7 @@ def run_pysnooper(program: dict, namespace: dict) -> int:
 def record(program: dict, namespace: dict) -> Recorder:
     recorder = Recorder(FILENAME, program["context"], program["entry_code"], Renderer(),
                         max_frames=None)
-    sys.settrace(recorder.global_trace)
-    try:
-        namespace["main"]()
-    except Exception:
-        pass
-    finally:
-        sys.settrace(None)
+    run_traced(namespace, recorder.global_trace)
     return recorder
 
 
