@@ -54,17 +54,18 @@ def _limits_options(f):
         click.option("--python", "python", metavar="VERSION|PATH",
                      help="Interpreter that runs the program: 3.10 reproduces CWM's traces most "
                           "closely. Default: this one."),
-        click.option("--timeout", type=float, default=10.0, show_default=True,
+        click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
                      help="Wall-clock seconds per program (also the CPU-time limit)."),
-        click.option("--memory-mb", type=int, default=2048, show_default=True,
+        click.option("--memory-mb", type=click.IntRange(min=64), default=2048, show_default=True,
                      help="Address-space limit of the program."),
-        click.option("--max-frames", type=int, default=tracer.DEFAULT_MAX_FRAMES,
+        click.option("--max-frames", type=click.IntRange(min=0), default=tracer.DEFAULT_MAX_FRAMES,
                      show_default=True, help="Stop with status frame_limit after this many "
                      "frames (0: no cap)."),
-        click.option("--max-value-chars", type=int, default=None,
+        click.option("--max-value-chars", type=click.IntRange(min=1), default=None,
                      help="Cut rendered values after this many characters, marked "
                           "'...<tracekit: N more chars>'. Default: no cut (as in CWM's data)."),
-        click.option("--repr-timeout", type=float, default=tracer.DEFAULT_REPR_TIMEOUT,
+        click.option("--repr-timeout", type=click.FloatRange(min=0.01),
+                     default=tracer.DEFAULT_REPR_TIMEOUT,
                      show_default=True, help="Seconds a value's __repr__ may run before it is "
                      "shown as '<tracekit: repr timed out>'."),
         click.option("--sandbox", type=click.Choice(sandbox.SANDBOX_MODES), default="auto",
