@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tracekit.cwm import trace_text  # noqa: E402
+from tracekit.prompts import trace_text  # noqa: E402
 from tracekit.trace import Trace  # noqa: E402
 from tracekit.tracer import Recorder, Renderer, _entry_code, prepare_context  # noqa: E402
 

@@ -6,7 +6,7 @@ import pytest
 
 from tests.conftest import SUPPORTED_PYTHONS, python_or_skip
 from tests.golden.expected_for import PROGRAMS, expected_path, trace_program
-from tracekit.cwm import trace_text
+from tracekit.prompts import trace_text
 from tracekit.trace import Trace
 
 NAMES = sorted(p.stem for p in PROGRAMS.glob("*.py"))

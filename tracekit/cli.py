@@ -12,7 +12,7 @@ import click
 from rich.console import Console
 
 from tracekit import sandbox, tracer
-from tracekit.cwm import trace_text
+from tracekit.prompts import trace_text
 from tracekit.pretty import print_trace, summary_table
 from tracekit.trace import Trace
 

@@ -40,6 +40,7 @@ class Frame:
     arg: str | None = None
     scope: int = 0
     depth: int = 0
+    error: str | None = None  # set on frames parsed from malformed model output
 
 
 @dataclass

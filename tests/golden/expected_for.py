@@ -41,7 +41,7 @@ def trace_program(name: str, python: str | None):
 
 
 def main() -> None:
-    from tracekit.cwm import trace_text
+    from tracekit.prompts import trace_text
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--python", default="3.10")

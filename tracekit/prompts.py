@@ -1,0 +1,94 @@
+"""Prompts from the jinja2 templates in `tracekit/templates/`: CWM trace prompts, CWM's chat
+format, an output-prediction prompt, and a plain-text trace for models without CWM's tokens.
+
+Text and ids agree: `trace_prompt(...)` renders the template; `trace_prompt_ids(...)` encodes
+`cwm.prompt_segments(...)` segment by segment; a test checks both give the same ids.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+
+import jinja2
+
+from tracekit.cwm import EVENT_TOKENS, prompt_segments
+from tracekit.trace import Frame, Trace
+
+_THINK_BLOCK = re.compile(r"<think>.*?</think>\s*", re.DOTALL)
+ROLES = ("system", "user", "assistant", "tool")
+
+
+@functools.lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.PackageLoader("tracekit", "templates"),
+                             autoescape=False, undefined=jinja2.StrictUndefined)
+    env.filters["json"] = json.dumps  # default settings, as CWM's data (jinja's tojson is not)
+    return env
+
+
+def render(template: str, **values) -> str:
+    """Render `tracekit/templates/<template>.jinja`."""
+    return _environment().get_template(f"{template}.jinja").render(**values)
+
+
+REASONING_SYSTEM_PROMPT = render("reasoning_system")
+
+
+def trace_prompt(context: str, frames: list[Frame] = (), force_event: str | None = None,
+                 end: bool = False) -> str:
+    """`<|begin_of_text|><|trace_context_start|>CONTEXT<|frame_sep|>` + `frames`, then
+    optionally a forced next event token (e.g. "return" after a call frame, to step over the
+    call), or `<|end_of_text|>` with `end`. With no frames the model predicts from the call
+    frame on; with the first k real frames it continues a real trace."""
+    if force_event is not None and force_event not in EVENT_TOKENS:
+        raise ValueError(f"unknown event {force_event!r}: use one of {', '.join(EVENT_TOKENS)}")
+    return render("trace_prompt", context=context, frames=frames, force_event=force_event,
+                  end=end, event_tokens=EVENT_TOKENS)
+
+
+def trace_text(trace: Trace) -> str:
+    """A whole trace, `<|begin_of_text|>` ... `<|end_of_text|>`. A trace that did not run to the
+    entry's final return (a limit, a crash) gets no `<|end_of_text|>`."""
+    return trace_prompt(trace.context, trace.frames, end=trace.complete)
+
+
+def trace_prompt_ids(tokenizer, context: str, frames: list[Frame] = (),
+                     force_event: str | None = None, end: bool = False) -> list[int]:
+    """The same prompt as token ids: special tokens as ids, the rest encoded as plain text."""
+    from tracekit.tokenizer import encode_segments
+
+    return encode_segments(tokenizer, prompt_segments(context, frames, force_event, end))
+
+
+def chat_prompt(messages: list[dict], add_generation_prompt: bool = True,
+                enable_thinking: bool = True, preserve_previous_think: bool = True,
+                system_prompt: str | None = REASONING_SYSTEM_PROMPT) -> str:
+    """CWM's chat format. `messages`: dicts with `role` (system, user, assistant, tool) and
+    `content`; tool messages may carry a `name` (rendered `tool: NAME`). Without a system
+    message, `system_prompt` (CWM's reasoning prompt) comes first. With
+    `preserve_previous_think=False`, earlier assistant turns lose their <think> blocks."""
+    messages = [dict(m) for m in messages]
+    for m in messages:
+        if m.get("role") not in ROLES:
+            raise ValueError(f"unknown role {m.get('role')!r}: use one of {', '.join(ROLES)}")
+        if not preserve_previous_think and m["role"] == "assistant":
+            m["content"] = _THINK_BLOCK.sub("", m["content"])
+    if system_prompt is not None and not any(m["role"] == "system" for m in messages):
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    return render("chat", messages=messages, add_generation_prompt=add_generation_prompt,
+                  enable_thinking=enable_thinking)
+
+
+def output_prediction_prompt(code: str, call: str, **chat_options) -> str:
+    """A CRUXEval-O style chat prompt: given code and a call, reason, then answer the value
+    between [OUTPUT] and [/OUTPUT]."""
+    user = render("output_prediction", code=code.rstrip("\n"), call=call)
+    return chat_prompt([{"role": "user", "content": user}], **chat_options)
+
+
+def plain_trace(trace: Trace) -> str:
+    """The trace as plain text, one block per frame, for models without CWM's special tokens."""
+    return render("trace_plain", context=trace.context, call=trace.call, entry=trace.entry,
+                  frames=trace.frames, end=trace.complete)

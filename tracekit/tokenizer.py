@@ -1,0 +1,148 @@
+"""Tokenizers with CWM's exact ids: one interface, two implementations.
+
+- `CwmTokenizer`: the Llama 3 BPE shipped in the `llama-models` package (read with tiktoken,
+  Llama 3 pre-tokenizer regex) plus CWM's 256 reserved special tokens (spec section 7).
+- `HFTokenizer`: a checkpoint directory's `tokenizer.json` through the `tokenizers` library.
+
+`load_tokenizer(directory)` prefers the checkpoint's own tokenizer when it ships one.
+Special tokens are always inserted as ids and the text between them encoded as plain text (the
+way Meta's client does), so encoding a wire string and encoding its segments give the same ids.
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib import resources
+from pathlib import Path
+from typing import Protocol
+
+from tracekit.cwm import SPECIAL_TOKENS, ParsedTrace, Segment, parse_segments, text_segments
+
+LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                  r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+VOCAB_SIZE = 128_256
+_ID_TO_SPECIAL = {i: t for t, i in SPECIAL_TOKENS.items()}
+
+
+class Tokenizer(Protocol):
+    vocab_size: int
+    special_ids: dict[str, int]
+
+    def encode_plain(self, text: str) -> list[int]:
+        """Text as ordinary tokens: special-token strings in it are NOT special."""
+
+    def decode_plain(self, ids: list[int]) -> str:
+        """Ordinary tokens back to text (no special ids allowed)."""
+
+
+def encode(tokenizer: Tokenizer, text: str) -> list[int]:
+    """Text with special tokens written out (`<|frame_sep|>`) to ids: each special as its id,
+    the text between them as plain text."""
+    return encode_segments(tokenizer, text_segments(text))
+
+
+def encode_segments(tokenizer: Tokenizer, segments: list) -> list[int]:
+    """Segments (strings that are special tokens, or (is_special, text) pairs) to ids."""
+    ids: list[int] = []
+    for segment in segments:
+        special, text = segment if isinstance(segment, tuple) else (
+            segment in tokenizer.special_ids, segment)
+        if special:
+            ids.append(tokenizer.special_ids[text])
+        elif text:
+            ids.extend(tokenizer.encode_plain(text))
+    return ids
+
+
+def id_segments(tokenizer: Tokenizer, ids: list[int]) -> list[Segment]:
+    """Ids to segments: each special id on its own, runs of ordinary ids decoded together."""
+    specials = {i: t for t, i in tokenizer.special_ids.items()}
+    segments: list[Segment] = []
+    run: list[int] = []
+    for token in ids:
+        if token in specials:
+            if run:
+                segments.append((False, tokenizer.decode_plain(run)))
+                run = []
+            segments.append((True, specials[token]))
+        else:
+            run.append(token)
+    if run:
+        segments.append((False, tokenizer.decode_plain(run)))
+    return segments
+
+
+def decode(tokenizer: Tokenizer, ids: list[int]) -> str:
+    """Ids to text, special tokens kept as their names (never skipped: on traces, skipping
+    special tokens deletes every separator)."""
+    return "".join(text for _, text in id_segments(tokenizer, ids))
+
+
+def parse_ids(tokenizer: Tokenizer, ids: list[int]) -> ParsedTrace:
+    """Parse token ids into frames; exact even where the text would be ambiguous. Never raises
+    (ids outside the vocabulary decode to U+FFFD)."""
+    return parse_segments(id_segments(tokenizer, ids))
+
+
+class CwmTokenizer:
+    """The Llama 3 BPE (128,000 ranks) plus CWM's 256 special tokens, ids 128000-128255."""
+
+    def __init__(self, model_file: str | Path | None = None):
+        import tiktoken
+        from tiktoken.load import load_tiktoken_bpe
+
+        path = Path(model_file) if model_file else _llama3_bpe_file()
+        ranks = load_tiktoken_bpe(str(path))
+        self.encoding = tiktoken.Encoding(name="cwm", pat_str=LLAMA3_PATTERN,
+                                          mergeable_ranks=ranks, special_tokens=SPECIAL_TOKENS)
+        self.special_ids = dict(SPECIAL_TOKENS)
+        self.vocab_size = len(ranks) + len(SPECIAL_TOKENS)
+
+    def encode_plain(self, text: str) -> list[int]:
+        return self.encoding.encode(text, allowed_special=set(), disallowed_special=())
+
+    def decode_plain(self, ids: list[int]) -> str:
+        ids = [i for i in ids if 0 <= i < self.encoding.n_vocab]
+        return self.encoding.decode(ids, errors="replace")
+
+
+class HFTokenizer:
+    """A checkpoint's `tokenizer.json`, through the `tokenizers` library."""
+
+    def __init__(self, path: str | Path):
+        from tokenizers import Tokenizer as _Tokenizer
+
+        self.backend = _Tokenizer.from_file(str(path))
+        vocab = self.backend.get_vocab(with_added_tokens=True)
+        self.special_ids = {token: i for token, i in vocab.items()
+                            if token.startswith("<|") and token.endswith("|>")}
+        self.vocab_size = self.backend.get_vocab_size(with_added_tokens=True)
+        self.backend.encode_special_tokens = True  # plain text never yields a special id
+
+    def encode_plain(self, text: str) -> list[int]:
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def decode_plain(self, ids: list[int]) -> str:
+        return self.backend.decode(ids, skip_special_tokens=False)
+
+
+def load_tokenizer(checkpoint: str | Path | None = None) -> Tokenizer:
+    """The checkpoint's own `tokenizer.json` when it has one, else CWM's (Llama 3 BPE)."""
+    if checkpoint is not None and (Path(checkpoint) / "tokenizer.json").exists():
+        return HFTokenizer(Path(checkpoint) / "tokenizer.json")
+    return cwm_tokenizer()
+
+
+@functools.lru_cache(maxsize=1)
+def cwm_tokenizer() -> CwmTokenizer:
+    """The shared CWM tokenizer (loading the BPE takes about a second)."""
+    return CwmTokenizer()
+
+
+def _llama3_bpe_file() -> Path:
+    try:
+        path = resources.files("llama_models") / "llama3" / "tokenizer.model"
+    except ModuleNotFoundError:
+        raise RuntimeError("the Llama 3 BPE comes with the llama-models package: "
+                           "pip install llama-models") from None
+    return Path(str(path))
