@@ -140,6 +140,68 @@ def _exit_for(result: Trace) -> None:
     sys.exit(code)
 
 
+@main.command(epilog=EXIT_HELP)
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--entry", metavar="NAME", help="Function to trace (as for `tracekit trace`).")
+@click.option("--call", metavar="EXPR", help="Call to run (as for `tracekit trace`).")
+@click.option("--frames", "k", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Include the first K real frames (traced in the sandbox): the model continues "
+                   "from there. 0: the context alone.")
+@click.option("--force", type=click.Choice(["call", "line", "return", "exception"]),
+              help="End the prompt with this event token, e.g. return after a call frame to "
+                   "step over the call.")
+@click.option("--chat", is_flag=True, help="An output-prediction chat prompt (CRUXEval-O "
+              "style, CWM's reasoning system prompt) instead of a trace prompt.")
+@click.option("--no-thinking", is_flag=True, help="With --chat: no '<think>' after the "
+              "assistant header.")
+@click.option("--ids", is_flag=True, help="Print the token ids instead of the text.")
+@click.option("--count", is_flag=True, help="Print the number of tokens only.")
+@click.option("--tokenizer", "checkpoint", type=click.Path(exists=True, file_okay=False),
+              help="A checkpoint directory whose tokenizer.json to use. Default: CWM's.")
+@_limits_options
+def prompt(file: Path, entry, call, k, force, chat, no_thinking, ids, count, checkpoint,
+           python, timeout, memory_mb, max_frames, max_value_chars, repr_timeout, sandbox) -> None:
+    """Print the CWM prompt for FILE: its text, token ids (--ids) or token count (--count).
+
+    \b
+    tracekit prompt prog.py                      # context only: the model predicts the trace
+    tracekit prompt prog.py --frames 3 --count   # context + 3 real frames, in tokens
+    tracekit prompt prog.py --frames 1 --force return   # step over the entry's first call
+    tracekit prompt prog.py --chat               # predict the output, with reasoning
+    """
+    from tracekit import prompts, tokenizer as tokenizers
+
+    source = file.read_text(encoding="utf-8")
+    frames = []
+    if chat or k:
+        result = _run(source, str(file), call, entry, python, timeout, memory_mb, max_frames,
+                      max_value_chars, repr_timeout, sandbox)
+        if result.status not in ("ok", "raised", "exited", "frame_limit"):
+            _exit_for(result)
+        context, frames, call = result.context, result.frames[:k], result.call
+    else:
+        context, _, _ = _prepare(source, entry)
+    if chat:
+        text = prompts.output_prediction_prompt(context.replace(tracer.MARKER, ""), call,
+                                                enable_thinking=not no_thinking)
+    else:
+        text = prompts.trace_prompt(context, frames, force_event=force)
+    if not (ids or count):
+        click.echo(text, nl=False)
+        return
+    token_ids = tokenizers.encode(tokenizers.load_tokenizer(checkpoint), text)
+    click.echo(len(token_ids) if count else " ".join(map(str, token_ids)))
+
+
+def _prepare(source: str, entry):
+    """The context with its marker, or exit 4 with one line naming the problem."""
+    try:
+        return tracer.prepare_context(source, entry)
+    except tracer.TraceSetupError as exc:
+        stderr.print(f"[red]{exc.status}:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(EXIT_CODES[exc.status])
+
+
 @main.command()
 @click.option("--programs", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default=Path("data/programs"), show_default=True,

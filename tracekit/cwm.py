@@ -144,6 +144,13 @@ def parse_segments(segments: list[Segment]) -> ParsedTrace:
         if special and text == FRAME_SEP:
             frames.append(_parse_chunk(chunk))
             chunk = []
+        elif special and text in TOKEN_EVENTS and chunk:
+            # A new event token before the <|frame_sep|>: close the broken frame, start anew.
+            frame = _parse_chunk(chunk)
+            frame.error = f"missing <|frame_sep|> before {text}" + (
+                f" ({frame.error})" if frame.error else "")
+            frames.append(frame)
+            chunk = [(special, text)]
         else:
             chunk.append((special, text))
     if chunk:
