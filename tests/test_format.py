@@ -279,3 +279,54 @@ def test_prompt_command_text_ids_and_count(tok):
     assert forced.endswith("def fib(n):\n<|frame_sep|><|return_sep|>")
     chat = runner.invoke(main, ["prompt", sample, "--chat"]).output
     assert "Call: `fib(4)`" in chat and "START_OF_TRACE" not in chat
+
+
+@pytest.fixture(scope="module")
+def converted_tokenizer(tmp_path_factory):
+    """CWM's BPE converted to a tokenizer.json by transformers' tiktoken converter."""
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    from tracekit.tokenizer import LLAMA3_PATTERN, _llama3_bpe_file
+
+    converter = TikTokenConverter(
+        vocab_file=str(_llama3_bpe_file()), pattern=LLAMA3_PATTERN,
+        extra_special_tokens=sorted(SPECIAL_TOKENS, key=SPECIAL_TOKENS.get))
+    directory = tmp_path_factory.mktemp("converted")
+    converter.converted().save(str(directory / "tokenizer.json"))
+    return load_tokenizer(directory)
+
+
+def varied_documents(megabytes: float = 3.0) -> list[str]:
+    """A few MB of real, varied text: the standard library's sources, then seeded mixed-script
+    text with odd whitespace, digits, emoji and special tokens spliced in."""
+    import random
+    import sysconfig
+
+    documents, size = [], 0
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        documents.append(text)
+        size += len(text.encode())
+        if size > megabytes * 2 ** 20:
+            break
+    rng = random.Random(0)
+    alphabet = ("abcXYZ éüßñ ΑΒΓαβγ Жжя 中文字 日本語 한국어 العربية हिन्दी 😀🚀 0123456789 "
+                " \t\n\r\n  \u00a0\u2028 ()[]{}<>|'\"\\/:;,.!?-_=+*&^%$#@~`")
+    for _ in range(200):
+        words = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12)))
+                 for _ in range(rng.randint(5, 200))]
+        specials = [rng.choice(list(SPECIAL_TOKENS)) for _ in range(3)]
+        documents.append(" ".join(words[:len(words) // 2]) + specials[0] + " ".join(words) +
+                         specials[1] + specials[2])
+    return documents
+
+
+def test_converted_tokenizer_json_matches_the_tiktoken_route(converted_tokenizer, tok):
+    assert converted_tokenizer.special_ids == tok.special_ids
+    goldens = [path.read_text() for path in GOLDEN_FILES]
+    documents = varied_documents()
+    assert sum(len(d.encode()) for d in documents) > 3 * 2 ** 20
+    for text in goldens + documents:
+        ids = encode(tok, text)
+        assert encode(converted_tokenizer, text) == ids
+        assert decode(converted_tokenizer, ids) == decode(tok, ids)
