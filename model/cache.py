@@ -1,0 +1,82 @@
+"""The KV cache: preallocated per layer. Full-attention layers keep every position; sliding
+layers keep only the last `sliding_window` positions in a ring buffer, so memory stays bounded
+on long traces. Keys are stored after RoPE."""
+
+from __future__ import annotations
+
+import torch
+
+from model.config import CwmConfig
+
+
+class KVCache:
+    def __init__(self, config: CwmConfig, batch: int, max_length: int,
+                 dtype: torch.dtype, device: torch.device | str = "cpu"):
+        self.max_length = max_length
+        self.length = 0  # positions seen so far (the next token's index)
+        self.window = config.sliding_window
+        shape = (batch, config.num_key_value_heads)
+        self.keys, self.values = [], []
+        self.sliding = [t == "sliding_attention" for t in config.layer_types]
+        ring = min(self.window or max_length, max_length)
+        for sliding in self.sliding:
+            size = ring if sliding else max_length
+            self.keys.append(torch.zeros(*shape, size, config.head_dim, dtype=dtype, device=device))
+            self.values.append(torch.zeros(*shape, size, config.head_dim, dtype=dtype,
+                                           device=device))
+        # Sequence index held by each ring slot (-1: empty), shared by all sliding layers.
+        self.ring_index = torch.full((ring,), -1, dtype=torch.long, device=device)
+        self._new = 0
+
+    def prepare(self, new: int) -> None:
+        if self.length + new > self.max_length:
+            raise ValueError(f"the cache holds {self.max_length} positions; "
+                             f"{self.length} + {new} do not fit: make a larger KVCache")
+        self._new = new
+
+    def key_indices(self, sliding: bool) -> torch.Tensor:
+        """Sequence index of each key the next forward attends to (-1: an empty slot)."""
+        start, end = self.length, self.length + self._new
+        new = torch.arange(start, end, device=self.ring_index.device)
+        if not sliding:
+            return torch.arange(end, device=new.device)
+        return torch.cat((self.ring_index, new))
+
+    def padding_of(self, keep: torch.Tensor, sliding: bool) -> torch.Tensor:
+        """The padding mask (batch, sequence) of real tokens, laid out like `key_indices`."""
+        end = self.length + self._new
+        if not sliding:
+            return keep[:, :end]
+        slots = keep[:, self.ring_index.clamp(min=0)] & (self.ring_index >= 0)
+        return torch.cat((slots, keep[:, self.length:end]), dim=1)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Store this forward's keys/values; return what the layer attends to."""
+        start, new = self.length, k.shape[2]
+        if not self.sliding[layer]:
+            self.keys[layer][:, :, start:start + new] = k
+            self.values[layer][:, :, start:start + new] = v
+            return self.keys[layer][:, :, :start + new], self.values[layer][:, :, :start + new]
+        keys = torch.cat((self.keys[layer], k), dim=2)
+        values = torch.cat((self.values[layer], v), dim=2)
+        ring = self.ring_index.numel()
+        keep = min(new, ring)  # only the last `ring` new positions can still be needed
+        slots = torch.arange(start + new - keep, start + new, device=k.device) % ring
+        self.keys[layer][:, :, slots] = k[:, :, new - keep:]
+        self.values[layer][:, :, slots] = v[:, :, new - keep:]
+        return keys, values
+
+    def advance(self, new: int) -> None:
+        ring = self.ring_index.numel()
+        keep = min(new, ring)
+        indices = torch.arange(self.length + new - keep, self.length + new,
+                               device=self.ring_index.device)
+        self.ring_index[indices % ring] = indices
+        self.length += new
+        self._new = 0
+
+    def positions_held(self, layer: int) -> int:
+        """How many positions this layer's cache holds now."""
+        if not self.sliding[layer]:
+            return self.length
+        return int((self.ring_index >= 0).sum())
