@@ -1,0 +1,135 @@
+"""Hugging Face checkpoints: `config.json` plus `model.safetensors` or shards listed in
+`model.safetensors.index.json`. The model is built on the meta device and each tensor is read
+shard by shard straight to its device and dtype, so no second full copy is ever materialised."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from model.config import CwmConfig, ConfigError
+from model.modeling import CwmForCausalLM
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class CheckpointError(Exception):
+    """A checkpoint cannot be loaded; the message names the tensor or file and the fix."""
+
+
+def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu",
+                    dtype: torch.dtype | None = None) -> CwmForCausalLM:
+    """Load a checkpoint directory into our model (dtype: the config's unless given)."""
+    from safetensors import safe_open
+
+    directory = Path(directory)
+    try:
+        config = CwmConfig.from_file(directory)
+    except ConfigError as exc:
+        raise CheckpointError(f"{directory / 'config.json'}: {exc}") from None
+    dtype = dtype or DTYPES[config.dtype]
+    _check_device_dtype(device, dtype)
+    with torch.device("meta"):
+        model = CwmForCausalLM(config)
+    expected = {name: p for name, p in model.state_dict().items()}
+    if config.tie_word_embeddings:
+        expected.pop("lm_head.weight", None)
+    files = _shard_files(directory)
+    loaded: dict[str, torch.Tensor] = {}
+    for path, names in files.items():
+        try:
+            with safe_open(str(path), framework="pt", device=str(device)) as shard:
+                for name in names if names is not None else shard.keys():
+                    if name not in expected:
+                        raise CheckpointError(f"{path.name}: unexpected tensor {name!r} (not a "
+                                              "CWM weight): is this a CWM checkpoint?")
+                    tensor = shard.get_tensor(name)
+                    if tuple(tensor.shape) != tuple(expected[name].shape):
+                        raise CheckpointError(
+                            f"{path.name}: tensor {name!r} has shape {tuple(tensor.shape)}, the "
+                            f"config needs {tuple(expected[name].shape)}: config.json and "
+                            "weights disagree")
+                    loaded[name] = tensor.to(dtype)
+        except CheckpointError:
+            raise
+        except FileNotFoundError:
+            raise CheckpointError(f"{path}: shard listed in {INDEX} is missing") from None
+        except Exception as exc:  # safetensors reports truncation and corruption as various errors
+            raise CheckpointError(f"{path.name}: unreadable ({type(exc).__name__}: {exc}); the "
+                                  "file is truncated or corrupt: download it again") from None
+    missing = sorted(set(expected) - set(loaded))
+    if missing:
+        raise CheckpointError(f"missing tensor {missing[0]!r} ({len(missing)} missing in all) in "
+                              f"{directory}: the checkpoint is incomplete")
+    model.load_state_dict(loaded, strict=False, assign=True)
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    model.register_buffer("inv_freq", _inv_freq(config, device), persistent=False)
+    return model.eval()
+
+
+def save_checkpoint(model: CwmForCausalLM, directory: str | Path,
+                    max_shard_bytes: int = 5 << 30) -> None:
+    """Write config.json and safetensors shards (with an index when there is more than one)."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = model.config.to_dict()
+    config["dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    shards, current, size = [], {}, 0
+    for name, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if current and size + nbytes > max_shard_bytes:
+            shards.append(current)
+            current, size = {}, 0
+        current[name] = tensor
+        size += nbytes
+    shards.append(current)
+    if len(shards) == 1:
+        save_file(shards[0], str(directory / SINGLE), metadata={"format": "pt"})
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards, 1):
+        name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(directory / name), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, name))
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    (directory / INDEX).write_text(json.dumps(
+        {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+
+
+def _shard_files(directory: Path) -> dict[Path, list[str] | None]:
+    index = directory / INDEX
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError):
+            raise CheckpointError(f"{index}: not a safetensors index (no weight_map)") from None
+        files: dict[Path, list[str]] = {}
+        for name, file in weight_map.items():
+            files.setdefault(directory / file, []).append(name)
+        return files
+    if (directory / SINGLE).exists():
+        return {directory / SINGLE: None}
+    raise CheckpointError(f"{directory}: no {SINGLE} or {INDEX}: not a checkpoint directory")
+
+
+def _inv_freq(config: CwmConfig, device) -> torch.Tensor:
+    from model.modeling import rope_inverse_frequencies
+
+    return rope_inverse_frequencies(config).to(device)
+
+
+def _check_device_dtype(device, dtype: torch.dtype) -> None:
+    if dtype == torch.float16 and str(device).startswith("cpu"):
+        raise CheckpointError("float16 is slow or unsupported on CPU: pass dtype=torch.float32 "
+                              "or torch.bfloat16")

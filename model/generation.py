@@ -1,0 +1,80 @@
+"""Generation through the KV cache: greedy or sampled (temperature, top-k, top-p, seeded),
+stops on any of a set of token ids, batched prompts of different lengths (left-padded, as
+transformers does), returning each sequence's new tokens and their log-probabilities."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from model.cache import KVCache
+from model.modeling import CwmForCausalLM
+
+
+@dataclass
+class Generation:
+    tokens: list[int]
+    logprobs: list[float]
+    stopped: bool  # ended on a stop token (else max_new_tokens)
+
+
+@torch.no_grad()
+def generate(model: CwmForCausalLM, prompts: list[list[int]], max_new_tokens: int,
+             stop_ids: tuple[int, ...] = (), temperature: float = 0.0, top_k: int = 0,
+             top_p: float = 1.0, seed: int | None = None) -> list[Generation]:
+    """Continue each prompt. temperature 0 is greedy; the stop token is kept in `tokens`."""
+    device = model.lm_head.weight.device
+    dtype = model.lm_head.weight.dtype
+    batch = len(prompts)
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros(batch, width, dtype=torch.long, device=device)
+    mask = torch.zeros(batch, width + max_new_tokens, dtype=torch.long, device=device)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = torch.tensor(prompt, device=device)
+        mask[row, width - len(prompt):] = 1
+    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    cache = KVCache(model.config, batch, width + max_new_tokens, dtype, device)
+    positions = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)
+    logits = model(ids, attention_mask=mask[:, :width], position_ids=positions, cache=cache,
+                   logits_to_keep=1).logits[:, -1]
+    results = [Generation([], [], False) for _ in prompts]
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    stops = torch.tensor(list(stop_ids) or [-1], device=device)
+    for step in range(max_new_tokens):
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        token = _choose(logits.float(), temperature, top_k, top_p, generator)
+        chosen = logprobs.gather(-1, token[:, None])[:, 0]
+        for row in range(batch):
+            if not done[row]:
+                results[row].tokens.append(int(token[row]))
+                results[row].logprobs.append(float(chosen[row]))
+        done |= torch.isin(token, stops)
+        for row in range(batch):
+            results[row].stopped = results[row].stopped or bool(done[row] and
+                                                                 token[row] in stops)
+        if bool(done.all()) or step == max_new_tokens - 1:
+            break
+        length = width + step + 1
+        mask[:, length - 1] = 1
+        position = positions[:, -1:] + step + 1
+        logits = model(token[:, None], attention_mask=mask[:, :length], position_ids=position,
+                       cache=cache).logits[:, -1]
+    return results
+
+
+def _choose(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
+            generator: torch.Generator | None) -> torch.Tensor:
+    if temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cumulative = torch.softmax(sorted_logits, -1).cumsum(-1)
+        drop = cumulative - torch.softmax(sorted_logits, -1) > top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0]

@@ -1,0 +1,200 @@
+"""The CWM runtime against transformers' CwmForCausalLM (eager attention) on tiny random models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from model.cache import KVCache
+from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from model.config import CwmConfig, ConfigError
+from model.generation import generate
+from model.modeling import CwmForCausalLM
+
+transformers = pytest.importorskip("transformers")
+
+TINY = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=8,
+            max_position_embeddings=512, bos_token_id=1, eos_token_id=[2], pad_token_id=0,
+            layer_types=["full_attention", "sliding_attention", "sliding_attention",
+                         "full_attention"])
+
+
+def pair(seed: int = 0, dtype=torch.float32, **overrides):
+    """The same random weights in transformers' model and in ours."""
+    torch.manual_seed(seed)
+    fields = {**TINY, **overrides}
+    reference = transformers.CwmForCausalLM(
+        transformers.CwmConfig(**fields, attn_implementation="eager")).eval().to(dtype)
+    ours = CwmForCausalLM(CwmConfig(**fields, dtype=str(dtype).removeprefix("torch."))).eval()
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    return reference, ours.to(dtype)
+
+
+@pytest.mark.parametrize("seed, length", [(0, 24), (1, 40), (2, 33)])  # 3-5x the window
+def test_logits_and_loss_match_transformers_in_fp32(seed, length):
+    reference, ours = pair(seed)
+    ids = torch.randint(0, 300, (2, length))
+    labels = ids.clone()
+    labels[0, :4] = -100
+    with torch.no_grad():
+        ref, out = reference(ids, labels=labels), ours(ids, labels=labels)
+    assert (ref.logits - out.logits).abs().max() <= 1e-5
+    assert torch.equal(ref.loss, out.loss)
+
+
+def test_logits_match_transformers_in_bf16():
+    reference, ours = pair(3, torch.bfloat16)
+    ids = torch.randint(0, 300, (2, 32))
+    with torch.no_grad():
+        diff = (reference(ids).logits.float() - ours(ids).logits.float()).abs().max()
+    assert diff <= 2e-2
+
+
+def test_default_layer_rule_and_more_layers():
+    reference, ours = pair(4, num_hidden_layers=6, layer_types=None)
+    assert ours.config.layer_types == ["full_attention", "sliding_attention",
+                                       "sliding_attention", "sliding_attention",
+                                       "full_attention", "sliding_attention"]
+    ids = torch.randint(0, 300, (1, 30))
+    with torch.no_grad():
+        assert (reference(ids).logits - ours(ids).logits).abs().max() <= 1e-5
+
+
+def test_prefill_then_decode_through_the_cache_equals_one_forward():
+    _, ours = pair(5)
+    ids = torch.randint(0, 300, (2, 32))  # 4x the sliding window
+    with torch.no_grad():
+        full = ours(ids).logits
+        cache = KVCache(ours.config, 2, 40, torch.float32)
+        steps = [ours(ids[:, :12], cache=cache).logits]
+        steps += [ours(ids[:, t:t + 1], cache=cache).logits for t in range(12, 20)]
+        steps.append(ours(ids[:, 20:], cache=cache).logits)  # a chunk longer than the window
+    assert (torch.cat(steps, 1) - full).abs().max() <= 1e-5
+    held = [cache.positions_held(layer) for layer in range(4)]
+    assert held == [32, 8, 8, 32]  # sliding layers keep only the window
+    assert cache.keys[1].shape[2] == 8
+
+
+def test_greedy_generation_matches_transformers_generate():
+    reference, ours = pair(6)
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [20, 21, 22]]
+    ours_out = generate(ours, prompts, 64)
+    padded = torch.tensor([[5, 6, 7, 8, 9, 10, 11], [0, 0, 0, 0, 20, 21, 22]])
+    ref = reference.generate(padded, attention_mask=(padded != 0).long(), max_new_tokens=64,
+                             do_sample=False, eos_token_id=None, pad_token_id=0)[:, 7:]
+    assert [g.tokens for g in ours_out] == ref.tolist()
+    for prompt, g in zip(prompts, ours_out):  # and each prompt alone
+        alone = reference.generate(torch.tensor([prompt]), max_new_tokens=64, do_sample=False,
+                                   eos_token_id=None, pad_token_id=0)[0, len(prompt):]
+        assert g.tokens == alone.tolist() and len(g.logprobs) == 64
+        assert all(lp <= 0 for lp in g.logprobs)
+
+
+def test_sampling_is_seeded_and_stops_on_stop_ids():
+    _, ours = pair(7)
+    a = generate(ours, [[5, 6, 7]], 20, temperature=1.0, top_k=50, top_p=0.9, seed=3)
+    b = generate(ours, [[5, 6, 7]], 20, temperature=1.0, top_k=50, top_p=0.9, seed=3)
+    assert a[0].tokens == b[0].tokens
+    greedy = generate(ours, [[5, 6, 7]], 20)[0].tokens
+    stop = greedy[3]
+    stopped = generate(ours, [[5, 6, 7]], 20, stop_ids=(stop,))[0]
+    assert stopped.tokens == greedy[:greedy.index(stop) + 1] and stopped.stopped
+
+
+def test_checkpoints_load_both_ways(tmp_path):
+    reference, _ = pair(8)
+    reference.save_pretrained(tmp_path / "hf", max_shard_size="100KB")
+    assert len(list((tmp_path / "hf").glob("model-*.safetensors"))) > 1
+    ours = load_checkpoint(tmp_path / "hf", dtype=torch.float32)
+    ids = torch.randint(0, 300, (1, 20))
+    with torch.no_grad():
+        assert torch.equal(reference(ids).logits, ours(ids).logits)
+    save_checkpoint(ours, tmp_path / "ours", max_shard_bytes=100_000)
+    again = transformers.CwmForCausalLM.from_pretrained(tmp_path / "ours",
+                                                        attn_implementation="eager").eval()
+    with torch.no_grad():
+        assert torch.equal(again(ids).logits, ours(ids).logits)
+
+
+def test_released_32b_shapes_on_the_meta_device():
+    layer_types = ["full_attention" if i % 4 == 0 or i == 63 else "sliding_attention"
+                   for i in range(64)]
+    with torch.device("meta"):
+        model = CwmForCausalLM(CwmConfig(layer_types=layer_types))
+    assert sum(p.numel() for p in model.parameters()) == 32_581_097_472
+    windows = [layer.self_attn.window for layer in model.model.layers]
+    assert windows.count(None) == 17 and windows[63] is None and windows[1] == 8192
+
+
+@pytest.fixture
+def saved(tmp_path):
+    reference, _ = pair(9)
+    reference.save_pretrained(tmp_path, max_shard_size="100KB")
+    return tmp_path
+
+
+def _shard_with(directory, name):
+    index = json.loads((directory / "model.safetensors.index.json").read_text())
+    return directory / index["weight_map"][name], index
+
+
+def test_bad_checkpoint_missing_tensor(saved):
+    _, index = _shard_with(saved, "model.norm.weight")
+    del index["weight_map"]["model.norm.weight"]
+    (saved / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match="missing tensor 'model.norm.weight'"):
+        load_checkpoint(saved)
+
+
+def test_bad_checkpoint_wrong_shape(saved):
+    config = json.loads((saved / "config.json").read_text())
+    config["intermediate_size"] = 96
+    (saved / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"tensor 'model\.layers\.0\.mlp\.\w+_proj\.weight' "
+                                              r"has shape \(\d+, \d+\), the config needs"):
+        load_checkpoint(saved)
+
+
+def test_bad_checkpoint_truncated_file(saved):
+    shard, _ = _shard_with(saved, "lm_head.weight")
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(saved)
+
+
+def test_bad_checkpoint_config_field(saved):
+    config = json.loads((saved / "config.json").read_text())
+    config["num_key_value_heads"] = 3
+    (saved / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="num_key_value_heads: 3 does not divide"):
+        load_checkpoint(saved)
+
+
+@pytest.mark.parametrize("fields, words", [
+    ({"hidden_size": 0}, "hidden_size: must be a positive integer"),
+    ({"layer_types": ["full_attention"]}, "layer_types: 1 entries for 64 layers"),
+    ({"layer_types": ["global"] * 64}, "layer_types: unknown type 'global'"),
+    ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1.0}}, "rope_type: 'yarn'"),
+    ({"dtype": "int8"}, "dtype: 'int8'"),
+])
+def test_config_errors_name_the_field(fields, words):
+    with pytest.raises(ConfigError, match=words):
+        CwmConfig(**fields)
+
+
+def test_config_reads_legacy_rope_fields_and_torch_dtype():
+    config = CwmConfig.from_dict({"model_type": "llama", "rope_theta": 500000.0,
+                                  "rope_scaling": {"type": "llama3", "factor": 8.0,
+                                                   "low_freq_factor": 1.0,
+                                                   "high_freq_factor": 4.0,
+                                                   "original_max_position_embeddings": 8192},
+                                  "torch_dtype": "float32", "num_hidden_layers": 8})
+    assert config.rope_parameters["rope_type"] == "llama3"
+    assert config.rope_parameters["rope_theta"] == 500000.0 and config.dtype == "float32"
+    assert config.layer_types.count("full_attention") == 2
+    with pytest.raises(ConfigError, match="model_type"):
+        CwmConfig.from_dict({"model_type": "gpt2"})
