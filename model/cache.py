@@ -10,15 +10,19 @@ from model.config import CwmConfig
 
 
 class KVCache:
+    """`rewind_margin`: how many positions the cache can be rewound by exactly; sliding layers
+    keep that many positions beyond the window (masked out of attention until needed)."""
+
     def __init__(self, config: CwmConfig, batch: int, max_length: int,
-                 dtype: torch.dtype, device: torch.device | str = "cpu"):
+                 dtype: torch.dtype, device: torch.device | str = "cpu", rewind_margin: int = 0):
         self.max_length = max_length
+        self.rewind_margin = rewind_margin
         self.length = 0  # positions seen so far (the next token's index)
         self.window = config.sliding_window
         shape = (batch, config.num_key_value_heads)
         self.keys, self.values = [], []
         self.sliding = [t == "sliding_attention" for t in config.layer_types]
-        ring = min(self.window or max_length, max_length)
+        ring = min((self.window or max_length) + rewind_margin, max_length)
         for sliding in self.sliding:
             size = ring if sliding else max_length
             self.keys.append(torch.zeros(*shape, size, config.head_dim, dtype=dtype, device=device))
@@ -74,6 +78,19 @@ class KVCache:
         self.ring_index[indices % ring] = indices
         self.length += new
         self._new = 0
+
+    def rewind(self, length: int) -> None:
+        """Forget every position from `length` on (to step back, or to re-sample)."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot rewind to {length}: the cache holds 0..{self.length}")
+        oldest_held = max(0, self.length - self.ring_index.numel())
+        oldest_needed = max(0, length - (self.window or 1) + 1)
+        if any(self.sliding) and oldest_needed < oldest_held:
+            raise ValueError(f"cannot rewind by {self.length - length} positions: sliding layers "
+                             f"keep {self.rewind_margin} beyond the window (make the KVCache "
+                             "with a larger rewind_margin)")
+        self.ring_index[self.ring_index >= length] = -1
+        self.length = length
 
     def positions_held(self, layer: int) -> int:
         """How many positions this layer's cache holds now."""

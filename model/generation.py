@@ -38,29 +38,30 @@ def generate(model: CwmForCausalLM, prompts: list[list[int]], max_new_tokens: in
     positions = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)
     logits = model(ids, attention_mask=mask[:, :width], position_ids=positions, cache=cache,
                    logits_to_keep=1).logits[:, -1]
-    results = [Generation([], [], False) for _ in prompts]
+    chosen_tokens, chosen_logprobs = [], []
     done = torch.zeros(batch, dtype=torch.bool, device=device)
+    finished_at = torch.full((batch,), max_new_tokens, dtype=torch.long, device=device)
     stops = torch.tensor(list(stop_ids) or [-1], device=device)
     for step in range(max_new_tokens):
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
         token = _choose(logits.float(), temperature, top_k, top_p, generator)
-        chosen = logprobs.gather(-1, token[:, None])[:, 0]
-        for row in range(batch):
-            if not done[row]:
-                results[row].tokens.append(int(token[row]))
-                results[row].logprobs.append(float(chosen[row]))
-        done |= torch.isin(token, stops)
-        for row in range(batch):
-            results[row].stopped = results[row].stopped or bool(done[row] and
-                                                                 token[row] in stops)
-        if bool(done.all()) or step == max_new_tokens - 1:
+        logprob = torch.log_softmax(logits.float(), dim=-1).gather(-1, token[:, None])[:, 0]
+        chosen_tokens.append(token)
+        chosen_logprobs.append(logprob)
+        stopped_now = torch.isin(token, stops) & ~done
+        finished_at = torch.where(stopped_now, step + 1, finished_at)
+        done |= stopped_now
+        if step == max_new_tokens - 1 or bool(done.all()):
             break
         length = width + step + 1
         mask[:, length - 1] = 1
         position = positions[:, -1:] + step + 1
         logits = model(token[:, None], attention_mask=mask[:, :length], position_ids=position,
                        cache=cache).logits[:, -1]
-    return results
+    tokens = torch.stack(chosen_tokens, 1).tolist()
+    logprobs = torch.stack(chosen_logprobs, 1).tolist()
+    ends = finished_at.tolist()
+    stopped = done.tolist()
+    return [Generation(t[:end], lp[:end], s) for t, lp, end, s in zip(tokens, logprobs, ends, stopped)]
 
 
 def _choose(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,

@@ -83,13 +83,13 @@ class Attention(nn.Module):
         k = k * cos + rotate_half(k) * sin
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
-        groups = self.n_heads // self.n_kv
-        k = k.repeat_interleave(groups, dim=1)
-        v = v.repeat_interleave(groups, dim=1)
-        if attention == "sdpa":
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+        if attention == "sdpa":  # grouped-query attention without copying keys/values
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True,
                                                  scale=self.head_dim ** -0.5)
-        else:
+        else:  # the exact operation order of transformers' eager attention
+            groups = self.n_heads // self.n_kv
+            k = k.repeat_interleave(groups, dim=1)
+            v = v.repeat_interleave(groups, dim=1)
             scores = torch.matmul(q, k.transpose(2, 3)) * self.head_dim ** -0.5
             scores = scores + mask
             weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)

@@ -198,3 +198,28 @@ def test_config_reads_legacy_rope_fields_and_torch_dtype():
     assert config.layer_types.count("full_attention") == 2
     with pytest.raises(ConfigError, match="model_type"):
         CwmConfig.from_dict({"model_type": "gpt2"})
+
+
+def test_rewinding_the_cache_equals_never_having_gone_there():
+    _, ours = pair(10)
+    ids = torch.randint(0, 300, (1, 30))
+    other = torch.randint(0, 300, (1, 6))
+    with torch.no_grad():
+        full = ours(ids).logits
+        cache = KVCache(ours.config, 1, 40, torch.float32, rewind_margin=6)
+        ours(ids[:, :24], cache=cache)
+        ours(other, cache=cache)  # a branch we step back from
+        cache.rewind(24)
+        rest = ours(ids[:, 24:], cache=cache).logits
+    assert (rest - full[:, 24:]).abs().max() <= 1e-5
+    with pytest.raises(ValueError, match="larger rewind_margin"):
+        cache.rewind(20)
+
+
+def test_sdpa_attention_is_close_to_eager():
+    _, ours = pair(11)
+    ids = torch.randint(0, 300, (2, 30))
+    with torch.no_grad():
+        eager = ours(ids).logits
+        ours.attention = "sdpa"
+        assert (ours(ids).logits - eager).abs().max() <= 1e-4

@@ -1,0 +1,99 @@
+"""Our CWM runtime against transformers' CwmForCausalLM on the CPU: prefill and greedy decode.
+
+Same random tiny model (8 layers, hidden 512) in both, SDPA attention in both, fp32, one run
+per setting (median of a few repeats). Prefill: one forward over the prompts with a cache;
+decode: greedy generation of N tokens minus the prefill, per generated token.
+
+    python benchmarks/runtime.py [--prompt 256] [--new 32] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from model.cache import KVCache  # noqa: E402
+from model.config import CwmConfig  # noqa: E402
+from model.generation import generate  # noqa: E402
+from model.modeling import CwmForCausalLM  # noqa: E402
+
+SHAPES = dict(vocab_size=32000, hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
+              num_attention_heads=8, num_key_value_heads=2, head_dim=64, sliding_window=128,
+              max_position_embeddings=4096, bos_token_id=1, eos_token_id=[2], pad_token_id=0,
+              layer_types=["full_attention" if i % 4 == 0 else "sliding_attention"
+                           for i in range(8)])
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--prompt", type=int, default=256)
+    parser.add_argument("--new", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batches", default="1,4,16")
+    args = parser.parse_args()
+    import transformers
+
+    torch.manual_seed(0)
+    reference = transformers.CwmForCausalLM(
+        transformers.CwmConfig(**SHAPES, attn_implementation="sdpa")).eval()
+    ours = CwmForCausalLM(CwmConfig(**SHAPES, dtype="float32")).eval()
+    ours.load_state_dict(reference.state_dict())
+    ours.attention = "sdpa"
+    print(f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}, transformers "
+          f"{transformers.__version__}, Python {platform.python_version()}, "
+          f"{time.strftime('%Y-%m-%d')}; prompt {args.prompt} tokens, {args.new} new tokens")
+    print(f"{'batch':>5s} {'prefill tok/s ours':>19s} {'transformers':>13s} {'ratio':>6s}"
+          f" {'decode tok/s ours':>18s} {'transformers':>13s} {'ratio':>6s}")
+    for batch in map(int, args.batches.split(",")):
+        prompts = torch.randint(3, SHAPES["vocab_size"], (batch, args.prompt))
+
+        @torch.no_grad()
+        def ours_prefill():
+            cache = KVCache(ours.config, batch, args.prompt + 1, torch.float32)
+            ours(prompts, cache=cache, logits_to_keep=1)
+
+        @torch.no_grad()
+        def reference_prefill():
+            reference(prompts, use_cache=True, logits_to_keep=1)
+
+        def ours_generate(n):
+            return lambda: generate(ours, prompts.tolist(), n)
+
+        def reference_generate(n):
+            return lambda: reference.generate(prompts, max_new_tokens=n, min_new_tokens=n,
+                                              do_sample=False, pad_token_id=0)
+
+        check = [g.tokens for g in generate(ours, prompts.tolist(), 8)]
+        assert check == reference.generate(prompts, max_new_tokens=8, min_new_tokens=8,
+                                           do_sample=False, pad_token_id=0)[:, args.prompt:].tolist()
+        tokens = batch * args.prompt
+        ours_p = tokens / median_time(ours_prefill, args.repeats)
+        ref_p = tokens / median_time(reference_prefill, args.repeats)
+        decoded = batch * (args.new - 1)
+        ours_d = decoded / (median_time(ours_generate(args.new), args.repeats)
+                            - median_time(ours_generate(1), args.repeats))
+        ref_d = decoded / (median_time(reference_generate(args.new), args.repeats)
+                           - median_time(reference_generate(1), args.repeats))
+        print(f"{batch:5d} {ours_p:19,.0f} {ref_p:13,.0f} {ours_p / ref_p:5.2f}x"
+              f" {ours_d:18,.0f} {ref_d:13,.0f} {ours_d / ref_d:5.2f}x")
+
+
+if __name__ == "__main__":
+    main()
