@@ -223,3 +223,16 @@ def test_sdpa_attention_is_close_to_eager():
         eager = ours(ids).logits
         ours.attention = "sdpa"
         assert (ours(ids).logits - eager).abs().max() <= 1e-4
+
+
+def test_gpu_benchmark_script_runs_in_smoke_mode(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_runtime.py"
+    spec = importlib.util.spec_from_file_location("gpu_runtime", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--smoke"])
+    out = capsys.readouterr().out
+    assert "CPU (smoke)" in out and "batch-1 decode" in out
