@@ -38,12 +38,26 @@ class KVCache:
                              f"{self.length} + {new} do not fit: make a larger KVCache")
         self._new = new
 
+    @property
+    def in_place_decode(self) -> bool:
+        """One new token and a ring exactly one window long: the token overwrites the oldest
+        slot and attention reads the ring alone (no concatenation)."""
+        return self._new == 1 and self.ring_index.numel() == self.window
+
+    def ring_full(self) -> bool:
+        """Every ring slot holds a position (counting the one this step writes)."""
+        return bool((self.key_indices(True) >= 0).all())
+
     def key_indices(self, sliding: bool) -> torch.Tensor:
         """Sequence index of each key the next forward attends to (-1: an empty slot)."""
         start, end = self.length, self.length + self._new
         new = torch.arange(start, end, device=self.ring_index.device)
         if not sliding:
             return torch.arange(end, device=new.device)
+        if self.in_place_decode:
+            indices = self.ring_index.clone()
+            indices[start % indices.numel()] = start
+            return indices
         return torch.cat((self.ring_index, new))
 
     def padding_of(self, keep: torch.Tensor, sliding: bool) -> torch.Tensor:
@@ -51,8 +65,8 @@ class KVCache:
         end = self.length + self._new
         if not sliding:
             return keep[:, :end]
-        slots = keep[:, self.ring_index.clamp(min=0)] & (self.ring_index >= 0)
-        return torch.cat((slots, keep[:, self.length:end]), dim=1)
+        indices = self.key_indices(True)
+        return keep[:, indices.clamp(min=0)] & (indices >= 0)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Store this forward's keys/values; return what the layer attends to."""
@@ -61,9 +75,14 @@ class KVCache:
             self.keys[layer][:, :, start:start + new] = k
             self.values[layer][:, :, start:start + new] = v
             return self.keys[layer][:, :, :start + new], self.values[layer][:, :, :start + new]
+        ring = self.ring_index.numel()
+        if self.in_place_decode:
+            slot = start % ring
+            self.keys[layer][:, :, slot:slot + 1] = k
+            self.values[layer][:, :, slot:slot + 1] = v
+            return self.keys[layer], self.values[layer]
         keys = torch.cat((self.keys[layer], k), dim=2)
         values = torch.cat((self.values[layer], v), dim=2)
-        ring = self.ring_index.numel()
         keep = min(new, ring)  # only the last `ring` new positions can still be needed
         slots = torch.arange(start + new - keep, start + new, device=k.device) % ring
         self.keys[layer][:, :, slots] = k[:, :, new - keep:]

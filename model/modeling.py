@@ -91,7 +91,8 @@ class Attention(nn.Module):
             k = k.repeat_interleave(groups, dim=1)
             v = v.repeat_interleave(groups, dim=1)
             scores = torch.matmul(q, k.transpose(2, 3)) * self.head_dim ** -0.5
-            scores = scores + mask
+            if mask is not None:
+                scores = scores + mask
             weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
             out = torch.matmul(weights, v)
         out = out.transpose(1, 2).reshape(batch, length, -1)
@@ -178,10 +179,15 @@ class CwmForCausalLM(nn.Module):
                                    labels[:, 1:].reshape(-1), ignore_index=-100)
         return CausalLMOutput(logits, loss)
 
-    def _mask(self, window, attention_mask, cache, past, length, x) -> torch.Tensor:
+    def _mask(self, window, attention_mask, cache, past, length, x) -> torch.Tensor | None:
         """Additive mask (batch or 1, 1, queries, keys): causal by sequence index (as
-        transformers does, whatever the position ids), the sliding window, and padding."""
+        transformers does, whatever the position ids), the sliding window, and padding.
+        None when a one-token step may see every key it is given (the common decode step)."""
         device = x.device
+        if (cache is not None and length == 1
+                and (attention_mask is None or bool(attention_mask.all()))
+                and (window is None or (cache.in_place_decode and cache.ring_full()))):
+            return None
         queries = torch.arange(past, past + length, device=device)[:, None]
         if cache is not None:
             keys = cache.key_indices(window is not None)[None, :]

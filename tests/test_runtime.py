@@ -236,3 +236,17 @@ def test_gpu_benchmark_script_runs_in_smoke_mode(capsys):
     module.main(["--smoke"])
     out = capsys.readouterr().out
     assert "CPU (smoke)" in out and "batch-1 decode" in out
+
+
+def test_decode_steps_without_masks_equal_the_full_forward_after_a_rewind():
+    _, ours = pair(12)
+    ids = torch.randint(0, 300, (1, 30))
+    with torch.no_grad():
+        full = ours(ids).logits
+        cache = KVCache(ours.config, 1, 40, torch.float32)  # ring = one window, no margin
+        ours(ids[:, :12], cache=cache)
+        steps = [ours(ids[:, t:t + 1], cache=cache).logits for t in range(12, 20)]
+        cache.rewind(19)  # step back one token and take it again
+        steps[-1] = ours(ids[:, 19:20], cache=cache).logits
+        steps += [ours(ids[:, t:t + 1], cache=cache).logits for t in range(20, 30)]
+    assert (torch.cat(steps, 1) - full[:, 12:]).abs().max() <= 1e-5
