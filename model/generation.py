@@ -22,22 +22,35 @@ class Generation:
 @torch.no_grad()
 def generate(model: CwmForCausalLM, prompts: list[list[int]], max_new_tokens: int,
              stop_ids: tuple[int, ...] = (), temperature: float = 0.0, top_k: int = 0,
-             top_p: float = 1.0, seed: int | None = None) -> list[Generation]:
-    """Continue each prompt. temperature 0 is greedy; the stop token is kept in `tokens`."""
+             top_p: float = 1.0, seed: int | None = None,
+             cache: KVCache | None = None) -> list[Generation]:
+    """Continue each prompt. temperature 0 is greedy; the stop token is kept in `tokens`.
+
+    With `cache` (holding a prefix already run, e.g. a trace so far), `prompts` are the tokens
+    that follow it, one equal-length list per cached row: only they and the new tokens run
+    through the model. The cache keeps the generated tokens, except the last one chosen."""
     device = model.lm_head.weight.device
     dtype = model.lm_head.weight.dtype
     batch = len(prompts)
     width = max(len(p) for p in prompts)
+    if cache is not None and (cache.keys[0].shape[0] != batch
+                              or any(len(p) != width for p in prompts) or width == 0):
+        raise ValueError("with a cache, give one non-empty continuation per cached row, all "
+                         "of the same length")
+    past = cache.length if cache is not None else 0
     ids = torch.zeros(batch, width, dtype=torch.long, device=device)
-    mask = torch.zeros(batch, width + max_new_tokens, dtype=torch.long, device=device)
+    mask = torch.zeros(batch, past + width + max_new_tokens, dtype=torch.long, device=device)
+    mask[:, :past] = 1
     for row, prompt in enumerate(prompts):
         ids[row, width - len(prompt):] = torch.tensor(prompt, device=device)
-        mask[row, width - len(prompt):] = 1
+        mask[row, past + width - len(prompt):] = 1
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-    cache = KVCache(model.config, batch, width + max_new_tokens, dtype, device)
-    positions = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)
-    logits = model(ids, attention_mask=mask[:, :width], position_ids=positions, cache=cache,
-                   logits_to_keep=1).logits[:, -1]
+    if cache is None:
+        cache = KVCache(model.config, batch, width + max_new_tokens, dtype, device)
+    positions = (mask[:, :past + width].cumsum(-1) - 1).clamp(min=0)[:, past:]
+    logits = model(ids, attention_mask=mask[:, :past + width], position_ids=positions,
+                   cache=cache, logits_to_keep=1).logits[:, -1]
+    width = past + width  # from here on, lengths count the cached prefix too
     chosen_tokens, chosen_logprobs = [], []
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     finished_at = torch.full((batch,), max_new_tokens, dtype=torch.long, device=device)

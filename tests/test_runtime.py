@@ -250,3 +250,38 @@ def test_decode_steps_without_masks_equal_the_full_forward_after_a_rewind():
         steps[-1] = ours(ids[:, 19:20], cache=cache).logits
         steps += [ours(ids[:, t:t + 1], cache=cache).logits for t in range(20, 30)]
     assert (torch.cat(steps, 1) - full[:, 12:]).abs().max() <= 1e-5
+
+
+def test_int8_weight_only_quantization_keeps_the_model_close():
+    from model.quantize import Int8Linear, quantize_int8
+
+    _, ours = pair(13)
+    ids = torch.randint(0, 300, (2, 24))
+    with torch.no_grad():
+        reference = ours(ids).logits
+        before = sum(p.numel() * p.element_size() for p in ours.parameters())
+        quantize_int8(ours)
+        quantized = ours(ids).logits
+    assert isinstance(ours.model.layers[0].self_attn.q_proj, Int8Linear)
+    linear_bytes = sum(m.weight.numel() for m in ours.modules() if isinstance(m, Int8Linear))
+    assert linear_bytes < before / 4 * 0.9  # int8 weights: a quarter of their fp32 bytes
+    error = (quantized - reference).abs().max() / reference.abs().max()
+    assert error < 0.02
+    assert (quantized.argmax(-1) == reference.argmax(-1)).float().mean() > 0.9
+
+
+def test_generation_extending_a_cached_prefix_runs_only_the_new_tokens():
+    _, ours = pair(14)
+    seen = []
+    ours.model.embed_tokens.register_forward_hook(lambda m, inp, out: seen.append(inp[0].numel()))
+    prefix, more = [5, 6, 7, 8, 9, 10, 11, 12, 13, 14], [15, 16]
+    whole = generate(ours, [prefix + more], 12)[0].tokens
+    seen.clear()
+    cache = KVCache(ours.config, 1, 64, torch.float32)
+    with torch.no_grad():
+        ours(torch.tensor([prefix]), cache=cache)
+    assert seen == [len(prefix)]
+    seen.clear()
+    continued = generate(ours, [more], 12, cache=cache)[0].tokens
+    assert continued == whole
+    assert sum(seen) == len(more) + 11  # the continuation, then one token per step
