@@ -1,10 +1,10 @@
 """Our CWM runtime against transformers' CwmForCausalLM on the CPU: prefill and greedy decode.
 
-Same random tiny model (8 layers, hidden 512) in both, SDPA attention in both, fp32, one run
-per setting (median of a few repeats). Prefill: one forward over the prompts with a cache;
+Same random tiny model (8 layers, hidden 512) in both, SDPA attention in both, fp32; each
+setting is the median of a few repeats, ours and transformers interleaved. Prefill: one forward over the prompts with a cache;
 decode: greedy generation of N tokens minus the prefill, per generated token.
 
-    python benchmarks/runtime.py [--prompt 256] [--new 32] [--repeats 3]
+    python benchmarks/runtime.py [--prompt 256] [--new 32] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -32,20 +32,23 @@ SHAPES = dict(vocab_size=32000, hidden_size=512, intermediate_size=1408, num_hid
                            for i in range(8)])
 
 
-def median_time(fn, repeats: int) -> float:
-    times = []
+def median_times(functions: list, repeats: int) -> list[float]:
+    """Median time of each function, run in turn (interleaved, so that a slow spell of the
+    machine hits all of them alike)."""
+    times = [[] for _ in functions]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for i, fn in enumerate(functions):
+            start = time.perf_counter()
+            fn()
+            times[i].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prompt", type=int, default=256)
     parser.add_argument("--new", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batches", default="1,4,16")
     args = parser.parse_args()
     import transformers
@@ -84,13 +87,13 @@ def main() -> None:
         assert check == reference.generate(prompts, max_new_tokens=8, min_new_tokens=8,
                                            do_sample=False, pad_token_id=0)[:, args.prompt:].tolist()
         tokens = batch * args.prompt
-        ours_p = tokens / median_time(ours_prefill, args.repeats)
-        ref_p = tokens / median_time(reference_prefill, args.repeats)
+        ours_p, ref_p = (tokens / t for t in median_times([ours_prefill, reference_prefill],
+                                                          args.repeats))
         decoded = batch * (args.new - 1)
-        ours_d = decoded / (median_time(ours_generate(args.new), args.repeats)
-                            - median_time(ours_generate(1), args.repeats))
-        ref_d = decoded / (median_time(reference_generate(args.new), args.repeats)
-                           - median_time(reference_generate(1), args.repeats))
+        ours_n, ref_n, ours_1, ref_1 = median_times(
+            [ours_generate(args.new), reference_generate(args.new), ours_generate(1),
+             reference_generate(1)], args.repeats)
+        ours_d, ref_d = decoded / (ours_n - ours_1), decoded / (ref_n - ref_1)
         print(f"{batch:5d} {ours_p:19,.0f} {ref_p:13,.0f} {ours_p / ref_p:5.2f}x"
               f" {ours_d:18,.0f} {ref_d:13,.0f} {ours_d / ref_d:5.2f}x")
 

@@ -18,6 +18,9 @@ from torch import nn
 from model.config import CwmConfig
 
 
+CAUSAL = "causal"  # stands for a plain causal mask, which SDPA applies itself
+
+
 @dataclass
 class CausalLMOutput:
     logits: torch.Tensor
@@ -84,7 +87,9 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
         if attention == "sdpa":  # grouped-query attention without copying keys/values
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True,
+            causal = mask is CAUSAL
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if causal else mask,
+                                                 is_causal=causal, enable_gqa=True,
                                                  scale=self.head_dim ** -0.5)
         else:  # the exact operation order of transformers' eager attention
             groups = self.n_heads // self.n_kv
@@ -165,6 +170,11 @@ class CwmForCausalLM(nn.Module):
             cache.prepare(length)
         masks = {window: self._mask(window, attention_mask, cache, past, length, x)
                  for window in {layer.self_attn.window for layer in self.model.layers}}
+        if (self.attention == "sdpa" and past == 0 and length > 1
+                and (attention_mask is None or bool(attention_mask.all()))):
+            for window in masks:  # plain causal attention: SDPA's causal kernel needs no mask
+                if window is None or length <= window:
+                    masks[window] = CAUSAL
         for layer in self.model.layers:
             x = layer(x, cos, sin, masks[layer.self_attn.window], cache, self.attention)
         if cache is not None:
