@@ -111,6 +111,19 @@ class KVCache:
         self.ring_index[self.ring_index >= length] = -1
         self.length = length
 
+    def fork(self, branches: int) -> KVCache:
+        """A cache of `branches` rows, each starting from this one-row cache's prefix: one
+        batched copy per layer, after which the branches run together and diverge freely.
+        (Each branch holds its own copy of the prefix: storage is not shared.)"""
+        if self.keys[0].shape[0] != 1:
+            raise ValueError("fork a one-row cache (the shared prefix)")
+        forked = object.__new__(KVCache)
+        forked.__dict__.update(self.__dict__)
+        forked.keys = [k.expand(branches, -1, -1, -1).clone() for k in self.keys]
+        forked.values = [v.expand(branches, -1, -1, -1).clone() for v in self.values]
+        forked.ring_index = self.ring_index.clone()
+        return forked
+
     def positions_held(self, layer: int) -> int:
         """How many positions this layer's cache holds now."""
         if not self.sliding[layer]:

@@ -285,3 +285,16 @@ def test_generation_extending_a_cached_prefix_runs_only_the_new_tokens():
     continued = generate(ours, [more], 12, cache=cache)[0].tokens
     assert continued == whole
     assert sum(seen) == len(more) + 11  # the continuation, then one token per step
+
+
+def test_forked_branches_continue_like_separate_runs():
+    _, ours = pair(15)
+    prefix = [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]
+    continuations = [[20, 21], [30, 31], [40, 41]]
+    cache = KVCache(ours.config, 1, 64, torch.float32)
+    with torch.no_grad():
+        ours(torch.tensor([prefix]), cache=cache)
+    branches = generate(ours, continuations, 10, cache=cache.fork(3))
+    for continuation, branch in zip(continuations, branches):
+        assert branch.tokens == generate(ours, [prefix + continuation], 10)[0].tokens
+    assert cache.length == len(prefix)  # the prefix cache itself is untouched
