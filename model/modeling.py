@@ -168,13 +168,13 @@ class CwmForCausalLM(nn.Module):
         cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
         if cache is not None:
             cache.prepare(length)
-        masks = {window: self._mask(window, attention_mask, cache, past, length, x)
+        # A prefill without padding whose window covers it is plain causal attention, which
+        # SDPA's causal kernel does without a mask.
+        plain = (self.attention == "sdpa" and past == 0 and length > 1
+                 and (attention_mask is None or bool(attention_mask.all())))
+        masks = {window: CAUSAL if plain and (window is None or length <= window)
+                 else self._mask(window, attention_mask, cache, past, length, x)
                  for window in {layer.self_attn.window for layer in self.model.layers}}
-        if (self.attention == "sdpa" and past == 0 and length > 1
-                and (attention_mask is None or bool(attention_mask.all()))):
-            for window in masks:  # plain causal attention: SDPA's causal kernel needs no mask
-                if window is None or length <= window:
-                    masks[window] = CAUSAL
         for layer in self.model.layers:
             x = layer(x, cos, sin, masks[layer.self_attn.window], cache, self.attention)
         if cache is not None:
