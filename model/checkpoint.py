@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from model.config import CwmConfig, ConfigError
-from model.modeling import CwmForCausalLM
+from model.modeling import CwmForCausalLM, rope_inverse_frequencies
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -35,7 +35,7 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu",
     _check_device_dtype(device, dtype)
     with torch.device("meta"):
         model = CwmForCausalLM(config)
-    expected = {name: p for name, p in model.state_dict().items()}
+    expected = dict(model.state_dict())
     if config.tie_word_embeddings:
         expected.pop("lm_head.weight", None)
     files = _shard_files(directory)
@@ -68,7 +68,8 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu",
     model.load_state_dict(loaded, strict=False, assign=True)
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
-    model.register_buffer("inv_freq", _inv_freq(config, device), persistent=False)
+    model.register_buffer("inv_freq", rope_inverse_frequencies(config).to(device),
+                          persistent=False)
     return model.eval()
 
 
@@ -121,12 +122,6 @@ def _shard_files(directory: Path) -> dict[Path, list[str] | None]:
     if (directory / SINGLE).exists():
         return {directory / SINGLE: None}
     raise CheckpointError(f"{directory}: no {SINGLE} or {INDEX}: not a checkpoint directory")
-
-
-def _inv_freq(config: CwmConfig, device) -> torch.Tensor:
-    from model.modeling import rope_inverse_frequencies
-
-    return rope_inverse_frequencies(config).to(device)
 
 
 def _check_device_dtype(device, dtype: torch.dtype) -> None:
