@@ -53,7 +53,6 @@ EVENT_TOKENS = {
     "exception": "<|exception_sep|>",
 }
 TOKEN_EVENTS = {token: event for event, token in EVENT_TOKENS.items()}
-CHAT_STOP_IDS = (128001, 128008, 128009)
 
 
 # ---------------------------------------------------------------------------------------------
