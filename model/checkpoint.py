@@ -9,12 +9,12 @@ from pathlib import Path
 
 import torch
 
-from model.config import CwmConfig, ConfigError
+from model.config import DTYPES, ConfigError, CwmConfig
 from model.modeling import CwmForCausalLM, rope_inverse_frequencies
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TORCH_DTYPES = {name: getattr(torch, name) for name in DTYPES}
 
 
 class CheckpointError(Exception):
@@ -31,7 +31,7 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu",
         config = CwmConfig.from_file(directory)
     except ConfigError as exc:
         raise CheckpointError(f"{directory / 'config.json'}: {exc}") from None
-    dtype = dtype or DTYPES[config.dtype]
+    dtype = dtype or TORCH_DTYPES[config.dtype]
     _check_device_dtype(device, dtype)
     with torch.device("meta"):
         model = CwmForCausalLM(config)

@@ -149,10 +149,13 @@ def test_bad_checkpoint_missing_tensor(saved):
         load_checkpoint(saved)
 
 
+def _edit_config(directory, **fields):
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, **fields}))
+
+
 def test_bad_checkpoint_wrong_shape(saved):
-    config = json.loads((saved / "config.json").read_text())
-    config["intermediate_size"] = 96
-    (saved / "config.json").write_text(json.dumps(config))
+    _edit_config(saved, intermediate_size=96)
     with pytest.raises(CheckpointError, match=r"tensor 'model\.layers\.0\.mlp\.\w+_proj\.weight' "
                                               r"has shape \(\d+, \d+\), the config needs"):
         load_checkpoint(saved)
@@ -167,9 +170,7 @@ def test_bad_checkpoint_truncated_file(saved):
 
 
 def test_bad_checkpoint_config_field(saved):
-    config = json.loads((saved / "config.json").read_text())
-    config["num_key_value_heads"] = 3
-    (saved / "config.json").write_text(json.dumps(config))
+    _edit_config(saved, num_key_value_heads=3)
     with pytest.raises(CheckpointError, match="num_key_value_heads: 3 does not divide"):
         load_checkpoint(saved)
 

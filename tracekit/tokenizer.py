@@ -20,8 +20,6 @@ from tracekit.cwm import SPECIAL_TOKENS, ParsedTrace, Segment, parse_segments, t
 
 LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
                   r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-VOCAB_SIZE = 128_256
-_ID_TO_SPECIAL = {i: t for t, i in SPECIAL_TOKENS.items()}
 
 
 class Tokenizer(Protocol):
