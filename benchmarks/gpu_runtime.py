@@ -43,7 +43,7 @@ def build(config: CwmConfig, device: str, dtype: torch.dtype) -> CwmForCausalLM:
                 param.normal_(0.0, 0.02)
         model.register_buffer("inv_freq", rope_inverse_frequencies(config).to(device),
                               persistent=False)
-    model.attention = "sdpa"
+    model.fast = True
     return model.to(dtype).eval()
 
 

@@ -58,7 +58,7 @@ def main() -> None:
         transformers.CwmConfig(**SHAPES, attn_implementation="sdpa")).eval()
     ours = CwmForCausalLM(CwmConfig(**SHAPES, dtype="float32")).eval()
     ours.load_state_dict(reference.state_dict())
-    ours.attention = "sdpa"
+    ours.fast = True
     print(f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}, transformers "
           f"{transformers.__version__}, Python {platform.python_version()}, "
           f"{time.strftime('%Y-%m-%d')}; prompt {args.prompt} tokens, {args.new} new tokens")

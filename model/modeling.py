@@ -2,8 +2,10 @@
 
 Operation order follows spec/model.md (and transformers' CwmForCausalLM with eager attention)
 so that logits match it: RMSNorm in fp32 then cast, RoPE cos/sin in fp32 cast to the model
-dtype, scores * head_dim**-0.5 plus an additive mask, softmax in fp32. `attention="sdpa"` uses
-`torch.nn.functional.scaled_dot_product_attention` instead (faster, not bit-identical).
+dtype, scores * head_dim**-0.5 plus an additive mask, softmax in fp32. That is the exact path
+(`model.fast = False`, the default, for parity tests). `model.fast = True` runs attention through
+`torch.nn.functional.scaled_dot_product_attention` and, on the CPU, the linear layers through
+oneDNN's matmul (what torch.compile uses there): faster, equal to rounding, not bit-identical.
 """
 
 from __future__ import annotations
@@ -19,6 +21,18 @@ from model.config import CwmConfig
 
 
 CAUSAL = "causal"  # stands for a plain causal mask, which SDPA applies itself
+ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+ONEDNN_MIN_WEIGHT = 1 << 19  # elements (2 MiB in fp32): below, oneDNN's ~50 us per call loses
+
+
+def linear(x: torch.Tensor, layer: nn.Module, fast: bool) -> torch.Tensor:
+    """`layer(x)`; on the fast path, a large fp32 nn.Linear on the CPU goes through oneDNN,
+    whose few-row products read the weights up to 1.6x (1 row) to 2.7x (4 rows) faster than
+    the default BLAS call (`benchmarks/RESULTS.md`)."""
+    if fast and ONEDNN and x.dtype == torch.float32 and x.device.type == "cpu" \
+            and type(layer) is nn.Linear and layer.weight.numel() >= ONEDNN_MIN_WEIGHT:
+        return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "none", [], "")
+    return layer(x)
 
 
 @dataclass
@@ -34,9 +48,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(x.dtype)
+        if x.dtype == torch.float32:  # one call, the same operations in the same order
+            return F.rms_norm(x, x.shape[-1:], self.weight, self.eps)
+        return self.weight * F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).to(x.dtype)
 
 
 def rope_inverse_frequencies(config: CwmConfig) -> torch.Tensor:
@@ -56,9 +70,10 @@ def rope_inverse_frequencies(config: CwmConfig) -> torch.Tensor:
     return torch.where(medium, smoothed, scaled)
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """x * cos + rotate_half(x) * sin, where rotate_half(x) = (-x2, x1): the same products
+    with the sign carried by `signed_sin` = (-sin1, sin2), and (x2, x1) one roll of x."""
+    return x * cos + torch.roll(x, x.shape[-1] // 2, dims=-1) * signed_sin
 
 
 class Attention(nn.Module):
@@ -76,17 +91,16 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, kv_width, bias=False)
         self.o_proj = nn.Linear(width, config.hidden_size, bias=False)
 
-    def forward(self, x, cos, sin, mask, cache=None, attention: str = "eager"):
+    def forward(self, x, cos, sin, mask, cache=None, fast: bool = False):
         batch, length, _ = x.shape
-        q = self.q_proj(x).view(batch, length, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(batch, length, self.n_kv, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(batch, length, self.n_kv, self.head_dim).transpose(1, 2)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        q = linear(x, self.q_proj, fast).view(batch, length, self.n_heads, self.head_dim)
+        k = linear(x, self.k_proj, fast).view(batch, length, self.n_kv, self.head_dim)
+        v = linear(x, self.v_proj, fast).view(batch, length, self.n_kv, self.head_dim)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
-        if attention == "sdpa":  # grouped-query attention without copying keys/values
+        if fast:  # grouped-query attention without copying keys/values
             causal = mask is CAUSAL
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if causal else mask,
                                                  is_causal=causal, enable_gqa=True,
@@ -101,7 +115,7 @@ class Attention(nn.Module):
             weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
             out = torch.matmul(weights, v)
         out = out.transpose(1, 2).reshape(batch, length, -1)
-        return self.o_proj(out)
+        return linear(out, self.o_proj, fast)
 
 
 class MLP(nn.Module):
@@ -111,8 +125,9 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
-    def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+    def forward(self, x, fast: bool = False):
+        hidden = F.silu(linear(x, self.gate_proj, fast)) * linear(x, self.up_proj, fast)
+        return linear(hidden, self.down_proj, fast)
 
 
 class DecoderLayer(nn.Module):
@@ -123,9 +138,9 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x, cos, sin, mask, cache=None, attention="eager"):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, attention)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, cos, sin, mask, cache=None, fast=False):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, fast)
+        return x + self.mlp(self.post_attention_layernorm(x), fast)
 
 
 class Backbone(nn.Module):
@@ -148,7 +163,7 @@ class CwmForCausalLM(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.register_buffer("inv_freq", rope_inverse_frequencies(config), persistent=False)
-        self.attention = "eager"  # or "sdpa"
+        self.fast = False  # True: SDPA attention and oneDNN linear layers on the CPU
 
     def forward(self, input_ids: torch.Tensor | None = None, *,
                 inputs_embeds: torch.Tensor | None = None,
@@ -165,24 +180,26 @@ class CwmForCausalLM(nn.Module):
             position_ids = torch.arange(past, past + length, device=x.device).expand(batch, -1)
         freqs = position_ids[..., None].float() * self.inv_freq.float()
         emb = torch.cat((freqs, freqs), dim=-1)
-        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        cos, sin = emb.cos().to(x.dtype)[:, None], emb.sin().to(x.dtype)[:, None]
+        half = sin.shape[-1] // 2
+        sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)  # for apply_rope
         if cache is not None:
             cache.prepare(length)
         # A prefill without padding whose window covers it is plain causal attention, which
         # SDPA's causal kernel does without a mask.
-        plain = (self.attention == "sdpa" and past == 0 and length > 1
+        plain = (self.fast and past == 0 and length > 1
                  and (attention_mask is None or bool(attention_mask.all())))
         masks = {window: CAUSAL if plain and (window is None or length <= window)
                  else self._mask(window, attention_mask, cache, past, length, x)
                  for window in {layer.self_attn.window for layer in self.model.layers}}
         for layer in self.model.layers:
-            x = layer(x, cos, sin, masks[layer.self_attn.window], cache, self.attention)
+            x = layer(x, cos, sin, masks[layer.self_attn.window], cache, self.fast)
         if cache is not None:
             cache.advance(length)
         x = self.model.norm(x)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
-        logits = self.lm_head(x)
+        logits = linear(x, self.lm_head, self.fast)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
