@@ -4,6 +4,8 @@ on long traces. Keys are stored after RoPE."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from model.config import CwmConfig
@@ -111,21 +113,132 @@ class KVCache:
         self.ring_index[self.ring_index >= length] = -1
         self.length = length
 
-    def fork(self, branches: int) -> KVCache:
-        """A cache of `branches` rows, each starting from this one-row cache's prefix: one
-        batched copy per layer, after which the branches run together and diverge freely.
-        (Each branch holds its own copy of the prefix: storage is not shared.)"""
-        if self.keys[0].shape[0] != 1:
-            raise ValueError("fork a one-row cache (the shared prefix)")
-        forked = object.__new__(KVCache)
-        forked.__dict__.update(self.__dict__)
-        forked.keys = [k.expand(branches, -1, -1, -1).clone() for k in self.keys]
-        forked.values = [v.expand(branches, -1, -1, -1).clone() for v in self.values]
-        forked.ring_index = self.ring_index.clone()
-        return forked
+    def fork(self, branches: int | Sequence[int], max_new: int) -> PrefixForks:
+        """Continuations of this one-row cache's prefix that store the prefix once: `branches`
+        rows from the whole prefix, or one row per prefix length given (see PrefixForks)."""
+        lengths = [self.length] * branches if isinstance(branches, int) else list(branches)
+        return PrefixForks(self, lengths, max_new)
+
+    def next_positions(self, new: int, batch: int) -> torch.Tensor:
+        """Position ids of the next `new` tokens of each row."""
+        return torch.arange(self.length, self.length + new,
+                            device=self.ring_index.device).expand(batch, -1)
 
     def positions_held(self, layer: int) -> int:
         """How many positions this layer's cache holds now."""
         if not self.sliding[layer]:
             return self.length
         return int((self.ring_index >= 0).sum())
+
+
+class PrefixForks:
+    """Several continuations of one cached prefix, with the prefix stored once.
+
+    Branch b sees the prefix's first `lengths[b]` positions, then its own tokens (at most
+    `max_new`, the same number in every branch). The prefix's keys/values stay in the one-row
+    parent cache, which every branch reads and none copies: attention runs in two parts, over
+    the shared prefix (all branches in one matrix product) and over each branch's own tokens,
+    under one softmax. Each branch stores only its own tokens. Leave the parent alone while the
+    forks are in use. Sliding layers need the positions each branch's window reaches back to:
+    for branches shorter than the prefix, make the parent with a large enough `rewind_margin`.
+    """
+
+    def __init__(self, prefix: KVCache, lengths: Sequence[int], max_new: int):
+        if prefix.keys[0].shape[0] != 1:
+            raise ValueError("fork a one-row cache (the shared prefix)")
+        if not lengths or not all(1 <= n <= prefix.length for n in lengths):
+            raise ValueError(f"branch prefix lengths must be within 1..{prefix.length} (the "
+                             "cached prefix)")
+        ring = prefix.ring_index.numel()
+        oldest_held = max(0, prefix.length - ring)
+        if any(prefix.sliding) and max(0, min(lengths) - (prefix.window or 1) + 1) < oldest_held:
+            raise ValueError(f"a branch of {min(lengths)} positions reaches back before the "
+                             f"sliding layers' oldest kept position ({oldest_held}): make the "
+                             "prefix KVCache with rewind_margin >= its length")
+        self.prefix = prefix
+        self.window = prefix.window
+        self.sliding = prefix.sliding
+        device = prefix.ring_index.device
+        self.lengths = torch.tensor(lengths, device=device)
+        self.max_length = max_new
+        self.length = 0  # own tokens so far, in every branch
+        batch, (_, heads, _, dim) = len(lengths), prefix.keys[0].shape
+        dtype = prefix.keys[0].dtype
+        self.keys = [torch.zeros(batch, heads, max_new, dim, dtype=dtype, device=device)
+                     for _ in prefix.keys]
+        self.values = [torch.zeros_like(k) for k in self.keys]
+        self._biases: dict[bool, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def prepare(self, new: int) -> None:
+        """Check room for `new` tokens; build the additive masks this forward uses."""
+        if self.length + new > self.max_length:
+            raise ValueError(f"the forks hold {self.max_length} new positions; "
+                             f"{self.length} + {new} do not fit: fork with a larger max_new")
+        device, dtype = self.lengths.device, self.keys[0].dtype
+        step = self.length + torch.arange(new, device=device)  # own index of each query
+        queries = self.lengths[:, None] + step  # (batch, new) sequence positions
+        own = torch.arange(self.length + new, device=device)
+        self._biases = {}
+        for sliding in set(self.sliding):
+            if sliding:
+                shared = self.prefix.ring_index
+            else:
+                shared = torch.arange(self.prefix.length, device=device)
+            allowed = (shared >= 0) & (shared < self.lengths[:, None, None])  # (b, 1, keys)
+            own_allowed = own[None, :] <= step[:, None]  # (new, own keys)
+            if sliding:
+                allowed = allowed & (shared > queries[..., None] - self.window)
+                own_allowed = own_allowed & (own[None, :] > step[:, None] - self.window)
+            self._biases[sliding] = (_bias(allowed, dtype), _bias(own_allowed, dtype))
+
+    def next_positions(self, new: int, batch: int | None = None) -> torch.Tensor:
+        """Position ids of the next `new` tokens of each branch."""
+        return self.lengths[:, None] + self.length + torch.arange(new, device=self.lengths.device)
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               scale: float) -> torch.Tensor:
+        """Store this forward's keys/values and return the attention output (batch, heads,
+        new, head_dim), with eager attention's operation order inside each part."""
+        start, new = self.length, k.shape[2]
+        self.keys[layer][:, :, start:start + new] = k
+        self.values[layer][:, :, start:start + new] = v
+        own_k = self.keys[layer][:, :, :start + new]
+        own_v = self.values[layer][:, :, :start + new]
+        shared_k, shared_v = self.prefix.keys[layer][0], self.prefix.values[layer][0]
+        if not self.sliding[layer]:
+            shared_k = shared_k[:, :self.prefix.length]
+            shared_v = shared_v[:, :self.prefix.length]
+        batch, heads, _, dim = q.shape
+        kv_heads, held = shared_k.shape[0], shared_k.shape[1]
+        groups = heads // kv_heads
+        q = q.reshape(batch, kv_heads, groups * new, dim)
+        folded = q.transpose(0, 1).reshape(kv_heads, batch * groups * new, dim)
+        shared_scores = torch.matmul(folded, shared_k.transpose(1, 2)) * scale
+        shared_scores = shared_scores.view(kv_heads, batch, groups, new, held).transpose(0, 1)
+        own_scores = torch.matmul(q, own_k.transpose(2, 3)) * scale
+        own_scores = own_scores.view(batch, kv_heads, groups, new, start + new)
+        shared_bias, own_bias = self._biases[self.sliding[layer]]
+        scores = torch.cat((shared_scores + shared_bias[:, None, None],
+                            own_scores + own_bias), dim=-1)
+        weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        shared_w, own_w = weights.split([held, start + new], dim=-1)
+        shared_w = shared_w.transpose(0, 1).reshape(kv_heads, batch * groups * new, held)
+        out = torch.matmul(shared_w, shared_v).view(kv_heads, batch, groups, new, dim)
+        out = out.transpose(0, 1) + torch.matmul(
+            own_w.reshape(batch, kv_heads, groups * new, start + new), own_v
+        ).view(batch, kv_heads, groups, new, dim)
+        return out.reshape(batch, heads, new, dim)
+
+    def advance(self, new: int) -> None:
+        self.length += new
+
+    def rewind(self, length: int) -> None:
+        """Forget every own position from `length` on (own tokens are all kept: exact)."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot rewind to {length}: the forks hold 0..{self.length}")
+        self.length = length
+
+
+def _bias(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return bias.masked_fill_(~allowed, torch.finfo(dtype).min)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from model.cache import KVCache
+from model.cache import KVCache, PrefixForks
 from model.modeling import CwmForCausalLM
 
 
@@ -23,12 +23,13 @@ class Generation:
 def generate(model: CwmForCausalLM, prompts: list[list[int]], max_new_tokens: int,
              stop_ids: tuple[int, ...] = (), temperature: float = 0.0, top_k: int = 0,
              top_p: float = 1.0, seed: int | None = None,
-             cache: KVCache | None = None) -> list[Generation]:
+             cache: KVCache | PrefixForks | None = None) -> list[Generation]:
     """Continue each prompt. temperature 0 is greedy; the stop token is kept in `tokens`.
 
     With `cache` (holding a prefix already run, e.g. a trace so far), `prompts` are the tokens
     that follow it, one equal-length list per cached row: only they and the new tokens run
-    through the model. The cache keeps the generated tokens, except the last one chosen."""
+    through the model. The cache keeps the generated tokens, except the last one chosen.
+    With `cache` a PrefixForks, each branch's continuation follows its own prefix."""
     device = model.lm_head.weight.device
     dtype = model.lm_head.weight.dtype
     batch = len(prompts)
@@ -48,8 +49,11 @@ def generate(model: CwmForCausalLM, prompts: list[list[int]], max_new_tokens: in
     if cache is None:
         cache = KVCache(model.config, batch, width + max_new_tokens, dtype, device)
     positions = (mask[:, :past + width].cumsum(-1) - 1).clamp(min=0)[:, past:]
-    logits = model(ids, attention_mask=mask[:, :past + width], position_ids=positions,
-                   cache=cache, logits_to_keep=1).logits[:, -1]
+    forked = isinstance(cache, PrefixForks)  # no padding; positions follow each prefix
+    if forked:
+        positions = cache.next_positions(width)
+    logits = model(ids, attention_mask=None if forked else mask[:, :past + width],
+                   position_ids=positions, cache=cache, logits_to_keep=1).logits[:, -1]
     width = past + width  # from here on, lengths count the cached prefix too
     chosen_tokens, chosen_logprobs = [], []
     done = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -68,8 +72,8 @@ def generate(model: CwmForCausalLM, prompts: list[list[int]], max_new_tokens: in
         length = width + step + 1
         mask[:, length - 1] = 1
         position = positions[:, -1:] + step + 1
-        logits = model(token[:, None], attention_mask=mask[:, :length], position_ids=position,
-                       cache=cache).logits[:, -1]
+        logits = model(token[:, None], attention_mask=None if forked else mask[:, :length],
+                       position_ids=position, cache=cache).logits[:, -1]
     tokens = torch.stack(chosen_tokens, 1).tolist()
     logprobs = torch.stack(chosen_logprobs, 1).tolist()
     ends = finished_at.tolist()

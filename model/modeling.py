@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.cache import PrefixForks
 from model.config import CwmConfig
 
 
@@ -98,6 +99,9 @@ class Attention(nn.Module):
         v = linear(x, self.v_proj, fast).view(batch, length, self.n_kv, self.head_dim)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if isinstance(cache, PrefixForks):  # the shared prefix read in place, not copied
+            out = cache.attend(self.layer, q, k, v, self.head_dim ** -0.5)
+            return linear(out.transpose(1, 2).reshape(batch, length, -1), self.o_proj, fast)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
         if fast:  # grouped-query attention without copying keys/values
@@ -171,13 +175,15 @@ class CwmForCausalLM(nn.Module):
                 position_ids: torch.Tensor | None = None, cache=None,
                 labels: torch.Tensor | None = None, logits_to_keep: int = 0) -> CausalLMOutput:
         """`attention_mask` (batch, past + new) marks real tokens (1) and padding (0);
-        `cache` carries keys/values across calls; `labels` (-100 = ignored) gives the loss;
+        `cache` (a KVCache, or PrefixForks with no attention_mask) carries keys/values
+        across calls; `labels` (-100 = ignored) gives the loss;
         `logits_to_keep` > 0 computes logits for the last that many positions only."""
         x = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         batch, length, _ = x.shape
         past = cache.length if cache is not None else 0
         if position_ids is None:
-            position_ids = torch.arange(past, past + length, device=x.device).expand(batch, -1)
+            position_ids = (cache.next_positions(length, batch) if cache is not None
+                            else torch.arange(length, device=x.device).expand(batch, -1))
         freqs = position_ids[..., None].float() * self.inv_freq.float()
         emb = torch.cat((freqs, freqs), dim=-1)
         cos, sin = emb.cos().to(x.dtype)[:, None], emb.sin().to(x.dtype)[:, None]
@@ -185,13 +191,21 @@ class CwmForCausalLM(nn.Module):
         sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)  # for apply_rope
         if cache is not None:
             cache.prepare(length)
-        # A prefill without padding whose window covers it is plain causal attention, which
-        # SDPA's causal kernel does without a mask.
+        # A prefill without padding whose keys are exactly its own tokens (full layers; sliding
+        # layers without a cache, when the window covers it: with a cache they also read the
+        # ring) is plain causal attention, which SDPA's causal kernel does without a mask.
         plain = (self.fast and past == 0 and length > 1
                  and (attention_mask is None or bool(attention_mask.all())))
-        masks = {window: CAUSAL if plain and (window is None or length <= window)
-                 else self._mask(window, attention_mask, cache, past, length, x)
-                 for window in {layer.self_attn.window for layer in self.model.layers}}
+        windows = {layer.self_attn.window for layer in self.model.layers}
+        if isinstance(cache, PrefixForks):
+            if attention_mask is not None:
+                raise ValueError("PrefixForks branches have no padding: pass no attention_mask")
+            masks = dict.fromkeys(windows)  # the forks mask their two parts themselves
+        else:
+            masks = {window: CAUSAL if plain and (window is None
+                                                  or (cache is None and length <= window))
+                     else self._mask(window, attention_mask, cache, past, length, x)
+                     for window in windows}
         for layer in self.model.layers:
             x = layer(x, cos, sin, masks[layer.self_attn.window], cache, self.fast)
         if cache is not None:

@@ -217,13 +217,17 @@ def test_rewinding_the_cache_equals_never_having_gone_there():
         cache.rewind(20)
 
 
-def test_sdpa_attention_is_close_to_eager():
+def test_fast_path_is_close_to_the_exact_one():
     _, ours = pair(11)
-    ids = torch.randint(0, 300, (2, 30))
     with torch.no_grad():
-        eager = ours(ids).logits
-        ours.fast = True
-        assert (ours(ids).logits - eager).abs().max() <= 1e-4
+        for length in (1, 2, 5, 8, 9, 30):  # around the window, with and without a cache
+            ids = torch.randint(0, 300, (2, length))
+            ours.fast = False
+            exact = ours(ids).logits
+            ours.fast = True
+            assert (ours(ids).logits - exact).abs().max() <= 1e-4
+            cache = KVCache(ours.config, 2, length + 1, torch.float32)
+            assert (ours(ids, cache=cache).logits - exact).abs().max() <= 1e-4
 
 
 def test_gpu_benchmark_script_runs_in_smoke_mode(capsys):
@@ -295,7 +299,33 @@ def test_forked_branches_continue_like_separate_runs():
     cache = KVCache(ours.config, 1, 64, torch.float32)
     with torch.no_grad():
         ours(torch.tensor([prefix]), cache=cache)
-    branches = generate(ours, continuations, 10, cache=cache.fork(3))
+    branches = generate(ours, continuations, 10, cache=cache.fork(3, max_new=12))
     for continuation, branch in zip(continuations, branches):
         assert branch.tokens == generate(ours, [prefix + continuation], 10)[0].tokens
     assert cache.length == len(prefix)  # the prefix cache itself is untouched
+
+
+def test_forks_of_several_prefix_lengths_store_the_prefix_once():
+    """Teacher forcing's shape: branch b continues the prefix's first lengths[b] tokens."""
+    _, ours = pair(16)
+    prefix = torch.randint(3, 300, (1, 40)).tolist()[0]  # 5x the sliding window
+    lengths = [3, 9, 17, 26, 40]
+    continuations = [[20, 21], [30, 31], [40, 41], [50, 51], [60, 61]]
+    for fast in (False, True):
+        ours.fast = fast
+        cache = KVCache(ours.config, 1, 40, torch.float32, rewind_margin=40)
+        with torch.no_grad():
+            ours(torch.tensor([prefix]), cache=cache)
+        forks = cache.fork(lengths, max_new=12)
+        assert all(k.shape == (5, 2, 12, 16) for k in forks.keys)  # own tokens only
+        branches = generate(ours, continuations, 10, cache=forks)
+        for n, continuation, branch in zip(lengths, continuations, branches):
+            alone = generate(ours, [prefix[:n] + continuation], 10)[0]
+            assert branch.tokens == alone.tokens
+            assert max(abs(a - b) for a, b in zip(branch.logprobs, alone.logprobs)) <= 1e-5
+    with torch.no_grad():
+        ring = KVCache(ours.config, 1, 40, torch.float32)  # sliding layers keep one window
+        ours(torch.tensor([prefix]), cache=ring)
+    ring.fork([40, 39], max_new=4)  # the window of position 39 is still held
+    with pytest.raises(ValueError, match="rewind_margin"):
+        ring.fork([38], max_new=4)
