@@ -329,3 +329,34 @@ def test_forks_of_several_prefix_lengths_store_the_prefix_once():
     ring.fork([40, 39], max_new=4)  # the window of position 39 is still held
     with pytest.raises(ValueError, match="rewind_margin"):
         ring.fork([38], max_new=4)
+
+
+LOAD_AND_MEASURE = """
+import resource, sys, torch
+from model.checkpoint import load_checkpoint
+def peak(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+base = peak()
+model = load_checkpoint(sys.argv[1], dtype=getattr(torch, sys.argv[2]))
+touched = sum(float(p.detach().float().sum()) for p in model.parameters())  # every page in
+print(peak() - base, sum(p.numel() * p.element_size() for p in model.parameters()))
+"""
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_loading_peaks_at_about_one_shard_above_the_weights(tmp_path, dtype):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torch.manual_seed(0)
+    fields = dict(TINY, vocab_size=8000, hidden_size=256, intermediate_size=1024,
+                  num_hidden_layers=8, head_dim=64, layer_types=None)
+    save_checkpoint(CwmForCausalLM(CwmConfig(**fields)), tmp_path, max_shard_bytes=4 << 20)
+    shard = max(p.stat().st_size for p in tmp_path.glob("*.safetensors"))
+    assert len(list(tmp_path.glob("*.safetensors"))) > 4
+    out = subprocess.run([sys.executable, "-c", LOAD_AND_MEASURE, str(tmp_path), dtype],
+                         capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent)
+    growth, weights = map(int, out.stdout.split())
+    # the float() copies of the largest tensor add at most one shard more
+    assert weights // 2 <= growth <= weights + 2 * shard + (16 << 20), (growth, weights, shard)
