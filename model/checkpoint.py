@@ -53,7 +53,10 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu",
                             f"{path.name}: tensor {name!r} has shape {tuple(tensor.shape)}, the "
                             f"config needs {tuple(expected[name].shape)}: config.json and "
                             "weights disagree")
-                    loaded[name] = tensor.to(dtype)
+                    # On the CPU, a copy: safetensors hands out views of the memory-mapped
+                    # file, which would tie the model to the file (and crash it if the file
+                    # is truncated or rewritten in place).
+                    loaded[name] = tensor.to(dtype, copy=tensor.device.type == "cpu")
         except CheckpointError:
             raise
         except FileNotFoundError:

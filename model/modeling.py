@@ -22,18 +22,22 @@ from model.config import CwmConfig
 
 
 CAUSAL = "causal"  # stands for a plain causal mask, which SDPA applies itself
-ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+ONEDNN_LINEAR = (torch.ops.mkldnn._linear_pointwise if torch.backends.mkldnn.is_available()
+                 and hasattr(torch.ops.mkldnn, "_linear_pointwise") else None)
 ONEDNN_MIN_WEIGHT = 1 << 19  # elements (2 MiB in fp32): below, oneDNN's ~50 us per call loses
 
 
 def linear(x: torch.Tensor, layer: nn.Module, fast: bool) -> torch.Tensor:
-    """`layer(x)`; on the fast path, a large fp32 nn.Linear on the CPU goes through oneDNN,
-    whose few-row products read the weights up to 1.6x (1 row) to 2.7x (4 rows) faster than
-    the default BLAS call (`benchmarks/RESULTS.md`)."""
-    if fast and ONEDNN and x.dtype == torch.float32 and x.device.type == "cpu" \
-            and type(layer) is nn.Linear and layer.weight.numel() >= ONEDNN_MIN_WEIGHT:
-        return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "none", [], "")
-    return layer(x)
+    """`layer(x)` without the module call; on the fast path, a large fp32 weight on the CPU
+    goes through oneDNN, whose few-row products read the weights up to 1.6x (1 row) to 2.7x
+    (4 rows) faster than the default BLAS call (`benchmarks/RESULTS.md`)."""
+    if type(layer) is not nn.Linear:  # e.g. Int8Linear
+        return layer(x)
+    weight = layer.weight
+    if (fast and x.is_cpu and x.dtype is torch.float32 and ONEDNN_LINEAR is not None
+            and weight.numel() >= ONEDNN_MIN_WEIGHT):
+        return ONEDNN_LINEAR(x, weight, layer.bias, "none", [], "")
+    return F.linear(x, weight, layer.bias)
 
 
 @dataclass

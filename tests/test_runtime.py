@@ -332,13 +332,21 @@ def test_forks_of_several_prefix_lengths_store_the_prefix_once():
 
 
 LOAD_AND_MEASURE = """
-import resource, sys, torch
+import sys, torch
 from model.checkpoint import load_checkpoint
-def peak(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-base = peak()
+from model.config import CwmConfig
+from model.modeling import CwmForCausalLM
+with torch.device("meta"):  # torch's one-time set-up of the meta device (~70 MB) happens here
+    CwmForCausalLM(CwmConfig.from_file(sys.argv[1]))
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+open("/proc/self/clear_refs", "w").write("5")  # the peak (VmHWM) starts again from now
+base = status("VmRSS")
 model = load_checkpoint(sys.argv[1], dtype=getattr(torch, sys.argv[2]))
 touched = sum(float(p.detach().float().sum()) for p in model.parameters())  # every page in
-print(peak() - base, sum(p.numel() * p.element_size() for p in model.parameters()))
+print(status("VmHWM") - base, sum(p.numel() * p.element_size() for p in model.parameters()))
 """
 
 
@@ -360,3 +368,18 @@ def test_loading_peaks_at_about_one_shard_above_the_weights(tmp_path, dtype):
     growth, weights = map(int, out.stdout.split())
     # the float() copies of the largest tensor add at most one shard more
     assert weights // 2 <= growth <= weights + 2 * shard + (16 << 20), (growth, weights, shard)
+
+
+def test_a_loaded_model_does_not_live_in_its_files(tmp_path):
+    """safetensors hands out views of the memory-mapped file; the loader copies them out, so
+    that rewriting or truncating the checkpoint cannot change or crash a loaded model."""
+    reference, _ = pair(17)
+    reference.save_pretrained(tmp_path, max_shard_size="100KB")
+    ours = load_checkpoint(tmp_path, dtype=torch.float32)
+    mapped = []
+    for line in open("/proc/self/maps"):
+        if str(tmp_path) in line:
+            start, end = (int(x, 16) for x in line.split()[0].split("-"))
+            mapped.append((start, end))
+    for name, param in ours.named_parameters():
+        assert not any(start <= param.data_ptr() < end for start, end in mapped), name
