@@ -30,8 +30,7 @@ def generate(model: CwmForCausalLM, prompts: list[list[int]], max_new_tokens: in
     that follow it, one equal-length list per cached row: only they and the new tokens run
     through the model. The cache keeps the generated tokens, except the last one chosen.
     With `cache` a PrefixForks, each branch's continuation follows its own prefix."""
-    device = model.lm_head.weight.device
-    dtype = model.lm_head.weight.dtype
+    device, dtype = model.device, model.dtype
     batch = len(prompts)
     width = max(len(p) for p in prompts)
     if cache is not None and (cache.keys[0].shape[0] != batch

@@ -173,6 +173,15 @@ class CwmForCausalLM(nn.Module):
         self.register_buffer("inv_freq", rope_inverse_frequencies(config), persistent=False)
         self.fast = False  # True: SDPA attention and oneDNN linear layers on the CPU
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The activations' dtype (linear weights may be int8 after quantize_int8)."""
+        return self.model.embed_tokens.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed_tokens.weight.device
+
     def forward(self, input_ids: torch.Tensor | None = None, *,
                 inputs_embeds: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None,

@@ -9,6 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
+FUSED_KERNEL: dict[str, bool] = {}  # device type -> whether aten's int8 matmul runs there
+
+
 class Int8Linear(nn.Module):
     """y = (x @ W_int8^T) * scale, with scale = max |W[row]| / 127 per output row."""
 
@@ -22,10 +25,17 @@ class Int8Linear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16):
+        kind = x.device.type
+        if x.dtype in (torch.float32, torch.bfloat16) and FUSED_KERNEL.get(kind, True):
             flat = x.reshape(-1, x.shape[-1])  # fused int8 kernel: no dequantized copy
-            out = torch.ops.aten._weight_int8pack_mm(flat, self.weight, self.scale.to(x.dtype))
-            return out.reshape(*x.shape[:-1], self.out_features)
+            try:
+                out = torch.ops.aten._weight_int8pack_mm(flat, self.weight,
+                                                         self.scale.to(x.dtype))
+            except (RuntimeError, NotImplementedError):  # not built for this device
+                FUSED_KERNEL[kind] = False
+            else:
+                FUSED_KERNEL[kind] = True
+                return out.reshape(*x.shape[:-1], self.out_features)
         return F.linear(x, self.weight.to(x.dtype)) * self.scale.to(x.dtype)
 
 

@@ -240,7 +240,7 @@ def test_gpu_benchmark_script_runs_in_smoke_mode(capsys):
     spec.loader.exec_module(module)
     module.main(["--smoke"])
     out = capsys.readouterr().out
-    assert "CPU (smoke)" in out and "batch-1 decode" in out
+    assert "CPU (smoke)" in out and "batch-1 decode" in out and "int8 weight-only:" in out
 
 
 def test_decode_steps_without_masks_equal_the_full_forward_after_a_rewind():
@@ -265,8 +265,10 @@ def test_int8_weight_only_quantization_keeps_the_model_close():
     with torch.no_grad():
         reference = ours(ids).logits
         before = sum(p.numel() * p.element_size() for p in ours.parameters())
+        greedy = generate(ours, [[5, 6, 7]], 8)[0].tokens
         quantize_int8(ours)
         quantized = ours(ids).logits
+    assert len(generate(ours, [[5, 6, 7]], 8)[0].tokens) == len(greedy)  # runs through a cache
     assert isinstance(ours.model.layers[0].self_attn.q_proj, Int8Linear)
     linear_bytes = sum(m.weight.numel() for m in ours.modules() if isinstance(m, Int8Linear))
     assert linear_bytes < before / 4 * 0.9  # int8 weights: a quarter of their fp32 bytes
