@@ -1,8 +1,10 @@
 """Our CWM runtime against transformers' CwmForCausalLM on the CPU: prefill and greedy decode.
 
-Same random tiny model (8 layers, hidden 512) in both, SDPA attention in both, fp32; each
-setting is the median of a few repeats, ours and transformers interleaved. Prefill: one forward over the prompts with a cache;
-decode: greedy generation of N tokens minus the prefill, per generated token.
+Same random tiny model (8 layers, hidden 512) in both, SDPA attention in both (ours on its fast
+path), fp32. Prefill: one forward over the prompts with a cache, median of a few repeats, ours
+and transformers interleaved. Decode: greedy generation of N tokens minus that of one token, per
+generated token, measured in pairs within each repeat; the ratio is the median of the
+per-repeat ratios (this machine's speed drifts by tens of percent within a minute).
 
     python benchmarks/runtime.py [--prompt 256] [--new 32] [--repeats 5]
 """
@@ -90,12 +92,17 @@ def main() -> None:
         ours_p, ref_p = (tokens / t for t in median_times([ours_prefill, reference_prefill],
                                                           args.repeats))
         decoded = batch * (args.new - 1)
-        ours_n, ref_n, ours_1, ref_1 = median_times(
-            [ours_generate(args.new), reference_generate(args.new), ours_generate(1),
-             reference_generate(1)], args.repeats)
-        ours_d, ref_d = decoded / (ours_n - ours_1), decoded / (ref_n - ref_1)
+        ours_d, ref_d, ratios = [], [], []
+        for _ in range(args.repeats):  # decode rate = (N tokens - 1 token) per repeat, paired
+            ours_n, ref_n, ours_1, ref_1 = median_times(
+                [ours_generate(args.new), reference_generate(args.new), ours_generate(1),
+                 reference_generate(1)], 1)
+            ours_d.append(decoded / (ours_n - ours_1))
+            ref_d.append(decoded / (ref_n - ref_1))
+            ratios.append(ours_d[-1] / ref_d[-1])
         print(f"{batch:5d} {ours_p:19,.0f} {ref_p:13,.0f} {ours_p / ref_p:5.2f}x"
-              f" {ours_d:18,.0f} {ref_d:13,.0f} {ours_d / ref_d:5.2f}x")
+              f" {statistics.median(ours_d):18,.0f} {statistics.median(ref_d):13,.0f}"
+              f" {statistics.median(ratios):5.2f}x")
 
 
 if __name__ == "__main__":
