@@ -1,0 +1,200 @@
+"""Where predictions come from: our runtime (`runtime`), transformers' CwmForCausalLM
+(`transformers`, the reference path), or any OpenAI-compatible `/v1/completions` server that
+takes token-id prompts and stop token ids (`openai`: vLLM serving facebook/cwm, or
+`tracekit serve`). Each has `generate(prompts, max_new_tokens, stop_ids, sampling)`; ours also
+has a one-prefill teacher-forcing path and cached sessions.
+
+Model specs (`load_backend`): a checkpoint directory (our runtime), `transformers:DIR`,
+`openai:URL` with a model name, or `bundled` (the small model, once it ships).
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from model.cache import KVCache
+from model.generation import Generation, generate
+
+
+class BackendError(Exception):
+    """A backend cannot be loaded or reached; the message says why and what to do."""
+
+
+class RuntimeBackend:
+    """Our runtime, in process (CPU or CUDA)."""
+
+    name = "runtime"
+
+    def __init__(self, model, branch_batch: int = 64):
+        self.model = model.eval()
+        self.branch_batch = branch_batch
+
+    def generate(self, prompts, max_new_tokens, stop_ids, sampling) -> list[Generation]:
+        return generate(self.model, prompts, max_new_tokens, stop_ids, **vars(sampling))
+
+    @torch.no_grad()
+    def teacher_forced(self, ids, starts, max_new_tokens, stop_ids, sampling):
+        """Branch i continues `ids[:starts[i]]`: one prefill of the trace, then the branches
+        decode together, `branch_batch` at a time, each reading the shared cached prefix."""
+        model = self.model
+        cache = KVCache(model.config, 1, max(starts), model.dtype, model.device,
+                        rewind_margin=max(starts))
+        model(torch.tensor([ids[:max(starts) - 1]], device=model.device), cache=cache,
+              logits_to_keep=1)
+        out = []
+        for first in range(0, len(starts), self.branch_batch):
+            chunk = starts[first:first + self.branch_batch]
+            # each branch re-feeds its prompt's last token, whose logits start its frame
+            forks = cache.fork([n - 1 for n in chunk], max_new=max_new_tokens + 1)
+            out += generate(model, [[ids[n - 1]] for n in chunk], max_new_tokens, stop_ids,
+                            cache=forks, **vars(sampling))
+        return out
+
+    def new_session(self) -> RuntimeSession:
+        return RuntimeSession(self.model)
+
+
+class RuntimeSession:
+    """A KV cache that follows a growing prompt: each call runs only the tokens that differ
+    from what the cache already holds (the longest common prefix is kept)."""
+
+    def __init__(self, model, max_length: int | None = None):
+        self.model = model
+        length = max_length or model.config.max_position_embeddings
+        self.cache = KVCache(model.config, 1, length, model.dtype, model.device,
+                             rewind_margin=length)
+        self.cached: list[int] = []  # the tokens whose keys/values the cache holds
+
+    def generate(self, prompt: list[int], max_new_tokens, stop_ids, sampling) -> Generation:
+        keep = 0
+        for a, b in zip(self.cached, prompt):
+            if a != b:
+                break
+            keep += 1
+        keep = min(keep, len(prompt) - 1)  # at least one token runs, for the logits
+        self.cache.rewind(keep)
+        generation = generate(self.model, [prompt[keep:]], max_new_tokens, stop_ids,
+                              cache=self.cache, **vars(sampling))[0]
+        self.cached = prompt + generation.tokens[:-1]  # the last token chosen is not run
+        return generation
+
+
+class TransformersBackend:
+    """transformers' CwmForCausalLM and its `generate`: the reference path."""
+
+    name = "transformers"
+
+    def __init__(self, model):
+        self.model = model.eval()
+
+    @torch.no_grad()
+    def generate(self, prompts, max_new_tokens, stop_ids, sampling) -> list[Generation]:
+        device = self.model.device
+        width = max(len(p) for p in prompts)
+        pad = 0
+        ids = torch.full((len(prompts), width), pad, dtype=torch.long, device=device)
+        mask = torch.zeros_like(ids)
+        for row, prompt in enumerate(prompts):
+            ids[row, width - len(prompt):] = torch.tensor(prompt)
+            mask[row, width - len(prompt):] = 1
+        options = dict(do_sample=False)
+        if sampling.temperature > 0:
+            options = dict(do_sample=True, temperature=sampling.temperature,
+                           top_k=sampling.top_k or None, top_p=sampling.top_p)
+            if sampling.seed is not None:
+                torch.manual_seed(sampling.seed)
+        out = self.model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                  eos_token_id=list(stop_ids), pad_token_id=pad,
+                                  output_logits=True, return_dict_in_generate=True, **options)
+        new = out.sequences[:, width:]
+        logprobs = torch.stack([torch.log_softmax(step.float(), -1) for step in out.logits], 1)
+        chosen = logprobs.gather(-1, new[:, :logprobs.shape[1], None])[..., 0]
+        results = []
+        for tokens, lps in zip(new.tolist(), chosen.tolist()):
+            end = next((i + 1 for i, t in enumerate(tokens) if t in stop_ids), len(tokens))
+            results.append(Generation(tokens[:end], lps[:end], end < len(tokens)
+                                      or tokens[end - 1] in stop_ids))
+        return results
+
+
+class OpenAIBackend:
+    """An OpenAI-compatible `/v1/completions` server, prompts sent as token ids (vLLM's
+    `stop_token_ids` and `return_tokens_as_token_ids` extensions; `tracekit serve` has both)."""
+
+    name = "openai"
+
+    def __init__(self, url: str, model: str, concurrency: int = 8, timeout: float = 600):
+        self.url = url.rstrip("/")
+        if not self.url.endswith("/v1"):
+            self.url += "/v1"
+        self.model = model
+        self.concurrency = concurrency
+        self.timeout = timeout
+
+    def generate(self, prompts, max_new_tokens, stop_ids, sampling) -> list[Generation]:
+        with ThreadPoolExecutor(min(self.concurrency, len(prompts))) as pool:
+            return list(pool.map(lambda p: self._one(p, max_new_tokens, stop_ids, sampling),
+                                 prompts))
+
+    def _one(self, prompt, max_new_tokens, stop_ids, sampling) -> Generation:
+        body = {"model": self.model, "prompt": prompt, "max_tokens": max_new_tokens,
+                "temperature": sampling.temperature, "top_p": sampling.top_p,
+                "stop_token_ids": list(stop_ids), "logprobs": 1,
+                "return_tokens_as_token_ids": True, "skip_special_tokens": False}
+        if sampling.top_k:
+            body["top_k"] = sampling.top_k
+        if sampling.seed is not None:
+            body["seed"] = sampling.seed
+        choice = self._post("/completions", body)["choices"][0]
+        logprobs = choice.get("logprobs") or {}
+        tokens = [int(str(t).removeprefix("token_id:")) for t in logprobs.get("tokens", [])]
+        values = [float(v) if v is not None else 0.0
+                  for v in logprobs.get("token_logprobs", [])]
+        return Generation(tokens, values, choice.get("finish_reason") == "stop")
+
+    def _post(self, path: str, body: dict) -> dict:
+        request = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")[:300]
+            raise BackendError(f"{self.url}{path}: HTTP {exc.code}: {detail}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise BackendError(f"{self.url}: cannot reach the server ({exc}); is it running?"
+                               ) from None
+
+
+def load_backend(spec: str, openai_model: str | None = None, device: str = "cpu",
+                 dtype: torch.dtype | None = None):
+    """A backend from a model spec (see the module docstring)."""
+    if spec.startswith("openai:"):
+        if not openai_model:
+            raise BackendError("openai:URL needs the served model's name (--openai-model NAME)")
+        return OpenAIBackend(spec.removeprefix("openai:"), openai_model)
+    if spec == "bundled":
+        raise BackendError("there is no bundled model yet: pass a checkpoint directory or "
+                           "openai:URL")
+    reference = spec.startswith("transformers:")
+    directory = Path(spec.removeprefix("transformers:"))
+    if not (directory / "config.json").is_file():
+        raise BackendError(f"{directory}: not a checkpoint directory (no config.json); pass a "
+                           "directory with config.json and safetensors, or openai:URL")
+    if reference:
+        import transformers
+
+        model = transformers.CwmForCausalLM.from_pretrained(
+            directory, attn_implementation="eager", dtype=dtype or "auto").to(device)
+        return TransformersBackend(model)
+    from model.checkpoint import load_checkpoint
+
+    model = load_checkpoint(directory, device, dtype)
+    model.fast = True
+    return RuntimeBackend(model)

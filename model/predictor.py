@@ -1,0 +1,195 @@
+"""Trace prediction: a model predicts a program's next execution frame, free-runs a rollout, or
+predicts every frame of a real trace from the real frames before it (teacher forcing).
+
+One API over every backend (`model.backends`): prompts are CWM trace prompts as token ids
+(`tracekit.prompts.trace_prompt_ids`), a frame is generated up to `<|frame_sep|>` (or
+`<|end_of_text|>`, the model's way of saying the trace is over), and whatever comes back is
+parsed by the one parser of `tracekit.cwm`, which never raises: malformed output becomes a
+frame with an `error`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tracekit.cwm import END_OF_TEXT, EVENT_TOKENS, FRAME_SEP, frame_segments, parse_segments
+from tracekit.prompts import trace_prompt_ids
+from tracekit.tokenizer import Tokenizer, cwm_tokenizer, encode_segments, id_segments
+from tracekit.trace import Frame
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """temperature 0 is greedy; `seed` makes sampling reproducible."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+GREEDY = Sampling()
+
+
+@dataclass
+class FramePrediction:
+    """One predicted step: the parsed frame (None when the model ended the trace instead), the
+    raw text and tokens (a forced event token first), and the generated tokens' log-probs."""
+
+    frame: Frame | None
+    text: str
+    tokens: list[int]
+    logprobs: list[float]
+    ended: bool  # the model wrote <|end_of_text|>
+
+    @property
+    def error(self) -> str | None:
+        return self.frame.error if self.frame is not None else None
+
+
+@dataclass
+class Rollout:
+    """A free-running prediction. `stop` says why it stopped: "end_of_text" (the model ended
+    the trace), "max_frames", "budget" (the token budget ran out), or "malformed" (the last
+    frame has an error, e.g. no <|frame_sep|> within max_frame_tokens)."""
+
+    steps: list[FramePrediction] = field(default_factory=list)
+    stop: str = ""
+
+    @property
+    def frames(self) -> list[Frame]:
+        return [s.frame for s in self.steps if s.frame is not None]
+
+    @property
+    def tokens_used(self) -> int:
+        return sum(len(s.logprobs) for s in self.steps)
+
+
+class TracePredictor:
+    """Predict trace frames with a backend (`model.backends.RuntimeBackend`, ...)."""
+
+    def __init__(self, backend, tokenizer: Tokenizer | None = None, max_frame_tokens: int = 512):
+        self.backend = backend
+        self.tokenizer = tokenizer or cwm_tokenizer()
+        self.max_frame_tokens = max_frame_tokens
+        special = self.tokenizer.special_ids
+        self.stop_ids = (special[FRAME_SEP], special[END_OF_TEXT])
+
+    def prompt(self, context: str, frames: list[Frame] = (),
+               force_event: str | None = None) -> list[int]:
+        return trace_prompt_ids(self.tokenizer, context, list(frames), force_event)
+
+    def next_frame(self, context: str, frames: list[Frame] = (), force_event: str | None = None,
+                   sampling: Sampling = GREEDY) -> FramePrediction:
+        """The frame after `frames` (the real or predicted frames so far)."""
+        prompt = self.prompt(context, frames, force_event)
+        generation = self.backend.generate([prompt], self.max_frame_tokens, self.stop_ids,
+                                           sampling)[0]
+        return self.read(generation.tokens, generation.logprobs, force_event)
+
+    def teacher_forced(self, context: str, frames: list[Frame],
+                       sampling: Sampling = GREEDY) -> list[FramePrediction]:
+        """The model's prediction of every frame i given the real frames before it. Backends
+        that can (ours) run one prefill of the real trace and decode all branches at once."""
+        if not frames:
+            return []
+        if hasattr(self.backend, "teacher_forced"):
+            ids = self.prompt(context, frames)
+            lengths = self._frame_starts(context, frames)
+            generations = self.backend.teacher_forced(ids, lengths, self.max_frame_tokens,
+                                                      self.stop_ids, sampling)
+            return [self.read(g.tokens, g.logprobs) for g in generations]
+        return [self.next_frame(context, frames[:i], sampling=sampling)
+                for i in range(len(frames))]
+
+    def rollout(self, context: str, seed_frames: list[Frame] = (), max_frames: int = 1000,
+                budget_tokens: int | None = None, sampling: Sampling = GREEDY) -> Rollout:
+        """Predict frame after frame from `seed_frames` until the model ends the trace, a frame
+        is malformed, `max_frames` predicted frames, or `budget_tokens` generated tokens."""
+        session = self.session(context, seed_frames)
+        rollout = Rollout()
+        while True:
+            if len(rollout.frames) >= max_frames:
+                rollout.stop = "max_frames"
+                return rollout
+            left = None if budget_tokens is None else budget_tokens - rollout.tokens_used
+            if left is not None and left <= 0:
+                rollout.stop = "budget"
+                return rollout
+            step = session.step(sampling=sampling, max_tokens=left)
+            rollout.steps.append(step)
+            if step.ended and step.frame is None:
+                rollout.stop = "end_of_text"
+                return rollout
+            if step.error is not None:
+                cut = left is not None and len(step.logprobs) >= left and step.frame is not None
+                rollout.stop = "budget" if cut and step.error.startswith("truncated") \
+                    else "malformed"
+                return rollout
+            session.append(step.frame)
+
+    def session(self, context: str, frames: list[Frame] = ()) -> Session:
+        """A stepping session over the context and `frames` (see Session)."""
+        return Session(self, context, frames)
+
+    def read(self, tokens: list[int], logprobs: list[float],
+             force_event: str | None = None) -> FramePrediction:
+        """Parse generated tokens (after an optional forced event token) into a prediction."""
+        ids = list(tokens)
+        if force_event is not None:
+            ids.insert(0, self.tokenizer.special_ids[EVENT_TOKENS[force_event]])
+        segments = id_segments(self.tokenizer, ids)
+        parsed = parse_segments(segments)
+        frame = parsed.frames[0] if parsed.frames else None
+        if frame is None and not parsed.ended:  # nothing at all: an empty generation
+            frame = Frame("line", None, "", error="empty output")
+        return FramePrediction(frame, "".join(t for _, t in segments), ids, list(logprobs),
+                               parsed.ended)
+
+    def frame_ids(self, frame: Frame) -> list[int]:
+        return encode_segments(self.tokenizer, frame_segments(frame))
+
+    def _frame_starts(self, context: str, frames: list[Frame]) -> list[int]:
+        """Token length of the prompt before each frame (prompts encode frame by frame, so
+        each is a prefix of the whole trace's ids)."""
+        length = len(self.prompt(context))
+        starts = []
+        for frame in frames:
+            starts.append(length)
+            length += len(self.frame_ids(frame))
+        return starts
+
+
+class Session:
+    """The context and the frames so far, kept in the backend's cache where it has one (ours):
+    `step()` predicts the next frame, `append(frame)` adds a frame (the predicted one costs
+    nothing more), `back(n)` drops frames, and a re-`step()` re-samples. Each costs only the
+    tokens not already cached."""
+
+    def __init__(self, predictor: TracePredictor, context: str, frames: list[Frame] = ()):
+        self.predictor = predictor
+        self.context = context
+        self.frames = list(frames)
+        self.state = (predictor.backend.new_session()
+                      if hasattr(predictor.backend, "new_session") else None)
+
+    def step(self, force_event: str | None = None, sampling: Sampling = GREEDY,
+             max_tokens: int | None = None) -> FramePrediction:
+        """Predict the next frame (not added: call append)."""
+        p = self.predictor
+        prompt = p.prompt(self.context, self.frames, force_event)
+        budget = p.max_frame_tokens if max_tokens is None else min(max_tokens,
+                                                                   p.max_frame_tokens)
+        if self.state is not None:
+            generation = self.state.generate(prompt, budget, p.stop_ids, sampling)
+        else:
+            generation = p.backend.generate([prompt], budget, p.stop_ids, sampling)[0]
+        return p.read(generation.tokens, generation.logprobs, force_event)
+
+    def append(self, frame: Frame) -> None:
+        self.frames.append(frame)
+
+    def back(self, n: int = 1) -> None:
+        if not 0 <= n <= len(self.frames):
+            raise ValueError(f"cannot go back {n} frames: the session holds {len(self.frames)}")
+        del self.frames[len(self.frames) - n:]
