@@ -136,3 +136,85 @@ def test_forced_event_and_malformed_output_never_raise(trace, models):
     assert predictor.read([128001], [0.0]).ended
     assert predictor.read([], []).error == "empty output"
     assert isinstance(Frame("line", 1, ""), Frame)
+
+
+@pytest.fixture(scope="module")
+def server(models):
+    import threading
+
+    from model.serve import Engine, make_server
+    from tracekit.tokenizer import cwm_tokenizer
+
+    _, ours = models
+    httpd = make_server(Engine(ours, cwm_tokenizer(), "tiny-cwm"), port=0)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def _post(url, body, raw=None):
+    import json
+    import urllib.error
+    import urllib.request
+
+    data = raw if raw is not None else json.dumps(body).encode()
+    request = urllib.request.Request(url + "/v1/completions", data=data,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_openai_backend_against_tracekit_serve_agrees_with_the_runtime(trace, models, server):
+    from model.backends import OpenAIBackend
+
+    _, ours = models
+    runtime = TracePredictor(RuntimeBackend(ours), max_frame_tokens=24)
+    remote = TracePredictor(OpenAIBackend(server, "tiny-cwm"), max_frame_tokens=24)
+    for i in (0, 5):
+        a = runtime.next_frame(trace.context, trace.frames[:i])
+        b = remote.next_frame(trace.context, trace.frames[:i])
+        assert a.tokens == b.tokens and a.frame == b.frame
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+    forced = remote.teacher_forced(trace.context, trace.frames[:8])  # concurrent requests
+    assert [p.tokens for p in forced] == [
+        p.tokens for p in runtime.teacher_forced(trace.context, trace.frames[:8])]
+
+
+def test_server_serves_concurrent_clients_and_rejects_bad_requests(models, server):
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    from model.generation import generate
+
+    _, ours = models
+    prompts = [[128000, 100 + i, 200 + 2 * i, 300] for i in range(8)]
+
+    def ask(prompt):
+        return _post(server, {"model": "tiny-cwm", "prompt": prompt, "max_tokens": 6,
+                              "temperature": 0, "logprobs": 1,
+                              "return_tokens_as_token_ids": True})
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(ask, prompts))
+    for prompt, (status, body) in zip(prompts, answers):
+        assert status == 200
+        tokens = [int(t.split(":")[1]) for t in body["choices"][0]["logprobs"]["tokens"]]
+        assert tokens == generate(ours, [prompt], 6)[0].tokens
+    status, body = _post(server, None, raw=b"{not json")
+    assert status == 400 and "not valid JSON" in body["error"]["message"]
+    status, body = _post(server, {"model": "gpt-4", "prompt": [1, 2]})
+    assert status == 404 and "tiny-cwm" in body["error"]["message"]
+    status, body = _post(server, {"model": "tiny-cwm", "prompt": [1] * 2040, "max_tokens": 16})
+    assert status == 400 and "context of 2048" in body["error"]["message"]
+    status, body = _post(server, {"model": "tiny-cwm", "prompt": [1, 2], "max_tokens": -1})
+    assert status == 400 and "max_tokens" in body["error"]["message"]
+    status, body = _post(server, {"model": "tiny-cwm", "prompt": "def f():", "max_tokens": 3,
+                                  "temperature": 0})
+    assert status == 200 and body["usage"]["completion_tokens"] == 3  # still serving
+    with urllib.request.urlopen(server + "/health", timeout=10) as response:
+        assert response.status == 200
+    with urllib.request.urlopen(server + "/v1/models", timeout=10) as response:
+        assert b"tiny-cwm" in response.read()
