@@ -218,3 +218,33 @@ def test_server_serves_concurrent_clients_and_rejects_bad_requests(models, serve
         assert response.status == 200
     with urllib.request.urlopen(server + "/v1/models", timeout=10) as response:
         assert b"tiny-cwm" in response.read()
+
+
+def test_predict_command_prints_real_and_predicted_frames(tmp_path, models):
+    from click.testing import CliRunner
+
+    from model.checkpoint import save_checkpoint
+    from tracekit.cli import main
+
+    _, ours = models
+    save_checkpoint(ours, tmp_path / "tiny")
+    program = tmp_path / "prog.py"
+    program.write_text(PROGRAM + "\n# tracekit-call: count_vowels('ab')\n")
+    runner = CliRunner()
+    for mode in ("teacher-forced", "rollout", "next"):
+        result = runner.invoke(main, ["predict", str(program), "--model", str(tmp_path / "tiny"),
+                                      "--mode", mode, "--frames", "1", "--max-frame-tokens", "8",
+                                      "--sandbox", "none"], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        assert "first divergence" in result.output and "frames exactly right" in result.output
+        assert "count_vowels" in result.output or "n = 0" in result.output
+    assert "rollout stopped: malformed" in runner.invoke(
+        main, ["predict", str(program), "--model", str(tmp_path / "tiny"), "--mode", "rollout",
+               "--max-frame-tokens", "8", "--sandbox", "none"]).output
+    missing = runner.invoke(main, ["predict", str(program), "--model", str(tmp_path / "nope"),
+                                   "--sandbox", "none"])
+    assert missing.exit_code == 7 and "not a checkpoint directory" in missing.output
+    unreachable = runner.invoke(main, ["predict", str(program), "--model",
+                                       "openai:http://127.0.0.1:9", "--openai-model", "x",
+                                       "--sandbox", "none"])
+    assert unreachable.exit_code == 7 and "cannot reach the server" in unreachable.output

@@ -26,10 +26,12 @@ EXIT_CODES = {
     "crashed": 5,
     "sandbox_unavailable": 6,
 }
+EXIT_MODEL = 7  # the model could not be loaded or reached
 EXIT_HELP = ("Exit codes: 0 ok; 1 the program raised or called sys.exit (the trace is complete); "
              "2 bad command line; 3 a limit was hit (timeout, memory, output, frames, recursion); "
              "4 syntax error, no entry function or module-level error; 5 the program crashed; "
-             "6 sandbox or interpreter unavailable.")
+             "6 sandbox or interpreter unavailable; 7 the model could not be loaded or "
+             "reached (predict, serve).")
 
 stderr = Console(stderr=True)
 
@@ -191,6 +193,115 @@ def prompt(file: Path, entry, call, k, force, chat, no_thinking, ids, count, che
         return
     token_ids = tokenizers.encode(tokenizers.load_tokenizer(checkpoint), text)
     click.echo(len(token_ids) if count else " ".join(map(str, token_ids)))
+
+
+MODEL_HELP = ("A checkpoint directory (our runtime), transformers:DIR (the reference path), "
+              "openai:URL with --openai-model NAME (vLLM, tracekit serve), or bundled.")
+
+
+@main.command(epilog=EXIT_HELP)
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--model", "spec", required=True, metavar="SPEC", help=MODEL_HELP)
+@click.option("--openai-model", metavar="NAME", help="The served model's name, for openai:URL.")
+@click.option("--mode", type=click.Choice(["next", "rollout", "teacher-forced"]),
+              default="teacher-forced", show_default=True,
+              help="teacher-forced: every frame from the real frames before it; rollout: "
+                   "free-running from the first K real frames; next: the frame after K.")
+@click.option("--frames", "k", type=click.IntRange(min=0), default=0, show_default=True,
+              help="next / rollout: start after the first K real frames.")
+@click.option("--entry", metavar="NAME", help="Function to trace (as for `tracekit trace`).")
+@click.option("--call", metavar="EXPR", help="Call to run (as for `tracekit trace`).")
+@click.option("--max-frame-tokens", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Tokens one predicted frame may take before it counts as malformed.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+@_limits_options
+def predict(file: Path, spec, openai_model, mode, k, entry, call, max_frame_tokens, device,
+            python, timeout, memory_mb, max_frames, max_value_chars, repr_timeout,
+            sandbox) -> None:
+    """Trace FILE for real, predict its frames with a model, and print both side by side
+    with the first divergence marked.
+
+    \b
+    tracekit predict prog.py --model ./checkpoint
+    tracekit predict prog.py --model ./checkpoint --mode rollout --frames 1
+    tracekit predict prog.py --model openai:http://localhost:8000 --openai-model cwm
+    """
+    from model.backends import BackendError, load_backend
+    from model.predictor import TracePredictor
+    from tracekit.pretty import print_comparison
+    from tracekit.tokenizer import load_tokenizer
+
+    source = file.read_text(encoding="utf-8")
+    result = _run(source, str(file), call, entry, python, timeout, memory_mb, max_frames,
+                  max_value_chars, repr_timeout, sandbox)
+    if not result.frames:
+        _exit_for(result)
+    try:
+        backend = load_backend(spec, openai_model, device)
+    except BackendError as exc:
+        stderr.print(f"[red]model:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(EXIT_MODEL)
+    directory = Path(spec.removeprefix("transformers:"))
+    tokenizer = load_tokenizer(directory if directory.is_dir() else None)
+    predictor = TracePredictor(backend, tokenizer, max_frame_tokens)
+    real = result.frames
+    try:
+        with stderr.status(f"predicting ({mode}, {backend.name})..."):
+            if mode == "teacher-forced":
+                steps, start, stop = predictor.teacher_forced(result.context, real), 0, None
+            elif mode == "rollout":
+                rollout = predictor.rollout(result.context, real[:k], max_frames=len(real) - k)
+                steps, start, stop = rollout.steps, k, rollout.stop
+            else:
+                steps, start, stop = [predictor.next_frame(result.context, real[:k])], k, None
+    except BackendError as exc:
+        stderr.print(f"[red]model:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(EXIT_MODEL)
+    print_comparison(real[start:], steps, start, title=f"{file.name}: {mode} with {spec}")
+    if stop:
+        click.echo(f"rollout stopped: {stop}")
+
+
+@main.command(epilog=EXIT_HELP)
+@click.argument("checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--name", help="The model name clients send. Default: the directory's name.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+@click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Requests decoded together at most.")
+def serve(checkpoint: Path, host, port, name, device, max_batch) -> None:
+    """Serve CHECKPOINT with our runtime behind an OpenAI-compatible API
+    (/v1/completions, /v1/models, /health) until interrupted.
+
+    \b
+    tracekit serve ./checkpoint --port 8000
+    tracekit predict prog.py --model openai:http://127.0.0.1:8000 --openai-model checkpoint
+    """
+    from model.checkpoint import CheckpointError, load_checkpoint
+    from model.serve import Engine, make_server
+    from tracekit.tokenizer import load_tokenizer
+
+    try:
+        model = load_checkpoint(checkpoint, device)
+    except CheckpointError as exc:
+        stderr.print(f"[red]model:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(EXIT_MODEL)
+    model.fast = True
+    name = name or checkpoint.resolve().name
+    try:
+        httpd = make_server(Engine(model, load_tokenizer(checkpoint), name, max_batch),
+                            host, port)
+    except OSError as exc:
+        stderr.print(f"[red]serve:[/] cannot listen on {host}:{port} ({exc.strerror}): pick "
+                     "another --port", highlight=False, soft_wrap=True)
+        sys.exit(EXIT_MODEL)
+    stderr.print(f"serving {name!r} on http://{host}:{httpd.server_address[1]}/v1 "
+                 "(Ctrl-C stops)", highlight=False)
+    try:
+        httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
 
 
 def _prepare(source: str, entry):

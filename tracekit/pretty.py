@@ -81,3 +81,53 @@ def print_trace(trace: Trace, console: Console | None = None) -> None:
 
 def _clip(value: str, limit: int) -> str:
     return value if len(value) <= limit else value[: limit - 1] + "…"
+
+
+def frame_text(frame, max_value_chars: int = 60) -> Text:
+    """A frame on one line: event, source, then its state or value."""
+    if frame is None:
+        return Text("<|end_of_text|>", style="dim")
+    text = Text(f"{frame.event:<9s}", style=_EVENT_STYLE.get(frame.event, ""))
+    text.append(frame.source.strip())
+    if frame.error:
+        text.append(f"  [{frame.error}]", style="red")
+    elif frame.locals is not None:
+        text.append("  " + ", ".join(f"{k}={_clip(v, max_value_chars)}"
+                                     for k, v in frame.locals.items()), style="dim")
+    elif frame.arg is not None:
+        text.append("  -> " + _clip(frame.arg, max_value_chars), style="dim")
+    return text
+
+
+def same_frame(real, predicted) -> bool:
+    """Event, source line and state or value all equal (states as written, `".."` included)."""
+    return (predicted is not None and predicted.error is None and real.event == predicted.event
+            and real.source.strip() == predicted.source.strip()
+            and real.locals == predicted.locals and real.arg == predicted.arg)
+
+
+def print_comparison(real: list, steps: list, start: int = 0, title: str = "",
+                     console: Console | None = None) -> None:
+    """Real and predicted frames side by side, the first divergence marked."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
+    table.add_column("#", justify="right", style="dim")
+    table.add_column("real", overflow="fold", ratio=1)
+    table.add_column("predicted", overflow="fold", ratio=1)
+    table.add_column("", no_wrap=True)
+    diverged = False
+    matches = 0
+    for i in range(max(len(real), len(steps))):
+        r = real[i] if i < len(real) else None
+        p = steps[i].frame if i < len(steps) else None
+        same = r is not None and same_frame(r, p)
+        matches += same
+        mark = Text("ok", style="green") if same else Text("", style="red")
+        if not same and not diverged:
+            mark, diverged = Text("<- first divergence", style="bold red"), True
+        elif not same:
+            mark = Text("x", style="red")
+        table.add_row(str(start + i), frame_text(r) if r is not None else Text(""),
+                      frame_text(p) if i < len(steps) else Text(""), mark)
+    console = console or Console()
+    console.print(table)
+    console.print(f"{matches}/{len(real)} frames exactly right", highlight=False)
