@@ -56,19 +56,22 @@ class RuntimeBackend:
                             cache=forks, **vars(sampling))
         return out
 
-    def new_session(self) -> RuntimeSession:
-        return RuntimeSession(self.model)
+    def new_session(self, rewind_margin: int) -> RuntimeSession:
+        return RuntimeSession(self.model, rewind_margin)
 
 
 class RuntimeSession:
     """A KV cache that follows a growing prompt: each call runs only the tokens that differ
-    from what the cache already holds (the longest common prefix is kept)."""
+    from what the cache already holds (the longest common prefix is kept). Sliding layers keep
+    `rewind_margin` positions beyond their window, enough to step back over a frame or two;
+    going back further, or past the cache's size (which doubles as needed), starts
+    the cache again from the prompt."""
 
-    def __init__(self, model, max_length: int | None = None):
+    def __init__(self, model, rewind_margin: int, capacity: int = 4096):
         self.model = model
-        length = max_length or model.config.max_position_embeddings
-        self.cache = KVCache(model.config, 1, length, model.dtype, model.device,
-                             rewind_margin=length)
+        self.rewind_margin = rewind_margin
+        self.cache = KVCache(model.config, 1, capacity, model.dtype, model.device,
+                             rewind_margin=rewind_margin)
         self.cached: list[int] = []  # the tokens whose keys/values the cache holds
 
     def generate(self, prompt: list[int], max_new_tokens, stop_ids, sampling) -> Generation:
@@ -78,7 +81,18 @@ class RuntimeSession:
                 break
             keep += 1
         keep = min(keep, len(prompt) - 1)  # at least one token runs, for the logits
-        self.cache.rewind(keep)
+        needed = len(prompt) + max_new_tokens
+        if needed > self.cache.max_length:
+            limit = self.model.config.max_position_embeddings
+            capacity = min(max(needed, 2 * self.cache.max_length), max(limit, needed))
+            self.cache = KVCache(self.model.config, 1, capacity, self.model.dtype,
+                                 self.model.device, rewind_margin=self.rewind_margin)
+            self.cached, keep = [], 0
+        try:
+            self.cache.rewind(keep)
+        except ValueError:  # further back than the sliding layers keep: start again
+            self.cache.rewind(0)
+            keep = 0
         generation = generate(self.model, [prompt[keep:]], max_new_tokens, stop_ids,
                               cache=self.cache, **vars(sampling))[0]
         self.cached = prompt + generation.tokens[:-1]  # the last token chosen is not run

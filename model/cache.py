@@ -106,7 +106,7 @@ class KVCache:
             raise ValueError(f"cannot rewind to {length}: the cache holds 0..{self.length}")
         oldest_held = max(0, self.length - self.ring_index.numel())
         oldest_needed = max(0, length - (self.window or 1) + 1)
-        if any(self.sliding) and oldest_needed < oldest_held:
+        if any(self.sliding) and length > 0 and oldest_needed < oldest_held:
             raise ValueError(f"cannot rewind by {self.length - length} positions: sliding layers "
                              f"keep {self.rewind_margin} beyond the window (make the KVCache "
                              "with a larger rewind_margin)")

@@ -170,7 +170,9 @@ class Session:
         self.predictor = predictor
         self.context = context
         self.frames = list(frames)
-        self.state = (predictor.backend.new_session()
+        # the cache can step back over about two frames without running the prompt again
+        margin = max(512, 4 * predictor.max_frame_tokens)
+        self.state = (predictor.backend.new_session(margin)
                       if hasattr(predictor.backend, "new_session") else None)
 
     def step(self, force_event: str | None = None, sampling: Sampling = GREEDY,

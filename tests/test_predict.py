@@ -116,12 +116,27 @@ def test_a_session_runs_only_the_new_tokens(trace, models):
         seen.clear()
         again = session.step(sampling=Sampling(temperature=1.0, seed=1))  # re-sample it
         assert seen[0] == 1 and sum(seen) == len(again.tokens)  # the prompt is all cached
-        session.back(2)  # step back: the cache keeps the common prefix
+        session.back(1)  # step back: the cache keeps the common prefix
         seen.clear()
         session.step()
         assert seen[0] == 1
+        session.back(6)  # back to the first frame
+        assert session.step().tokens == predictor.next_frame(trace.context,
+                                                             trace.frames[:1]).tokens
     finally:
         hook.remove()
+
+
+def test_a_session_going_back_past_its_margin_starts_again(trace, models):
+    from model.backends import RuntimeSession
+    from model.generation import generate
+
+    _, ours = models
+    ids = TracePredictor(RuntimeBackend(ours)).prompt(trace.context, trace.frames[:6])
+    session = RuntimeSession(ours, rewind_margin=4, capacity=64)  # grows as needed
+    for prompt in (ids, ids[:40], ids[:-3], ids[:20]):
+        assert session.generate(prompt, 5, (), Sampling()).tokens == \
+            generate(ours, [prompt], 5)[0].tokens
 
 
 def test_forced_event_and_malformed_output_never_raise(trace, models):
