@@ -1,0 +1,291 @@
+"""A seeded generator of small, valid, terminating Python programs to trace.
+
+Each program is a function over ints, strings, lists, dicts and tuples (and sometimes a helper
+it calls), with loops, branches, comprehensions, caught exceptions and early returns, plus a
+call with generated arguments. Program i of seed s depends on (s, i) only, so any slice of a
+stream can be regenerated. Termination by construction: `for` loops run over collections the
+body cannot grow, `while` loops count a variable the body cannot touch up to a small bound,
+helpers never call anything generated, and numbers stay small (products are taken modulo a
+constant). Operations that can raise (int(s), indexing) sit in try/except.
+
+Knobs: `size` (statements per body, roughly) and `features` (which constructs may appear).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+FEATURES = ("loops", "while", "branches", "helpers", "comprehensions", "exceptions",
+            "early_return", "dicts", "tuples", "strings")
+WORDS = ("a", "ab", "abc", "hello", "x", "data", "trace", "py", "Zed", "q1", "", "level")
+TYPES = ("int", "str", "list", "bool", "dict")
+
+
+@dataclass
+class Scope:
+    names: dict[str, str] = field(default_factory=dict)  # variable -> type
+    frozen: set[str] = field(default_factory=set)  # iterated or counted: never reassigned
+
+    def of(self, kind: str, writable: bool = False) -> list[str]:
+        return [n for n, t in self.names.items()
+                if t == kind and not (writable and n in self.frozen)]
+
+
+class _Writer:
+    def __init__(self, rng: random.Random, size: int, features: frozenset[str]):
+        self.rng, self.size, self.features = rng, size, features
+        self.counter = 0
+        self.helpers: list[tuple[str, list[str], str]] = []  # name, param types, return type
+        self.returns = "int"  # the return type of the function being written
+
+    def fresh(self, stem: str) -> str:
+        self.counter += 1
+        return f"{stem}{self.counter}"
+
+    def has(self, feature: str) -> bool:
+        return feature in self.features
+
+    # -- expressions ---------------------------------------------------------------------
+    def expr(self, kind: str, scope: Scope, depth: int = 0) -> str:
+        r = self.rng
+        names = scope.of(kind)
+        if names and r.random() < 0.45:
+            return r.choice(names)
+        if depth >= 2 or r.random() < 0.25:
+            return self.literal(kind)
+        made = getattr(self, f"_{kind}")(scope, depth + 1)
+        return f"({made})" if depth > 0 else made  # an operand keeps its own precedence
+
+    def literal(self, kind: str) -> str:
+        r = self.rng
+        if kind == "int":
+            return str(r.randint(-5, 20))
+        if kind == "str":
+            return repr(r.choice(WORDS))
+        if kind == "bool":
+            return r.choice(["True", "False"])
+        if kind == "list":
+            return repr([r.randint(-3, 9) for _ in range(r.randint(0, 5))])
+        return repr({r.choice(WORDS[:8]): r.randint(0, 9) for _ in range(r.randint(0, 3))})
+
+    def _int(self, scope, d):
+        e, r = self.expr, self.rng
+        options = [
+            lambda: f"{e('int', scope, d)} + {e('int', scope, d)}",
+            lambda: f"{e('int', scope, d)} - {e('int', scope, d)}",
+            lambda: f"({e('int', scope, d)} * {e('int', scope, d)}) % {r.randint(7, 97)}",
+            lambda: f"{e('int', scope, d)} // ({e('int', scope, d)} % {r.randint(2, 6)} + 1)",
+            lambda: f"len({e('list', scope, d)})",
+            lambda: f"abs({e('int', scope, d)})",
+            lambda: f"max({e('int', scope, d)}, {e('int', scope, d)})",
+            lambda: f"sum({e('list', scope, d)})",
+            lambda: f"min({e('list', scope, d)}, default=0)",
+        ]
+        if self.has("strings"):
+            options += [lambda: f"len({e('str', scope, d)})",
+                        lambda: f"{e('str', scope, d)}.count({self.literal('str')} or 'a')"]
+        if self.has("dicts"):
+            options.append(lambda: f"{e('dict', scope, d)}.get({e('str', scope, d)}, 0)")
+        if self.has("helpers"):
+            options += [lambda h=h: self.call(h, scope, d) for h in self.helpers if h[2] == "int"]
+        return r.choice(options)()
+
+    def _str(self, scope, d):
+        e, r = self.expr, self.rng
+        return r.choice([
+            lambda: f"{e('str', scope, d)} + {e('str', scope, d)}",
+            lambda: f"{e('str', scope, d)}.upper()",
+            lambda: f"{e('str', scope, d)}[::-1]",
+            lambda: f"{e('str', scope, d)}[:{r.randint(0, 4)}]",
+            lambda: f"str({e('int', scope, d)})",
+            lambda: f"{e('str', scope, d)}.replace('a', {self.literal('str')})",
+            lambda: f"','.join(str(v) for v in {e('list', scope, d)})",
+        ])()
+
+    def _list(self, scope, d):
+        e, r = self.expr, self.rng
+        options = [
+            lambda: f"sorted({e('list', scope, d)})",
+            lambda: f"{e('list', scope, d)}[:{r.randint(1, 4)}]",
+            lambda: f"{e('list', scope, d)} + [{e('int', scope, d)}]",
+            lambda: f"list(range({r.randint(0, 6)}))",
+        ]
+        if self.has("comprehensions"):
+            options += [
+                lambda: f"[v * {r.randint(2, 3)} for v in {e('list', scope, d)}]",
+                lambda: f"[v for v in {e('list', scope, d)} if v % 2 == {r.randint(0, 1)}]",
+            ]
+            if self.has("strings"):
+                options.append(lambda: f"[ord(c) % 10 for c in {e('str', scope, d)}]")
+        return r.choice(options)()
+
+    def _bool(self, scope, d):
+        e, r = self.expr, self.rng
+        options = [
+            lambda: f"{e('int', scope, d)} {r.choice(['<', '<=', '>', '==', '!='])} "
+                    f"{e('int', scope, d)}",
+            lambda: f"{e('int', scope, d)} in {e('list', scope, d)}",
+            lambda: f"not {e('bool', scope, d)}",
+        ]
+        if self.has("strings"):
+            options.append(lambda: f"{e('str', scope, d)}.startswith({self.literal('str')})")
+        return r.choice(options)()
+
+    def _dict(self, scope, d):
+        e, r = self.expr, self.rng
+        options = [lambda: f"dict({e('dict', scope, d)})"]
+        if self.has("comprehensions") and self.has("strings"):
+            options.append(lambda: f"{{w: len(w) for w in {e('str', scope, d)}.split('a')}}")
+        return r.choice(options)()
+
+    def call(self, helper, scope, d) -> str:
+        name, params, _ = helper
+        return f"{name}({', '.join(self.expr(t, scope, d) for t in params)})"
+
+    # -- statements ----------------------------------------------------------------------
+    def kinds(self) -> list[str]:
+        kinds = ["int", "int", "list", "bool"]
+        if self.has("strings"):
+            kinds.append("str")
+        if self.has("dicts"):
+            kinds.append("dict")
+        return kinds
+
+    def block(self, scope: Scope, indent: int, count: int, loop_depth: int) -> list[str]:
+        lines: list[str] = []
+        for _ in range(count):
+            lines += self.statement(scope, indent, loop_depth)
+        return lines
+
+    def statement(self, scope: Scope, indent: int, loop_depth: int) -> list[str]:
+        r, pad = self.rng, "    " * indent
+        choices = ["assign"] * 4 + ["augment", "append"]
+        if self.has("branches"):
+            choices += ["if"] * 2
+        if self.has("loops") and loop_depth < 2:
+            choices += ["for"] * 2
+        if self.has("while") and loop_depth < 2:
+            choices.append("while")
+        if self.has("exceptions"):
+            choices.append("try")
+        if self.has("early_return") and indent > 1:
+            choices.append("return")
+        if self.has("dicts"):
+            choices.append("setitem")
+        kind = r.choice(choices)
+        if kind == "assign":
+            t = r.choice(self.kinds())
+            targets = scope.of(t, writable=True)
+            name = r.choice(targets) if targets and r.random() < 0.4 else self.fresh(t[0])
+            value = self.expr(t, scope)
+            scope.names[name] = t
+            return [f"{pad}{name} = {value}"]
+        if kind == "augment":
+            ints = scope.of("int", writable=True)
+            if not ints:
+                return self.statement(scope, indent, loop_depth)
+            return [f"{pad}{r.choice(ints)} += {self.expr('int', scope)}"]
+        if kind == "append":
+            lists = scope.of("list", writable=True)
+            if not lists:
+                return self.statement(scope, indent, loop_depth)
+            return [f"{pad}{r.choice(lists)}.append({self.expr('int', scope)})"]
+        if kind == "setitem":
+            dicts = scope.of("dict", writable=True)
+            if not dicts:
+                return self.statement(scope, indent, loop_depth)
+            key = self.expr("str", scope) if self.has("strings") else self.literal("str")
+            return [f"{pad}{r.choice(dicts)}[{key}] = {self.expr('int', scope)}"]
+        if kind == "if":
+            lines = [f"{pad}if {self.expr('bool', scope)}:"]
+            lines += self.block(self._child(scope), indent + 1, r.randint(1, 2), loop_depth)
+            if r.random() < 0.5:
+                lines.append(f"{pad}else:")
+                lines += self.block(self._child(scope), indent + 1, r.randint(1, 2), loop_depth)
+            return lines
+        if kind == "for":
+            inner = self._child(scope)
+            var = self.fresh("v")
+            sources = [f"range({r.randint(0, 5)})"] + scope.of("list")
+            if self.has("strings"):
+                sources += scope.of("str")
+            source = r.choice(sources)
+            inner.names[var] = "str" if scope.names.get(source) == "str" else "int"
+            inner.frozen |= {var, source}  # the loop never grows what it walks
+            walk = source if source.startswith("range") else f"{source}[:{r.randint(2, 6)}]"
+            return [f"{pad}for {var} in {walk}:",
+                    *self.block(inner, indent + 1, r.randint(1, 3), loop_depth + 1)]
+        if kind == "while":
+            counter = self.fresh("i")
+            inner = self._child(scope)
+            inner.names[counter] = "int"
+            inner.frozen.add(counter)
+            return [f"{pad}{counter} = 0", f"{pad}while {counter} < {r.randint(1, 4)}:",
+                    *self.block(inner, indent + 1, r.randint(1, 2), loop_depth + 1),
+                    f"{pad}    {counter} += 1"]
+        if kind == "try":
+            name = self.fresh("n")
+            risky = r.choice([f"int({self.expr('str', scope)})" if self.has("strings") else
+                              f"int({self.literal('str')})",
+                              f"({self.expr('list', scope)})[{self.expr('int', scope)}]"])
+            scope.names[name] = "int"
+            return [f"{pad}try:", f"{pad}    {name} = {risky}",
+                    f"{pad}except (ValueError, IndexError):", f"{pad}    {name} = -1"]
+        # early return, of the function's return type
+        return [f"{pad}if {self.expr('bool', scope)}:", f"{pad}    return {self.value(scope)}"]
+
+    def value(self, scope: Scope) -> str:
+        """A value of the type the function being written returns."""
+        if self.returns == "tuple":
+            second = self.expr(self.rng.choice(self.kinds()), scope)
+            return f"({self.expr('int', scope)}, {second})"
+        return self.expr(self.returns, scope)
+
+    def _child(self, scope: Scope) -> Scope:
+        """A nested block sees the outer names; names it makes stay inside (they may not be
+        bound on every path)."""
+        return Scope(dict(scope.names), set(scope.frozen))
+
+    def function(self, name: str, params: list[tuple[str, str]], size: int,
+                 returns: str | None = None) -> tuple[list[str], str]:
+        scope = Scope({p: t for p, t in params})
+        head = f"def {name}({', '.join(p for p, _ in params)}):"
+        self.returns = returns or self.rng.choice(
+            self.kinds() + (["tuple"] if self.has("tuples") else []))
+        body = self.block(scope, 1, size, 0)
+        return [head, *body, f"    return {self.value(scope)}"], self.returns
+
+
+def generate_program(seed: int, index: int, size: int = 4,
+                     features: tuple[str, ...] = FEATURES) -> tuple[str, str]:
+    """Program `index` of stream `seed`: (source with the entry marked, call expression)."""
+    rng = random.Random(f"tracekit-synthetic:{seed}:{index}")
+    writer = _Writer(rng, size, frozenset(features))
+    lines: list[str] = []
+    if writer.has("helpers") and rng.random() < 0.4:
+        params = [(f"p{k}", rng.choice(writer.kinds())) for k in range(rng.randint(1, 2))]
+        name = f"helper{index % 7}"
+        body, returns = writer.function(name, params, max(1, size // 2), "int")
+        writer.helpers.append((name, [t for _, t in params], returns))
+        lines += body + ["", ""]
+    params = [(f"a{k}", rng.choice(writer.kinds())) for k in range(rng.randint(1, 3))]
+    body, _ = writer.function("f", params, rng.randint(max(1, size - 2), size + 2))
+    body[0] += "  # << START_OF_TRACE"
+    lines += body
+    call = f"f({', '.join(writer.literal(t) for _, t in params)})"
+    return "\n".join(lines) + "\n", call
+
+
+def generate_programs(count: int, seed: int = 0, size: int = 4,
+                      features: tuple[str, ...] = FEATURES):
+    """`count` distinct programs (duplicates are skipped), as (id, source, call)."""
+    seen: set[tuple[str, str]] = set()
+    index = 0
+    while len(seen) < count:
+        source, call = generate_program(seed, index, size, features)
+        index += 1
+        if (source, call) in seen:
+            continue
+        seen.add((source, call))
+        yield f"synthetic-{seed}-{index - 1}", source, call
