@@ -38,7 +38,7 @@ class RuntimeBackend:
     def generate(self, prompts, max_new_tokens, stop_ids, sampling) -> list[Generation]:
         return generate(self.model, prompts, max_new_tokens, stop_ids, **vars(sampling))
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def teacher_forced(self, ids, starts, max_new_tokens, stop_ids, sampling):
         """Branch i continues `ids[:starts[i]]`: one prefill of the trace, then the branches
         decode together, `branch_batch` at a time, each reading the shared cached prefix."""

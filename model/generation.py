@@ -19,7 +19,7 @@ class Generation:
     stopped: bool  # ended on a stop token (else max_new_tokens)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate(model: CwmForCausalLM, prompts: list[list[int]], max_new_tokens: int,
              stop_ids: tuple[int, ...] = (), temperature: float = 0.0, top_k: int = 0,
              top_p: float = 1.0, seed: int | None = None,
