@@ -31,9 +31,10 @@ class RuntimeBackend:
 
     name = "runtime"
 
-    def __init__(self, model, branch_batch: int = 64):
+    def __init__(self, model, branch_batch: int = 64, prefill_chunk: int = 2048):
         self.model = model.eval()
         self.branch_batch = branch_batch
+        self.prefill_chunk = prefill_chunk
 
     def generate(self, prompts, max_new_tokens, stop_ids, sampling) -> list[Generation]:
         return generate(self.model, prompts, max_new_tokens, stop_ids, **vars(sampling))
@@ -42,11 +43,12 @@ class RuntimeBackend:
     def teacher_forced(self, ids, starts, max_new_tokens, stop_ids, sampling):
         """Branch i continues `ids[:starts[i]]`: one prefill of the trace, then the branches
         decode together, `branch_batch` at a time, each reading the shared cached prefix."""
-        model = self.model
+        model, prefix = self.model, ids[:max(starts) - 1]
         cache = KVCache(model.config, 1, max(starts), model.dtype, model.device,
                         rewind_margin=max(starts))
-        model(torch.tensor([ids[:max(starts) - 1]], device=model.device), cache=cache,
-              logits_to_keep=1)
+        for first in range(0, len(prefix), self.prefill_chunk):  # bounded masks on long traces
+            model(torch.tensor([prefix[first:first + self.prefill_chunk]], device=model.device),
+                  cache=cache, logits_to_keep=1)
         out = []
         for first in range(0, len(starts), self.branch_batch):
             chunk = starts[first:first + self.branch_batch]

@@ -54,7 +54,8 @@ def models():
 
 def test_teacher_forcing_equals_next_frame_per_prefix(trace, models):
     _, ours = models
-    predictor = TracePredictor(RuntimeBackend(ours, branch_batch=5), max_frame_tokens=24)
+    predictor = TracePredictor(RuntimeBackend(ours, branch_batch=5, prefill_chunk=100),
+                               max_frame_tokens=24)  # chunks: the prefill runs in several parts
     forced = predictor.teacher_forced(trace.context, trace.frames)
     assert len(forced) == len(trace.frames) > 10
     for i, prediction in enumerate(forced):
