@@ -172,6 +172,10 @@ class OpenAIBackend:
         tokens = [int(str(t).removeprefix("token_id:")) for t in logprobs.get("tokens", [])]
         values = [float(v) if v is not None else 0.0
                   for v in logprobs.get("token_logprobs", [])]
+        stop = choice.get("stop_reason")  # vLLM: the stop token id, which it may leave out
+        if isinstance(stop, int) and stop in stop_ids and (not tokens or tokens[-1] != stop):
+            tokens.append(stop)
+            values.append(0.0)  # its log-prob was not reported
         return Generation(tokens, values, choice.get("finish_reason") == "stop")
 
     def _post(self, path: str, body: dict) -> dict:

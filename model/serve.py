@@ -113,25 +113,26 @@ class Engine:
         results = generate(self.model, [job["ids"] for job in jobs], max(new, 1),
                            jobs[0]["stop_ids"], **jobs[0]["sampling"]) if new else None
         for i, job in enumerate(jobs):
-            tokens, logprobs, finish = [], [], "length"
+            tokens, logprobs, finish, reason = [], [], "length", None
             if results is not None:
                 g = results[i]
                 cut = min(len(g.tokens), job["max_tokens"])
                 tokens, logprobs = g.tokens[:cut], g.logprobs[:cut]
                 if g.stopped and cut == len(g.tokens):
-                    finish = "stop"
+                    finish, reason = "stop", tokens[-1]
             text = decode(self.tokenizer, tokens)
             for s in job["stop"]:  # stop strings end the text (and the tokens) at their start
                 at = text.find(s)
                 if at >= 0:
-                    text, finish = text[:at], "stop"
+                    text, finish, reason = text[:at], "stop", s
                     while tokens and len(decode(self.tokenizer, tokens)) > at:
                         tokens.pop()
                         logprobs.pop()
-            job["future"].set_result(self._choice(job, tokens, logprobs, text, finish))
+            job["future"].set_result(self._choice(job, tokens, logprobs, text, finish, reason))
 
-    def _choice(self, job, tokens, logprobs, text, finish) -> dict:
-        choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+    def _choice(self, job, tokens, logprobs, text, finish, reason) -> dict:
+        choice = {"index": 0, "text": text, "finish_reason": finish, "stop_reason": reason,
+                  "logprobs": None}
         if job["logprobs"]:
             names = ([f"token_id:{t}" for t in tokens] if job["as_ids"]
                      else [decode(self.tokenizer, [t]) for t in tokens])

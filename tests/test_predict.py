@@ -219,6 +219,12 @@ def test_server_serves_concurrent_clients_and_rejects_bad_requests(models, serve
         assert status == 200
         tokens = [int(t.split(":")[1]) for t in body["choices"][0]["logprobs"]["tokens"]]
         assert tokens == generate(ours, [prompt], 6)[0].tokens
+    first = generate(ours, [prompts[0]], 6)[0].tokens[2]  # stop on the third token
+    status, body = _post(server, {"prompt": prompts[0], "max_tokens": 6, "temperature": 0,
+                                  "stop_token_ids": [first]})
+    choice = body["choices"][0]
+    assert (choice["finish_reason"], choice["stop_reason"]) == ("stop", first)
+    assert body["usage"]["completion_tokens"] == 3
     status, body = _post(server, None, raw=b"{not json")
     assert status == 400 and "not valid JSON" in body["error"]["message"]
     status, body = _post(server, {"model": "gpt-4", "prompt": [1, 2]})
