@@ -270,3 +270,44 @@ def test_predict_command_prints_real_and_predicted_frames(tmp_path, models):
                                        "openai:http://127.0.0.1:9", "--openai-model", "x",
                                        "--sandbox", "none"])
     assert unreachable.exit_code == 7 and "cannot reach the server" in unreachable.output
+
+
+def bigram_model(cycle: list[int]) -> CwmForCausalLM:
+    """A hand-built CWM whose next token depends on the current one only: attention and MLP
+    outputs are zero, token cycle[i] is the one-hot direction i, and the head maps direction i
+    to cycle[i + 1]. It writes `cycle` round and round: real weights, known behaviour."""
+    model = CwmForCausalLM(CwmConfig(**TINY_CWM, dtype="float32")).eval()
+    assert len(set(cycle)) == len(cycle) <= TINY_CWM["hidden_size"]
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            param.fill_(1.0 if name.endswith("norm.weight") else 0.0)
+        for i, token in enumerate(cycle):
+            model.model.embed_tokens.weight[token, i] = 1.0
+            model.lm_head.weight[cycle[(i + 1) % len(cycle)], i] = 1.0
+    return model
+
+
+def test_rollouts_of_valid_frames_stop_at_the_frame_cap_or_the_budget(trace):
+    predictor = TracePredictor(RuntimeBackend(bigram_model([])), max_frame_tokens=16)
+    frame = Frame("line", None, "    pass\n", {})
+    cycle = predictor.frame_ids(frame)  # <|line_sep|>{}<|action_sep|>    pass\n<|frame_sep|>
+    predictor.backend.model = bigram_model(cycle)
+    rollout = predictor.rollout(trace.context, trace.frames[:2], max_frames=6)
+    assert rollout.stop == "max_frames" and len(rollout.frames) == 6
+    assert all(f == frame for f in rollout.frames) and rollout.tokens_used == 6 * len(cycle)
+    frames = list(trace.frames[:2])
+    for step in rollout.steps:  # the same as asking for one frame at a time
+        assert step.tokens == predictor.next_frame(trace.context, frames).tokens
+        frames.append(step.frame)
+    budget = predictor.rollout(trace.context, budget_tokens=2 * len(cycle) + 2)
+    assert budget.stop == "budget" and len(budget.frames) == 3
+    assert budget.steps[-1].error.startswith("truncated") and budget.tokens_used == 2 * len(
+        cycle) + 2
+    forced = predictor.teacher_forced(trace.context, trace.frames[:5])
+    assert [p.frame for p in forced] == [frame] * 5
+    ended = predictor.rollout(trace.context, max_frames=3, budget_tokens=3 * len(cycle))
+    assert ended.stop == "max_frames"  # the budget was exactly enough
+    predictor.backend.model = bigram_model([128100, 128001])  # <|frame_sep|> -> end of text
+    finished = predictor.rollout(trace.context, trace.frames[:3])
+    assert finished.stop == "end_of_text" and finished.frames == []
+    assert finished.steps[0].ended and finished.steps[0].tokens == [128001]
