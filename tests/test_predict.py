@@ -292,8 +292,14 @@ def test_rollouts_of_valid_frames_stop_at_the_frame_cap_or_the_budget(trace):
     frame = Frame("line", None, "    pass\n", {})
     cycle = predictor.frame_ids(frame)  # <|line_sep|>{}<|action_sep|>    pass\n<|frame_sep|>
     predictor.backend.model = bigram_model(cycle)
+    seen = []  # tokens per forward pass
+    hook = predictor.backend.model.register_forward_pre_hook(
+        lambda module, args: seen.append(args[0].shape[1]))
     rollout = predictor.rollout(trace.context, trace.frames[:2], max_frames=6)
+    hook.remove()
     assert rollout.stop == "max_frames" and len(rollout.frames) == 6
+    # after the prompt, a rollout runs one token per generated token: nothing twice
+    assert seen[1:] == [1] * (sum(len(s.tokens) for s in rollout.steps) - 1)
     assert all(f == frame for f in rollout.frames) and rollout.tokens_used == 6 * len(cycle)
     frames = list(trace.frames[:2])
     for step in rollout.steps:  # the same as asking for one frame at a time
