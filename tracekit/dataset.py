@@ -1,0 +1,257 @@
+"""Trace datasets: trace many programs in the sandbox and write Parquet shards that
+`datasets.load_dataset("parquet", data_dir=DIR)` loads, one row per program.
+
+Crash safety: programs are split, in order, into fixed shards; shard k's rows go to
+`train-k.parquet`, `validation-k.parquet` and `test-k.parquet` (by program hash; the names are
+how `load_dataset` finds the splits), each written to a temporary file and renamed into
+place, then the shard is recorded in `manifest.json` (also written by rename). `resume=True` skips the shards the manifest lists, so a build killed at any moment
+(SIGKILL included) and resumed has exactly the rows of an uninterrupted build. The manifest
+holds a fingerprint of the programs and options; resuming a different build is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tracekit import sandbox
+from tracekit.sources import Program
+from tracekit.trace import COMPLETE_STATUSES, Trace
+
+MANIFEST = "manifest.json"
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    python: str | None = None
+    timeout: float = 10.0
+    memory_mb: int = 2048
+    max_frames: int | None = 10_000  # tracer cap: longer runs end with status frame_limit
+    drop_failed: bool = False  # keep only complete traces (ok, raised, exited)
+    max_tokens: int | None = None  # drop rows whose CWM text is longer
+    dedup: bool = True  # exact dedup on context + call, first occurrence kept
+    split: tuple[int, int, int] = (98, 1, 1)  # train / validation / test, by program hash
+    shard_size: int = 500
+    sandbox: str = "auto"
+
+
+class BuildError(Exception):
+    """The build cannot go on; the message says why and what to do."""
+
+
+def build(programs: Iterable[Program], out: str | Path, options: BuildOptions = BuildOptions(),
+          workers: int | None = None, resume: bool = False,
+          progress: Callable[[int, Counter], None] | None = None) -> dict:
+    """Trace `programs` into Parquet shards under `out`; return the stats (also stats.json)."""
+    out = Path(out)
+    programs = _dedup(list(programs)) if options.dedup else list(programs)
+    fingerprint = _fingerprint(programs, options)
+    manifest = _start(out, fingerprint, resume)
+    shards = [programs[i:i + options.shard_size]
+              for i in range(0, len(programs), options.shard_size)]
+    statuses: Counter = Counter(manifest["statuses"])
+    done = sum(len(shards[k]) for k in range(len(shards)) if _shard_name(k) in manifest["shards"])
+    workers = workers or os.cpu_count() or 1
+    with ThreadPoolExecutor(workers) as pool:
+        for k, shard in enumerate(shards):
+            name = _shard_name(k)
+            if name in manifest["shards"]:
+                continue
+            traces = list(pool.map(lambda p: _trace(p, options), shard))
+            rows = [row for row in map(_row, shard, traces) if _keep(row, options)]
+            files = {}
+            for split in SPLITS:
+                part = [row for row in rows
+                        if _split_of(row["hash"], options.split) == split]
+                if part:  # files named by split: load_dataset makes the splits from them
+                    files[f"{split}-{k:05d}.parquet"] = len(part)
+                    _write_shard(out / f"{split}-{k:05d}.parquet", part)
+            for trace in traces:
+                statuses[trace.status] += 1
+            manifest["shards"][name] = files
+            manifest["statuses"] = dict(statuses)
+            _write_json(out / MANIFEST, manifest)
+            done += len(shard)
+            if progress:
+                progress(done, statuses)
+    stats = _stats(out, manifest, len(programs), options)
+    _write_json(out / "stats.json", stats)
+    (out / "README.md").write_text(_card(stats), encoding="utf-8")
+    return stats
+
+
+def _trace(program: Program, options: BuildOptions) -> Trace:
+    return sandbox.run_trace(
+        program.source, call=program.call, entry=program.entry, python=options.python,
+        limits=sandbox.Limits(timeout=options.timeout, memory_mb=options.memory_mb),
+        max_frames=options.max_frames, sandbox=options.sandbox)
+
+
+def _row(program: Program, trace: Trace) -> dict:
+    from tracekit.prompts import trace_text
+    from tracekit.tokenizer import cwm_tokenizer, encode
+
+    text = trace_text(trace)
+    key = json.dumps([program.source, program.entry, program.call]).encode()
+    digest = int(hashlib.sha256(key).hexdigest()[:8], 16)  # the split follows the program
+    return {
+        "id": program.id, "source": program.origin, "context": trace.context,
+        "call": trace.call, "interpreter": trace.python, "status": trace.status,
+        "error": trace.error,
+        "frames": [{"event": f.event, "lineno": f.lineno, "source": f.source,
+                    "locals": json.dumps(f.locals) if f.locals is not None else None,
+                    "arg": f.arg} for f in trace.frames],
+        "cwm": text, "n_frames": len(trace.frames),
+        "n_tokens": len(encode(cwm_tokenizer(), text)), "return_value": trace.return_value,
+        "expected": program.expected, "hash": digest,
+    }
+
+
+def _keep(row: dict, options: BuildOptions) -> bool:
+    if options.drop_failed and row["status"] not in COMPLETE_STATUSES:
+        return False
+    return options.max_tokens is None or row["n_tokens"] <= options.max_tokens
+
+
+def _split_of(digest: int, split: tuple[int, int, int]) -> str:
+    bucket = digest % sum(split)
+    return SPLITS[0] if bucket < split[0] else SPLITS[1] if bucket < split[0] + split[1] \
+        else SPLITS[2]
+
+
+def _write_shard(path: Path, rows: list[dict]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    frame = pa.struct([("event", pa.string()), ("lineno", pa.int32()), ("source", pa.string()),
+                       ("locals", pa.string()), ("arg", pa.string())])
+    schema = pa.schema([("id", pa.string()), ("source", pa.string()), ("context", pa.string()),
+                        ("call", pa.string()), ("interpreter", pa.string()),
+                        ("status", pa.string()), ("error", pa.string()),
+                        ("frames", pa.list_(frame)), ("cwm", pa.string()),
+                        ("n_frames", pa.int32()), ("n_tokens", pa.int32()),
+                        ("return_value", pa.string()), ("expected", pa.string())])
+    table = pa.Table.from_pylist([{k: v for k, v in row.items() if k != "hash"}
+                                  for row in rows], schema=schema)
+    temporary = path.with_suffix(".tmp")
+    pq.write_table(table, temporary)
+    _fsync(temporary)
+    os.replace(temporary, path)
+
+
+def _dedup(programs: list[Program]) -> list[Program]:
+    seen: set[tuple[str, str | None, str | None]] = set()
+    kept = []
+    for program in programs:
+        key = (program.source, program.entry, program.call)
+        if key not in seen:
+            seen.add(key)
+            kept.append(program)
+    return kept
+
+
+def _fingerprint(programs: list[Program], options: BuildOptions) -> str:
+    digest = hashlib.sha256(json.dumps(asdict(options), sort_keys=True).encode())
+    for program in programs:
+        digest.update(json.dumps(asdict(program), sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def _start(out: Path, fingerprint: str, resume: bool) -> dict:
+    manifest_path = out / MANIFEST
+    if manifest_path.exists():
+        if not resume:
+            raise BuildError(f"{out} already holds a build: pass --resume to finish it, or "
+                             "choose another output directory")
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("fingerprint") != fingerprint:
+            raise BuildError(f"{out} holds a build of other programs or options: resume with "
+                             "the same sources and options, or choose another directory")
+        for leftover in out.glob("*.tmp"):  # a file being written when the build was killed
+            leftover.unlink()
+        return manifest
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise BuildError(f"{out} is not empty: choose a new output directory")
+    out.mkdir(parents=True, exist_ok=True)
+    return {"fingerprint": fingerprint, "shards": {}, "statuses": {}}
+
+
+def _shard_name(k: int) -> str:
+    return f"shard-{k:05d}"  # the manifest's name for shard k (its files: SPLIT-k.parquet)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    _fsync(temporary)
+    os.replace(temporary, path)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _stats(out: Path, manifest: dict, programs: int, options: BuildOptions) -> dict:
+    import pyarrow.parquet as pq
+
+    frames, tokens, splits = [], [], Counter()
+    for name in sorted(manifest["shards"]):
+        for file, count in manifest["shards"][name].items():
+            table = pq.read_table(out / file, columns=["n_frames", "n_tokens"])
+            frames += table.column("n_frames").to_pylist()
+            tokens += table.column("n_tokens").to_pylist()
+            splits[file.split("-")[0]] += count
+    return {"programs": programs, "rows": len(frames), "statuses": manifest["statuses"],
+            "splits": dict(splits), "frames": _distribution(frames),
+            "tokens": _distribution(tokens), "options": asdict(options)}
+
+
+def _distribution(values: list[int]) -> dict:
+    if not values:
+        return {}
+    ordered = sorted(values)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return {"min": ordered[0], "median": pick(0.5), "p90": pick(0.9), "p99": pick(0.99),
+            "max": ordered[-1], "total": sum(ordered)}
+
+
+def _card(stats: dict) -> str:
+    statuses = "\n".join(f"| {s} | {n} |" for s, n in sorted(stats["statuses"].items()))
+    frames, tokens = stats["frames"], stats["tokens"]
+    return f"""---
+configs:
+- config_name: default
+  data_files:
+  - split: train
+    path: "train-*.parquet"
+  - split: validation
+    path: "validation-*.parquet"
+  - split: test
+    path: "test-*.parquet"
+---
+# CWM execution traces (built with tracekit)
+
+{stats['rows']} rows from {stats['programs']} programs; one row per program, with the trace
+as frames and as CWM wire text (`cwm`), its length in frames and in CWM tokens.
+
+| status | programs |
+|---|---|
+{statuses}
+
+Frames per row: median {frames.get('median')}, p90 {frames.get('p90')}, max {frames.get('max')}.
+CWM tokens per row: median {tokens.get('median')}, p90 {tokens.get('p90')}, max {tokens.get('max')}.
+Splits: {stats['splits']}.
+
+Filters and options: `{json.dumps(stats['options'])}`.
+"""
