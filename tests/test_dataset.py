@@ -88,3 +88,17 @@ def test_killed_builds_resume_to_exactly_the_uninterrupted_rows(tmp_path):
     whole, resumed = rows_of(tmp_path / "whole"), rows_of(tmp_path / "killed")
     assert len(whole) == 54 and resumed == whole
     assert not list((tmp_path / "killed").glob("*.tmp"))  # half-written files are cleared
+
+
+def test_check_determinism_drops_traces_that_differ_between_runs(tmp_path):
+    source = tmp_path / "chance.jsonl"
+    source.write_text("\n".join(json.dumps(row) for row in [
+        {"id": "clock", "code": "import time\ndef f():\n    return time.time_ns()",
+         "call": "f()"},
+        {"id": "steady", "code": "def g(x):\n    return x * 2", "call": "g(4)"},
+    ]) + "\n")
+    stats = build(sources.jsonl(source), tmp_path / "out", BuildOptions(check_determinism=True),
+                  workers=2)
+    assert stats["rows"] == 1 and stats["filtered"] == {"nondeterministic": 1}
+    assert [r["id"] for r in rows_of(tmp_path / "out")] == ["steady"]
+    assert "nondeterministic" in (tmp_path / "out" / "README.md").read_text()

@@ -360,6 +360,8 @@ def _programs(specs: tuple[str, ...], call, seed_size):
 @click.option("--drop-failed", is_flag=True, help="Keep complete traces only (ok, raised, "
               "exited); by default every program gets a row with its status.")
 @click.option("--no-dedup", is_flag=True, help="Keep exact duplicates (context + call).")
+@click.option("--check-determinism", is_flag=True, help="Trace every program twice and keep "
+              "only traces that came out the same.")
 @click.option("--split", default="98,1,1", show_default=True, metavar="TRAIN,VAL,TEST",
               help="Split weights, by program hash.")
 @click.option("--shard-size", type=click.IntRange(min=1), default=500, show_default=True)
@@ -368,8 +370,8 @@ def _programs(specs: tuple[str, ...], call, seed_size):
 @click.option("--sandbox", type=click.Choice(sandbox.SANDBOX_MODES), default="auto",
               show_default=True)
 def dataset_build(specs, out, resume, workers, call, python, timeout, memory_mb, max_frames,
-                  max_tokens, drop_failed, no_dedup, split, shard_size, synthetic_size,
-                  sandbox) -> None:
+                  max_tokens, drop_failed, no_dedup, check_determinism, split, shard_size,
+                  synthetic_size, sandbox) -> None:
     """Trace every program of SOURCE... in the sandbox into a Parquet dataset.
 
     \b
@@ -395,7 +397,8 @@ def dataset_build(specs, out, resume, workers, call, python, timeout, memory_mb,
     options = BuildOptions(python=python, timeout=timeout, memory_mb=memory_mb,
                            max_frames=max_frames, drop_failed=drop_failed,
                            max_tokens=max_tokens, dedup=not no_dedup, split=weights,
-                           shard_size=shard_size, sandbox=sandbox)
+                           shard_size=shard_size, sandbox=sandbox,
+                           check_determinism=check_determinism)
     try:
         programs = list(_programs(specs, call, synthetic_size))
         with Progress(TextColumn("tracing"), BarColumn(), MofNCompleteColumn(),

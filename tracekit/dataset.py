@@ -40,6 +40,7 @@ class BuildOptions:
     split: tuple[int, int, int] = (98, 1, 1)  # train / validation / test, by program hash
     shard_size: int = 500
     sandbox: str = "auto"
+    check_determinism: bool = False  # trace twice; keep a row only if both traces agree
 
 
 class BuildError(Exception):
@@ -57,6 +58,7 @@ def build(programs: Iterable[Program], out: str | Path, options: BuildOptions = 
     shards = [programs[i:i + options.shard_size]
               for i in range(0, len(programs), options.shard_size)]
     statuses: Counter = Counter(manifest["statuses"])
+    filtered: Counter = Counter(manifest.get("filtered", {}))
     done = sum(len(shards[k]) for k in range(len(shards)) if _shard_name(k) in manifest["shards"])
     workers = workers or os.cpu_count() or 1
     with ThreadPoolExecutor(workers) as pool:
@@ -65,7 +67,19 @@ def build(programs: Iterable[Program], out: str | Path, options: BuildOptions = 
             if name in manifest["shards"]:
                 continue
             traces = list(pool.map(lambda p: _trace(p, options), shard))
-            rows = [row for row in map(_row, shard, traces) if _keep(row, options)]
+            if options.check_determinism:
+                again = list(pool.map(lambda p: _trace(p, options), shard))
+                same = [_same(a, b) for a, b in zip(traces, again)]
+            else:
+                same = [True] * len(shard)
+            rows = []
+            for program, trace, repeatable in zip(shard, traces, same):
+                row = _row(program, trace)
+                reason = _dropped(row, repeatable, options)
+                if reason:
+                    filtered[reason] += 1
+                else:
+                    rows.append(row)
             files = {}
             for split in SPLITS:
                 part = [row for row in rows
@@ -77,6 +91,7 @@ def build(programs: Iterable[Program], out: str | Path, options: BuildOptions = 
                 statuses[trace.status] += 1
             manifest["shards"][name] = files
             manifest["statuses"] = dict(statuses)
+            manifest["filtered"] = dict(filtered)
             _write_json(out / MANIFEST, manifest)
             done += len(shard)
             if progress:
@@ -114,10 +129,20 @@ def _row(program: Program, trace: Trace) -> dict:
     }
 
 
-def _keep(row: dict, options: BuildOptions) -> bool:
+def _dropped(row: dict, repeatable: bool, options: BuildOptions) -> str | None:
+    """Why a filter drops this row (None: kept)."""
     if options.drop_failed and row["status"] not in COMPLETE_STATUSES:
-        return False
-    return options.max_tokens is None or row["n_tokens"] <= options.max_tokens
+        return "failed"
+    if options.max_tokens is not None and row["n_tokens"] > options.max_tokens:
+        return "max_tokens"
+    if not repeatable:
+        return "nondeterministic"
+    return None
+
+
+def _same(a: Trace, b: Trace) -> bool:
+    return (a.status, a.frames, a.return_value, a.error) == (b.status, b.frames,
+                                                             b.return_value, b.error)
 
 
 def _split_of(digest: int, split: tuple[int, int, int]) -> str:
@@ -213,6 +238,7 @@ def _stats(out: Path, manifest: dict, programs: int, options: BuildOptions) -> d
             tokens += table.column("n_tokens").to_pylist()
             splits[file.split("-")[0]] += count
     return {"programs": programs, "rows": len(frames), "statuses": manifest["statuses"],
+            "filtered": manifest.get("filtered", {}),
             "splits": dict(splits), "frames": _distribution(frames),
             "tokens": _distribution(tokens), "options": asdict(options)}
 
@@ -251,7 +277,7 @@ as frames and as CWM wire text (`cwm`), its length in frames and in CWM tokens.
 
 Frames per row: median {frames.get('median')}, p90 {frames.get('p90')}, max {frames.get('max')}.
 CWM tokens per row: median {tokens.get('median')}, p90 {tokens.get('p90')}, max {tokens.get('max')}.
-Splits: {stats['splits']}.
+Splits: {stats['splits']}. Rows dropped by filters: {stats['filtered'] or 'none'}.
 
-Filters and options: `{json.dumps(stats['options'])}`.
+Options: `{json.dumps(stats['options'])}`.
 """
