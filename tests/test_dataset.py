@@ -102,3 +102,42 @@ def test_check_determinism_drops_traces_that_differ_between_runs(tmp_path):
     assert stats["rows"] == 1 and stats["filtered"] == {"nondeterministic": 1}
     assert [r["id"] for r in rows_of(tmp_path / "out")] == ["steady"]
     assert "nondeterministic" in (tmp_path / "out" / "README.md").read_text()
+
+
+HOSTILE = [
+    {"id": "spin", "code": "def f():\n    while True:\n        pass", "call": "f()"},
+    {"id": "hog", "code": "def f():\n    return len(bytearray(8 << 30))", "call": "f()"},
+    {"id": "vanish", "code": "import os\ndef f():\n    os._exit(0)", "call": "f()"},
+    {"id": "leaver", "code": "def f():\n    open('/tmp/left-behind', 'w').write('x')\n"
+                             "    return 1", "call": "f()"},
+    {"id": "finder", "code": "import os\ndef f():\n    return os.path.exists('/tmp/left-behind')",
+     "call": "f()"},
+    {"id": "parent_killer", "code": "import os, signal\ndef f():\n"
+                                    "    os.kill(os.getppid(), signal.SIGKILL)\n    return 1",
+     "call": "f()"},
+    {"id": "chatter", "code": "def f():\n    while True:\n        print('x' * 10000)",
+     "call": "f()"},
+]
+
+
+def test_hostile_programs_get_their_status_and_leave_their_neighbours_alone(tmp_path):
+    from tracekit.sandbox import bwrap_problem
+
+    if bwrap_problem():  # without it, a program can signal the builder itself
+        pytest.skip(f"needs bubblewrap: {bwrap_problem()}")
+    hostile = tmp_path / "hostile.jsonl"
+    hostile.write_text("\n".join(json.dumps(row) for row in HOSTILE) + "\n")
+    options = BuildOptions(timeout=3.0, memory_mb=512, max_frames=5_000, shard_size=4,
+                           sandbox="bwrap")
+    normal = list(sources.python_files([PROGRAMS]))
+    mixed = [p for pair in zip(normal, list(sources.jsonl(hostile)) * 2) for p in pair]
+    build(normal, tmp_path / "alone", options, workers=2)
+    build(mixed, tmp_path / "mixed", options, workers=2)
+    by_id = {row["id"]: row for row in rows_of(tmp_path / "mixed")}
+    assert [by_id[r["id"]] for r in rows_of(tmp_path / "alone")] == rows_of(tmp_path / "alone")
+    assert by_id["spin"]["status"] == "frame_limit"
+    assert by_id["hog"]["status"] == "memory_limit"
+    assert by_id["vanish"]["status"] == "crashed"
+    assert by_id["finder"]["return_value"] == "False"  # nothing crossed from "leaver"
+    assert by_id["chatter"]["status"] == "output_limit"
+    assert by_id["parent_killer"]["status"] == "ok"  # its parent is the sandbox's init
