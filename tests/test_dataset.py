@@ -141,3 +141,25 @@ def test_hostile_programs_get_their_status_and_leave_their_neighbours_alone(tmp_
     assert by_id["finder"]["return_value"] == "False"  # nothing crossed from "leaver"
     assert by_id["chatter"]["status"] == "output_limit"
     assert by_id["parent_killer"]["status"] == "ok"  # its parent is the sandbox's init
+
+
+def test_dataset_commands(tmp_path):
+    from click.testing import CliRunner
+
+    from tracekit.cli import main
+
+    runner = CliRunner()
+    built = runner.invoke(main, ["dataset", "build", str(PROGRAMS / "bubble_sort.py"),
+                                 "synthetic:3", "-o", str(tmp_path / "out"), "--workers", "2"])
+    assert built.exit_code == 0 and "4 rows from 4 programs" in built.output
+    stats = runner.invoke(main, ["dataset", "stats", str(tmp_path / "out")])
+    assert json.loads(stats.output)["rows"] == 4
+    shown = runner.invoke(main, ["dataset", "show", str(tmp_path / "out"), "--id",
+                                 "bubble_sort"])
+    assert shown.exit_code == 0 and "bubble_sort([3, 1, 2])" in shown.output
+    missing = runner.invoke(main, ["dataset", "show", str(tmp_path / "out"), "--id", "nope"])
+    assert missing.exit_code == 8 and "no row with id 'nope'" in missing.output
+    bad = runner.invoke(main, ["dataset", "build", "synthetic:x", "-o", str(tmp_path / "b")])
+    assert bad.exit_code == 8 and "synthetic:COUNT" in bad.output
+    again = runner.invoke(main, ["dataset", "build", "synthetic:3", "-o", str(tmp_path / "out")])
+    assert again.exit_code == 8 and "--resume" in again.output
