@@ -69,7 +69,7 @@ def test_failed_programs_keep_their_status_or_are_dropped(tmp_path):
 
 def test_killed_builds_resume_to_exactly_the_uninterrupted_rows(tmp_path):
     command = [sys.executable, "-m", "tracekit.cli", "dataset", "build", str(PROGRAMS),
-               "synthetic:40:9", "--shard-size", "3", "--workers", "2"]
+               "synthetic:400:9", "--shard-size", "10", "--workers", "2"]
     subprocess.run([*command, "-o", str(tmp_path / "whole")], check=True, cwd=ROOT,
                    capture_output=True)
     rng = random.Random(0)
@@ -78,7 +78,7 @@ def test_killed_builds_resume_to_exactly_the_uninterrupted_rows(tmp_path):
         proc = subprocess.Popen([*command, "-o", str(tmp_path / "killed"), "--resume"],
                                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            proc.wait(timeout=rng.uniform(1.0, 2.5) if kills < 5 else 120)
+            proc.wait(timeout=rng.uniform(1.5, 3.0) if kills < 5 else 300)
             break  # finished
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, signal.SIGKILL)
@@ -86,7 +86,7 @@ def test_killed_builds_resume_to_exactly_the_uninterrupted_rows(tmp_path):
             kills += 1
     assert proc.returncode == 0 and kills >= 5
     whole, resumed = rows_of(tmp_path / "whole"), rows_of(tmp_path / "killed")
-    assert len(whole) == 54 and resumed == whole
+    assert len(whole) == 414 and resumed == whole
     assert not list((tmp_path / "killed").glob("*.tmp"))  # half-written files are cleared
 
 
@@ -117,6 +117,11 @@ HOSTILE = [
      "call": "f()"},
     {"id": "chatter", "code": "def f():\n    while True:\n        print('x' * 10000)",
      "call": "f()"},
+    {"id": "spawner", "code": "import subprocess\ndef f():\n    subprocess.Popen(['sh', '-c', "
+                              "'sleep 0.5; touch /tmp/late'], start_new_session=True)\n"
+                              "    return 1", "call": "f()"},
+    {"id": "late_finder", "code": "import os, time\ndef f():\n    time.sleep(1)\n"
+                                  "    return os.path.exists('/tmp/late')", "call": "f()"},
 ]
 
 
@@ -131,6 +136,7 @@ def test_hostile_programs_get_their_status_and_leave_their_neighbours_alone(tmp_
                            sandbox="bwrap")
     normal = list(sources.python_files([PROGRAMS]))
     mixed = [p for pair in zip(normal, list(sources.jsonl(hostile)) * 2) for p in pair]
+    assert {p.id for p in mixed} >= {row["id"] for row in HOSTILE}
     build(normal, tmp_path / "alone", options, workers=2)
     build(mixed, tmp_path / "mixed", options, workers=2)
     by_id = {row["id"]: row for row in rows_of(tmp_path / "mixed")}
@@ -139,8 +145,10 @@ def test_hostile_programs_get_their_status_and_leave_their_neighbours_alone(tmp_
     assert by_id["hog"]["status"] == "memory_limit"
     assert by_id["vanish"]["status"] == "crashed"
     assert by_id["finder"]["return_value"] == "False"  # nothing crossed from "leaver"
+    assert by_id["late_finder"]["return_value"] == "False"  # "spawner"'s child was killed
     assert by_id["chatter"]["status"] == "output_limit"
-    assert by_id["parent_killer"]["status"] == "ok"  # its parent is the sandbox's init
+    # it kills the warm sandbox's worker, its parent: crashed, and the next gets a new one
+    assert by_id["parent_killer"]["status"] == "crashed"
 
 
 def test_dataset_commands(tmp_path):
@@ -163,3 +171,25 @@ def test_dataset_commands(tmp_path):
     assert bad.exit_code == 8 and "synthetic:COUNT" in bad.output
     again = runner.invoke(main, ["dataset", "build", "synthetic:3", "-o", str(tmp_path / "out")])
     assert again.exit_code == 8 and "--resume" in again.output
+
+
+def test_a_warm_sandbox_traces_like_a_fresh_one_and_clears_up_between_programs():
+    from tracekit.sandbox import Limits, WarmSandbox, bwrap_problem, run_trace
+
+    if bwrap_problem():
+        pytest.skip(f"needs bubblewrap: {bwrap_problem()}")
+    rows = {row["id"]: row for row in HOSTILE}
+    limits = Limits(timeout=3.0, memory_mb=512)
+    with WarmSandbox(limits=limits) as warm:
+        for program in sources.python_files([PROGRAMS]):
+            ours = warm.trace(program.source, program.call)
+            fresh = run_trace(program.source, program.call, limits=limits)
+            assert (ours.status, ours.frames, ours.return_value) == (
+                fresh.status, fresh.frames, fresh.return_value), program.id
+        for first, then in (("leaver", "finder"), ("spawner", "late_finder")):
+            assert warm.trace(rows[first]["code"], rows[first]["call"], "f").status == "ok"
+            after = warm.trace(rows[then]["code"], rows[then]["call"], "f")
+            assert after.return_value == "False", first  # same worker, nothing left over
+        killer = rows["parent_killer"]
+        assert warm.trace(killer["code"], killer["call"], "f").status == "crashed"
+        assert warm.trace("def f():\n    return 2\n", "f()", "f").return_value == "2"

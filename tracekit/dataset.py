@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +42,7 @@ class BuildOptions:
     shard_size: int = 500
     sandbox: str = "auto"
     check_determinism: bool = False  # trace twice; keep a row only if both traces agree
+    warm: bool = True  # one warm bubblewrap sandbox per worker (when bubblewrap works)
 
 
 class BuildError(Exception):
@@ -61,14 +63,15 @@ def build(programs: Iterable[Program], out: str | Path, options: BuildOptions = 
     filtered: Counter = Counter(manifest.get("filtered", {}))
     done = sum(len(shards[k]) for k in range(len(shards)) if _shard_name(k) in manifest["shards"])
     workers = workers or os.cpu_count() or 1
-    with ThreadPoolExecutor(workers) as pool:
+    tracer_of = _Tracers(options)
+    with tracer_of, ThreadPoolExecutor(workers) as pool:
         for k, shard in enumerate(shards):
             name = _shard_name(k)
             if name in manifest["shards"]:
                 continue
-            traces = list(pool.map(lambda p: _trace(p, options), shard))
+            traces = list(pool.map(tracer_of.trace, shard))
             if options.check_determinism:
-                again = list(pool.map(lambda p: _trace(p, options), shard))
+                again = list(pool.map(tracer_of.trace, shard))
                 same = [_same(a, b) for a, b in zip(traces, again)]
             else:
                 same = [True] * len(shard)
@@ -102,11 +105,44 @@ def build(programs: Iterable[Program], out: str | Path, options: BuildOptions = 
     return stats
 
 
-def _trace(program: Program, options: BuildOptions) -> Trace:
-    return sandbox.run_trace(
-        program.source, call=program.call, entry=program.entry, python=options.python,
-        limits=sandbox.Limits(timeout=options.timeout, memory_mb=options.memory_mb),
-        max_frames=options.max_frames, sandbox=options.sandbox)
+class _Tracers:
+    """Traces programs for the pool's threads: each thread keeps its own warm sandbox when
+    bubblewrap works (a fork per program), else every program gets a fresh sandbox."""
+
+    def __init__(self, options: BuildOptions):
+        self.options = options
+        self.limits = sandbox.Limits(timeout=options.timeout, memory_mb=options.memory_mb)
+        self.warm = (options.warm and options.sandbox != "none"
+                     and sandbox.bwrap_problem() is None)
+        self.local = threading.local()
+        self.opened: list[sandbox.WarmSandbox] = []
+        self.lock = threading.Lock()
+
+    def trace(self, program: Program) -> Trace:
+        if not self.warm:
+            return sandbox.run_trace(
+                program.source, call=program.call, entry=program.entry,
+                python=self.options.python, limits=self.limits,
+                max_frames=self.options.max_frames, sandbox=self.options.sandbox)
+        warm = getattr(self.local, "sandbox", None)
+        if warm is None:
+            try:
+                warm = sandbox.WarmSandbox(self.options.python, self.limits)
+            except sandbox.SandboxUnavailable as exc:
+                return Trace(program.source, program.entry, program.call,
+                             status="sandbox_unavailable", error=str(exc))
+            self.local.sandbox = warm
+            with self.lock:
+                self.opened.append(warm)
+        return warm.trace(program.source, program.call, program.entry,
+                          max_frames=self.options.max_frames)
+
+    def __enter__(self) -> _Tracers:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for warm in self.opened:
+            warm.__exit__(None, None, None)
 
 
 def _row(program: Program, trace: Trace) -> dict:

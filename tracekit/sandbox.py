@@ -14,7 +14,6 @@ import functools
 import json
 import os
 import re
-import selectors
 import shutil
 import signal
 import subprocess
@@ -202,12 +201,8 @@ def run_trace(
 ) -> Trace:
     """Trace one program in a fresh sandboxed child process. Never raises for a bad program:
     every outcome is a Trace whose `status` is one of `tracekit.trace.STATUSES`."""
-    request = {
-        "source": source, "call": call, "entry": entry, "filename": filename, "seed": seed,
-        "max_frames": max_frames, "max_value_chars": max_value_chars,
-        "max_repr_chars": max_repr_chars, "repr_timeout": repr_timeout,
-        "timeout": limits.timeout, "limits": _rlimits(limits),
-    }
+    request = _request(source, call, entry, filename, limits, max_frames, max_value_chars,
+                       max_repr_chars, repr_timeout, seed)
     failed = Trace(context=tracer.normalize_newlines(source), entry=entry, call=call)
     try:
         interp = find_python(python)
@@ -215,7 +210,6 @@ def run_trace(
     except SandboxUnavailable as exc:
         failed.status, failed.error = "sandbox_unavailable", str(exc)
         return failed
-    failed.python, failed.sandbox = interp.version, mode
 
     with tempfile.TemporaryDirectory(prefix="tracekit-") as workdir:
         if mode == "bwrap":
@@ -224,11 +218,28 @@ def run_trace(
         else:
             command = [interp.path, "-s", "-B", str(TRACER_PATH)]
             cwd = tmp = workdir
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": tmp, "TMPDIR": tmp,
-               "LANG": "C.UTF-8", "PYTHONHASHSEED": str(seed), "PYTHONIOENCODING": "utf-8",
-               "PYTHONDONTWRITEBYTECODE": "1"}
-        outcome = _run_child(command, request, env, cwd, limits)
+        outcome = _run_child(command, request, _environment(tmp, seed), cwd, limits)
+    return _finish(outcome, failed, interp, mode)
 
+
+def _request(source, call, entry, filename, limits, max_frames, max_value_chars,
+             max_repr_chars, repr_timeout, seed) -> dict:
+    return {
+        "source": source, "call": call, "entry": entry, "filename": filename, "seed": seed,
+        "max_frames": max_frames, "max_value_chars": max_value_chars,
+        "max_repr_chars": max_repr_chars, "repr_timeout": repr_timeout,
+        "timeout": limits.timeout, "limits": _rlimits(limits),
+    }
+
+
+def _environment(tmp: str, seed: int) -> dict:
+    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": tmp, "TMPDIR": tmp,
+            "LANG": "C.UTF-8", "PYTHONHASHSEED": str(seed), "PYTHONIOENCODING": "utf-8",
+            "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def _finish(outcome: _Outcome, failed: Trace, interp: Interpreter, mode: str) -> Trace:
+    failed.python, failed.sandbox = interp.version, mode
     if outcome.result is not None:
         trace = Trace.from_dict(outcome.result)
         trace.python, trace.sandbox = interp.version, mode
@@ -239,6 +250,84 @@ def run_trace(
     if outcome.status == "output_limit":  # the host cut the program off: that wins
         trace.status, trace.error = outcome.status, outcome.error
     return trace
+
+
+class WarmSandbox:
+    """One bubblewrap sandbox kept warm for many programs: a worker inside it forks a fresh
+    child per program (no new sandbox or interpreter each time), and between programs kills
+    whatever the program left running and empties /tmp. The same statuses as run_trace. A
+    program that kills the worker gets status crashed, and the next one a new worker. Needs
+    bubblewrap (its PID namespace is what makes the cleaning safe); seed 0 only."""
+
+    def __init__(self, python: str | None = None, limits: Limits = Limits()):
+        problem = bwrap_problem()
+        if problem:
+            raise SandboxUnavailable(f"warm sandboxes need bubblewrap: {problem}")
+        self.interp = find_python(python)
+        self.limits = limits
+        self.proc: subprocess.Popen | None = None
+        self.workdir = tempfile.mkdtemp(prefix="tracekit-warm-")
+
+    def _start(self) -> subprocess.Popen:
+        command = [*_bwrap_command(self.interp, self.limits), self.interp.path, "-s", "-B",
+                   _INSIDE_TRACER, "--serve"]
+        return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, start_new_session=True,
+                                env=_environment("/tmp", 0), cwd=self.workdir)
+
+    def trace(self, source: str, call: str | None = None, entry: str | None = None, *,
+              max_frames: int | None = tracer.DEFAULT_MAX_FRAMES) -> Trace:
+        limits = self.limits
+        request = _request(source, call, entry, "<tracekit>", limits, max_frames, None,
+                           tracer.DEFAULT_MAX_REPR_CHARS, tracer.DEFAULT_REPR_TIMEOUT, 0)
+        request.update(max_output_bytes=limits.max_output_bytes,
+                       capture_bytes=limits.capture_bytes, grace=_GRACE_SECONDS)
+        failed = Trace(context=tracer.normalize_newlines(source), entry=entry, call=call)
+        if self.proc is None or self.proc.poll() is not None:
+            self.proc = self._start()
+        reply = self._ask(request, limits.timeout + _GRACE_SECONDS + 10)
+        if reply is None:  # the worker died (the program killed it) or hung: a new one next
+            self.close()
+            outcome = _Outcome(None, "crashed", "the program killed its sandbox", "", "")
+        else:
+            outcome = _outcome(reply["result"].encode(), reply["cut_off"], reply["timed_out"],
+                               reply["code"], reply["elapsed"], reply["stdout"],
+                               reply["stderr"], request, limits)
+        return _finish(outcome, failed, self.interp, "bwrap")
+
+    def _ask(self, request: dict, timeout: float) -> dict | None:
+        import select
+
+        try:
+            self.proc.stdin.write(json.dumps(request).encode() + b"\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            return None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            return None
+        line = self.proc.stdout.readline()
+        try:
+            return json.loads(line) if line else None
+        except ValueError:
+            return None
+
+    def close(self) -> None:
+        if self.proc is not None:
+            _kill_group(self.proc)
+            for stream in (self.proc.stdin, self.proc.stdout):
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+            self.proc = None
+
+    def __enter__(self) -> WarmSandbox:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def _rlimits(limits: Limits) -> dict[str, list[int]]:
@@ -279,34 +368,42 @@ def _run_child(command: list[str], request: dict, env: dict, cwd: str, limits: L
         proc.stdin.close()
     except BrokenPipeError:
         pass
-    streams = _Streams(proc, result_read, limits)
+    streams = tracer.OutputPump(proc.poll, os.dup(proc.stdout.fileno()),
+                                os.dup(proc.stderr.fileno()), result_read,
+                                limits.max_output_bytes, limits.capture_bytes)
     started = time.monotonic()
     try:
         streams.pump(started + limits.timeout + _GRACE_SECONDS)
     finally:
         _kill_group(proc)
         streams.close()
-    elapsed = time.monotonic() - started
+        proc.stdout.close()
+        proc.stderr.close()
     stdout, stderr = streams.text()
-    raw = bytes(streams.result)
+    return _outcome(bytes(streams.result), streams.cut_off, streams.timed_out, proc.returncode,
+                    time.monotonic() - started, stdout, stderr, request, limits)
+
+
+def _outcome(raw: bytes, cut_off: bool, timed_out: bool, code: int, elapsed: float,
+             stdout: str, stderr: str, request: dict, limits: Limits) -> _Outcome:
+    """What became of a traced process, from what its pipes and exit status said."""
     result = None
     if raw:
         try:
             result = json.loads(raw)
         except ValueError:
             result = None
-    if streams.cut_off:
+    if cut_off:
         return _Outcome(result, "output_limit",
                         f"the program wrote more than {limits.max_output_bytes} bytes of output",
                         stdout, stderr)
     if result is not None:
         return _Outcome(result, result["status"], result["error"], stdout, stderr)
-    if streams.timed_out:
+    if timed_out:
         return _Outcome(None, "timeout", f"wall-clock timeout after {limits.timeout:g}s "
                         "(the process did not respond)", stdout, stderr)
     cpu_limit = request["limits"]["RLIMIT_CPU"][0]
-    return _Outcome(None, *_crash_reason(proc.returncode, stderr, elapsed >= cpu_limit),
-                    stdout, stderr)
+    return _Outcome(None, *_crash_reason(code, stderr, elapsed >= cpu_limit), stdout, stderr)
 
 
 def _crash_reason(code: int, stderr: str, past_cpu_limit: bool) -> tuple[str, str]:
@@ -333,85 +430,3 @@ def _kill_group(proc: subprocess.Popen) -> None:
     except (ProcessLookupError, PermissionError):
         pass
     proc.wait()
-
-
-class _Streams:
-    """Reads the child's stdout, stderr and result pipe together, with caps and a deadline."""
-
-    def __init__(self, proc: subprocess.Popen, result_fd: int, limits: Limits):
-        self.proc, self.limits = proc, limits
-        self.selector = selectors.DefaultSelector()
-        self.captured = {"stdout": bytearray(), "stderr": bytearray()}
-        self.result = bytearray()
-        self.total_output = 0
-        self.cut_off = self.timed_out = False
-        self.result_fd = result_fd
-        self.selector.register(proc.stdout, selectors.EVENT_READ, "stdout")
-        self.selector.register(proc.stderr, selectors.EVENT_READ, "stderr")
-        self.selector.register(result_fd, selectors.EVENT_READ, "result")
-        self.result_done = False
-
-    def pump(self, deadline: float) -> None:
-        exited_at = None
-        while self.selector.get_map():
-            now = time.monotonic()
-            if now > deadline:
-                self.timed_out = True
-                return
-            if self.proc.poll() is not None:
-                # The child is gone; its own children may hold stdout open: drain briefly.
-                exited_at = exited_at or now
-                if self.result_done or now - exited_at > 0.2:
-                    self._drain_ready(0)
-                    return
-            for key, _ in self.selector.select(timeout=min(0.05, max(0.0, deadline - now))):
-                if self._read(key):
-                    return
-
-    def _drain_ready(self, timeout: float) -> None:
-        """Read whatever is already buffered in the pipes (their writers may never close them:
-        the program's own children inherit them)."""
-        while self.selector.get_map():
-            ready = self.selector.select(timeout=timeout)
-            if not ready:
-                return
-            for key, _ in ready:
-                if self._read(key):
-                    return
-
-    def _read(self, key) -> bool:
-        """Read one chunk; True when the output limit was crossed."""
-        fd = key.fd
-        try:
-            chunk = os.read(fd, 1 << 16)
-        except OSError:
-            chunk = b""
-        if not chunk:
-            self.selector.unregister(key.fileobj)
-            if key.data == "result":
-                self.result_done = True
-            return False
-        if key.data == "result":
-            self.result += chunk
-            return False
-        self.total_output += len(chunk)
-        buffer = self.captured[key.data]
-        room = self.limits.capture_bytes - len(buffer)
-        if room > 0:
-            buffer += chunk[:room]
-        if self.total_output > self.limits.max_output_bytes:
-            self.cut_off = True
-            return True
-        return False
-
-    def text(self) -> tuple[str, str]:
-        def decode(name: str) -> str:
-            text = self.captured[name].decode("utf-8", errors="replace")
-            return text + "\n[tracekit: output cut]" if len(self.captured[name]) >= self.limits.capture_bytes else text
-        return decode("stdout"), decode("stderr")
-
-    def close(self) -> None:
-        self.selector.close()
-        for f in (self.proc.stdout, self.proc.stderr):
-            f.close()
-        os.close(self.result_fd)

@@ -707,10 +707,18 @@ def _status_of(recorder: Recorder, call_error, entry_name: str, call: str):
 
 
 def _child_main(argv: list[str]) -> None:
-    import random
-
+    if argv[1:] == ["--serve"]:
+        _serve_main()
+        return
     result_fd = int(argv[1])
     request = json.loads(sys.stdin.read())
+    _run_request(request, result_fd)
+
+
+def _run_request(request: dict, result_fd: int) -> None:
+    """Trace one request in this process and write the result to `result_fd`; never returns."""
+    import random
+
     _apply_rlimits(request.get("limits", {}))
     sys.stdin = open(os.devnull)
     random.seed(request.get("seed", 0))
@@ -796,6 +804,186 @@ def _flush_and_exit() -> None:
         except BaseException:
             pass
     os._exit(0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Warm worker mode: `python tracer.py --serve`, inside bubblewrap only. One request per stdin
+# line, each traced in a child forked from this clean process; one reply per stdout line. Between
+# programs it kills every other process of the sandbox's PID namespace and empties /tmp, so
+# programs cannot reach their neighbours.
+
+
+def _serve_main() -> None:
+    protocol = os.fdopen(os.dup(1), "wb", buffering=0)
+    quiet = os.open(os.devnull, os.O_RDWR)
+    os.dup2(quiet, 1)
+    os.close(quiet)
+    for line in sys.stdin.buffer:
+        reply = _serve_one(json.loads(line), protocol.fileno())
+        protocol.write(json.dumps(reply).encode() + b"\n")
+
+
+def _serve_one(request: dict, protocol_fd: int) -> dict:
+    import time
+
+    result_r, result_w = os.pipe()
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the program's process
+        try:
+            os.setsid()
+            os.chdir("/tmp")
+            os.dup2(out_w, 1)
+            os.dup2(err_w, 2)
+            for fd in (result_r, out_r, err_r, out_w, err_w, protocol_fd):
+                os.close(fd)
+            _run_request(request, result_w)
+        finally:
+            os._exit(70)
+    for fd in (result_w, out_w, err_w):
+        os.close(fd)
+    status = {}
+
+    def poll():
+        if "code" not in status:
+            done, code = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status["code"] = -os.WTERMSIG(code) if os.WIFSIGNALED(code) \
+                    else os.WEXITSTATUS(code)
+        return status.get("code")
+
+    pump = OutputPump(poll, out_r, err_r, result_r, request["max_output_bytes"],
+                      request["capture_bytes"])
+    started = time.monotonic()
+    try:
+        pump.pump(started + request["timeout"] + request["grace"])
+    finally:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+        if "code" not in status:
+            _, code = os.waitpid(pid, 0)
+            status["code"] = -os.WTERMSIG(code) if os.WIFSIGNALED(code) \
+                else os.WEXITSTATUS(code)
+        pump.close()
+        _clear_sandbox()
+    stdout, stderr = pump.text()
+    return {"result": bytes(pump.result).decode("utf-8", "replace"), "code": status["code"],
+            "cut_off": pump.cut_off, "timed_out": pump.timed_out,
+            "elapsed": time.monotonic() - started, "stdout": stdout, "stderr": stderr}
+
+
+def _clear_sandbox() -> None:
+    """Kill every process of the PID namespace but its init and this one; empty /tmp."""
+    import shutil
+
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) not in (1, os.getpid()):
+            try:
+                os.kill(int(name), signal.SIGKILL)
+            except OSError:
+                pass
+    for name in os.listdir("/tmp"):
+        if name != ".tracekit":
+            path = os.path.join("/tmp", name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+
+
+class OutputPump:
+    """Reads a traced process's stdout, stderr and result pipe together, with an output cap and
+    a deadline (used by the host for one-shot sandboxes and by the warm worker)."""
+
+    def __init__(self, poll, stdout_fd: int, stderr_fd: int, result_fd: int,
+                 max_output_bytes: int, capture_bytes: int):
+        import selectors
+
+        self.poll = poll  # None while the process runs
+        self.max_output_bytes, self.capture_bytes = max_output_bytes, capture_bytes
+        self.selector = selectors.DefaultSelector()
+        self.captured = {"stdout": bytearray(), "stderr": bytearray()}
+        self.result = bytearray()
+        self.total_output = 0
+        self.cut_off = self.timed_out = self.result_done = False
+        self.fds = (stdout_fd, stderr_fd, result_fd)
+        for fd, name in zip(self.fds, ("stdout", "stderr", "result")):
+            self.selector.register(fd, selectors.EVENT_READ, name)
+
+    def pump(self, deadline: float) -> None:
+        import time
+
+        exited_at = None
+        while self.selector.get_map():
+            now = time.monotonic()
+            if now > deadline:
+                self.timed_out = True
+                return
+            if self.poll() is not None:
+                # The process is gone; its own children may hold stdout open: drain briefly.
+                exited_at = exited_at or now
+                if self.result_done or now - exited_at > 0.2:
+                    self._drain_ready()
+                    return
+            for key, _ in self.selector.select(timeout=min(0.05, max(0.0, deadline - now))):
+                if self._read(key):
+                    return
+
+    def _drain_ready(self) -> None:
+        """Read whatever is already buffered (the writers may never close the pipes: the
+        program's own children inherit them)."""
+        while self.selector.get_map():
+            ready = self.selector.select(timeout=0)
+            if not ready:
+                return
+            for key, _ in ready:
+                if self._read(key):
+                    return
+
+    def _read(self, key) -> bool:
+        """Read one chunk; True when the output limit was crossed."""
+        try:
+            chunk = os.read(key.fd, 1 << 16)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self.selector.unregister(key.fileobj)
+            if key.data == "result":
+                self.result_done = True
+            return False
+        if key.data == "result":
+            self.result += chunk
+            return False
+        self.total_output += len(chunk)
+        buffer = self.captured[key.data]
+        room = self.capture_bytes - len(buffer)
+        if room > 0:
+            buffer += chunk[:room]
+        if self.total_output > self.max_output_bytes:
+            self.cut_off = True
+            return True
+        return False
+
+    def text(self) -> tuple[str, str]:
+        def decode(name: str) -> str:
+            text = self.captured[name].decode("utf-8", errors="replace")
+            cut = len(self.captured[name]) >= self.capture_bytes
+            return text + "\n[tracekit: output cut]" if cut else text
+        return decode("stdout"), decode("stderr")
+
+    def close(self) -> None:
+        self.selector.close()
+        for fd in self.fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 if __name__ == "__main__":
