@@ -809,8 +809,8 @@ def _flush_and_exit() -> None:
 # ---------------------------------------------------------------------------------------------
 # Warm worker mode: `python tracer.py --serve`, inside bubblewrap only. One request per stdin
 # line, each traced in a child forked from this clean process; one reply per stdout line. Between
-# programs it kills every other process of the sandbox's PID namespace and empties /tmp, so
-# programs cannot reach their neighbours.
+# programs it kills every other process of the sandbox's PID namespace and removes what appeared
+# in /tmp, so programs cannot reach their neighbours.
 
 
 def _serve_main() -> None:
@@ -818,12 +818,13 @@ def _serve_main() -> None:
     quiet = os.open(os.devnull, os.O_RDWR)
     os.dup2(quiet, 1)
     os.close(quiet)
+    baseline = _tmp_paths()
     for line in sys.stdin.buffer:
-        reply = _serve_one(json.loads(line), protocol.fileno())
+        reply = _serve_one(json.loads(line), protocol.fileno(), baseline)
         protocol.write(json.dumps(reply).encode() + b"\n")
 
 
-def _serve_one(request: dict, protocol_fd: int) -> dict:
+def _serve_one(request: dict, protocol_fd: int, baseline: set[str]) -> dict:
     import time
 
     result_r, result_w = os.pipe()
@@ -868,15 +869,26 @@ def _serve_one(request: dict, protocol_fd: int) -> dict:
             status["code"] = -os.WTERMSIG(code) if os.WIFSIGNALED(code) \
                 else os.WEXITSTATUS(code)
         pump.close()
-        _clear_sandbox()
+        _clear_sandbox(baseline)
     stdout, stderr = pump.text()
     return {"result": bytes(pump.result).decode("utf-8", "replace"), "code": status["code"],
             "cut_off": pump.cut_off, "timed_out": pump.timed_out,
             "elapsed": time.monotonic() - started, "stdout": stdout, "stderr": stderr}
 
 
-def _clear_sandbox() -> None:
-    """Kill every process of the PID namespace but its init and this one; empty /tmp."""
+def _tmp_paths() -> set[str]:
+    """Every path under /tmp, not descending into mount points (the sandbox's read-only
+    binds of the interpreter and the tracer can sit under /tmp)."""
+    paths = set()
+    for root, dirs, files in os.walk("/tmp"):
+        dirs[:] = [d for d in dirs if not os.path.ismount(os.path.join(root, d))]
+        paths.update(os.path.join(root, name) for name in dirs + files)
+    return paths
+
+
+def _clear_sandbox(baseline: set[str]) -> None:
+    """Kill every process of the PID namespace but its init and this one; remove whatever
+    appeared under /tmp since the worker started (`baseline`)."""
     import shutil
 
     for name in os.listdir("/proc"):
@@ -885,16 +897,14 @@ def _clear_sandbox() -> None:
                 os.kill(int(name), signal.SIGKILL)
             except OSError:
                 pass
-    for name in os.listdir("/tmp"):
-        if name != ".tracekit":
-            path = os.path.join("/tmp", name)
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                try:
-                    os.unlink(path)
-                except OSError:
-                    pass
+    for path in sorted(_tmp_paths() - baseline, key=len):
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
 
 
 class OutputPump:
