@@ -7,6 +7,7 @@ generated token, measured in pairs within each repeat; the ratio is the median o
 per-repeat ratios (this machine's speed drifts by tens of percent within a minute).
 
     python benchmarks/runtime.py [--prompt 256] [--new 32] [--repeats 5]
+    python benchmarks/runtime.py --overhead   # per-token cost of a model with nil compute
 """
 
 from __future__ import annotations
@@ -52,18 +53,38 @@ def main() -> None:
     parser.add_argument("--new", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batches", default="1,4,16")
+    parser.add_argument("--overhead", action="store_true", help="the same 8 layers with hidden "
+                        "64 and vocab 300: what a generated token costs besides arithmetic")
     args = parser.parse_args()
     import transformers
 
+    shapes = dict(SHAPES, vocab_size=300, hidden_size=64, intermediate_size=128,
+                  head_dim=8) if args.overhead else SHAPES
     torch.manual_seed(0)
     reference = transformers.CwmForCausalLM(
-        transformers.CwmConfig(**SHAPES, attn_implementation="sdpa")).eval()
-    ours = CwmForCausalLM(CwmConfig(**SHAPES, dtype="float32")).eval()
+        transformers.CwmConfig(**shapes, attn_implementation="sdpa")).eval()
+    ours = CwmForCausalLM(CwmConfig(**shapes, dtype="float32")).eval()
     ours.load_state_dict(reference.state_dict())
     ours.fast = True
     print(f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}, transformers "
           f"{transformers.__version__}, Python {platform.python_version()}, "
           f"{time.strftime('%Y-%m-%d')}; prompt {args.prompt} tokens, {args.new} new tokens")
+    if args.overhead:
+        prompt = torch.randint(3, shapes["vocab_size"], (1, args.prompt))
+
+        def ours_run(n):
+            return lambda: generate(ours, prompt.tolist(), n)
+
+        def reference_run(n):
+            return lambda: reference.generate(prompt, max_new_tokens=n, min_new_tokens=n,
+                                              do_sample=False, pad_token_id=0)
+
+        ours_n, ref_n, ours_1, ref_1 = median_times(
+            [ours_run(args.new), reference_run(args.new), ours_run(1), reference_run(1)],
+            args.repeats)
+        print(f"per generated token, hidden 64: ours {(ours_n - ours_1) / (args.new - 1) * 1e3:.1f}"
+              f" ms, transformers {(ref_n - ref_1) / (args.new - 1) * 1e3:.1f} ms")
+        return
     print(f"{'batch':>5s} {'prefill tok/s ours':>19s} {'transformers':>13s} {'ratio':>6s}"
           f" {'decode tok/s ours':>18s} {'transformers':>13s} {'ratio':>6s}")
     for batch in map(int, args.batches.split(",")):

@@ -133,9 +133,9 @@ class TransformersBackend:
         chosen = logprobs.gather(-1, new[:, :logprobs.shape[1], None])[..., 0]
         results = []
         for tokens, lps in zip(new.tolist(), chosen.tolist()):
-            end = next((i + 1 for i, t in enumerate(tokens) if t in stop_ids), len(tokens))
-            results.append(Generation(tokens[:end], lps[:end], end < len(tokens)
-                                      or tokens[end - 1] in stop_ids))
+            stop = next((i + 1 for i, t in enumerate(tokens) if t in stop_ids), None)
+            end = stop or len(tokens)
+            results.append(Generation(tokens[:end], lps[:end], stop is not None))
         return results
 
 

@@ -80,12 +80,17 @@ class TracePredictor:
         return trace_prompt_ids(self.tokenizer, context, list(frames), force_event)
 
     def next_frame(self, context: str, frames: list[Frame] = (), force_event: str | None = None,
-                   sampling: Sampling = GREEDY) -> FramePrediction:
-        """The frame after `frames` (the real or predicted frames so far)."""
+                   sampling: Sampling = GREEDY, max_tokens: int | None = None) -> FramePrediction:
+        """The frame after `frames` (the real or predicted frames so far), in at most
+        `max_tokens` (default and cap: max_frame_tokens)."""
         prompt = self.prompt(context, frames, force_event)
-        generation = self.backend.generate([prompt], self.max_frame_tokens, self.stop_ids,
+        generation = self.backend.generate([prompt], self._budget(max_tokens), self.stop_ids,
                                            sampling)[0]
         return self.read(generation.tokens, generation.logprobs, force_event)
+
+    def _budget(self, max_tokens: int | None) -> int:
+        return self.max_frame_tokens if max_tokens is None else min(max_tokens,
+                                                                    self.max_frame_tokens)
 
     def teacher_forced(self, context: str, frames: list[Frame],
                        sampling: Sampling = GREEDY) -> list[FramePrediction]:
@@ -179,13 +184,10 @@ class Session:
              max_tokens: int | None = None) -> FramePrediction:
         """Predict the next frame (not added: call append)."""
         p = self.predictor
+        if self.state is None:  # a backend without a cache: the whole prompt each time
+            return p.next_frame(self.context, self.frames, force_event, sampling, max_tokens)
         prompt = p.prompt(self.context, self.frames, force_event)
-        budget = p.max_frame_tokens if max_tokens is None else min(max_tokens,
-                                                                   p.max_frame_tokens)
-        if self.state is not None:
-            generation = self.state.generate(prompt, budget, p.stop_ids, sampling)
-        else:
-            generation = p.backend.generate([prompt], budget, p.stop_ids, sampling)[0]
+        generation = self.state.generate(prompt, p._budget(max_tokens), p.stop_ids, sampling)
         return p.read(generation.tokens, generation.logprobs, force_event)
 
     def append(self, frame: Frame) -> None:

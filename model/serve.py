@@ -84,8 +84,7 @@ class Engine:
             raise RequestError(400, "stop must be strings and stop_token_ids integers")
         return {"ids": ids, "max_tokens": max_tokens, "sampling": sampling, "stop": stop,
                 "stop_ids": tuple(stop_ids), "logprobs": body.get("logprobs") is not None,
-                "as_ids": bool(body.get("return_tokens_as_token_ids")),
-                "echo_model": self.name}
+                "as_ids": bool(body.get("return_tokens_as_token_ids"))}
 
     def _worker(self) -> None:
         while True:

@@ -850,8 +850,7 @@ def _serve_one(request: dict, protocol_fd: int, baseline: set[str]) -> dict:
         if "code" not in status:
             done, code = os.waitpid(pid, os.WNOHANG)
             if done:
-                status["code"] = -os.WTERMSIG(code) if os.WIFSIGNALED(code) \
-                    else os.WEXITSTATUS(code)
+                status["code"] = _exit_code(code)
         return status.get("code")
 
     pump = OutputPump(poll, out_r, err_r, result_r, request["max_output_bytes"],
@@ -865,15 +864,20 @@ def _serve_one(request: dict, protocol_fd: int, baseline: set[str]) -> dict:
         except OSError:
             pass
         if "code" not in status:
-            _, code = os.waitpid(pid, 0)
-            status["code"] = -os.WTERMSIG(code) if os.WIFSIGNALED(code) \
-                else os.WEXITSTATUS(code)
+            status["code"] = _exit_code(os.waitpid(pid, 0)[1])
         pump.close()
         _clear_sandbox(baseline)
     stdout, stderr = pump.text()
     return {"result": bytes(pump.result).decode("utf-8", "replace"), "code": status["code"],
             "cut_off": pump.cut_off, "timed_out": pump.timed_out,
             "elapsed": time.monotonic() - started, "stdout": stdout, "stderr": stderr}
+
+
+def _exit_code(wait_status: int) -> int:
+    """As subprocess reports it: the exit status, or minus the signal that ended the child."""
+    if os.WIFSIGNALED(wait_status):
+        return -os.WTERMSIG(wait_status)
+    return os.WEXITSTATUS(wait_status)
 
 
 def _tmp_paths() -> set[str]:
