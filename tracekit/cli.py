@@ -437,9 +437,9 @@ def dataset_stats(directory: Path) -> None:
 @click.option("--id", "program_id", required=True, help="The row's id.")
 def dataset_show(directory: Path, program_id: str) -> None:
     """Print one row's trace, readable."""
-    import json as _json
-
     import pyarrow.dataset as ds
+
+    from tracekit.dataset import row_trace
 
     table = ds.dataset(sorted(str(p) for p in directory.glob("*-*.parquet")), format="parquet")
     rows = table.to_table(filter=ds.field("id") == program_id).to_pylist()
@@ -447,15 +447,156 @@ def dataset_show(directory: Path, program_id: str) -> None:
         stderr.print(f"[red]dataset:[/] no row with id {program_id!r} in {directory}",
                      highlight=False, soft_wrap=True)
         sys.exit(8)
-    row = rows[0]
-    from tracekit.trace import Frame
+    print_trace(row_trace(rows[0]))
 
-    frames = [Frame(f["event"], f["lineno"], f["source"],
-                    _json.loads(f["locals"]) if f["locals"] is not None else None, f["arg"])
-              for f in row["frames"]]
-    print_trace(Trace(context=row["context"], entry=None, call=row["call"], frames=frames,
-                      status=row["status"], error=row["error"],
-                      return_value=row["return_value"], python=row["interpreter"]))
+
+class _DefaultToRun(click.Group):
+    """`tracekit eval DATASET ...` is `tracekit eval run DATASET ...`."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+@main.group("eval", cls=_DefaultToRun)
+def eval_group() -> None:
+    """Score trace predictions against real traces and write a report.
+
+    \b
+    tracekit eval DATASET --model SPEC -o OUT        (the same as `tracekit eval run ...`)
+    tracekit eval compare OUT1 OUT2
+    """
+
+
+EVAL_EXIT = ("Exit codes: 0 evaluated; 2 bad command line; 7 the model could not be loaded or "
+             "reached (predictions made so far are kept: rerun with --resume); 8 the dataset, "
+             "the predictions file or the output directory is unusable.")
+
+
+@eval_group.command("run", epilog=EVAL_EXIT)
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--model", "spec", metavar="SPEC", help="A checkpoint directory, "
+              "transformers:DIR, openai:URL (with --openai-model), or a baseline: oracle (the "
+              "real trace) or copy (repeat the state, next line in file order).")
+@click.option("--predictions", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Score a JSONL of predictions made elsewhere instead: one {\"id\", "
+                   "\"text\"} per trace (rollout/output), or {\"id\", \"texts\": [one per "
+                   "frame]} (teacher-forced).")
+@click.option("--mode", type=click.Choice(["rollout", "teacher-forced", "output"]),
+              default="rollout", show_default=True,
+              help="rollout: the whole trace free-running from the prompt (the CWM table's "
+                   "setting); teacher-forced: every frame from the real frames before it; "
+                   "output: the entry's return frame straight after its call frame.")
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
+              help="Directory for report.html, report.md, metrics.json, frames.parquet and "
+                   "predictions.jsonl.")
+@click.option("--resume", is_flag=True, help="Finish an eval that was interrupted (same "
+              "options): only the missing predictions are made.")
+@click.option("--split", type=click.Choice(["train", "validation", "test"]),
+              help="Evaluate one split. Default: every row.")
+@click.option("--limit", type=click.IntRange(min=1), help="The first N complete traces only.")
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="0 is greedy.")
+@click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--top-p", type=click.FloatRange(0, 1), default=1.0, show_default=True)
+@click.option("--seed", type=int, help="Makes sampling reproducible.")
+@click.option("--concurrency", type=click.IntRange(min=1), help="Traces predicted at once. "
+              "Default: 8 for openai:URL (requests in flight), else 1.")
+@click.option("--max-frame-tokens", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Tokens one predicted frame may take before it counts as malformed.")
+@click.option("--budget-tokens", type=click.IntRange(min=1), default=32768, show_default=True,
+              help="rollout: tokens for the whole trace; a prediction cut off here counts as "
+                   "truncated.")
+@click.option("--openai-model", metavar="NAME", help="The served model's name, for openai:URL.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+def eval_run(dataset: Path, spec, predictions, mode, out: Path, resume, split, limit,
+             temperature, top_k, top_p, seed, concurrency, max_frame_tokens, budget_tokens,
+             openai_model, device) -> None:
+    """Predict every complete trace of DATASET (a `tracekit dataset build` directory), score
+    the predictions against the real traces, and write the report into OUT.
+
+    \b
+    tracekit eval traces/ --model copy -o eval-copy/
+    tracekit eval traces/ --model ./checkpoint --mode teacher-forced -o eval-tf/
+    tracekit eval traces/ --model openai:http://localhost:8000 --openai-model cwm -o eval-cwm/
+    tracekit eval traces/ --predictions preds.jsonl -o eval-mine/
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
+        TimeRemainingColumn
+    from rich.table import Table
+
+    from evals.run import EvalError, RunOptions, evaluate
+    from model.backends import BackendError
+
+    if (spec is None) == (predictions is None):
+        raise click.UsageError("pass exactly one of --model and --predictions")
+    options = RunOptions(
+        dataset=str(dataset), mode=mode, model=spec,
+        predictions=str(predictions) if predictions else None, openai_model=openai_model,
+        split=split, limit=limit, temperature=temperature, top_k=top_k, top_p=top_p,
+        seed=seed, max_frame_tokens=max_frame_tokens, budget_tokens=budget_tokens,
+        device=device)
+    concurrency = concurrency or (8 if (spec or "").startswith("openai:") else 1)
+    try:
+        with Progress(TextColumn("predicting"), BarColumn(), MofNCompleteColumn(),
+                      TimeRemainingColumn(), console=stderr, transient=True) as bar:
+            task = bar.add_task("eval", total=None)
+            summary, info = evaluate(
+                options, out, resume, concurrency,
+                lambda done, total: bar.update(task, completed=done, total=total))
+    except EvalError as exc:
+        stderr.print(f"[red]eval:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(8)
+    except BackendError as exc:
+        stderr.print(f"[red]model:[/] {exc} (predictions so far are kept in {out}: rerun with "
+                     "--resume)", highlight=False, soft_wrap=True)
+        sys.exit(EXIT_MODEL)
+    from evals.metrics import CWM_TABLE, OUTPUT_MODE_METRICS
+
+    table = Table(title=f"{info['predictor']} · {mode} · {summary['traces']} traces",
+                  title_justify="left")
+    for column in ("metric", "value", "95% CI"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for metric in CWM_TABLE:
+        found = summary["metrics"].get(metric.key)
+        if found and (mode != "output" or metric.key in OUTPUT_MODE_METRICS):
+            table.add_row(metric.label, f"{found['value']:.1f}",
+                          f"{found['low']:.1f}-{found['high']:.1f}")
+    Console().print(table)
+    problems = info["problems"]
+    if problems:
+        click.echo("prediction problems: " + ", ".join(f"{k} {v}" for k, v in problems.items()))
+    click.echo(f"report: {out / 'report.html'}")
+
+
+@eval_group.command("compare")
+@click.argument("first", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("second", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def eval_compare(first: Path, second: Path) -> None:
+    """Show two eval runs' metrics side by side, with the difference."""
+    from rich.table import Table
+
+    from evals.report import compare_runs, load_metrics
+
+    runs = []
+    for directory in (first, second):
+        try:
+            runs.append(load_metrics(directory))
+        except (OSError, ValueError):
+            stderr.print(f"[red]eval:[/] {directory}/metrics.json is missing or unreadable: "
+                         "is it an eval directory whose run finished?", highlight=False,
+                         soft_wrap=True)
+            sys.exit(8)
+    table = Table()
+    table.add_column("metric")
+    for directory, run in zip((first, second), runs):
+        table.add_column(f"{directory.name}\n{run['run']['predictor']} · {run['run']['mode']}",
+                         justify="right")
+    table.add_column("difference", justify="right")
+    for row in compare_runs(*runs):
+        table.add_row(*row)
+    Console().print(table)
 
 
 def _prepare(source: str, entry):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tracekit import sandbox
 from tracekit.sources import Program
-from tracekit.trace import COMPLETE_STATUSES, Trace
+from tracekit.trace import COMPLETE_STATUSES, Frame, Trace
 
 MANIFEST = "manifest.json"
 SPLITS = ("train", "validation", "test")
@@ -103,6 +103,36 @@ def build(programs: Iterable[Program], out: str | Path, options: BuildOptions = 
     _write_json(out / "stats.json", stats)
     (out / "README.md").write_text(_card(stats), encoding="utf-8")
     return stats
+
+
+def load_rows(directory: str | Path, split: str | None = None,
+              columns: list[str] | None = None) -> list[dict]:
+    """The rows of a built dataset (all splits, or one), in shard order."""
+    import pyarrow.parquet as pq
+
+    directory = Path(directory)
+    if not (directory / MANIFEST).is_file():
+        raise BuildError(f"{directory} is not a tracekit dataset (no {MANIFEST}): build one "
+                         "with `tracekit dataset build SOURCES -o DIR`")
+    if split is not None and split not in SPLITS:
+        raise BuildError(f"no split {split!r}: choose one of {', '.join(SPLITS)}")
+    names = sorted(directory.glob(f"{split or '*'}-*.parquet"),
+                   key=lambda p: (p.stem.rsplit("-", 1)[1], SPLITS.index(p.stem.rsplit("-", 1)[0])))
+    rows: list[dict] = []
+    for path in names:
+        rows += pq.read_table(path, columns=columns).to_pylist()
+    return rows
+
+
+def row_trace(row: dict) -> Trace:
+    """A dataset row back as a Trace (frames without scope ids, which `resolve_dots` and the
+    evaluation do not need)."""
+    frames = [Frame(f["event"], f["lineno"], f["source"],
+                    json.loads(f["locals"]) if f["locals"] is not None else None, f["arg"])
+              for f in row["frames"]]
+    return Trace(context=row["context"], entry=None, call=row["call"], frames=frames,
+                 status=row["status"], error=row["error"], return_value=row["return_value"],
+                 python=row["interpreter"])
 
 
 class _Tracers:

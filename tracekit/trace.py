@@ -95,20 +95,38 @@ def resolve_dots(frames: list[Frame]) -> list[dict[str, str] | None]:
     return frame, so frames parsed from model output (which carry no scope ids) resolve the same
     way. Frames without locals give None. A `".."` with nothing to refer to stays `".."`.
     """
-    resolved: list[dict[str, str] | None] = []
-    previous: dict[str, str] | None = None  # full locals of the last locals frame in this run
-    last = None
-    for frame in frames:
+    resolver = DotsResolver()
+    return [resolver.add(frame) for frame in frames]
+
+
+class DotsResolver:
+    """`resolve_dots` one frame at a time; `peek` resolves a frame as if it came next without
+    taking it (how a prediction made after real frames is read)."""
+
+    def __init__(self) -> None:
+        self.previous: dict[str, str] | None = None  # full locals of the last locals frame
+        self.last: Frame | None = None
+
+    def _baseline(self, frame: Frame) -> dict[str, str] | None:
+        last = self.last
         if last is None or frame.scope != last.scope or last.event == "return":
-            previous = None
-        last = frame
+            return None
+        return self.previous
+
+    def peek(self, frame: Frame) -> dict[str, str] | None:
         if frame.locals is None:
-            resolved.append(None)
-            continue
-        full = {
-            name: (previous.get(name, value) if value == DOTS and previous is not None else value)
-            for name, value in frame.locals.items()
-        }
-        resolved.append(full)
-        previous = full
-    return resolved
+            return None
+        previous = self._baseline(frame)
+        if previous is None:
+            return dict(frame.locals)
+        return {name: previous.get(name, value) if value == DOTS else value
+                for name, value in frame.locals.items()}
+
+    def add(self, frame: Frame) -> dict[str, str] | None:
+        full = self.peek(frame)
+        if self._baseline(frame) is None:
+            self.previous = None
+        if full is not None:
+            self.previous = full
+        self.last = frame
+        return full

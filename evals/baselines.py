@@ -1,0 +1,87 @@
+"""Baselines that anchor the scale, as prediction records like a model's (`evals.run`):
+
+- `oracle`: the real trace itself. Scores 100 on every accuracy metric; anything less is a bug
+  in the scoring.
+- `copy`: no model at all. Each frame repeats the previous state as `".."` (every name of the
+  last state, unchanged) and moves to the next source line in file order (the next line that
+  is neither blank nor a comment); the first frame is the entry's call frame with no
+  arguments. Past the last line of the file it ends the trace. In output mode it predicts
+  that the entry returns its first argument unchanged (None without arguments).
+"""
+
+from __future__ import annotations
+
+from tracekit.cwm import END_OF_TEXT, frame_segments
+from tracekit.trace import DotsResolver, Frame, Trace
+from tracekit.tracer import DOTS, MARKER
+
+BASELINES = ("oracle", "copy")
+
+
+def predict(name: str, trace: Trace, mode: str) -> dict:
+    """The baseline's prediction record for one trace."""
+    return (_oracle if name == "oracle" else _copy)(trace, mode)
+
+
+def frame_text(frame: Frame) -> str:
+    """A frame as CWM wire text."""
+    return "".join(frame_segments(frame))
+
+
+def _oracle(trace: Trace, mode: str) -> dict:
+    if mode == "teacher-forced":
+        return {"texts": [frame_text(f) for f in trace.frames]}
+    if mode == "output":
+        return {"text": frame_text(trace.frames[-1]) if trace.frames else END_OF_TEXT}
+    return {"text": "".join(frame_text(f) for f in trace.frames) + END_OF_TEXT,
+            "stop": "end_of_text"}
+
+
+def _copy(trace: Trace, mode: str) -> dict:
+    lines = trace.context.splitlines(keepends=True)
+    if mode == "output":
+        call = trace.frames[0] if trace.frames else None
+        first = next(iter((call.locals or {}).values()), "None") if call else "None"
+        entry = _entry_line(lines)
+        return {"text": frame_text(Frame("return", None, lines[entry - 1] if entry else "",
+                                         arg=first))}
+    if mode == "teacher-forced":
+        resolver, texts = DotsResolver(), []
+        for i, real in enumerate(trace.frames):
+            previous = trace.frames[i - 1] if i else None
+            guess = _next(lines, previous, resolver.previous)
+            texts.append(frame_text(guess) if guess is not None else END_OF_TEXT)
+            resolver.add(real)
+        return {"texts": texts}
+    resolver, frames = DotsResolver(), []
+    while len(frames) < 10 * len(trace.frames) + 10:
+        guess = _next(lines, frames[-1] if frames else None, resolver.previous)
+        if guess is None:
+            return {"text": "".join(map(frame_text, frames)) + END_OF_TEXT,
+                    "stop": "end_of_text"}
+        resolver.add(guess)
+        frames.append(guess)
+    return {"text": "".join(map(frame_text, frames)), "stop": "max_frames"}
+
+
+def _next(lines: list[str], previous: Frame | None, state: dict | None) -> Frame | None:
+    """The copy baseline's frame after `previous` (None: past the end of the file)."""
+    if previous is None:
+        entry = _entry_line(lines)
+        return Frame("call", entry, _source(lines, entry), {}) if entry else None
+    lineno = previous.lineno or 0
+    for number in range(lineno + 1, len(lines) + 1):
+        text = lines[number - 1].strip()
+        if text and not text.startswith("#"):
+            return Frame("line", number, _source(lines, number),
+                         {name: DOTS for name in state or {}})
+    return None
+
+
+def _entry_line(lines: list[str]) -> int | None:
+    return next((i + 1 for i, line in enumerate(lines) if MARKER in line), None)
+
+
+def _source(lines: list[str], number: int) -> str:
+    line = lines[number - 1].replace(MARKER, "")
+    return line if line.endswith("\n") else line + "\n"

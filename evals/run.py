@@ -1,0 +1,274 @@
+"""Eval runs: a prediction for every trace of a dataset, appended to OUT/predictions.jsonl as
+it comes (a killed run resumes after the last whole line), then every prediction scored
+against its real trace.
+
+A prediction record is one JSON line; the same format scores predictions made anywhere
+(`--predictions FILE`):
+
+    {"id": "sample_0", "text": "<|call_sep|>{}<|action_sep|>def main():\\n<|frame_sep|>..."}
+    {"id": "sample_0", "texts": ["<|call_sep|>...<|frame_sep|>", ...]}
+
+`text` is the raw model output after the trace prompt (rollout: the whole trace, ended by
+<|end_of_text|>; output: the return frame written after the call frame, starting with its
+<|return_sep|>). `texts` (teacher-forced) holds one raw output per real frame, each made after
+the real frames before it. Optional: `stop` (why a rollout stopped; "budget" marks it cut off
+by the token budget), `tokens` (tokens generated).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from evals import baselines
+from evals.compare import TraceComparison, compare
+from tracekit.dataset import BuildError, load_rows, row_trace
+from tracekit.trace import COMPLETE_STATUSES, Trace
+
+PREDICTIONS, RUN = "predictions.jsonl", "run.json"
+
+
+class EvalError(Exception):
+    """The eval cannot go on; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    dataset: str
+    mode: str = "rollout"
+    model: str | None = None  # a model spec, "oracle" or "copy"; None with a predictions file
+    predictions: str | None = None
+    openai_model: str | None = None
+    split: str | None = None
+    limit: int | None = None
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    max_frame_tokens: int = 256
+    budget_tokens: int = 32768  # rollout: tokens for the whole trace (the study's 32K)
+    device: str = "cpu"
+
+    @property
+    def predictor_name(self) -> str:
+        return self.model or f"predictions from {Path(self.predictions).name}"
+
+
+def load_traces(options: RunOptions) -> tuple[list[tuple[str, Trace]], Counter]:
+    """The dataset's complete traces (ok, raised, exited), in dataset order, up to `limit`;
+    and how many rows were skipped, by status."""
+    try:
+        rows = load_rows(options.dataset, options.split)
+    except BuildError as exc:
+        raise EvalError(str(exc)) from None
+    skipped: Counter = Counter()
+    traces = []
+    for row in rows:
+        if row["status"] not in COMPLETE_STATUSES or not row["frames"]:
+            skipped[row["status"]] += 1
+            continue
+        traces.append((row["id"], row_trace(row)))
+    if options.limit is not None:
+        traces = traces[:options.limit]
+    if not traces:
+        raise EvalError(f"{options.dataset} holds no complete trace to evaluate")
+    return traces, skipped
+
+
+def start(out: Path, options: RunOptions, resume: bool) -> None:
+    """Claim OUT for this run (or check that a resumed run is the same one)."""
+    described = {k: v for k, v in asdict(options).items() if k != "device"}
+    if (out / RUN).exists():
+        if not resume:
+            raise EvalError(f"{out} already holds an eval: pass --resume to finish it, or "
+                            "choose another output directory")
+        if json.loads((out / RUN).read_text()) != described:
+            raise EvalError(f"{out} holds an eval with other options: resume with the same "
+                            "options, or choose another directory")
+        return
+    if out.exists() and any(out.iterdir()):
+        raise EvalError(f"{out} is not empty: choose a new output directory")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RUN).write_text(json.dumps(described, indent=1), encoding="utf-8")
+
+
+def read_predictions(path: Path) -> tuple[dict[str, dict], int]:
+    """Records by id (the last one wins) and the number of lines that are not a JSON object
+    with a string id. Never raises on content: garbage lines are counted, not fatal."""
+    records, bad = {}, 0
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise EvalError(f"{path}: cannot read it ({exc.strerror})") from None
+    for line in text.split("\n"):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            bad += 1
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get("id"), str):
+            bad += 1
+            continue
+        records[record["id"]] = record
+    return records, bad
+
+
+def _resume_file(path: Path) -> dict[str, dict]:
+    """The records already written; a half-written last line (a kill mid-write) is cut off."""
+    if not path.exists():
+        return {}
+    data = path.read_bytes()
+    whole = data[:data.rfind(b"\n") + 1]
+    if len(whole) != len(data):
+        with path.open("r+b") as f:
+            f.truncate(len(whole))
+    return read_predictions(path)[0]
+
+
+def predict_all(traces: list[tuple[str, Trace]], out: Path, predict_one: Callable[[Trace], dict],
+                mode: str, concurrency: int = 1,
+                progress: Callable[[int, int], None] | None = None) -> dict[str, dict]:
+    """Predictions for every trace, made only for those OUT/predictions.jsonl lacks; each is
+    appended (and flushed) as soon as it is made."""
+    path = out / PREDICTIONS
+    records = _resume_file(path)
+    todo = [(tid, trace) for tid, trace in traces if tid not in records]
+    done = len(traces) - len(todo)
+    if progress:
+        progress(done, len(traces))
+    with path.open("a", encoding="utf-8") as sink, ThreadPoolExecutor(concurrency) as pool:
+        futures = {pool.submit(predict_one, trace): tid for tid, trace in todo}
+        try:
+            for future in as_completed(futures):
+                tid = futures[future]
+                record = {"id": tid, "mode": mode, **future.result()}
+                sink.write(json.dumps(record) + "\n")
+                sink.flush()
+                records[tid] = record
+                done += 1
+                if progress:
+                    progress(done, len(traces))
+        finally:
+            for future in futures:
+                future.cancel()
+        os.fsync(sink.fileno())
+    return records
+
+
+def score(traces: list[tuple[str, Trace]], records: dict[str, dict],
+          mode: str) -> tuple[list[TraceComparison], Counter]:
+    """Compare each trace with its record; a missing or malformed record scores as an empty
+    prediction. Returns the comparisons and the problems counted (missing, malformed)."""
+    problems: Counter = Counter()
+    comparisons = []
+    for tid, trace in traces:
+        record = records.get(tid)
+        if record is None:
+            problems["missing"] += 1
+            record = {}
+        record = _clean(record, mode, problems)
+        comparisons.append(compare(tid, trace.frames, record))
+    return comparisons, problems
+
+
+def _clean(record: dict, mode: str, problems: Counter) -> dict:
+    """The record as compare() reads it, in the run's mode: fields of the wrong type become
+    empty (and are counted), so garbage scores as wrong instead of raising."""
+    clean = {"mode": mode, "stop": record.get("stop") if isinstance(record.get("stop"), str)
+             else None}
+    if mode == "teacher-forced":
+        texts = record.get("texts")
+        if record and (not isinstance(texts, list)
+                       or not all(isinstance(t, str) for t in texts)):
+            problems["malformed"] += 1
+            texts = [t for t in texts if isinstance(t, str)] if isinstance(texts, list) else []
+        clean["texts"] = texts or []
+    else:
+        text = record.get("text")
+        if record and not isinstance(text, str):
+            problems["malformed"] += 1
+            text = ""
+        clean["text"] = text or ""
+    return clean
+
+
+def model_predictor(options: RunOptions) -> tuple[Callable[[Trace], dict], str]:
+    """A function that predicts one trace in the run's mode, and the backend's name.
+    Raises model.backends.BackendError when the model cannot be loaded."""
+    if options.model in baselines.BASELINES:
+        return (lambda trace: baselines.predict(options.model, trace, options.mode)), \
+            options.model
+    from model.backends import load_backend
+    from model.predictor import Sampling, TracePredictor
+    from tracekit.tokenizer import load_tokenizer
+
+    backend = load_backend(options.model, options.openai_model, options.device)
+    directory = Path(options.model.removeprefix("transformers:"))
+    tokenizer = load_tokenizer(directory if directory.is_dir() else None)
+    predictor = TracePredictor(backend, tokenizer, options.max_frame_tokens)
+    sampling = Sampling(options.temperature, options.top_k, options.top_p, options.seed)
+
+    def predict_one(trace: Trace) -> dict:
+        if options.mode == "teacher-forced":
+            steps = predictor.teacher_forced(trace.context, trace.frames, sampling)
+            return {"texts": [s.text for s in steps],
+                    "tokens": sum(len(s.logprobs) for s in steps)}
+        if options.mode == "output":
+            step = predictor.next_frame(trace.context, trace.frames[:1], "return", sampling)
+            return {"text": step.text, "tokens": len(step.logprobs)}
+        rollout = predictor.rollout(trace.context, [], max_frames=100_000,
+                                    budget_tokens=options.budget_tokens, sampling=sampling)
+        return {"text": "".join(s.text for s in rollout.steps), "stop": rollout.stop,
+                "tokens": rollout.tokens_used}
+
+    return predict_one, backend.name
+
+
+def evaluate(options: RunOptions, out: Path, resume: bool = False, concurrency: int = 1,
+             progress: Callable[[int, int], None] | None = None) -> tuple[dict, dict]:
+    """The whole run: predict (or read the predictions file), score, write the report.
+    Returns the summary (metrics.json's content) and the run's description."""
+    import shutil
+    import time
+    from datetime import datetime, timezone
+    from importlib.metadata import version
+
+    from evals.metrics import summarize
+    from evals.report import write_report
+
+    started = time.monotonic()
+    traces, skipped = load_traces(options)
+    start(out, options, resume)
+    unreadable = 0
+    if options.predictions:
+        source = Path(options.predictions)
+        records, unreadable = read_predictions(source)
+        if source.resolve() != (out / PREDICTIONS).resolve():
+            shutil.copyfile(source, out / PREDICTIONS)  # the report keeps what it scored
+        predictor = options.predictor_name
+    else:
+        predict_one, backend = model_predictor(options)
+        records = predict_all(traces, out, predict_one, options.mode, concurrency, progress)
+        predictor = options.model if backend == options.model else f"{options.model} ({backend})"
+    comparisons, problems = score(traces, records, options.mode)
+    if unreadable:
+        problems["unreadable lines"] = unreadable
+    summary = summarize(comparisons)
+    info = {"dataset": str(options.dataset), "predictor": predictor, "mode": options.mode,
+            "split": options.split or "all", "budget_tokens": options.budget_tokens,
+            "max_frame_tokens": options.max_frame_tokens,
+            "sampling": {"temperature": options.temperature, "top_k": options.top_k,
+                         "top_p": options.top_p, "seed": options.seed},
+            "skipped": dict(skipped), "problems": dict(problems),
+            "tracekit": version("tracekit"),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "seconds": round(time.monotonic() - started, 2)}
+    write_report(out, comparisons, summary, info)
+    return summary, info

@@ -1,0 +1,398 @@
+"""Evaluation: every metric against answers computed by hand for predictions with injected
+errors, the oracle at exactly 100 on CRUXEval, garbage prediction files, a killed eval that
+resumes, the report files, and `tracekit eval compare`."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from evals.baselines import frame_text
+from evals.compare import compare_output, compare_rollout, compare_teacher_forced, value_type
+from evals.metrics import CWM_TABLE, METRICS, summarize, trace_counts
+from evals.run import RunOptions, evaluate
+from tracekit import sources
+from tracekit.cwm import END_OF_TEXT
+from tracekit.dataset import BuildOptions, build
+from tracekit.trace import COMPLETE_STATUSES, Frame, Trace
+from tracekit.tracer import trace_source
+
+ROOT = Path(__file__).resolve().parent.parent
+CRUXEVAL = ROOT.parent / "shared" / "data" / "cruxeval.jsonl"
+
+ADD_ALL = '''def add_all(xs):  # << START_OF_TRACE
+    total = 0
+    for x in xs:
+        total += x
+    return total
+'''
+
+
+@pytest.fixture(scope="module")
+def real() -> list[Frame]:
+    """The spec's worked example (section 9), traced for real and checked frame by frame."""
+    frames = Trace.from_dict(trace_source(ADD_ALL, call="add_all([3, 4])")).frames
+    expected = [
+        ("call", {"xs": "[3, 4]"}, "def add_all(xs):\n"),
+        ("line", {"xs": ".."}, "    total = 0\n"),
+        ("line", {"xs": "..", "total": "0"}, "    for x in xs:\n"),
+        ("line", {"xs": "..", "total": "..", "x": "3"}, "        total += x\n"),
+        ("line", {"xs": "..", "total": "3", "x": ".."}, "    for x in xs:\n"),
+        ("line", {"xs": "..", "total": "..", "x": "4"}, "        total += x\n"),
+        ("line", {"xs": "..", "total": "7", "x": ".."}, "    for x in xs:\n"),
+        ("line", {"xs": "..", "total": "..", "x": ".."}, "    return total\n"),
+        ("return", None, "    return total\n"),
+    ]
+    assert [(f.event, f.locals, f.source) for f in frames] == expected
+    assert frames[-1].arg == "7"
+    return frames
+
+
+def text(frames: list[Frame], end: bool = True) -> str:
+    return "".join(frame_text(f) for f in frames) + (END_OF_TEXT if end else "")
+
+
+def line(state: dict, source: str) -> Frame:
+    return Frame("line", None, source, state)
+
+
+def injected(real: list[Frame]) -> dict[str, str]:
+    """One rollout per injected error, as raw model text."""
+    wrong_value = list(real)
+    wrong_value[4] = line({"xs": "..", "total": "4", "x": ".."}, real[4].source)
+    wrong_line = list(real)
+    wrong_line[3] = line(real[3].locals, "        total -= x\n")
+    extra = real[:3] + [line({"xs": "..", "total": ".."}, "    for x in xs:\n")] + real[3:]
+    missing = real[:5] + real[6:]
+    bad_json = text(real[:2], end=False) + \
+        '<|line_sep|>{"xs": "..", "total": "0"<|action_sep|>    for x in xs:\n<|frame_sep|>' + \
+        text(real[3:])
+    truncated = text(real[:6], end=False) + '<|line_sep|>{"xs": "..", "tot'
+    return {"wrong_value": text(wrong_value), "wrong_line": text(wrong_line),
+            "extra_frame": text(extra), "missing_frame": text(missing),
+            "invalid_json": bad_json, "truncated": truncated}
+
+
+# Computed by hand (see the derivations in the comments): (numerator, denominator).
+# Frames 0-7 have a state (8), frame 8 is the return; 6 values are written in full
+# (xs at 0, total at 2, 4, 6, x at 3, 5).
+HAND = {
+    # total "4" at frame 4: the encoded state is wrong there only, but frame 5's "total": ".."
+    # then resolves to 4, so the resolved state is wrong at 4 and 5; Jaccard over pairs 2/4
+    # at both.
+    "wrong_value": dict(output_pass1=(1, 1), valid_format=(1, 1), state_exact=(7, 8),
+                        action_exact=(9, 9), valid_json=(8, 8), key_match=(8, 8),
+                        kv_match=(7, 8), state_match=(6, 8), frame_match=(7, 9),
+                        frame_match_aligned=(7, 9), exact_trace=(0, 1), truncated=(0, 1),
+                        micro_event=(9, 9), micro_value=(1, 1), micro_values=(5, 6),
+                        parse_errors=(0, 9)),
+    "wrong_line": dict(output_pass1=(1, 1), valid_format=(1, 1), state_exact=(8, 8),
+                       action_exact=(8, 9), valid_json=(8, 8), key_match=(8, 8),
+                       kv_match=(8, 8), state_match=(8, 8), frame_match=(8, 9),
+                       frame_match_aligned=(8, 9), exact_trace=(0, 1), truncated=(0, 1),
+                       micro_event=(9, 9), micro_value=(1, 1), micro_values=(6, 6),
+                       parse_errors=(0, 9)),
+    # an extra "for" frame after frame 2: by index every frame from 3 is shifted. Frame 3:
+    # names 2/3, pairs 2/3; frames 4-6: names 1, pairs 2/4; frame 7 resolves to the real
+    # state (total 7, x 4) with the wrong line; the real return meets a line frame whose
+    # source happens to be right. Aligned, all 9 are right with one frame inserted.
+    "extra_frame": dict(output_pass1=(1, 1), valid_format=(1, 1), state_exact=(3, 8),
+                        action_exact=(4, 9), valid_json=(9, 9), key_match=(7 + 2 / 3, 8),
+                        kv_match=(3 + 2 / 3 + 1.5 + 1, 8), state_match=(4, 8),
+                        frame_match=(3, 9), frame_match_aligned=(9, 9), exact_trace=(0, 1),
+                        truncated=(0, 1), micro_event=(8, 9), micro_value=(0, 1),
+                        micro_values=(2, 6), parse_errors=(0, 10)),
+    # frame 5 (x = 4) left out. By index: 5 gets total 7 with x resolving to 3 (pairs 1/5),
+    # 6 gets the "return total" line (pairs 2/4), 7 the return frame (no state: 0), 8 nothing.
+    # Aligned: real 5 is skipped, but the prediction's x stays 3, so 6 and 7 are still wrong.
+    "missing_frame": dict(output_pass1=(1, 1), valid_format=(1, 1), state_exact=(5, 8),
+                          action_exact=(6, 9), valid_json=(7, 7), key_match=(7, 8),
+                          kv_match=(5 + 0.2 + 0.5, 8), state_match=(5, 8), frame_match=(5, 9),
+                          frame_match_aligned=(6, 9), exact_trace=(0, 1), truncated=(0, 1),
+                          micro_event=(7, 9), micro_value=(0, 1), micro_values=(5, 6),
+                          parse_errors=(0, 8)),
+    # frame 2's locals lack the closing brace: no state there (Jaccards 0), and frame 3's
+    # "total": ".." has nothing to resolve to (pairs 2/4); from frame 4 all is right again.
+    "invalid_json": dict(output_pass1=(1, 1), valid_format=(0, 1), state_exact=(7, 8),
+                         action_exact=(9, 9), valid_json=(7, 8), key_match=(7, 8),
+                         kv_match=(6.5, 8), state_match=(6, 8), frame_match=(7, 9),
+                         frame_match_aligned=(7, 9), exact_trace=(0, 1), truncated=(0, 1),
+                         micro_event=(9, 9), micro_value=(1, 1), micro_values=(5, 6),
+                         parse_errors=(1, 9)),
+    # cut inside frame 6's locals: frames 0-5 right, frame 6 is a line frame that cannot be
+    # read, 7 and 8 are missing; no <|end_of_text|>, so truncated and no output.
+    "truncated": dict(output_pass1=(0, 1), valid_format=(0, 1), state_exact=(6, 8),
+                      action_exact=(6, 9), valid_json=(6, 7), key_match=(6, 8),
+                      kv_match=(6, 8), state_match=(6, 8), frame_match=(6, 9),
+                      frame_match_aligned=(6, 9), exact_trace=(0, 1), truncated=(1, 1),
+                      micro_event=(7, 9), micro_value=(0, 1), micro_values=(5, 6),
+                      parse_errors=(1, 7)),
+}
+DIVERGENCE = {"wrong_value": 4, "wrong_line": 3, "extra_frame": 3, "missing_frame": 5,
+              "invalid_json": 2, "truncated": 6}
+
+
+def test_every_metric_equals_the_hand_computed_value(real):
+    comparisons = [compare_rollout(name, real, prediction)
+                   for name, prediction in injected(real).items()]
+    for c in comparisons:
+        counts = trace_counts(c)
+        for key, (num, den) in HAND[c.id].items():
+            assert counts[key][0] == pytest.approx(num), (c.id, key)
+            assert counts[key][1] == den, (c.id, key)
+        assert c.first_divergence == DIVERGENCE[c.id], c.id
+    by_id = {c.id: c for c in comparisons}
+    assert by_id["extra_frame"].inserted == 1
+    assert by_id["missing_frame"].aligned[5].pred is None  # the skipped real frame
+    assert by_id["truncated"].predicted[-1].error.startswith("truncated")
+    # the CWM table is the mean over traces of each trace's ratio
+    summary = summarize(comparisons)
+    for key in ("output_pass1", "valid_format", "state_exact", "action_exact", "valid_json",
+                "key_match", "kv_match"):
+        expected = 100 * sum(n / d for n, d in (HAND[i][key] for i in HAND)) / len(HAND)
+        assert summary["metrics"][key]["value"] == pytest.approx(expected, abs=1e-3), key
+    assert summary["metrics"]["output_pass1"]["value"] == pytest.approx(500 / 6, abs=1e-3)
+    assert summary["metrics"]["state_exact"]["value"] == pytest.approx(75.0)
+    # micro: pooled frames
+    assert summary["metrics"]["micro_frame"]["value"] == pytest.approx(
+        100 * (7 + 8 + 3 + 5 + 7 + 6) / 54, abs=1e-3)
+    # by type: xs is a list (right in all 6 traces), the rest ints
+    assert summary["by_value_type"]["list"]["value"] == 100.0
+    assert summary["by_value_type"]["int"]["value"] == pytest.approx(
+        100 * (4 + 5 + 1 + 4 + 4 + 4) / 30, abs=1e-3)
+    # the real lengths: states and lines of add_all, tokenized
+    assert summary["metrics"]["state_tokens"]["n"] == 6
+    for key in summary["metrics"]:
+        m = summary["metrics"][key]
+        assert m["low"] <= m["value"] + 1e-9 and m["value"] <= m["high"] + 1e-9, key
+
+
+def test_teacher_forced_predictions_resolve_against_the_real_frames(real):
+    texts = [frame_text(f) for f in real]
+    texts[5] = frame_text(line({"xs": "..", "total": "..", "x": ".."}, real[5].source))
+    texts[7] = END_OF_TEXT  # the model ended the trace too early
+    texts[8] = frame_text(Frame("return", None, real[8].source, arg="8"))
+    c = compare_teacher_forced("tf", real, texts)
+    counts = trace_counts(c)
+    # frame 5: x ".." resolves to the real frame 4's x = 3 (real: 4); frame 7: no frame
+    assert counts["state_exact"] == (6, 8) and counts["state_match"] == (6, 8)
+    assert counts["frame_match"] == (6, 9) and counts["micro_value"] == (0, 1)
+    assert c.frames[5].kv_jaccard == pytest.approx(2 / 4)
+    assert c.frames[7].pred.error == "the model ended the trace here"
+    assert c.first_divergence == 5 and not c.output_correct and not c.valid_format
+    assert "truncated" not in counts  # no budget in teacher forcing
+
+
+def test_output_mode_scores_the_return_value_only(real):
+    right = compare_output("o", real, frame_text(real[-1]))
+    wrong = compare_output("o", real, "<|return_sep|><|action_sep|>    return total\n"
+                                      '<|arg_sep|>"8"<|frame_sep|>')
+    garbage = compare_output("o", real, "\x00\x01 not a frame")
+    assert right.output_correct and right.valid_format
+    assert not wrong.output_correct and wrong.valid_format
+    assert not garbage.output_correct and not garbage.valid_format
+    assert set(trace_counts(wrong)) == {"output_pass1", "valid_format"}
+
+
+def test_alignment_pairs_an_inserted_and_a_skipped_frame(real):
+    both = real[:2] + [real[1]] + real[2:7] + [real[8]]  # 1 doubled, 7 skipped
+    c = compare_rollout("both", real, text(both))
+    assert [f.match for f in c.aligned] == [True] * 7 + [False] + [True]
+    assert c.inserted == 1
+    assert [f.match for f in c.frames] == [True] * 2 + [False] * 6 + [True]  # shifted by one
+
+
+@pytest.mark.parametrize("rendered, kind", [
+    ("3", "int"), ("-2.5", "float"), ("nan", "float"), ("'a'", "str"), ('"it\'s"', "str"),
+    ("[1, 'x']", "list"), ("(1,)", "tuple"), ("{'a': 1}", "dict"), ("{1, 2}", "set"),
+    ("set()", "set"), ("True", "bool"), ("None", "None"), ("<list_iterator object>", "other"),
+    ("[<object object>]", "list"), ("{<A>: 1}", "dict"), ("b'x'", "other"), ("1j", "other"),
+])
+def test_value_types(rendered, kind):
+    assert value_type(rendered) == kind
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs on built datasets
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("evals") / "programs"
+    build(sources.python_files([ROOT / "data" / "programs"]), out, BuildOptions(), workers=2)
+    return out
+
+
+def run(args: list[str], code: int = 0):
+    from click.testing import CliRunner
+
+    from tracekit.cli import main
+
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == code, result.output
+    return result
+
+
+def test_oracle_and_copy_runs_write_every_report_file(dataset, tmp_path):
+    import pandas as pd
+
+    result = run(["eval", str(dataset), "--model", "oracle", "-o", str(tmp_path / "oracle")])
+    assert "output pass@1" in result.output and "report:" in result.output
+    oracle = json.loads((tmp_path / "oracle" / "metrics.json").read_text())
+    run(["eval", "run", str(dataset), "--model", "copy", "--mode", "teacher-forced",
+         "-o", str(tmp_path / "copy")])
+    copy = json.loads((tmp_path / "copy" / "metrics.json").read_text())
+    assert 0 < copy["metrics"]["frame_match"]["value"] < 100
+    assert copy["metrics"]["valid_json"]["value"] == 100.0  # its states are well-formed
+    frames = pd.read_parquet(tmp_path / "copy" / "frames.parquet")
+    assert len(frames) == copy["frames"] == oracle["frames"]
+    assert frames["match"].mean() * 100 == pytest.approx(copy["metrics"]["micro_frame"]["value"],
+                                                         abs=1e-3)  # rounded to 4 places
+    page = (tmp_path / "copy" / "report.html").read_text()
+    assert "<table id='metrics'>" in page and page.count("data:image/png;base64,") >= 3
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    report_md = (tmp_path / "copy" / "report.md").read_text()
+    assert "| state exact match |" in report_md and "## Worst programs" in report_md
+    compared = run(["eval", "compare", str(tmp_path / "oracle"), str(tmp_path / "copy")])
+    assert "state exact match" in compared.output and "100.0" in compared.output
+    again = run(["eval", str(dataset), "--model", "oracle", "-o", str(tmp_path / "oracle")], 8)
+    assert "already holds an eval" in again.output
+    neither = run(["eval", str(dataset), "-o", str(tmp_path / "x")], 2)
+    assert "exactly one of --model and --predictions" in neither.output
+
+
+def test_a_garbage_prediction_file_is_scored_with_its_errors_counted(dataset, tmp_path):
+    from tracekit.dataset import load_rows
+
+    ids = [row["id"] for row in load_rows(dataset) if row["status"] in COMPLETE_STATUSES]
+    rng = random.Random(0)
+    lines = [bytes(rng.choice([b for b in range(256) if b != 10]) for _ in range(80))
+             for _ in range(3)]  # random bytes, no newline: not JSON
+    garbage = [{"id": ids[0], "text": ""},
+               {"id": ids[1], "text": "<|call_sep|>{\"a\": \"1\"}<|action_sep|>def f("},
+               {"id": ids[2], "text": "".join(chr(rng.randrange(1, 0x3000)) for _ in range(300))},
+               {"id": ids[3], "text": 42},
+               {"id": ids[4], "texts": ["x"]},
+               {"id": ids[5], "text": "<|frame_sep|><|end_of_text|><|arg_sep|>" * 5},
+               {"no id": True}, [1, 2]]
+    path = tmp_path / "garbage.jsonl"
+    with path.open("wb") as f:
+        for line_bytes in lines:
+            f.write(line_bytes + b"\n")
+        for record in garbage:
+            f.write(json.dumps(record).encode() + b"\n")
+        f.write(b'{"id": "' + ids[6].encode() + b'", "text": "<|line_se')  # cut mid-line
+    for mode in ("rollout", "teacher-forced", "output"):
+        out = tmp_path / mode
+        run(["eval", str(dataset), "--predictions", str(path), "--mode", mode, "-o", str(out)])
+        metrics = json.loads((out / "metrics.json").read_text())
+        problems = metrics["run"]["problems"]
+        assert problems["unreadable lines"] == 3 + 2 + 1
+        assert problems["missing"] == len(ids) - 6
+        # text 42 and a texts-only record; teacher-forced wants texts, which only one has
+        assert problems["malformed"] == (5 if mode == "teacher-forced" else 2)
+        assert metrics["metrics"]["output_pass1"]["value"] == 0.0
+        assert metrics["traces"] == len(ids)
+
+
+def tiny_checkpoint(directory: Path) -> Path:
+    import torch
+    import transformers
+
+    from tests.test_predict import TINY_CWM
+
+    torch.manual_seed(0)
+    transformers.CwmForCausalLM(transformers.CwmConfig(**TINY_CWM)).save_pretrained(directory)
+    return directory
+
+
+def test_a_killed_eval_resumes_to_the_same_predictions(dataset, tmp_path):
+    model = tiny_checkpoint(tmp_path / "tiny")
+    command = [sys.executable, "-m", "tracekit.cli", "eval", str(dataset), "--model", str(model),
+               "--mode", "teacher-forced", "--max-frame-tokens", "12"]
+    whole = tmp_path / "whole"
+    subprocess.run(command + ["-o", str(whole)], check=True, capture_output=True, timeout=600)
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(command + ["-o", str(killed)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    predictions = killed / "predictions.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if predictions.exists() and predictions.read_bytes().count(b"\n") >= 2:
+            break
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    done = predictions.read_bytes().count(b"\n")
+    rows = json.loads((whole / "metrics.json").read_text())["traces"]
+    assert 2 <= done < rows, "the kill came too late to test a resume"
+    with predictions.open("ab") as f:
+        f.write(b'{"id": "half a line')  # as if killed mid-write
+    refused = subprocess.run(command + ["-o", str(killed)], capture_output=True, text=True)
+    assert refused.returncode == 8 and "--resume" in refused.stderr
+    subprocess.run(command + ["-o", str(killed), "--resume"], check=True, capture_output=True,
+                   timeout=600)
+
+    def records(directory):
+        lines = (directory / "predictions.jsonl").read_text().splitlines()
+        return sorted(lines)
+
+    assert records(killed) == records(whole) and len(records(whole)) == rows
+    first = json.loads((whole / "metrics.json").read_text())["metrics"]
+    second = json.loads((killed / "metrics.json").read_text())["metrics"]
+    assert first == second
+
+
+def test_a_model_run_shows_rollouts_cut_off_by_the_budget(dataset, tmp_path):
+    """A hand-built model that writes one valid frame forever: every rollout ends at the
+    token budget, and the report says so."""
+    from model.backends import RuntimeBackend
+    from model.checkpoint import save_checkpoint
+    from model.predictor import TracePredictor
+    from tests.test_predict import bigram_model
+
+    predictor = TracePredictor(RuntimeBackend(bigram_model([])))
+    cycle = predictor.frame_ids(Frame("line", None, "    pass\n", {}))
+    save_checkpoint(bigram_model(cycle), tmp_path / "loop")
+    out = tmp_path / "out"
+    run(["eval", str(dataset), "--model", str(tmp_path / "loop"), "--limit", "3",
+         "--budget-tokens", str(3 * len(cycle) + 2), "-o", str(out)])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["metrics"]["truncated"]["value"] == 100.0
+    # three whole frames, then the budget cuts the fourth inside its locals
+    assert metrics["metrics"]["valid_json"]["value"] == 75.0
+    assert metrics["metrics"]["output_pass1"]["value"] == 0.0
+    page = (out / "report.html").read_text()
+    assert "Truncated by the token budget" in page and "3 of 3 traces" in page
+    records = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert all(r["stop"] == "budget" and r["tokens"] == 3 * len(cycle) + 2 for r in records)
+
+
+@pytest.mark.skipif(not CRUXEVAL.exists(), reason="../shared/data/cruxeval.jsonl is absent "
+                    "(a fresh clone has no ../shared)")
+def test_the_oracle_scores_exactly_100_on_cruxeval(tmp_path):
+    out = tmp_path / "crux"
+    build(sources.cruxeval(CRUXEVAL), out, BuildOptions(), workers=2)
+    for mode in ("rollout", "teacher-forced", "output"):
+        summary, info = evaluate(RunOptions(str(out), mode, "oracle"), tmp_path / mode)
+        assert summary["traces"] == 800 and not info["problems"]
+        for metric in METRICS:
+            found = summary["metrics"].get(metric.key)
+            if found is None:
+                continue
+            if metric.average == "mean":  # token lengths: the prediction's equal the real ones
+                continue
+            assert found["value"] == (0.0 if metric.lower_is_better else 100.0), (mode, metric)
+        if mode == "rollout":
+            assert {m.key for m in CWM_TABLE} <= set(summary["metrics"])
+            assert summary["metrics"]["state_tokens_pred"] == summary["metrics"]["state_tokens"]
+            assert all(v["value"] == 100.0 for v in summary["by_value_type"].values())
+            assert summary["divergence"]["exact"] == 800
