@@ -9,6 +9,7 @@ import difflib
 import html
 import io
 import json
+import re
 from pathlib import Path
 
 from evals.compare import TraceComparison
@@ -242,7 +243,8 @@ summary{cursor:pointer}table.trace{font:12px/1.35 ui-monospace,Menlo,Consolas,mo
 width:100%}table.trace td{border-bottom:1px solid #eef1f4;white-space:pre-wrap;
 word-break:break-all}tr.diverge td{background:#ffe9e9}td.bad{background:#fff1f1}
 .dots{color:#8c959f}.wrong{color:#b42318;font-weight:600}del{background:#ffd7d5;
-text-decoration:none}ins{background:#ccf2d7;text-decoration:none}
+text-decoration:line-through;padding:0 1px}ins{background:#ccf2d7;text-decoration:none;
+padding:0 1px}
 .ok{color:#1a7f37}.err{color:#b42318}
 """
 
@@ -363,18 +365,23 @@ def _predicted_html(f) -> str:
     return body
 
 
+_TOKEN = re.compile(r"\w+|\s+|[^\w\s]")
+
+
 def _diff(real: str, predicted: str) -> str:
-    """`predicted` against `real`, character by character: <del> real only, <ins> predicted."""
+    """`predicted` against `real`, token by token (words, numbers, punctuation): <del> what
+    only the real value has, <ins> what only the prediction has."""
     esc, out = html.escape, []
-    matcher = difflib.SequenceMatcher(None, real, predicted, autojunk=False)
+    a, b = _TOKEN.findall(real), _TOKEN.findall(predicted)
+    matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
     for op, a1, a2, b1, b2 in matcher.get_opcodes():
         if op == "equal":
-            out.append(esc(real[a1:a2]))
+            out.append(esc("".join(a[a1:a2])))
         else:
             if a2 > a1:
-                out.append(f"<del>{esc(real[a1:a2])}</del>")
+                out.append(f"<del>{esc(''.join(a[a1:a2]))}</del>")
             if b2 > b1:
-                out.append(f"<ins>{esc(predicted[b1:b2])}</ins>")
+                out.append(f"<ins>{esc(''.join(b[b1:b2]))}</ins>")
     return "".join(out)
 
 

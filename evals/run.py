@@ -83,13 +83,15 @@ def load_traces(options: RunOptions) -> tuple[list[tuple[str, Trace]], Counter]:
 def start(out: Path, options: RunOptions, resume: bool) -> None:
     """Claim OUT for this run (or check that a resumed run is the same one)."""
     described = {k: v for k, v in asdict(options).items() if k != "device"}
+    manifest = json.loads((Path(options.dataset) / "manifest.json").read_text())
+    described["dataset_fingerprint"] = manifest.get("fingerprint")  # the same rows
     if (out / RUN).exists():
         if not resume:
             raise EvalError(f"{out} already holds an eval: pass --resume to finish it, or "
                             "choose another output directory")
         if json.loads((out / RUN).read_text()) != described:
-            raise EvalError(f"{out} holds an eval with other options: resume with the same "
-                            "options, or choose another directory")
+            raise EvalError(f"{out} holds an eval with other options or another build of the "
+                            "dataset: resume with the same ones, or choose another directory")
         return
     if out.exists() and any(out.iterdir()):
         raise EvalError(f"{out} is not empty: choose a new output directory")
@@ -257,10 +259,12 @@ def evaluate(options: RunOptions, out: Path, resume: bool = False, concurrency: 
         predict_one, backend = model_predictor(options)
         records = predict_all(traces, out, predict_one, options.mode, concurrency, progress)
         predictor = options.model if backend == options.model else f"{options.model} ({backend})"
+    predicted = time.monotonic()
     comparisons, problems = score(traces, records, options.mode)
     if unreadable:
         problems["unreadable lines"] = unreadable
     summary = summarize(comparisons)
+    scored = time.monotonic()
     info = {"dataset": str(options.dataset), "predictor": predictor, "mode": options.mode,
             "split": options.split or "all", "budget_tokens": options.budget_tokens,
             "max_frame_tokens": options.max_frame_tokens,
@@ -269,6 +273,7 @@ def evaluate(options: RunOptions, out: Path, resume: bool = False, concurrency: 
             "skipped": dict(skipped), "problems": dict(problems),
             "tracekit": version("tracekit"),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "seconds": round(time.monotonic() - started, 2)}
+            "seconds": {"load and predict": round(predicted - started, 2),
+                        "score": round(scored - predicted, 2)}}
     write_report(out, comparisons, summary, info)
     return summary, info

@@ -94,21 +94,31 @@ def test_python_option_runs_the_chosen_interpreter():
 def test_missing_bubblewrap_is_said_once(tmp_path):
     """With no bwrap on PATH the demo still runs, under rlimits, and says so exactly once."""
     env = {**os.environ, "PATH": str(tmp_path)}  # an empty PATH: no bwrap to find
-    result = subprocess.run([sys.executable, "-m", "tracekit.cli", "demo"], capture_output=True,
-                            text=True, cwd=ROOT, env=env)
+    result = subprocess.run([sys.executable, "-m", "tracekit.cli", "demo", "-o",
+                             str(tmp_path / "demo")], capture_output=True, text=True, cwd=ROOT,
+                            env=env)
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("network and filesystem isolation are OFF") == 1
     assert "sandbox rlimits)" in result.stdout
 
 
-def test_demo_traces_every_sample_program():
-    result = run("demo")
+def test_demo_traces_every_sample_program_then_builds_and_evaluates(tmp_path):
+    result = run("demo", "-o", str(tmp_path / "demo"))
     assert result.exit_code == 0
     names = sorted(p.stem for p in (ROOT / "data" / "programs").glob("*.py"))
     assert len(names) >= 12
     for name in names:
         assert name in result.output
     assert f"{len(names)} programs traced, {len(names)} complete" in result.output
+    assert f"dataset: {len(names)} rows" in result.output
+    assert "the copy baseline" in result.output and "state exact match" in result.output
+    assert (tmp_path / "demo" / "eval" / "report.html").exists()
+    assert f"report: {tmp_path / 'demo' / 'eval' / 'report.html'}" in result.output
+    again = run("demo", "-o", str(tmp_path / "demo"))  # its own output is replaced
+    assert again.exit_code == 0 and "report:" in again.output
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "dataset").mkdir()
+    assert run("demo", "-o", str(tmp_path / "mine")).exit_code == 2  # not the demo's: kept
 
 
 def test_help_teaches_the_command():

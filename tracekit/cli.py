@@ -524,7 +524,6 @@ def eval_run(dataset: Path, spec, predictions, mode, out: Path, resume, split, l
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
         TimeRemainingColumn
-    from rich.table import Table
 
     from evals.run import EvalError, RunOptions, evaluate
     from model.backends import BackendError
@@ -552,8 +551,16 @@ def eval_run(dataset: Path, spec, predictions, mode, out: Path, resume, split, l
         stderr.print(f"[red]model:[/] {exc} (predictions so far are kept in {out}: rerun with "
                      "--resume)", highlight=False, soft_wrap=True)
         sys.exit(EXIT_MODEL)
+    _print_eval(summary, info, out, Console())
+
+
+def _print_eval(summary: dict, info: dict, out: Path, console: Console) -> None:
+    """The CWM table of a finished eval, its prediction problems, and where the report is."""
+    from rich.table import Table
+
     from evals.metrics import CWM_TABLE, OUTPUT_MODE_METRICS
 
+    mode = info["mode"]
     table = Table(title=f"{info['predictor']} · {mode} · {summary['traces']} traces",
                   title_justify="left")
     for column in ("metric", "value", "95% CI"):
@@ -563,11 +570,12 @@ def eval_run(dataset: Path, spec, predictions, mode, out: Path, resume, split, l
         if found and (mode != "output" or metric.key in OUTPUT_MODE_METRICS):
             table.add_row(metric.label, f"{found['value']:.1f}",
                           f"{found['low']:.1f}-{found['high']:.1f}")
-    Console().print(table)
+    console.print(table)
     problems = info["problems"]
     if problems:
-        click.echo("prediction problems: " + ", ".join(f"{k} {v}" for k, v in problems.items()))
-    click.echo(f"report: {out / 'report.html'}")
+        console.print("prediction problems: "
+                      + ", ".join(f"{k} {v}" for k, v in problems.items()), highlight=False)
+    console.print(f"report: {out / 'report.html'}", highlight=False, soft_wrap=True)
 
 
 @eval_group.command("compare")
@@ -614,10 +622,24 @@ def _prepare(source: str, entry):
               help="Directory of sample programs (each marked, with a '# tracekit-call:' line).")
 @click.option("--show", metavar="NAME", default="bubble_sort",
               help="Which program's trace to print in full.")
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("demo-output"), show_default=True,
+              help="Where the demo writes its dataset/ and eval/ (replaced on each run).")
+@click.option("--model", "spec", default="copy", show_default=True, metavar="SPEC",
+              help="The predictor to evaluate: a baseline (copy, oracle) or a model spec as "
+                   "for `tracekit eval` (there is no bundled model yet).")
 @_limits_options
-def demo(programs: Path, show, python, timeout, memory_mb, max_frames, max_value_chars,
-         repr_timeout, sandbox) -> None:
-    """Trace every sample program; print one trace in full and a line per program."""
+def demo(programs: Path, show, output: Path, spec, python, timeout, memory_mb, max_frames,
+         max_value_chars, repr_timeout, sandbox) -> None:
+    """Trace every sample program and print one trace in full and a line per program; then
+    build a dataset of them, evaluate a predictor on it, and print where the report is."""
+    import shutil
+
+    from evals.run import EvalError, RunOptions, evaluate
+    from tracekit import sources
+    from tracekit.dataset import BuildOptions, build
+    from model.backends import BackendError
+
     console = Console()
     files = sorted(programs.glob("*.py"))
     if not files:
@@ -638,6 +660,28 @@ def demo(programs: Path, show, python, timeout, memory_mb, max_frames, max_value
     console.print(f"{len(results)} programs traced, {len(results) - len(bad)} complete"
                   + (f"; incomplete: {', '.join(bad)}" if bad else "")
                   + f" (python {first.python}, sandbox {first.sandbox})")
+
+    dataset_dir, eval_dir = output / "dataset", output / "eval"
+    for directory, marker in ((dataset_dir, "manifest.json"), (eval_dir, "run.json")):
+        if directory.exists():
+            if not (directory / marker).exists():
+                raise click.UsageError(f"{directory} exists and is not a demo's output: "
+                                       "choose another --output")
+            shutil.rmtree(directory)
+    with console.status("building a dataset…"):
+        stats = build(sources.python_files([programs]), dataset_dir,
+                      BuildOptions(python=python, timeout=timeout, memory_mb=memory_mb,
+                                   max_frames=max_frames, sandbox=sandbox))
+    console.print(f"\ndataset: {stats['rows']} rows in {dataset_dir}", highlight=False)
+    predictor = ("the copy baseline (repeat the state, next line in file order: there is no "
+                 "bundled model yet)" if spec == "copy" else spec)
+    console.print(f"evaluating {predictor}, teacher-forced…", highlight=False)
+    try:
+        summary, info = evaluate(RunOptions(str(dataset_dir), "teacher-forced", spec), eval_dir)
+    except (EvalError, BackendError) as exc:
+        stderr.print(f"[red]eval:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(EXIT_MODEL if isinstance(exc, BackendError) else 8)
+    _print_eval(summary, info, eval_dir, console)
 
 
 if __name__ == "__main__":

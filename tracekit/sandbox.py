@@ -175,9 +175,15 @@ def _resolve_mode(sandbox: str) -> str:
         return "bwrap"
     if sandbox == "bwrap":
         raise SandboxUnavailable(f"{problem}; or pass --sandbox none for rlimits only")
-    warnings.warn(f"network and filesystem isolation are OFF ({problem}); programs run with "
-                  "rlimits only", SandboxWarning, stacklevel=3)
+    global _warned
+    if not _warned:  # once per process, whichever command traces first
+        _warned = True
+        warnings.warn(f"network and filesystem isolation are OFF ({problem}); programs run "
+                      "with rlimits only", SandboxWarning, stacklevel=3)
     return "rlimits"
+
+
+_warned = False
 
 
 # ---------------------------------------------------------------------------------------------
