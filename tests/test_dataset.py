@@ -193,3 +193,24 @@ def test_a_warm_sandbox_traces_like_a_fresh_one_and_clears_up_between_programs()
         killer = rows["parent_killer"]
         assert warm.trace(killer["code"], killer["call"], "f").status == "crashed"
         assert warm.trace("def f():\n    return 2\n", "f()", "f").return_value == "2"
+
+
+@pytest.mark.ray
+def test_the_ray_engine_gives_the_rows_of_the_local_engine(tmp_path):
+    if os.environ.get("CI"):
+        import ray  # noqa: F401 - in CI Ray must be there (the dev extra installs it)
+    else:
+        pytest.importorskip("ray", reason="Ray is not installed (pip install 'tracekit[ray]')")
+    programs = list(sources.python_files([PROGRAMS])) + list(sources.synthetic(60, seed=3))
+    hostile = tmp_path / "hostile.jsonl"
+    hostile.write_text("".join(json.dumps(row) + "\n" for row in HOSTILE[:3]))
+    programs += list(sources.jsonl(hostile))  # a loop, a memory hog, os._exit
+    options = BuildOptions(shard_size=25, timeout=2.0)
+    local = build(programs, tmp_path / "local", options, workers=2)
+    ray_stats = build(programs, tmp_path / "ray", options, workers=2, engine="ray")
+    assert rows_of(tmp_path / "ray") == rows_of(tmp_path / "local")
+    assert ray_stats["statuses"] == local["statuses"] and local["statuses"]["ok"] >= 70
+    assert sorted(p.name for p in (tmp_path / "ray").iterdir()) == sorted(
+        p.name for p in (tmp_path / "local").iterdir())
+    with pytest.raises(BuildError, match="cannot reach Ray at 127.0.0.1:9"):
+        build(programs[:2], tmp_path / "nowhere", engine="ray", address="127.0.0.1:9")

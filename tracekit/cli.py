@@ -369,9 +369,14 @@ def _programs(specs: tuple[str, ...], call, seed_size):
               help="Statements per body for synthetic:N sources.")
 @click.option("--sandbox", type=click.Choice(sandbox.SANDBOX_MODES), default="auto",
               show_default=True)
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local",
+              show_default=True, help="ray: trace as Ray tasks on a Ray cluster (pip install "
+              "'tracekit[ray]'); the same rows as local.")
+@click.option("--address", metavar="HOST:PORT", help="With --engine ray: the cluster to join "
+              "(default: start a local one). Its nodes need tracekit installed.")
 def dataset_build(specs, out, resume, workers, call, python, timeout, memory_mb, max_frames,
                   max_tokens, drop_failed, no_dedup, check_determinism, split, shard_size,
-                  synthetic_size, sandbox) -> None:
+                  synthetic_size, sandbox, engine, address) -> None:
     """Trace every program of SOURCE... in the sandbox into a Parquet dataset.
 
     \b
@@ -381,6 +386,7 @@ def dataset_build(specs, out, resume, workers, call, python, timeout, memory_mb,
     \b
     tracekit dataset build data/programs -o traces/
     tracekit dataset build cruxeval.jsonl synthetic:10000:1 -o traces/ --drop-failed
+    tracekit dataset build synthetic:1000000 -o traces/ --engine ray --address HEAD:6379
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
         TimeRemainingColumn
@@ -412,7 +418,7 @@ def dataset_build(specs, out, resume, workers, call, python, timeout, memory_mb,
                 shown = " ".join(f"{s}={n}" for s, n in statuses.most_common())
                 bar.update(task, completed=done, rate=f"{rate:.0f}", statuses=shown)
 
-            stats = build(programs, out, options, workers, resume, progress)
+            stats = build(programs, out, options, workers, resume, progress, engine, address)
     except (SourceError, BuildError) as exc:
         stderr.print(f"[red]dataset:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(8)

@@ -49,10 +49,16 @@ class BuildError(Exception):
     """The build cannot go on; the message says why and what to do."""
 
 
+ENGINES = ("local", "ray")
+
+
 def build(programs: Iterable[Program], out: str | Path, options: BuildOptions = BuildOptions(),
           workers: int | None = None, resume: bool = False,
-          progress: Callable[[int, Counter], None] | None = None) -> dict:
-    """Trace `programs` into Parquet shards under `out`; return the stats (also stats.json)."""
+          progress: Callable[[int, Counter], None] | None = None, engine: str = "local",
+          address: str | None = None) -> dict:
+    """Trace `programs` into Parquet shards under `out`; return the stats (also stats.json).
+    `engine="ray"` traces on a Ray cluster (`address`; a local one when None) with the same
+    rows: only the tracing moves there, shards and manifest are written here."""
     out = Path(out)
     programs = _dedup(list(programs)) if options.dedup else list(programs)
     fingerprint = _fingerprint(programs, options)
@@ -62,16 +68,18 @@ def build(programs: Iterable[Program], out: str | Path, options: BuildOptions = 
     statuses: Counter = Counter(manifest["statuses"])
     filtered: Counter = Counter(manifest.get("filtered", {}))
     done = sum(len(shards[k]) for k in range(len(shards)) if _shard_name(k) in manifest["shards"])
-    workers = workers or os.cpu_count() or 1
-    tracer_of = _Tracers(options)
-    with tracer_of, ThreadPoolExecutor(workers) as pool:
+    if engine not in ENGINES:
+        raise BuildError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
+    tracers = _RayEngine(options, workers, address) if engine == "ray" else \
+        _Tracers(options, workers or os.cpu_count() or 1)
+    with tracers:
         for k, shard in enumerate(shards):
             name = _shard_name(k)
             if name in manifest["shards"]:
                 continue
-            traces = list(pool.map(tracer_of.trace, shard))
+            traces = tracers.map(shard)
             if options.check_determinism:
-                again = list(pool.map(tracer_of.trace, shard))
+                again = tracers.map(shard)
                 same = [_same(a, b) for a, b in zip(traces, again)]
             else:
                 same = [True] * len(shard)
@@ -136,11 +144,12 @@ def row_trace(row: dict) -> Trace:
 
 
 class _Tracers:
-    """Traces programs for the pool's threads: each thread keeps its own warm sandbox when
-    bubblewrap works (a fork per program), else every program gets a fresh sandbox."""
+    """The local engine: a pool of threads, each keeping its own warm sandbox when bubblewrap
+    works (a fork per program), else every program gets a fresh sandbox."""
 
-    def __init__(self, options: BuildOptions):
+    def __init__(self, options: BuildOptions, workers: int = 1):
         self.options = options
+        self.pool = ThreadPoolExecutor(workers)
         self.limits = sandbox.Limits(timeout=options.timeout, memory_mb=options.memory_mb)
         self.warm = (options.warm and options.sandbox != "none"
                      and sandbox.bwrap_problem() is None)
@@ -167,12 +176,93 @@ class _Tracers:
         return warm.trace(program.source, program.call, program.entry,
                           max_frames=self.options.max_frames)
 
+    def map(self, programs: list[Program]) -> list[Trace]:
+        return list(self.pool.map(self.trace, programs))
+
     def __enter__(self) -> _Tracers:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.pool.shutdown()
         for warm in self.opened:
             warm.__exit__(None, None, None)
+
+
+class _RayWorker:
+    """A Ray actor: one warm sandbox, programs traced in chunks."""
+
+    def __init__(self, options: BuildOptions):
+        self.tracers = _Tracers(options)
+
+    def trace(self, programs: list[Program]) -> list[Trace]:
+        return [self.tracers.trace(program) for program in programs]
+
+    def close(self) -> None:
+        self.tracers.__exit__(None, None, None)
+
+
+def _check_reachable(address: str) -> None:
+    """A clear error at once when nothing listens at a HOST:PORT Ray address."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto" and other forms: Ray resolves them itself
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise BuildError(f"cannot reach Ray at {address} ({exc.strerror or exc}): start the "
+                         "cluster (ray start --head) or check --address") from None
+
+
+class _RayEngine:
+    """Ray actors (one per worker: `workers`, default every CPU of the cluster) trace chunks
+    of programs; results come back in program order."""
+
+    chunk = 16
+
+    def __init__(self, options: BuildOptions, workers: int | None, address: str | None):
+        try:
+            import ray
+            from ray.util import ActorPool
+        except ImportError:
+            raise BuildError("--engine ray needs Ray: pip install 'tracekit[ray]'") from None
+        self.ray = ray
+        self.started = not ray.is_initialized()
+        if self.started:
+            if address:
+                _check_reachable(address)  # ray.init waits minutes for an absent cluster
+            local = {"num_cpus": workers} if address is None and workers else {}
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                         **local)
+            except Exception as exc:  # Ray raises many kinds; all mean the same here
+                where = f" at {address}" if address else ""
+                raise BuildError(f"cannot start or reach Ray{where}: {exc}") from None
+        count = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        actor = ray.remote(num_cpus=1)(_RayWorker)
+        self.actors = [actor.remote(options) for _ in range(count)]
+        self.pool = ActorPool(self.actors)
+
+    def map(self, programs: list[Program]) -> list[Trace]:
+        chunks = [programs[i:i + self.chunk] for i in range(0, len(programs), self.chunk)]
+        traces: list[Trace] = []
+        for part in self.pool.map(lambda actor, chunk: actor.trace.remote(chunk), chunks):
+            traces += part
+        return traces
+
+    def __enter__(self) -> _RayEngine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.ray.get([actor.close.remote() for actor in self.actors], timeout=60)
+        except Exception:  # noqa: BLE001 - a dead actor has no sandbox left to close
+            pass
+        for actor in self.actors:
+            self.ray.kill(actor)
+        if self.started:
+            self.ray.shutdown()
 
 
 def _row(program: Program, trace: Trace) -> dict:
