@@ -396,3 +396,37 @@ def test_the_oracle_scores_exactly_100_on_cruxeval(tmp_path):
             assert summary["metrics"]["state_tokens_pred"] == summary["metrics"]["state_tokens"]
             assert all(v["value"] == 100.0 for v in summary["by_value_type"].values())
             assert summary["divergence"]["exact"] == 800
+
+
+def test_an_openai_server_run_with_concurrency_equals_the_runtime_run(dataset, tmp_path):
+    """The same checkpoint behind `tracekit serve`'s engine, asked 4 traces at a time, gives
+    the predictions the in-process runtime gives."""
+    import threading
+
+    from model.checkpoint import load_checkpoint
+    from model.serve import Engine, make_server
+    from tracekit.tokenizer import cwm_tokenizer
+
+    checkpoint = tiny_checkpoint(tmp_path / "tiny")
+    served = load_checkpoint(checkpoint)
+    served.fast = True
+    httpd = make_server(Engine(served, cwm_tokenizer(), "tiny"), port=0)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    options = ["--mode", "teacher-forced", "--limit", "4", "--max-frame-tokens", "6"]
+    try:
+        run(["eval", str(dataset), "--model", f"openai:http://127.0.0.1:{httpd.server_address[1]}",
+             "--openai-model", "tiny", "--concurrency", "4", *options, "-o", str(tmp_path / "a")])
+    finally:
+        httpd.shutdown()
+    run(["eval", str(dataset), "--model", str(checkpoint), *options, "-o", str(tmp_path / "b")])
+
+    def texts(directory):
+        lines = (directory / "predictions.jsonl").read_text().splitlines()
+        records = [json.loads(x) for x in lines]
+        return {r["id"]: r["texts"] for r in records}
+
+    served_texts, local_texts = texts(tmp_path / "a"), texts(tmp_path / "b")
+    assert len(served_texts) == 4 and served_texts == local_texts
+    down = run(["eval", str(dataset), "--model", "openai:http://127.0.0.1:9", "--openai-model",
+                "x", "-o", str(tmp_path / "c")], 7)
+    assert "cannot reach the server" in down.output and "--resume" in down.output
