@@ -9,8 +9,9 @@ Two pairings of a prediction with the real trace:
   frame or insert one of its own, so one slip does not count every later frame as wrong.
 
 Each sequence resolves its own `".."` (spec section 5); a teacher-forced prediction, made after
-the real frames before it, resolves against them. Nothing here raises on malformed output:
-a frame the parser could not read is a frame with an `error`, wrong in every field.
+the real frames before it, resolves against them. Nothing here raises on malformed output: a
+frame the parser flags has an `error` and is never a right frame, while each of its parts
+counts where it could be read (its event token, its source line, its locals).
 """
 
 from __future__ import annotations
@@ -75,9 +76,10 @@ class FrameComparison:
 
     @property
     def match(self) -> bool:
-        """Event, source line and state (or value) all right."""
+        """A well-formed frame with event, source line and state (or value) all right."""
         rest = self.state_match if self.real.locals is not None else self.value_match
-        return self.event_match and self.action_match and bool(rest)
+        return (self.event_match and self.action_match and bool(rest)
+                and self.pred.error is None)
 
 
 @dataclass

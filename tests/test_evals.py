@@ -177,17 +177,22 @@ def test_every_metric_equals_the_hand_computed_value(real):
 
 def test_teacher_forced_predictions_resolve_against_the_real_frames(real):
     texts = [frame_text(f) for f in real]
+    texts[1] = texts[1].removesuffix("<|frame_sep|>")  # all there but the closing token
     texts[5] = frame_text(line({"xs": "..", "total": "..", "x": ".."}, real[5].source))
     texts[7] = END_OF_TEXT  # the model ended the trace too early
     texts[8] = frame_text(Frame("return", None, real[8].source, arg="8"))
     c = compare_teacher_forced("tf", real, texts)
     counts = trace_counts(c)
-    # frame 5: x ".." resolves to the real frame 4's x = 3 (real: 4); frame 7: no frame
+    # frame 1: its state and line are read and right, but a frame without <|frame_sep|> is
+    # malformed, never a right frame; frame 5: x ".." resolves to the real frame 4's x = 3
+    # (real: 4); frame 7: no frame at all
     assert counts["state_exact"] == (6, 8) and counts["state_match"] == (6, 8)
-    assert counts["frame_match"] == (6, 9) and counts["micro_value"] == (0, 1)
+    assert counts["action_exact"] == (8, 9) and counts["parse_errors"] == (2, 9)
+    assert counts["frame_match"] == (5, 9) and counts["micro_value"] == (0, 1)
+    assert c.frames[1].state_exact and not c.frames[1].match
     assert c.frames[5].kv_jaccard == pytest.approx(2 / 4)
     assert c.frames[7].pred.error == "the model ended the trace here"
-    assert c.first_divergence == 5 and not c.output_correct and not c.valid_format
+    assert c.first_divergence == 1 and not c.output_correct and not c.valid_format
     assert "truncated" not in counts  # no budget in teacher forcing
 
 
