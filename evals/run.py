@@ -62,10 +62,17 @@ class RunOptions:
 def load_traces(options: RunOptions) -> tuple[list[tuple[str, Trace]], Counter]:
     """The dataset's complete traces (ok, raised, exited), in dataset order, up to `limit`;
     and how many rows were skipped, by status."""
+    columns = ["id", "context", "call", "interpreter", "status", "error", "frames",
+               "return_value"]
     try:
-        rows = load_rows(options.dataset, options.split)
+        rows = load_rows(options.dataset, options.split, columns)
     except BuildError as exc:
         raise EvalError(str(exc)) from None
+    ids = Counter(row["id"] for row in rows)
+    twice = next((i for i, n in ids.items() if n > 1), None)
+    if twice is not None:  # predictions are matched to traces by id
+        raise EvalError(f"{options.dataset} has more than one row with id {twice!r}: give "
+                        "its programs distinct ids and build it again")
     skipped: Counter = Counter()
     traces = []
     for row in rows:

@@ -435,3 +435,16 @@ def test_an_openai_server_run_with_concurrency_equals_the_runtime_run(dataset, t
     down = run(["eval", str(dataset), "--model", "openai:http://127.0.0.1:9", "--openai-model",
                 "x", "-o", str(tmp_path / "c")], 7)
     assert "cannot reach the server" in down.output and "--resume" in down.output
+
+
+def test_a_dataset_with_repeated_ids_is_refused_in_one_line(tmp_path):
+    rows = [{"id": "same", "code": "def f(x):\n    return x", "call": "f(1)"},
+            {"id": "same", "code": "def g(x):\n    return x + 1", "call": "g(1)"}]
+    (tmp_path / "twice.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    build(sources.jsonl(tmp_path / "twice.jsonl"), tmp_path / "data", BuildOptions(), workers=1)
+    result = run(["eval", str(tmp_path / "data"), "--model", "oracle", "-o",
+                  str(tmp_path / "out")], 8)
+    assert "more than one row with id 'same'" in result.output
+    assert not (tmp_path / "out").exists()  # nothing claimed
+    missing = run(["eval", str(tmp_path), "--model", "oracle", "-o", str(tmp_path / "o")], 8)
+    assert "not a tracekit dataset" in missing.output
