@@ -21,7 +21,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from evals.compare import VALUE_TYPES, TraceComparison, has_event
+from evals.compare import VALUE_TYPES, TraceComparison, has_event, value_type
 from tracekit.trace import Frame
 
 BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED = 1000, 0
@@ -185,6 +185,7 @@ def summarize(comparisons: list[TraceComparison]) -> dict:
         "metrics": metrics,
         "by_value_type": _by_value_type(comparisons),
         "by_event": _by_event(comparisons),
+        "by_output_type": _by_output_type(comparisons),
         "by_length": _by_length(comparisons),
         "by_step": _by_step(comparisons),
         "step_curve": _step_curve(comparisons),
@@ -226,6 +227,17 @@ def _by_value_type(comparisons) -> dict:
             pairs.append((sum(seen), len(seen)))
         if any(d for _, d in pairs):
             out[kind] = _estimate(pairs, "micro")
+    return out
+
+
+def _by_output_type(comparisons) -> dict:
+    """Output pass@1 by the type of the entry's real return value (with CI)."""
+    out = {}
+    kinds = [value_type(c.real[-1].arg or "") if c.real else "other" for c in comparisons]
+    for kind in VALUE_TYPES:
+        pairs = [(float(c.output_correct), 1.0) for c, k in zip(comparisons, kinds) if k == kind]
+        if pairs:
+            out[kind] = _estimate(pairs, "macro")
     return out
 
 

@@ -53,16 +53,15 @@ def _metric_rows(summary: dict, metrics, mode: str) -> list[tuple[str, str, str,
 def _breakdowns(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) for each breakdown table."""
     tables = []
-    typed = summary["by_value_type"]
-    if typed:
-        tables.append(("Changed values right, by the real value's type",
-                       ["type", "right %", "95% CI", "values"],
-                       [[k, f"{v['value']:.1f}", f"{v['low']:.1f}–{v['high']:.1f}", str(v["n"])]
-                        for k, v in typed.items()]))
-    if summary["by_event"]:
-        tables.append(("Frame match by event", ["event", "match %", "95% CI", "frames"],
-                       [[k, f"{v['value']:.1f}", f"{v['low']:.1f}–{v['high']:.1f}", str(v["n"])]
-                        for k, v in summary["by_event"].items()]))
+    for key, title, unit in (
+            ("by_value_type", "Changed values right, by the real value's type", "values"),
+            ("by_output_type", "Output pass@1, by the real return value's type", "traces"),
+            ("by_event", "Frame match by event", "frames")):
+        if summary[key]:
+            tables.append((title, ["type" if key != "by_event" else "event", "right %",
+                                   "95% CI", unit],
+                           [[k, f"{v['value']:.1f}", f"{v['low']:.1f}–{v['high']:.1f}",
+                             str(v["n"])] for k, v in summary[key].items()]))
     if summary["by_length"]:
         tables.append(("By trace length (real frames)",
                        ["frames", "traces", "frame match %", "output pass@1 %", "truncated %"],

@@ -168,6 +168,8 @@ def test_every_metric_equals_the_hand_computed_value(real):
     assert summary["by_value_type"]["list"]["value"] == 100.0
     assert summary["by_value_type"]["int"]["value"] == pytest.approx(
         100 * (4 + 5 + 1 + 4 + 4 + 4) / 30, abs=1e-3)
+    assert list(summary["by_output_type"]) == ["int"]  # add_all returns 7 in all six
+    assert summary["by_output_type"]["int"]["value"] == pytest.approx(500 / 6, abs=1e-3)
     # the real lengths: states and lines of add_all, tokenized
     assert summary["metrics"]["state_tokens"]["n"] == 6
     for key in summary["metrics"]:
@@ -401,6 +403,7 @@ def test_the_oracle_scores_exactly_100_on_cruxeval(tmp_path):
             assert summary["metrics"]["state_tokens_pred"] == summary["metrics"]["state_tokens"]
             assert all(v["value"] == 100.0 for v in summary["by_value_type"].values())
             assert summary["divergence"]["exact"] == 800
+        assert all(v["value"] == 100.0 for v in summary["by_output_type"].values())
 
 
 def test_an_openai_server_run_with_concurrency_equals_the_runtime_run(dataset, tmp_path):
