@@ -19,11 +19,8 @@ from pathlib import Path
 import torch
 
 from model.cache import KVCache
+from model.errors import BackendError  # noqa: F401 - raised here, imported from here too
 from model.generation import Generation, generate
-
-
-class BackendError(Exception):
-    """A backend cannot be loaded or reached; the message says why and what to do."""
 
 
 class RuntimeBackend:

@@ -532,7 +532,7 @@ def eval_run(dataset: Path, spec, predictions, mode, out: Path, resume, split, l
         TimeRemainingColumn
 
     from evals.run import EvalError, RunOptions, evaluate
-    from model.backends import BackendError
+    from model.errors import BackendError
 
     if (spec is None) == (predictions is None):
         raise click.UsageError("pass exactly one of --model and --predictions")
@@ -643,8 +643,8 @@ def demo(programs: Path, show, output: Path, spec, python, timeout, memory_mb, m
 
     from evals.run import EvalError, RunOptions, evaluate
     from tracekit import sources
+    from model.errors import BackendError
     from tracekit.dataset import BuildOptions, build
-    from model.backends import BackendError
 
     console = Console()
     files = sorted(programs.glob("*.py"))
