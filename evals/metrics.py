@@ -196,24 +196,31 @@ def summarize(comparisons: list[TraceComparison]) -> dict:
 def _estimate(pairs: list[tuple[float, float]], average: str) -> dict:
     """Value and bootstrap 95% CI of one metric, in percent for rates. Every metric draws the
     same resamples (one seed), so equal inputs give equal intervals."""
-    rng = np.random.default_rng(BOOTSTRAP_SEED)
     num = np.array([p[0] for p in pairs], dtype=float)
     den = np.array([p[1] for p in pairs], dtype=float)
     scale = 1.0 if average == "mean" else 100.0
     if average == "micro":
-        value = num.sum() / den.sum()
-        idx = rng.integers(0, len(num), (BOOTSTRAP_SAMPLES, len(num)))
-        sums = den[idx].sum(1)
-        boot = num[idx].sum(1)[sums > 0] / sums[sums > 0]
-        n = int(den.sum())
+        value, n = num.sum() / den.sum(), int(den.sum())
+        with np.errstate(invalid="ignore", divide="ignore"):  # 0/0: dropped below
+            boot = [num[idx].sum(1) / den[idx].sum(1) for idx in _resamples(len(num))]
     else:
         ratios = num[den > 0] / den[den > 0]
-        value = ratios.mean()
-        boot = ratios[rng.integers(0, len(ratios), (BOOTSTRAP_SAMPLES, len(ratios)))].mean(1)
-        n = len(ratios)
+        value, n = ratios.mean(), len(ratios)
+        boot = [ratios[idx].mean(1) for idx in _resamples(len(ratios))]
+    boot = np.concatenate(boot)
+    boot = boot[np.isfinite(boot)]  # a resample with no frame of the kind has no rate
     low, high = np.percentile(boot, [2.5, 97.5]) if len(boot) else (value, value)
     return {"value": round(float(value) * scale, 4), "low": round(float(low) * scale, 4),
             "high": round(float(high) * scale, 4), "n": n}
+
+
+def _resamples(count: int, cells: int = 1 << 23):
+    """BOOTSTRAP_SAMPLES resamples of `count` indices (with replacement), in chunks of at
+    most `cells` indices, so memory stays bounded on large evals."""
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    rows = max(1, cells // max(1, count))
+    for first in range(0, BOOTSTRAP_SAMPLES, rows):
+        yield rng.integers(0, count, (min(rows, BOOTSTRAP_SAMPLES - first), count))
 
 
 def _by_value_type(comparisons) -> dict:
