@@ -217,6 +217,16 @@ def test_alignment_pairs_an_inserted_and_a_skipped_frame(real):
     assert [f.match for f in c.frames] == [True] * 2 + [False] * 6 + [True]  # shifted by one
 
 
+def test_traces_too_long_to_align_keep_the_index_pairing(real, monkeypatch):
+    import evals.compare
+
+    both = real[:2] + [real[1]] + real[2:7] + [real[8]]
+    monkeypatch.setattr(evals.compare, "ALIGN_MAX_CELLS", 10)
+    c = compare_rollout("long", real, text(both))
+    assert [f.match for f in c.aligned] == [f.match for f in c.frames]
+    assert c.inserted == 0  # as many predicted frames as real ones
+
+
 @pytest.mark.parametrize("rendered, kind", [
     ("3", "int"), ("-2.5", "float"), ("nan", "float"), ("'a'", "str"), ('"it\'s"', "str"),
     ("[1, 'x']", "list"), ("(1,)", "tuple"), ("{'a': 1}", "dict"), ("{1, 2}", "set"),
@@ -272,6 +282,13 @@ def test_oracle_and_copy_runs_write_every_report_file(dataset, tmp_path):
     assert "state exact match" in compared.output and "100.0" in compared.output
     again = run(["eval", str(dataset), "--model", "oracle", "-o", str(tmp_path / "oracle")], 8)
     assert "already holds an eval" in again.output
+    other = run(["eval", str(dataset), "--model", "oracle", "--mode", "output", "--resume",
+                 "-o", str(tmp_path / "oracle")], 8)
+    assert "other options" in other.output
+    same = run(["eval", str(dataset), "--model", "oracle", "--resume", "-o",
+                str(tmp_path / "oracle")])  # nothing left to predict: scored again
+    assert json.loads((tmp_path / "oracle" / "metrics.json").read_text())["metrics"] == \
+        oracle["metrics"] and "report:" in same.output
     neither = run(["eval", str(dataset), "-o", str(tmp_path / "x")], 2)
     assert "exactly one of --model and --predictions" in neither.output
 
