@@ -312,8 +312,13 @@ def _program(c: TraceComparison) -> str:
     right = sum(f.match for f in c.frames)
     verdict = ("<span class='ok'>exact</span>" if c.exact
                else f"<span class='err'>diverges at step {c.first_divergence}</span>")
+    aligned = sum(f.match for f in c.aligned)
+    unpaired = sum(f.pred is None for f in c.aligned)  # skipped, or past the prediction's end
+    realigned = (f" · aligned: {aligned}/{len(c.aligned)} right ({c.inserted} predicted "
+                 f"frames inserted, {unpaired} real frames unpaired)"
+                 if aligned != right or c.inserted else "")
     head = (f"<summary><b>{esc(c.id)}</b> · {right}/{len(c.frames)} frames right · {verdict}"
-            f" · output {'right' if c.output_correct else 'wrong'}"
+            f"{realigned} · output {'right' if c.output_correct else 'wrong'}"
             + (" · truncated by budget" if c.truncated else "") + "</summary>")
     rows = ["<tr><th>#</th><th>real</th><th>predicted</th></tr>"]
     for f in c.frames:
