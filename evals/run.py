@@ -89,6 +89,8 @@ def load_traces(options: RunOptions) -> tuple[list[tuple[str, Trace]], Counter]:
 
 def start(out: Path, options: RunOptions, resume: bool) -> None:
     """Claim OUT for this run (or check that a resumed run is the same one)."""
+    if out.exists() and not out.is_dir():
+        raise EvalError(f"{out} is a file: choose a directory for the report")
     described = {k: v for k, v in asdict(options).items() if k != "device"}
     manifest = json.loads((Path(options.dataset) / "manifest.json").read_text())
     described["dataset_fingerprint"] = manifest.get("fingerprint")  # the same rows

@@ -50,6 +50,9 @@ def test_a_build_loads_with_datasets_and_describes_itself(tmp_path):
         build(programs, tmp_path / "out")
     with pytest.raises(BuildError, match="other programs or options"):
         build(programs[:5], tmp_path / "out", resume=True)
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(BuildError, match="is a file"):
+        build(programs[:1], tmp_path / "a-file")
 
 
 def test_failed_programs_keep_their_status_or_are_dropped(tmp_path):

@@ -295,6 +295,10 @@ def test_oracle_and_copy_runs_write_every_report_file(dataset, tmp_path):
         oracle["metrics"] and "report:" in same.output
     neither = run(["eval", str(dataset), "-o", str(tmp_path / "x")], 2)
     assert "exactly one of --model and --predictions" in neither.output
+    (tmp_path / "a-file").write_text("")
+    into_file = run(["eval", str(dataset), "--model", "oracle", "-o", str(tmp_path / "a-file")],
+                    8)
+    assert "is a file: choose a directory" in into_file.output
 
 
 def test_a_garbage_prediction_file_is_scored_with_its_errors_counted(dataset, tmp_path):
@@ -472,3 +476,4 @@ def test_a_dataset_with_repeated_ids_is_refused_in_one_line(tmp_path):
     assert not (tmp_path / "out").exists()  # nothing claimed
     missing = run(["eval", str(tmp_path), "--model", "oracle", "-o", str(tmp_path / "o")], 8)
     assert "not a tracekit dataset" in missing.output
+

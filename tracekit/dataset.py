@@ -346,6 +346,8 @@ def _fingerprint(programs: list[Program], options: BuildOptions) -> str:
 
 
 def _start(out: Path, fingerprint: str, resume: bool) -> dict:
+    if out.exists() and not out.is_dir():
+        raise BuildError(f"{out} is a file: choose a directory for the dataset")
     manifest_path = out / MANIFEST
     if manifest_path.exists():
         if not resume:
