@@ -128,7 +128,11 @@ def load_rows(directory: str | Path, split: str | None = None,
                    key=lambda p: (p.stem.rsplit("-", 1)[1], SPLITS.index(p.stem.rsplit("-", 1)[0])))
     rows: list[dict] = []
     for path in names:
-        rows += pq.read_table(path, columns=columns).to_pylist()
+        try:
+            rows += pq.read_table(path, columns=columns).to_pylist()
+        except (OSError, ValueError, KeyError) as exc:  # Arrow's errors derive from these
+            raise BuildError(f"{path}: cannot read it ({str(exc).split('. ')[0][:200]}): "
+                             "build the dataset again") from None
     return rows
 
 
