@@ -284,6 +284,7 @@ def test_oracle_and_copy_runs_write_every_report_file(dataset, tmp_path):
     assert "| state exact match |" in report_md and "## Worst programs" in report_md
     compared = run(["eval", "compare", str(tmp_path / "oracle"), str(tmp_path / "copy")])
     assert "state exact match" in compared.output and "100.0" in compared.output
+    assert "note: the runs differ in mode" in compared.output  # rollout against teacher-forced
     again = run(["eval", str(dataset), "--model", "oracle", "-o", str(tmp_path / "oracle")], 8)
     assert "already holds an eval" in again.output
     other = run(["eval", str(dataset), "--model", "oracle", "--mode", "output", "--resume",

@@ -611,6 +611,12 @@ def eval_compare(first: Path, second: Path) -> None:
     for row in compare_runs(*runs):
         table.add_row(*row)
     Console().print(table)
+    differ = [field for field in ("dataset", "mode", "split")
+              if runs[0]["run"].get(field) != runs[1]["run"].get(field)]
+    if differ or runs[0]["traces"] != runs[1]["traces"]:
+        click.echo(f"note: the runs differ in {', '.join(differ) or 'their traces'} "
+                   f"({runs[0]['traces']} and {runs[1]['traces']} traces): not a like-for-like "
+                   "comparison")
 
 
 def _prepare(source: str, entry):
