@@ -352,6 +352,10 @@ class Recorder:
         self.frames: list = []
         self.entry_frame = None
         self.done = False
+        # Set with `done` by a thread that is about to report and end the process: the main
+        # thread then waits at its next event instead of running on, so the report (the
+        # frames' JSON) is not slowed by a busy program competing for the GIL.
+        self.park = False
         self.limit: tuple | None = None  # (status, message) once a limit stopped the trace
         self.entry_exception = None  # (type, value) when the entry exited by raising
         self._entry_exception = None
@@ -368,6 +372,8 @@ class Recorder:
     def global_trace(self, frame, event, arg):
         """The `sys.settrace` function: sees every call; traces the entry and what it calls."""
         if self.done or frame.f_code.co_filename != self.filename:
+            if self.park:
+                _park()
             return None
         if self.entry_frame is None:
             if frame.f_code is not self.entry_code:
@@ -382,6 +388,8 @@ class Recorder:
     def local_trace(self, frame, event, arg):
         """The per-frame trace function: line, return and exception events."""
         if self.done:
+            if self.park:
+                _park()
             return None
         try:
             if event == "line":
@@ -751,7 +759,9 @@ def _run_request(request: dict, result_fd: int) -> None:
         sys.settrace(None)
         recorder = running["recorder"]
         if recorder is not None:
-            recorder.done = True  # the main thread stops recording (abort may run elsewhere)
+            # the main thread stops recording (abort may run elsewhere), and waits if so
+            recorder.park = threading.current_thread() is not threading.main_thread()
+            recorder.done = True
         frames = list(recorder.frames) if recorder else []
         write_result({**base, "context": running["context"], "status": status,
                       "error": message, "frames": frames})
@@ -799,6 +809,11 @@ def _apply_rlimits(limits: dict) -> None:
             resource.setrlimit(which, (soft, hard))
         except (ValueError, OSError):
             pass
+
+
+def _park() -> None:
+    """Wait for good: another thread is reporting and will end the process."""
+    threading.Event().wait()
 
 
 def _flush_and_exit() -> None:
