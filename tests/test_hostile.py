@@ -77,7 +77,9 @@ def test_infinite_loop_without_frame_cap_times_out():
         """, max_frames=None, limits=Limits(timeout=1.5))
     assert result.status == "timeout"
     assert len(result.frames) > 1000  # what was traced until then is kept
-    assert seconds < 1.5 + 10  # the host also parses the hundreds of thousands of frames
+    # no hang: the child may take REPORT_GRACE more seconds to write the hundreds of thousands
+    # of frames, and the host parses them
+    assert seconds < 1.5 + 1 + 8 + 20
 
 
 def test_busy_generator_times_out_with_its_frames():

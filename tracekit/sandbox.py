@@ -291,7 +291,7 @@ class WarmSandbox:
         failed = Trace(context=tracer.normalize_newlines(source), entry=entry, call=call)
         if self.proc is None or self.proc.poll() is not None:
             self.proc = self._start()
-        reply = self._ask(request, limits.timeout + _GRACE_SECONDS + 10)
+        reply = self._ask(request, limits.timeout + _GRACE_SECONDS + tracer.REPORT_GRACE + 10)
         if reply is None:  # the worker died (the program killed it) or hung: a new one next
             self.close()
             outcome = _Outcome(None, "crashed", "the program killed its sandbox", "", "")

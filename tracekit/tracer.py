@@ -756,6 +756,10 @@ def _run_request(request: dict, result_fd: int) -> None:
         """Report what was traced so far and end the process at once."""
         while reserve:
             reserve.pop().close()
+        try:  # a first byte (JSON allows leading blanks): the reader then allows REPORT_GRACE
+            os.write(result_fd, b" ")
+        except OSError:
+            pass
         sys.settrace(None)
         recorder = running["recorder"]
         if recorder is not None:
@@ -948,6 +952,11 @@ def _clear_sandbox(baseline: set[str]) -> None:
                 pass
 
 
+# Seconds a traced process that has begun writing its report gets past its deadline: a
+# timeout report of a tight loop can hold ~10^6 frames, whose JSON takes seconds to write.
+REPORT_GRACE = 8.0
+
+
 class OutputPump:
     """Reads a traced process's stdout, stderr and result pipe together, with an output cap and
     a deadline (used by the host for one-shot sandboxes and by the warm worker)."""
@@ -968,12 +977,17 @@ class OutputPump:
             self.selector.register(fd, selectors.EVENT_READ, name)
 
     def pump(self, deadline: float) -> None:
+        """Read until the process is done, or `deadline`; a process whose report has begun
+        (its result pipe has a byte) gets REPORT_GRACE more seconds once, to finish it."""
         import time
 
-        exited_at = None
+        exited_at, extended = None, False
         while self.selector.get_map():
             now = time.monotonic()
             if now > deadline:
+                if self.result and not extended:
+                    deadline, extended = now + REPORT_GRACE, True
+                    continue
                 self.timed_out = True
                 return
             if self.poll() is not None:
