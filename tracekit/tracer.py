@@ -742,8 +742,9 @@ def _run_request(request: dict, result_fd: int) -> None:
             "call": request.get("call"), "python": ".".join(map(str, sys.version_info[:3])),
             "return_value": None}
 
-    def write_result(result: dict) -> None:
-        lock.acquire()  # a second reporter waits here until the first ends the process
+    def write_result(result: dict, locked: bool = False) -> None:
+        if not locked:
+            lock.acquire()  # a second reporter waits here until the first ends the process
         data = memoryview(json.dumps(result).encode())
         while data:
             data = data[os.write(result_fd, data):]
@@ -754,6 +755,7 @@ def _run_request(request: dict, result_fd: int) -> None:
 
     def abort(status: str, message: str) -> None:
         """Report what was traced so far and end the process at once."""
+        lock.acquire()  # a second reporter waits here until the first ends the process
         while reserve:
             reserve.pop().close()
         try:  # a first byte (JSON allows leading blanks): the reader then allows REPORT_GRACE
@@ -768,7 +770,7 @@ def _run_request(request: dict, result_fd: int) -> None:
             recorder.done = True
         frames = list(recorder.frames) if recorder else []
         write_result({**base, "context": running["context"], "status": status,
-                      "error": message, "frames": frames})
+                      "error": message, "frames": frames}, locked=True)
         _flush_and_exit()
 
     timeout = request.get("timeout")
