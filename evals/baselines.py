@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from tracekit.cwm import END_OF_TEXT, frame_segments
+from tracekit.cwm import END_OF_TEXT, frame_wire_text
 from tracekit.trace import DotsResolver, Frame, Trace
 from tracekit.tracer import DOTS, MARKER
 
@@ -23,17 +23,12 @@ def predict(name: str, trace: Trace, mode: str) -> dict:
     return (_oracle if name == "oracle" else _copy)(trace, mode)
 
 
-def frame_text(frame: Frame) -> str:
-    """A frame as CWM wire text."""
-    return "".join(frame_segments(frame))
-
-
 def _oracle(trace: Trace, mode: str) -> dict:
     if mode == "teacher-forced":
-        return {"texts": [frame_text(f) for f in trace.frames]}
+        return {"texts": [frame_wire_text(f) for f in trace.frames]}
     if mode == "output":
-        return {"text": frame_text(trace.frames[-1]) if trace.frames else END_OF_TEXT}
-    return {"text": "".join(frame_text(f) for f in trace.frames) + END_OF_TEXT,
+        return {"text": frame_wire_text(trace.frames[-1]) if trace.frames else END_OF_TEXT}
+    return {"text": "".join(frame_wire_text(f) for f in trace.frames) + END_OF_TEXT,
             "stop": "end_of_text"}
 
 
@@ -43,25 +38,25 @@ def _copy(trace: Trace, mode: str) -> dict:
         call = trace.frames[0] if trace.frames else None
         first = next(iter((call.locals or {}).values()), "None") if call else "None"
         entry = _entry_line(lines)
-        return {"text": frame_text(Frame("return", None, lines[entry - 1] if entry else "",
+        return {"text": frame_wire_text(Frame("return", None, lines[entry - 1] if entry else "",
                                          arg=first))}
     if mode == "teacher-forced":
         resolver, texts = DotsResolver(), []
         for i, real in enumerate(trace.frames):
             previous = trace.frames[i - 1] if i else None
             guess = _next(lines, previous, resolver.previous)
-            texts.append(frame_text(guess) if guess is not None else END_OF_TEXT)
+            texts.append(frame_wire_text(guess) if guess is not None else END_OF_TEXT)
             resolver.add(real)
         return {"texts": texts}
     resolver, frames = DotsResolver(), []
     while len(frames) < 10 * len(trace.frames) + 10:
         guess = _next(lines, frames[-1] if frames else None, resolver.previous)
         if guess is None:
-            return {"text": "".join(map(frame_text, frames)) + END_OF_TEXT,
+            return {"text": "".join(map(frame_wire_text, frames)) + END_OF_TEXT,
                     "stop": "end_of_text"}
         resolver.add(guess)
         frames.append(guess)
-    return {"text": "".join(map(frame_text, frames)), "stop": "max_frames"}
+    return {"text": "".join(map(frame_wire_text, frames)), "stop": "max_frames"}
 
 
 def _next(lines: list[str], previous: Frame | None, state: dict | None) -> Frame | None:

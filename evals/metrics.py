@@ -225,16 +225,9 @@ def _resamples(count: int, cells: int = 1 << 23):
 
 def _by_value_type(comparisons) -> dict:
     """Changed values right, by the real value's type (micro, with CI)."""
-    out = {}
-    for kind in VALUE_TYPES:
-        pairs = []
-        for c in comparisons:
-            seen = [v[3] for f in c.frames if f.real.locals is not None
-                    for v in f.variables if v[2] and v[1] == kind]
-            pairs.append((sum(seen), len(seen)))
-        if any(d for _, d in pairs):
-            out[kind] = _estimate(pairs, "micro")
-    return out
+    return _micro_by(comparisons, VALUE_TYPES, lambda c, kind: [
+        v[3] for f in c.frames if f.real.locals is not None
+        for v in f.variables if v[2] and v[1] == kind])
 
 
 def _by_output_type(comparisons) -> dict:
@@ -250,14 +243,18 @@ def _by_output_type(comparisons) -> dict:
 
 def _by_event(comparisons) -> dict:
     """Frame match by the real frame's event (micro, with CI)."""
+    return _micro_by(comparisons, ("call", "line", "return", "exception"), lambda c, event: [
+        f.match for f in c.frames if f.real.event == event])
+
+
+def _micro_by(comparisons, groups, outcomes) -> dict:
+    """For each group, the micro rate of `outcomes(comparison, group)` (booleans) with its
+    CI; groups no trace has are left out."""
     out = {}
-    for event in ("call", "line", "return", "exception"):
-        pairs = []
-        for c in comparisons:
-            seen = [f.match for f in c.frames if f.real.event == event]
-            pairs.append((sum(seen), len(seen)))
+    for group in groups:
+        pairs = [(sum(seen), len(seen)) for seen in (outcomes(c, group) for c in comparisons)]
         if any(d for _, d in pairs):
-            out[event] = _estimate(pairs, "micro")
+            out[group] = _estimate(pairs, "micro")
     return out
 
 

@@ -26,8 +26,9 @@ def write_report(out: Path, comparisons: list[TraceComparison], summary: dict,
     (out / "metrics.json").write_text(json.dumps({"run": info, **summary}, indent=1),
                                       encoding="utf-8")
     _write_frames(out / "frames.parquet", comparisons)
-    (out / "report.md").write_text(markdown(summary, info, comparisons), encoding="utf-8")
-    (out / "report.html").write_text(page(summary, info, comparisons), encoding="utf-8")
+    ordered = _worst(comparisons)
+    (out / "report.md").write_text(markdown(summary, info, ordered), encoding="utf-8")
+    (out / "report.html").write_text(page(summary, info, ordered), encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,7 +122,8 @@ def _info_line(info: dict, summary: dict) -> str:
 # report.md
 
 
-def markdown(summary: dict, info: dict, comparisons: list[TraceComparison]) -> str:
+def markdown(summary: dict, info: dict, ordered: list[TraceComparison]) -> str:
+    """report.md; `ordered`: the comparisons worst first (`_worst`)."""
     mode = info["mode"]
     lines = [f"# tracekit eval: {info['predictor']} on {Path(info['dataset']).name}", "",
              _info_line(info, summary), ""]
@@ -138,7 +140,7 @@ def markdown(summary: dict, info: dict, comparisons: list[TraceComparison]) -> s
         lines += ["", f"## {title}", ""] + _md_table(header, rows)
     lines += ["", "## Worst programs", ""]
     lines += _md_table(["id", "frames", "frames right", "first divergence", "output", "truncated"],
-                       [_worst_row(c) for c in _worst(comparisons)[:WORST_SHOWN]])
+                       [_worst_row(c) for c in ordered[:WORST_SHOWN]])
     lines += ["", "## Formulas", ""]
     lines += [f"- **{m.label}** ({m.average}): {m.formula}" for m in METRICS]
     return "\n".join(lines) + "\n"
@@ -248,8 +250,8 @@ padding:0 1px}
 """
 
 
-def page(summary: dict, info: dict, comparisons: list[TraceComparison]) -> str:
-    """The whole report as one HTML document."""
+def page(summary: dict, info: dict, ordered: list[TraceComparison]) -> str:
+    """The whole report as one HTML document; `ordered`: the comparisons worst first."""
     esc = html.escape
     mode = info["mode"]
     parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
@@ -279,7 +281,6 @@ def page(summary: dict, info: dict, comparisons: list[TraceComparison]) -> str:
     for title, header, table in _breakdowns(summary):
         parts.append(f"<h2>{esc(title)}</h2>")
         parts.append(_html_table(header, table, numeric=tuple(range(1, len(header)))))
-    ordered = _worst(comparisons)
     parts.append("<h2>Worst programs</h2>")
     worst = [[f"<a href='#p-{esc(c.id)}'>{esc(c.id)}</a>", *map(esc, _worst_row(c)[1:])]
              for c in ordered[:WORST_SHOWN]]

@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from evals.baselines import frame_text
 from evals.compare import compare_output, compare_rollout, compare_teacher_forced, value_type
 from evals.metrics import CWM_TABLE, METRICS, summarize, trace_counts
 from evals.run import RunOptions, evaluate
 from tracekit import sources
-from tracekit.cwm import END_OF_TEXT
+from tracekit.cwm import END_OF_TEXT, frame_wire_text
 from tracekit.dataset import BuildOptions, build
 from tracekit.trace import COMPLETE_STATUSES, Frame, Trace
 from tracekit.tracer import trace_source
@@ -57,7 +56,7 @@ def real() -> list[Frame]:
 
 
 def text(frames: list[Frame], end: bool = True) -> str:
-    return "".join(frame_text(f) for f in frames) + (END_OF_TEXT if end else "")
+    return "".join(frame_wire_text(f) for f in frames) + (END_OF_TEXT if end else "")
 
 
 def line(state: dict, source: str) -> Frame:
@@ -178,11 +177,11 @@ def test_every_metric_equals_the_hand_computed_value(real):
 
 
 def test_teacher_forced_predictions_resolve_against_the_real_frames(real):
-    texts = [frame_text(f) for f in real]
+    texts = [frame_wire_text(f) for f in real]
     texts[1] = texts[1].removesuffix("<|frame_sep|>")  # all there but the closing token
-    texts[5] = frame_text(line({"xs": "..", "total": "..", "x": ".."}, real[5].source))
+    texts[5] = frame_wire_text(line({"xs": "..", "total": "..", "x": ".."}, real[5].source))
     texts[7] = END_OF_TEXT  # the model ended the trace too early
-    texts[8] = frame_text(Frame("return", None, real[8].source, arg="8"))
+    texts[8] = frame_wire_text(Frame("return", None, real[8].source, arg="8"))
     c = compare_teacher_forced("tf", real, texts)
     counts = trace_counts(c)
     # frame 1: its state and line are read and right, but a frame without <|frame_sep|> is
@@ -199,7 +198,7 @@ def test_teacher_forced_predictions_resolve_against_the_real_frames(real):
 
 
 def test_output_mode_scores_the_return_value_only(real):
-    right = compare_output("o", real, frame_text(real[-1]))
+    right = compare_output("o", real, frame_wire_text(real[-1]))
     wrong = compare_output("o", real, "<|return_sep|><|action_sep|>    return total\n"
                                       '<|arg_sep|>"8"<|frame_sep|>')
     garbage = compare_output("o", real, "\x00\x01 not a frame")

@@ -67,6 +67,11 @@ def frame_segments(frame: Frame) -> list[str]:
     return [head, ACTION_SEP, frame.source, ARG_SEP, json.dumps(frame.arg), FRAME_SEP]
 
 
+def frame_wire_text(frame: Frame) -> str:
+    """A frame as CWM wire text (special tokens spelled out), as a model writes it."""
+    return "".join(frame_segments(frame))
+
+
 def prompt_segments(context: str, frames: list[Frame] = (), force_event: str | None = None,
                     end: bool = False) -> list[str]:
     """`<|begin_of_text|><|trace_context_start|>CONTEXT<|frame_sep|>`, then `frames`, then
