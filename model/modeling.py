@@ -25,19 +25,39 @@ CAUSAL = "causal"  # stands for a plain causal mask, which SDPA applies itself
 ONEDNN_LINEAR = (torch.ops.mkldnn._linear_pointwise if torch.backends.mkldnn.is_available()
                  and hasattr(torch.ops.mkldnn, "_linear_pointwise") else None)
 ONEDNN_MIN_WEIGHT = 1 << 19  # elements (2 MiB in fp32): below, oneDNN's ~50 us per call loses
+ONEDNN_PACK_MIN_WEIGHT = 1 << 18  # elements (1 MiB): from here a blocked copy pays at > 1 row
+ONEDNN_PACK_ROWS = 16  # the row count oneDNN's blocked layout is chosen for (any count runs)
 
 
 def linear(x: torch.Tensor, layer: nn.Module, fast: bool) -> torch.Tensor:
-    """`layer(x)` without the module call; on the fast path, a large fp32 weight on the CPU
-    goes through oneDNN, whose few-row products read the weights up to 1.6x (1 row) to 2.7x
-    (4 rows) faster than the default BLAS call (`benchmarks/RESULTS.md`)."""
+    """`layer(x)` without the module call. On the fast path, on the CPU, in fp32 and without
+    autograd: one row (a decode step) goes through oneDNN for weights of 2 MiB and more, which
+    reads them up to 1.5x faster than the default BLAS call; more rows (prefill, batched decode)
+    go through oneDNN with a copy of the weight reordered once into oneDNN's blocked layout,
+    1.2-5x faster from 1 MiB up (`benchmarks/linear_kernels.py`). That copy doubles those
+    weights' memory; it is made at the first such call and again after the weight changes."""
     if type(layer) is not nn.Linear:  # e.g. Int8Linear
         return layer(x)
     weight = layer.weight
     if (fast and x.is_cpu and x.dtype is torch.float32 and ONEDNN_LINEAR is not None
-            and weight.numel() >= ONEDNN_MIN_WEIGHT):
-        return ONEDNN_LINEAR(x, weight, layer.bias, "none", [], "")
+            and not (torch.is_grad_enabled() and weight.requires_grad)):
+        if x.numel() > x.shape[-1] and weight.numel() >= ONEDNN_PACK_MIN_WEIGHT:
+            return ONEDNN_LINEAR(x, _blocked_weight(layer), layer.bias, "none", [], "")
+        if weight.numel() >= ONEDNN_MIN_WEIGHT:
+            return ONEDNN_LINEAR(x, weight, layer.bias, "none", [], "")
     return F.linear(x, weight, layer.bias)
+
+
+def _blocked_weight(layer: nn.Linear) -> torch.Tensor:
+    """The layer's weight in oneDNN's blocked layout, remade when the weight is replaced or
+    changed in place (its version counter moves)."""
+    weight = layer.weight
+    stamp = (weight.data_ptr(), weight._version)
+    kept = layer.__dict__.get("_onednn_blocked")
+    if kept is None or kept[0] != stamp:
+        kept = (stamp, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), ONEDNN_PACK_ROWS))
+        layer.__dict__["_onednn_blocked"] = kept
+    return kept[1]
 
 
 @dataclass

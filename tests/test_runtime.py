@@ -217,7 +217,17 @@ def test_rewinding_the_cache_equals_never_having_gone_there():
         cache.rewind(20)
 
 
-def test_fast_path_is_close_to_the_exact_one():
+@pytest.mark.parametrize("onednn", ["default", "every weight"])
+def test_fast_path_is_close_to_the_exact_one(onednn, monkeypatch):
+    """The tiny model's weights are below oneDNN's thresholds; "every weight" sends them all
+    through oneDNN (one row) and its blocked copies (more rows), as large models' are."""
+    import model.modeling
+
+    if onednn == "every weight":
+        if model.modeling.ONEDNN_LINEAR is None:
+            pytest.skip("this torch has no oneDNN")
+        monkeypatch.setattr(model.modeling, "ONEDNN_MIN_WEIGHT", 0)
+        monkeypatch.setattr(model.modeling, "ONEDNN_PACK_MIN_WEIGHT", 0)
     _, ours = pair(11)
     with torch.no_grad():
         for length in (1, 2, 5, 8, 9, 30):  # around the window, with and without a cache
@@ -228,6 +238,35 @@ def test_fast_path_is_close_to_the_exact_one():
             assert (ours(ids).logits - exact).abs().max() <= 1e-4
             cache = KVCache(ours.config, 2, length + 1, torch.float32)
             assert (ours(ids, cache=cache).logits - exact).abs().max() <= 1e-4
+            one_row = KVCache(ours.config, 1, length, torch.float32)  # decode, one row a step
+            steps = [ours(ids[:1, t:t + 1], cache=one_row).logits for t in range(length)]
+            assert (torch.cat(steps, 1) - exact[:1]).abs().max() <= 1e-4
+
+
+def test_the_blocked_weight_copy_follows_the_weights(monkeypatch):
+    import model.modeling
+
+    if model.modeling.ONEDNN_LINEAR is None:
+        pytest.skip("this torch has no oneDNN")
+    monkeypatch.setattr(model.modeling, "ONEDNN_PACK_MIN_WEIGHT", 0)
+    _, ours = pair(13)
+    _, other = pair(14)
+    ids = torch.randint(0, 300, (1, 6))
+    ours.fast = True
+    with torch.inference_mode():
+        ours(ids)  # the blocked copies are made here
+    with torch.no_grad():
+        ours.lm_head.weight.mul_(2)  # changed in place
+        ours.fast = False
+        expected = ours(ids).logits
+        ours.fast = True
+        assert (ours(ids).logits - expected).abs().max() <= 1e-4
+        ours.load_state_dict(other.state_dict())  # replaced by another model's
+        other.fast = False
+        assert (ours(ids).logits - other(ids).logits).abs().max() <= 1e-4
+    ours.train()  # with autograd, the fast path keeps to operations that have gradients
+    ours(ids, labels=ids).loss.backward()
+    assert ours.lm_head.weight.grad is not None
 
 
 def test_gpu_benchmark_script_runs_in_smoke_mode(capsys):
