@@ -286,6 +286,33 @@ def bigram_model(cycle: list[int]) -> CwmForCausalLM:
     return model
 
 
+def test_predict_judges_frames_as_the_eval_does(tmp_path):
+    """A state written in full where the real frame says ".." (unchanged) is right, as in
+    `tracekit eval`; the frames before --frames K are what ".." resolves against."""
+    from click.testing import CliRunner
+
+    from model.checkpoint import save_checkpoint
+    from tracekit.cli import main
+
+    program = tmp_path / "prog.py"
+    program.write_text("def f():  # << START_OF_TRACE\n    x = 1\n    pass\n    return x\n"
+                       "\n# tracekit-call: f()\n")
+    real = Trace.from_dict(trace_source(program.read_text(), call="f()")).frames
+    assert real[3].locals == {"x": ".."}
+    written_out = Frame("line", None, "    return x\n", {"x": "1"})  # what ".." stands for
+    predictor = TracePredictor(RuntimeBackend(bigram_model([])))
+    save_checkpoint(bigram_model(predictor.frame_ids(written_out)), tmp_path / "bigram")
+    runner = CliRunner()
+    result = runner.invoke(main, ["predict", str(program), "--model", str(tmp_path / "bigram"),
+                                  "--mode", "next", "--frames", "3", "--sandbox", "none"],
+                           catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "1/1 frames exactly right" in result.output
+    result = runner.invoke(main, ["predict", str(program), "--model", str(tmp_path / "bigram"),
+                                  "--mode", "teacher-forced", "--sandbox", "none"])
+    assert "1/5 frames exactly right" in result.output  # frame 3 only, as eval would count
+
+
 def test_rollouts_of_valid_frames_stop_at_the_frame_cap_or_the_budget(trace):
     predictor = TracePredictor(RuntimeBackend(bigram_model([])), max_frame_tokens=16)
     frame = Frame("line", None, "    pass\n", {})

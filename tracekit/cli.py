@@ -226,8 +226,10 @@ def predict(file: Path, spec, openai_model, mode, k, entry, call, max_frame_toke
     tracekit predict prog.py --model ./checkpoint --mode rollout --frames 1
     tracekit predict prog.py --model openai:http://localhost:8000 --openai-model cwm
     """
+    from evals.compare import compare_rollout, compare_teacher_forced
     from model.backends import BackendError, load_backend
     from model.predictor import TracePredictor
+    from tracekit.cwm import frame_wire_text
     from tracekit.pretty import print_comparison
     from tracekit.tokenizer import load_tokenizer
 
@@ -257,7 +259,17 @@ def predict(file: Path, spec, openai_model, mode, k, entry, call, max_frame_toke
     except BackendError as exc:
         stderr.print(f"[red]model:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(EXIT_MODEL)
-    print_comparison(real[start:], steps, start, title=f"{file.name}: {mode} with {spec}")
+    # right or wrong as the eval judges it: ".." resolved, the real frames before `start` given
+    seeds = [frame_wire_text(frame) for frame in real[:start]]
+    if mode == "rollout":
+        judged = compare_rollout("", real, "".join(seeds + [s.text for s in steps]), stop)
+    else:
+        judged = compare_teacher_forced("", real[:start + len(steps)],
+                                        seeds + [s.text for s in steps])
+    matches = [frame.match for frame in judged.frames[start:]]
+    shown = real[start:] if mode == "rollout" else real[start:start + len(steps)]
+    print_comparison(shown, steps, matches, start,
+                     title=f"{file.name}: {mode} with {spec}")
     if stop:
         click.echo(f"rollout stopped: {stop}")
 

@@ -99,28 +99,22 @@ def frame_text(frame, max_value_chars: int = 60) -> Text:
     return text
 
 
-def same_frame(real, predicted) -> bool:
-    """Event, source line and state or value all equal (states as written, `".."` included)."""
-    return (predicted is not None and predicted.error is None and real.event == predicted.event
-            and real.source.strip() == predicted.source.strip()
-            and real.locals == predicted.locals and real.arg == predicted.arg)
-
-
-def print_comparison(real: list, steps: list, start: int = 0, title: str = "",
-                     console: Console | None = None) -> None:
-    """Real and predicted frames side by side, the first divergence marked."""
+def print_comparison(real: list, steps: list, matches: list[bool], start: int = 0,
+                     title: str = "", console: Console | None = None) -> None:
+    """Real and predicted frames side by side, `matches[i]` saying whether step i is right
+    (as `evals.compare` judges it), the first divergence marked."""
     table = Table(title=title, box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
     table.add_column("#", justify="right", style="dim")
     table.add_column("real", overflow="fold", ratio=1)
     table.add_column("predicted", overflow="fold", ratio=1)
     table.add_column("", no_wrap=True)
     diverged = False
-    matches = 0
+    right = 0
     for i in range(max(len(real), len(steps))):
         r = real[i] if i < len(real) else None
         p = steps[i].frame if i < len(steps) else None
-        same = r is not None and same_frame(r, p)
-        matches += same
+        same = r is not None and i < len(matches) and matches[i]
+        right += same
         mark = Text("ok", style="green") if same else Text("", style="red")
         if not same and not diverged:
             mark, diverged = Text("<- first divergence", style="bold red"), True
@@ -130,4 +124,4 @@ def print_comparison(real: list, steps: list, start: int = 0, title: str = "",
                       frame_text(p) if i < len(steps) else Text(""), mark)
     console = console or Console()
     console.print(table)
-    console.print(f"{matches}/{len(real)} frames exactly right", highlight=False)
+    console.print(f"{right}/{len(real)} frames exactly right", highlight=False)
