@@ -42,7 +42,8 @@ def linear(x: torch.Tensor, layer: nn.Module, fast: bool) -> torch.Tensor:
     weight = layer.weight
     if (fast and x.is_cpu and x.dtype is torch.float32 and ONEDNN_LINEAR is not None
             and not (torch.is_grad_enabled() and weight.requires_grad)):
-        if x.numel() > x.shape[-1] and weight.numel() >= ONEDNN_PACK_MIN_WEIGHT:
+        if (x.numel() > x.shape[-1] and weight.numel() >= ONEDNN_PACK_MIN_WEIGHT
+                and not weight.is_inference()):  # (whose changes no version counter tells)
             return ONEDNN_LINEAR(x, _blocked_weight(layer), layer.bias, "none", [], "")
         if weight.numel() >= ONEDNN_MIN_WEIGHT:
             return ONEDNN_LINEAR(x, weight, layer.bias, "none", [], "")

@@ -264,6 +264,11 @@ def test_the_blocked_weight_copy_follows_the_weights(monkeypatch):
         ours.load_state_dict(other.state_dict())  # replaced by another model's
         other.fast = False
         assert (ours(ids).logits - other(ids).logits).abs().max() <= 1e-4
+    with torch.inference_mode():  # weights made under inference_mode keep no version count
+        made_there = CwmForCausalLM(ours.config).eval()
+        made_there.load_state_dict(other.state_dict())
+        made_there.fast = True
+        assert (made_there(ids).logits - other(ids).logits).abs().max() <= 1e-4
     ours.train()  # with autograd, the fast path keeps to operations that have gradients
     ours(ids, labels=ids).loss.backward()
     assert ours.lm_head.weight.grad is not None
