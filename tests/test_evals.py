@@ -482,4 +482,3 @@ def test_a_dataset_with_repeated_ids_is_refused_in_one_line(tmp_path):
                    str(tmp_path / "o")], 8)
     assert f"{shard.name}: cannot read it" in corrupt.output and "build the dataset again" in \
         corrupt.output
-

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tracekit.sandbox import TRACER_PATH, Limits, bwrap_problem, find_python, run_trace
-from tracekit.tracer import MARKER, RAISED_PLACEHOLDER, TIMEOUT_PLACEHOLDER
+from tracekit.tracer import MARKER, RAISED_PLACEHOLDER, REPORT_GRACE, TIMEOUT_PLACEHOLDER
 
 needs_bwrap = pytest.mark.skipif(bwrap_problem() is not None,
                                  reason=f"bubblewrap unavailable: {bwrap_problem()}")
@@ -79,7 +79,7 @@ def test_infinite_loop_without_frame_cap_times_out():
     assert len(result.frames) > 1000  # what was traced until then is kept
     # no hang: the child may take REPORT_GRACE more seconds to write the hundreds of thousands
     # of frames, and the host parses them
-    assert seconds < 1.5 + 1 + 8 + 20
+    assert seconds < 1.5 + 1 + REPORT_GRACE + 20
 
 
 def test_busy_generator_times_out_with_its_frames():

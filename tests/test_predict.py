@@ -347,14 +347,9 @@ def test_rollouts_of_valid_frames_stop_at_the_frame_cap_or_the_budget(trace):
 
 def test_the_prediction_benchmark_runs(capsys):
     """benchmarks/predict.py at toy sizes (so that a GPU session can run it as it is)."""
-    import importlib.util
-    from pathlib import Path
+    from tests.conftest import benchmark_module
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "predict.py"
-    spec = importlib.util.spec_from_file_location("predict_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.main(["--layers", "1", "--hidden", "64", "--sizes", "3", "--steps", "3",
-                 "--frame-tokens", "4"])
+    benchmark_module("predict").main(["--layers", "1", "--hidden", "64", "--sizes", "3",
+                                      "--steps", "3", "--frame-tokens", "4"])
     out = capsys.readouterr().out
     assert "3 frames" in out and "3-step session" in out and "float32" in out

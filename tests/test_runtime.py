@@ -275,14 +275,9 @@ def test_the_blocked_weight_copy_follows_the_weights(monkeypatch):
 
 
 def test_gpu_benchmark_script_runs_in_smoke_mode(capsys):
-    import importlib.util
-    from pathlib import Path
+    from tests.conftest import benchmark_module
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_runtime.py"
-    spec = importlib.util.spec_from_file_location("gpu_runtime", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.main(["--smoke"])
+    benchmark_module("gpu_runtime").main(["--smoke"])
     out = capsys.readouterr().out
     assert "CPU (smoke)" in out and "batch-1 decode" in out and "int8 weight-only:" in out
 
