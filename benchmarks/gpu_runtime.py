@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from model.cache import KVCache  # noqa: E402
 from model.config import CwmConfig  # noqa: E402
 from model.modeling import CwmForCausalLM, rope_inverse_frequencies  # noqa: E402
-from model.quantize import quantize_int8  # noqa: E402
+from model.quantize import FUSED_KERNEL, quantize_int8  # noqa: E402
 
 BANDWIDTH_TBS = {"H100": 3.35, "H200": 4.8}
 SMOKE = dict(vocab_size=1000, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
@@ -35,7 +35,7 @@ SMOKE = dict(vocab_size=1000, hidden_size=128, intermediate_size=256, num_hidden
 def build(config: CwmConfig, device: str, dtype: torch.dtype) -> CwmForCausalLM:
     """Random weights straight on `device`, one tensor at a time (no full fp32 copy)."""
     with torch.device("meta"):
-        model = CwmForCausalLM(config)
+        model = CwmForCausalLM(config).to(dtype)  # on meta: costs nothing
     model = model.to_empty(device=device)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -46,7 +46,7 @@ def build(config: CwmConfig, device: str, dtype: torch.dtype) -> CwmForCausalLM:
         model.register_buffer("inv_freq", rope_inverse_frequencies(config).to(device),
                               persistent=False)
     model.fast = True
-    return model.to(dtype).eval()
+    return model.eval()
 
 
 def sync(device: str) -> None:
@@ -55,23 +55,35 @@ def sync(device: str) -> None:
 
 
 @torch.no_grad()
-def measure(model: CwmForCausalLM, device: str, context: int, new: int) -> tuple[float, float]:
+def measure(model: CwmForCausalLM, device: str, context: int,
+            new: int) -> tuple[float, float, float]:
+    """Prefill tokens/s, batch-1 decode tokens/s, and the host's time to issue one decode
+    step (from an idle GPU): near the step's whole time, the step is bound by the CPU."""
     dtype = model.dtype
+    warm = KVCache(model.config, 1, 64, dtype, device)  # first calls (cuBLAS, kernels) untimed
+    model(torch.zeros(1, 32, dtype=torch.long, device=device), cache=warm, logits_to_keep=1)
+    model(torch.zeros(1, 1, dtype=torch.long, device=device), cache=warm, logits_to_keep=1)
+    del warm
     prompt = torch.randint(0, model.config.vocab_size, (1, context), device=device)
-    cache = KVCache(model.config, 1, context + new + 1, dtype, device)
+    cache = KVCache(model.config, 1, context + new + 3, dtype, device)
     sync(device)
     start = time.perf_counter()
     logits = model(prompt, cache=cache, logits_to_keep=1).logits
     sync(device)
     prefill = context / (time.perf_counter() - start)
     token = logits[:, -1].argmax(-1, keepdim=True)
-    model(token, cache=cache)  # warm-up step
+    model(token, cache=cache, logits_to_keep=1)  # first step (new shapes) untimed
     sync(device)
     start = time.perf_counter()
     for _ in range(new):
         token = model(token, cache=cache, logits_to_keep=1).logits[:, -1].argmax(-1, keepdim=True)
     sync(device)
-    return prefill, new / (time.perf_counter() - start)
+    decode = new / (time.perf_counter() - start)
+    start = time.perf_counter()
+    model(token, cache=cache, logits_to_keep=1)
+    issue = time.perf_counter() - start
+    sync(device)
+    return prefill, decode, issue
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -99,15 +111,22 @@ def main(argv: list[str] | None = None) -> None:
     if device == "cuda":
         torch.cuda.empty_cache()
     report("int8 weight-only", model, device, args, tbs)
+    kernel = "aten's fused int8 kernel" if FUSED_KERNEL.get(device) else "a dequantized copy"
+    print(f"int8 products ran through {kernel}")
 
 
 def report(label: str, model: CwmForCausalLM, device: str, args, tbs: float | None) -> None:
     config = model.config
     weight_bytes = sum(t.numel() * t.element_size()
                        for t in [*model.parameters(), *model.buffers()] if t.dim() >= 1)
-    prefill, decode = measure(model, device, args.context, args.new)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    prefill, decode, issue = measure(model, device, args.context, args.new)
     line = (f"{label}: {weight_bytes / 1e9:.1f} GB of weights; prefill {prefill:,.0f} tok/s; "
-            f"batch-1 decode {decode:,.1f} tok/s")
+            f"batch-1 decode {decode:,.1f} tok/s ({1e3 / decode:.1f} ms/token; the host "
+            f"issues a step in {issue * 1e3:.1f} ms)")
+    if device == "cuda":
+        line += f"; peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
     if tbs:
         per_position = 2 * config.num_key_value_heads * config.head_dim * 2  # K and V, bf16
         kv_bytes = sum(per_position * (args.context if t == "full_attention"

@@ -21,6 +21,9 @@ class KVCache:
         self.rewind_margin = rewind_margin
         self.length = 0  # positions seen so far (the next token's index)
         self.window = config.sliding_window
+        # Sliding windows at least as long as the cache reach every position it can hold:
+        # its sliding layers are then stored and read as full layers (no ring, no mask).
+        self.windows_reach_all = self.window is None or max_length <= self.window
         shape = (batch, config.num_key_value_heads)
         self.keys, self.values = [], []
         self.sliding = [t == "sliding_attention" for t in config.layer_types]
@@ -73,7 +76,7 @@ class KVCache:
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Store this forward's keys/values; return what the layer attends to."""
         start, new = self.length, k.shape[2]
-        if not self.sliding[layer]:
+        if not self.sliding[layer] or self.windows_reach_all:  # (then slot i holds position i)
             self.keys[layer][:, :, start:start + new] = k
             self.values[layer][:, :, start:start + new] = v
             return self.keys[layer][:, :, :start + new], self.values[layer][:, :, :start + new]

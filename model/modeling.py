@@ -11,17 +11,22 @@ oneDNN's matmul (what torch.compile uses there): faster, equal to rounding, not 
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from model.cache import PrefixForks
 from model.config import CwmConfig
 
 
 CAUSAL = "causal"  # stands for a plain causal mask, which SDPA applies itself
+# SDPA's kernels on CUDA, less cuDNN's: it builds a plan for each new key length, hundreds of
+# milliseconds that a decode step (one more key each time) would pay every step.
+CUDA_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 ONEDNN_LINEAR = (torch.ops.mkldnn._linear_pointwise if torch.backends.mkldnn.is_available()
                  and hasattr(torch.ops.mkldnn, "_linear_pointwise") else None)
 ONEDNN_MIN_WEIGHT = 1 << 19  # elements (2 MiB in fp32): below, oneDNN's ~50 us per call loses
@@ -237,12 +242,15 @@ class CwmForCausalLM(nn.Module):
                 raise ValueError("PrefixForks branches have no padding: pass no attention_mask")
             masks = dict.fromkeys(windows)  # the forks mask their two parts themselves
         else:
-            masks = {window: CAUSAL if plain and (window is None
+            reach = {w: None if cache is not None and cache.windows_reach_all else w
+                     for w in windows}  # a window that reaches every cached position is none
+            masks = {window: CAUSAL if plain and (reach[window] is None
                                                   or (cache is None and length <= window))
-                     else self._mask(window, attention_mask, cache, past, length, x)
+                     else self._mask(reach[window], attention_mask, cache, past, length, x)
                      for window in windows}
-        for layer in self.model.layers:
-            x = layer(x, cos, sin, masks[layer.self_attn.window], cache, self.fast)
+        with sdpa_kernel(CUDA_ATTENTION) if self.fast and x.is_cuda else nullcontext():
+            for layer in self.model.layers:
+                x = layer(x, cos, sin, masks[layer.self_attn.window], cache, self.fast)
         if cache is not None:
             cache.advance(length)
         x = self.model.norm(x)

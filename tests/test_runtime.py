@@ -78,6 +78,27 @@ def test_prefill_then_decode_through_the_cache_equals_one_forward():
     assert cache.keys[1].shape[2] == 8
 
 
+@pytest.mark.parametrize("fast", [False, True])
+def test_a_cache_within_the_window_reads_sliding_layers_as_full_ones(fast):
+    """A cache no longer than the window: its sliding layers hold every position in order
+    and attend without a mask, with the logits of one forward (padding included)."""
+    _, ours = pair(5, sliding_window=16)
+    ours.fast = fast
+    ids = torch.randint(3, 300, (2, 16))
+    mask = torch.ones(2, 16, dtype=torch.long)
+    mask[1, :3] = 0  # row 1 is left-padded
+    with torch.no_grad():
+        full = ours(ids, attention_mask=mask).logits
+        cache = KVCache(ours.config, 2, 16, torch.float32)
+        assert cache.windows_reach_all
+        assert not KVCache(ours.config, 2, 17, torch.float32).windows_reach_all
+        steps = [ours(ids[:, :9], attention_mask=mask[:, :9], cache=cache).logits]
+        steps += [ours(ids[:, t:t + 1], attention_mask=mask[:, :t + 1], cache=cache).logits
+                  for t in range(9, 16)]
+    assert (torch.cat(steps, 1) - full)[mask.bool()].abs().max() <= 1e-5
+    assert cache.keys[1].shape[2] == 16 and cache.positions_held(1) == 16
+
+
 def test_greedy_generation_matches_transformers_generate():
     reference, ours = pair(6)
     prompts = [[5, 6, 7, 8, 9, 10, 11], [20, 21, 22]]
