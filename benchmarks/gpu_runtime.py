@@ -4,6 +4,7 @@ download).
 
     python benchmarks/gpu_runtime.py            # needs CUDA and ~70 GB of GPU memory
     python benchmarks/gpu_runtime.py --smoke    # tiny shapes on the CPU: checks the script runs
+    python benchmarks/gpu_runtime.py --compile  # decode through the compiled step
 
 The bandwidth limit is (weight bytes + KV bytes read per token) / the card's bandwidth
 (H100 3.35 TB/s, H200 4.8 TB/s; others: pass --bandwidth-tbs). Target: >= 70% in bf16.
@@ -23,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model.cache import KVCache  # noqa: E402
+from model.compiled_decode import decode_step  # noqa: E402
 from model.config import CwmConfig  # noqa: E402
 from model.modeling import CwmForCausalLM, rope_inverse_frequencies  # noqa: E402
 from model.quantize import FUSED_KERNEL, quantize_int8  # noqa: E402
@@ -55,8 +57,8 @@ def sync(device: str) -> None:
 
 
 @torch.no_grad()
-def measure(model: CwmForCausalLM, device: str, context: int,
-            new: int) -> tuple[float, float, float]:
+def measure(model: CwmForCausalLM, device: str, context: int, new: int,
+            compiled: bool = False) -> tuple[float, float, float]:
     """Prefill tokens/s, batch-1 decode tokens/s, and the host's time to issue one decode
     step (from an idle GPU): near the step's whole time, the step is bound by the CPU."""
     dtype = model.dtype
@@ -72,15 +74,22 @@ def measure(model: CwmForCausalLM, device: str, context: int,
     sync(device)
     prefill = context / (time.perf_counter() - start)
     token = logits[:, -1].argmax(-1, keepdim=True)
-    model(token, cache=cache, logits_to_keep=1)  # first step (new shapes) untimed
+
+    def step(token: torch.Tensor) -> torch.Tensor:
+        if compiled:
+            position = torch.full((1, 1), cache.length, device=device)
+            return decode_step(model, cache, token, position).argmax(-1, keepdim=True)
+        return model(token, cache=cache, logits_to_keep=1).logits[:, -1].argmax(-1, keepdim=True)
+
+    step(token)  # first step (new shapes; compiling) untimed
     sync(device)
     start = time.perf_counter()
     for _ in range(new):
-        token = model(token, cache=cache, logits_to_keep=1).logits[:, -1].argmax(-1, keepdim=True)
+        token = step(token)
     sync(device)
     decode = new / (time.perf_counter() - start)
     start = time.perf_counter()
-    model(token, cache=cache, logits_to_keep=1)
+    step(token)
     issue = time.perf_counter() - start
     sync(device)
     return prefill, decode, issue
@@ -92,6 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--context", type=int, default=2048)
     parser.add_argument("--new", type=int, default=64)
     parser.add_argument("--bandwidth-tbs", type=float)
+    parser.add_argument("--compile", action="store_true",
+                        help="decode through the compiled step (model/compiled_decode.py)")
     args = parser.parse_args(argv)
     if args.smoke:
         device, config, dtype = "cpu", CwmConfig(**SMOKE, dtype="float32"), torch.float32
@@ -121,7 +132,8 @@ def report(label: str, model: CwmForCausalLM, device: str, args, tbs: float | No
                        for t in [*model.parameters(), *model.buffers()] if t.dim() >= 1)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    prefill, decode, issue = measure(model, device, args.context, args.new)
+    prefill, decode, issue = measure(model, device, args.context, args.new, args.compile)
+    label += ", compiled decode step" if args.compile else ""
     line = (f"{label}: {weight_bytes / 1e9:.1f} GB of weights; prefill {prefill:,.0f} tok/s; "
             f"batch-1 decode {decode:,.1f} tok/s ({1e3 / decode:.1f} ms/token; the host "
             f"issues a step in {issue * 1e3:.1f} ms)")

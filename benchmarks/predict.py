@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--frame-tokens", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--compile", action="store_true",
+                        help="ours with compiled batch-1 decode steps (model/compiled_decode.py)")
     args = parser.parse_args(argv)
     import transformers
 
@@ -89,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     ours.load_state_dict(reference.state_dict())
     ours = ours.to(args.device)
     ours.fast = True
+    ours.compile_decode = args.compile
     sizes = [int(s) for s in args.sizes.split(",")]
     traces = {n: real_trace(n) for n in sizes + [args.steps + 1]}
     probe = TracePredictor(RuntimeBackend(ours))
@@ -98,6 +101,11 @@ def main(argv: list[str] | None = None) -> None:
     naive = TracePredictor(TransformersBackend(reference), max_frame_tokens=frame_tokens)
     for predictor in (runtime, naive):  # first calls (on a GPU: kernels, cuBLAS) untimed
         predictor.next_frame(traces[sizes[0]].context, max_tokens=2)
+    if args.compile:  # compiling, untimed: two cache sizes (then that size is dynamic), a session
+        for frames in traces[sizes[0]].frames[:2]:
+            runtime.next_frame(traces[sizes[0]].context, [frames], max_tokens=3)
+        session = runtime.session(traces[sizes[0]].context)
+        session.step()
     params = sum(p.numel() for p in ours.parameters())
     where = (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
              else f"CPU, {torch.get_num_threads()} threads")
@@ -105,7 +113,8 @@ def main(argv: list[str] | None = None) -> None:
           f"{transformers.__version__}, Python {platform.python_version()}, "
           f"{time.strftime('%Y-%m-%d')}; random model: {args.layers} layers, hidden "
           f"{args.hidden}, vocab 128,256 ({params / 1e6:.0f}M parameters), {args.dtype}; "
-          f"{frame_tokens} tokens per predicted frame")
+          f"{frame_tokens} tokens per predicted frame"
+          + ("; ours with compiled decode steps" if args.compile else ""))
     mismatches = []
     print(f"{'teacher forcing':16s} {'prompt tokens':>13s} {'ours s':>8s} {'naive s':>8s}"
           f" {'speed-up':>8s}")

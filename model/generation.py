@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from model.cache import KVCache, PrefixForks
+from model.compiled_decode import decode_step
 from model.modeling import CwmForCausalLM
 
 
@@ -58,6 +59,8 @@ def generate(model: CwmForCausalLM, prompts: list[list[int]], max_new_tokens: in
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     finished_at = torch.full((batch,), max_new_tokens, dtype=torch.long, device=device)
     stops = torch.tensor(list(stop_ids) or [-1], device=device)
+    # Compiled steps for one row: batched steps are bound by their products (blocked weights)
+    compiled = model.compile_decode and isinstance(cache, KVCache) and batch == 1
     for step in range(max_new_tokens):
         token = _choose(logits.float(), temperature, top_k, top_p, generator)
         logprob = torch.log_softmax(logits.float(), dim=-1).gather(-1, token[:, None])[:, 0]
@@ -71,6 +74,9 @@ def generate(model: CwmForCausalLM, prompts: list[list[int]], max_new_tokens: in
         length = width + step + 1
         mask[:, length - 1] = 1
         position = positions[:, -1:] + step + 1
+        if compiled:
+            logits = decode_step(model, cache, token[:, None], position)
+            continue
         logits = model(token[:, None], attention_mask=None if forked else mask[:, :length],
                        position_ids=position, cache=cache).logits[:, -1]
     tokens = torch.stack(chosen_tokens, 1).tolist()

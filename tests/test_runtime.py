@@ -99,6 +99,48 @@ def test_a_cache_within_the_window_reads_sliding_layers_as_full_ones(fast):
     assert cache.keys[1].shape[2] == 16 and cache.positions_held(1) == 16
 
 
+def test_compiled_decode_steps_follow_the_eager_ones(monkeypatch):
+    """generate with model.compile_decode: the same tokens and log-probs (to rounding) as the
+    eager fast path, on a cache whose sliding layers wrap their ring, one whose window reaches
+    every position, and a session's cache with a rewind margin; weights changed after compiling
+    are read as changed."""
+    import model.generation
+    from model.compiled_decode import decode_step
+
+    steps = []
+    monkeypatch.setattr(model.generation, "decode_step",
+                        lambda *args: steps.append(1) or decode_step(*args))
+    _, ours = pair(7)
+    ours.fast = True
+    prompt = [5, 6, 7, 8, 9, 10, 11]
+
+    def both(new, make_cache=None, cached=0, prompt=prompt):
+        """Eager and compiled runs; with make_cache, `cached` prompt tokens are run first."""
+        runs = []
+        for compiled in (False, True):
+            ours.compile_decode = compiled
+            cache = make_cache() if make_cache else None
+            if cached:
+                generate(ours, [prompt[:cached]], 1, cache=cache)
+            runs.append(generate(ours, [prompt[cached:]], new, cache=cache)[0])
+        eager, compiled = runs
+        assert len(eager.tokens) == new and compiled.tokens == eager.tokens
+        assert max(abs(a - b) for a, b in zip(compiled.logprobs, eager.logprobs)) <= 1e-4
+        return eager, cache
+
+    config = ours.config
+    wraps, _ = both(20)  # a cache of 27 positions: the window of 8 wraps the ring
+    assert len(steps) == 19  # every step after the prompt's, compiled runs only
+    _, within = both(6, lambda: KVCache(config, 1, 8, torch.float32), 1, prompt[:3])
+    assert within.windows_reach_all and within.length == 8
+    _, session = both(30, lambda: KVCache(config, 1, 64, torch.float32, rewind_margin=4), 3)
+    assert session.ring_index.numel() == 12 and session.length == 36
+    with torch.no_grad():
+        ours.lm_head.weight.mul_(0.5)
+    changed, _ = both(20)
+    assert changed.logprobs != wraps.logprobs
+
+
 def test_greedy_generation_matches_transformers_generate():
     reference, ours = pair(6)
     prompts = [[5, 6, 7, 8, 9, 10, 11], [20, 21, 22]]
