@@ -199,7 +199,7 @@ class CwmForCausalLM(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
         self.register_buffer("inv_freq", rope_inverse_frequencies(config), persistent=False)
         self.fast = False  # True: SDPA attention and oneDNN linear layers on the CPU
-        self.compile_decode = False  # True: generate's decode steps compiled (compiled_decode)
+        self.compile_decode = False  # True: generate compiles batch-1 decode steps
 
     @property
     def dtype(self) -> torch.dtype:
