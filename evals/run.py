@@ -53,6 +53,7 @@ class RunOptions:
     max_frame_tokens: int = 256
     budget_tokens: int = 32768  # rollout: tokens for the whole trace (the study's 32K)
     device: str = "cpu"
+    compile_decode: bool = False  # our runtime: batch-1 decode steps compiled
 
     @property
     def predictor_name(self) -> str:
@@ -91,7 +92,8 @@ def start(out: Path, options: RunOptions, resume: bool) -> None:
     """Claim OUT for this run (or check that a resumed run is the same one)."""
     if out.exists() and not out.is_dir():
         raise EvalError(f"{out} is a file: choose a directory for the report")
-    described = {k: v for k, v in asdict(options).items() if k != "device"}
+    described = {k: v for k, v in asdict(options).items()
+                 if k not in ("device", "compile_decode")}  # how it runs, not what it predicts
     manifest = json.loads((Path(options.dataset) / "manifest.json").read_text())
     described["dataset_fingerprint"] = manifest.get("fingerprint")  # the same rows
     if (out / RUN).exists():
@@ -220,7 +222,8 @@ def model_predictor(options: RunOptions) -> tuple[Callable[[Trace], dict], str]:
     from model.predictor import Sampling, TracePredictor
     from tracekit.tokenizer import load_tokenizer
 
-    backend = load_backend(options.model, options.openai_model, options.device)
+    backend = load_backend(options.model, options.openai_model, options.device,
+                           compile_decode=options.compile_decode)
     directory = Path(options.model.removeprefix("transformers:"))
     tokenizer = load_tokenizer(directory if directory.is_dir() else None)
     predictor = TracePredictor(backend, tokenizer, options.max_frame_tokens)

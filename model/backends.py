@@ -190,8 +190,12 @@ class OpenAIBackend:
 
 
 def load_backend(spec: str, openai_model: str | None = None, device: str = "cpu",
-                 dtype: torch.dtype | None = None):
-    """A backend from a model spec (see the module docstring)."""
+                 dtype: torch.dtype | None = None, compile_decode: bool = False):
+    """A backend from a model spec (see the module docstring). `compile_decode`: our
+    runtime's batch-1 decode steps compiled (model/compiled_decode.py)."""
+    if compile_decode and (spec.startswith(("openai:", "transformers:")) or spec == "bundled"):
+        raise BackendError(f"--compile applies to our runtime (a checkpoint directory), not to "
+                           f"{spec}: drop --compile")
     if spec.startswith("openai:"):
         if not openai_model:
             raise BackendError("openai:URL needs the served model's name (--openai-model NAME)")
@@ -214,4 +218,5 @@ def load_backend(spec: str, openai_model: str | None = None, device: str = "cpu"
 
     model = load_checkpoint(directory, device, dtype)
     model.fast = True
+    model.compile_decode = compile_decode
     return RuntimeBackend(model)

@@ -18,6 +18,8 @@ graph is compiled, without CUDA graphs, and has not been measured.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -60,7 +62,9 @@ def decode_step(model: CwmForCausalLM, cache: KVCache, token: torch.Tensor,
     kind = token.device.type
     if kind not in _COMPILED:
         _COMPILED[kind] = torch.compile(_step, fullgraph=True)
-    logits = _COMPILED[kind](model, cache, token, position, index)
+    with warnings.catch_warnings():  # compiling warns of torch's own deprecated internals
+        warnings.simplefilter("ignore", DeprecationWarning)
+        logits = _COMPILED[kind](model, cache, token, position, index)
     cache.advance(1)
     return logits
 

@@ -241,17 +241,21 @@ def test_server_serves_concurrent_clients_and_rejects_bad_requests(models, serve
         assert b"tiny-cwm" in response.read()
 
 
-def test_predict_command_prints_real_and_predicted_frames(tmp_path, models):
+def command_line_setup(tmp_path, model):
+    """The CLI's entry point, a runner, and a program and a checkpoint of `model` to use."""
     from click.testing import CliRunner
 
     from model.checkpoint import save_checkpoint
     from tracekit.cli import main
 
-    _, ours = models
-    save_checkpoint(ours, tmp_path / "tiny")
+    save_checkpoint(model, tmp_path / "tiny")
     program = tmp_path / "prog.py"
     program.write_text(PROGRAM + "\n# tracekit-call: count_vowels('ab')\n")
-    runner = CliRunner()
+    return main, CliRunner(), program
+
+
+def test_predict_command_prints_real_and_predicted_frames(tmp_path, models):
+    main, runner, program = command_line_setup(tmp_path, models[1])
     for mode in ("teacher-forced", "rollout", "next"):
         result = runner.invoke(main, ["predict", str(program), "--model", str(tmp_path / "tiny"),
                                       "--mode", mode, "--frames", "1", "--max-frame-tokens", "8",
@@ -269,6 +273,25 @@ def test_predict_command_prints_real_and_predicted_frames(tmp_path, models):
                                        "openai:http://127.0.0.1:9", "--openai-model", "x",
                                        "--sandbox", "none"])
     assert unreachable.exit_code == 7 and "cannot reach the server" in unreachable.output
+
+
+def test_predict_and_eval_compile_decode_steps_on_request(tmp_path, models):
+    """--compile: the same rollout as without it; refused where it cannot apply."""
+    from model.backends import load_backend
+
+    main, runner, program = command_line_setup(tmp_path, models[1])
+    command = ["predict", str(program), "--model", str(tmp_path / "tiny"), "--mode", "rollout",
+               "--max-frame-tokens", "24", "--sandbox", "none"]
+    plain = runner.invoke(main, command, catch_exceptions=False)
+    compiled = runner.invoke(main, [*command, "--compile"], catch_exceptions=False)
+    assert plain.exit_code == compiled.exit_code == 0 and compiled.output == plain.output
+    assert load_backend(str(tmp_path / "tiny"), compile_decode=True).model.compile_decode
+    refused = runner.invoke(main, ["predict", str(program), "--model", "openai:http://x:1",
+                                   "--openai-model", "x", "--compile", "--sandbox", "none"])
+    assert refused.exit_code == 7 and "--compile applies to our runtime" in refused.output
+    concurrent = runner.invoke(main, ["eval", str(tmp_path), "--model", str(tmp_path / "tiny"),
+                                      "--compile", "--concurrency", "2", "-o", str(tmp_path / "e")])
+    assert concurrent.exit_code == 2 and "--compile runs one trace at a time" in concurrent.output
 
 
 def bigram_model(cycle: list[int]) -> CwmForCausalLM:

@@ -195,6 +195,10 @@ def prompt(file: Path, entry, call, k, force, chat, no_thinking, ids, count, che
     click.echo(len(token_ids) if count else " ".join(map(str, token_ids)))
 
 
+COMPILE_HELP = ("Our runtime: compile batch-1 decode steps (torch.compile). Compiling takes "
+                "tens of seconds once; then rollouts and sessions decode faster.")
+
+
 MODEL_HELP = ("A checkpoint directory (our runtime), transformers:DIR (the reference path), "
               "openai:URL with --openai-model NAME (vLLM, tracekit serve), or bundled.")
 
@@ -214,10 +218,11 @@ MODEL_HELP = ("A checkpoint directory (our runtime), transformers:DIR (the refer
 @click.option("--max-frame-tokens", type=click.IntRange(min=1), default=256, show_default=True,
               help="Tokens one predicted frame may take before it counts as malformed.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+@click.option("--compile", "compile_decode", is_flag=True, help=COMPILE_HELP)
 @_limits_options
 def predict(file: Path, spec, openai_model, mode, k, entry, call, max_frame_tokens, device,
-            python, timeout, memory_mb, max_frames, max_value_chars, repr_timeout,
-            sandbox) -> None:
+            compile_decode, python, timeout, memory_mb, max_frames, max_value_chars,
+            repr_timeout, sandbox) -> None:
     """Trace FILE for real, predict its frames with a model, and print both side by side
     with the first divergence marked.
 
@@ -239,7 +244,7 @@ def predict(file: Path, spec, openai_model, mode, k, entry, call, max_frame_toke
     if not result.frames:
         _exit_for(result)
     try:
-        backend = load_backend(spec, openai_model, device)
+        backend = load_backend(spec, openai_model, device, compile_decode=compile_decode)
     except BackendError as exc:
         stderr.print(f"[red]model:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(EXIT_MODEL)
@@ -528,9 +533,10 @@ EVAL_EXIT = ("Exit codes: 0 evaluated; 2 bad command line; 7 the model could not
                    "truncated.")
 @click.option("--openai-model", metavar="NAME", help="The served model's name, for openai:URL.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+@click.option("--compile", "compile_decode", is_flag=True, help=COMPILE_HELP)
 def eval_run(dataset: Path, spec, predictions, mode, out: Path, resume, split, limit,
              temperature, top_k, top_p, seed, concurrency, max_frame_tokens, budget_tokens,
-             openai_model, device) -> None:
+             openai_model, device, compile_decode) -> None:
     """Predict every complete trace of DATASET (a `tracekit dataset build` directory), score
     the predictions against the real traces, and write the report into OUT.
 
@@ -553,8 +559,10 @@ def eval_run(dataset: Path, spec, predictions, mode, out: Path, resume, split, l
         predictions=str(predictions) if predictions else None, openai_model=openai_model,
         split=split, limit=limit, temperature=temperature, top_k=top_k, top_p=top_p,
         seed=seed, max_frame_tokens=max_frame_tokens, budget_tokens=budget_tokens,
-        device=device)
+        device=device, compile_decode=compile_decode)
     concurrency = concurrency or (8 if (spec or "").startswith("openai:") else 1)
+    if compile_decode and concurrency > 1:
+        raise click.UsageError("--compile runs one trace at a time: drop --concurrency")
     try:
         with Progress(TextColumn("predicting"), BarColumn(), MofNCompleteColumn(),
                       TimeRemainingColumn(), console=stderr, transient=True) as bar:
