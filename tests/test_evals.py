@@ -465,6 +465,16 @@ def test_an_openai_server_run_with_concurrency_equals_the_runtime_run(dataset, t
     assert "cannot reach the server" in down.output and "--resume" in down.output
 
 
+def test_a_rollout_eval_with_compiled_decode_steps_equals_the_eager_one(dataset, tmp_path):
+    checkpoint = tiny_checkpoint(tmp_path / "tiny")
+    options = ["--limit", "2", "--max-frame-tokens", "12", "--budget-tokens", "200"]
+    run(["eval", str(dataset), "--model", str(checkpoint), *options, "-o", str(tmp_path / "a")])
+    run(["eval", str(dataset), "--model", str(checkpoint), *options, "--compile", "-o",
+         str(tmp_path / "b")])
+    eager, compiled = ((tmp_path / d / "predictions.jsonl").read_text() for d in "ab")
+    assert len(eager.splitlines()) == 2 and compiled == eager
+
+
 def test_a_dataset_with_repeated_ids_is_refused_in_one_line(tmp_path):
     rows = [{"id": "same", "code": "def f(x):\n    return x", "call": "f(1)"},
             {"id": "same", "code": "def g(x):\n    return x + 1", "call": "g(1)"}]
