@@ -292,6 +292,9 @@ def test_predict_and_eval_compile_decode_steps_on_request(tmp_path, models):
     concurrent = runner.invoke(main, ["eval", str(tmp_path), "--model", str(tmp_path / "tiny"),
                                       "--compile", "--concurrency", "2", "-o", str(tmp_path / "e")])
     assert concurrent.exit_code == 2 and "--compile runs one trace at a time" in concurrent.output
+    baseline = runner.invoke(main, ["eval", str(tmp_path), "--model", "copy", "--compile",
+                                    "-o", str(tmp_path / "e")])
+    assert baseline.exit_code == 2 and "--compile applies to a model run by" in baseline.output
 
 
 def bigram_model(cycle: list[int]) -> CwmForCausalLM:

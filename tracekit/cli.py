@@ -549,6 +549,7 @@ def eval_run(dataset: Path, spec, predictions, mode, out: Path, resume, split, l
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
         TimeRemainingColumn
 
+    from evals.baselines import BASELINES
     from evals.run import EvalError, RunOptions, evaluate
     from model.errors import BackendError
 
@@ -561,6 +562,9 @@ def eval_run(dataset: Path, spec, predictions, mode, out: Path, resume, split, l
         seed=seed, max_frame_tokens=max_frame_tokens, budget_tokens=budget_tokens,
         device=device, compile_decode=compile_decode)
     concurrency = concurrency or (8 if (spec or "").startswith("openai:") else 1)
+    if compile_decode and (spec is None or spec in BASELINES):
+        raise click.UsageError("--compile applies to a model run by our runtime (a checkpoint "
+                               "directory): drop --compile")
     if compile_decode and concurrency > 1:
         raise click.UsageError("--compile runs one trace at a time: drop --concurrency")
     try:
