@@ -77,7 +77,7 @@ def _step(model: CwmForCausalLM, cache: KVCache, token: torch.Tensor, position: 
     cos, sin = emb.cos().to(x.dtype)[:, None], emb.sin().to(x.dtype)[:, None]
     half = sin.shape[-1] // 2
     sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
-    # Which keys each row may see: full layers hold sequence index i in slot i; sliding layers
+    # Which keys the row may see: full layers hold sequence index i in slot i; sliding layers
     # hold a ring whose slot s holds sequence index ring[s] (-1: empty), this step's included.
     full = torch.arange(cache.max_length, device=x.device) <= index
     ring = cache.ring_index
