@@ -25,30 +25,31 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.cache import KVCache
-from model.modeling import ONEDNN_LINEAR, ONEDNN_MIN_WEIGHT, CwmForCausalLM, apply_rope
+from model.modeling import (ONEDNN_LINEAR, ONEDNN_MIN_WEIGHT, CwmForCausalLM, apply_rope,
+                            onednn_runs)
 
 _COMPILED: dict[str, object] = {}  # device type -> the compiled step
 
 
 @torch.library.custom_op("tracekit::onednn_linear", mutates_args=())
-def onednn_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor,
+                  bias: torch.Tensor | None) -> torch.Tensor:
     """oneDNN's matmul as one opaque call in the compiled graph (the compiler would otherwise
     lower a linear layer to the default BLAS call, which reads large weights more slowly)."""
-    return ONEDNN_LINEAR(x, weight, None, "none", [], "")
+    return ONEDNN_LINEAR(x, weight, bias, "none", [], "")
 
 
 @onednn_linear.register_fake
-def _(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return x.new_empty(*x.shape[:-1], weight.shape[0])
 
 
 def linear(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
-    """The fast path's choice for one row (modeling.linear), in a form the compiler traces."""
+    """modeling.linear's choice for one row, in a form the compiler traces."""
     if type(layer) is not nn.Linear:  # e.g. Int8Linear
         return layer(x)
-    if (x.is_cpu and x.dtype is torch.float32 and ONEDNN_LINEAR is not None and layer.bias is None
-            and layer.weight.numel() >= ONEDNN_MIN_WEIGHT):
-        return onednn_linear(x, layer.weight)
+    if onednn_runs(x, layer.weight) and layer.weight.numel() >= ONEDNN_MIN_WEIGHT:
+        return onednn_linear(x, layer.weight, layer.bias)
     return F.linear(x, layer.weight, layer.bias)
 
 

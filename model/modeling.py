@@ -45,14 +45,20 @@ def linear(x: torch.Tensor, layer: nn.Module, fast: bool) -> torch.Tensor:
     if type(layer) is not nn.Linear:  # e.g. Int8Linear
         return layer(x)
     weight = layer.weight
-    if (fast and x.is_cpu and x.dtype is torch.float32 and ONEDNN_LINEAR is not None
-            and not (torch.is_grad_enabled() and weight.requires_grad)):
+    if fast and onednn_runs(x, weight):
         if (x.numel() > x.shape[-1] and weight.numel() >= ONEDNN_PACK_MIN_WEIGHT
                 and not weight.is_inference()):  # (whose changes no version counter tells)
             return ONEDNN_LINEAR(x, _blocked_weight(layer), layer.bias, "none", [], "")
         if weight.numel() >= ONEDNN_MIN_WEIGHT:
             return ONEDNN_LINEAR(x, weight, layer.bias, "none", [], "")
     return F.linear(x, weight, layer.bias)
+
+
+def onednn_runs(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether oneDNN's matmul can take this product: on the CPU, in fp32, without autograd
+    (it has no gradient). Which weights it pays for is `linear`'s choice."""
+    return (x.is_cpu and x.dtype is torch.float32 and ONEDNN_LINEAR is not None
+            and not (torch.is_grad_enabled() and weight.requires_grad))
 
 
 def _blocked_weight(layer: nn.Linear) -> torch.Tensor:
