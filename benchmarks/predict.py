@@ -29,10 +29,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import model.generation as generation  # noqa: E402
 from model.backends import RuntimeBackend, TransformersBackend  # noqa: E402
 from model.config import CwmConfig  # noqa: E402
 from model.modeling import CwmForCausalLM  # noqa: E402
 from model.predictor import TracePredictor  # noqa: E402
+from model.prompt_lookup import PromptLookup  # noqa: E402
 from tracekit.trace import Trace  # noqa: E402
 from tracekit.tracer import trace_source  # noqa: E402
 
@@ -56,6 +58,28 @@ def real_trace(frames: int) -> Trace:
     return trace
 
 
+def forwards_if_written(predictor: TracePredictor, trace: Trace, steps: int,
+                        draft_tokens: int) -> tuple[int, int]:
+    """(tokens, forwards) a session would take to decode the real frames with prompt-lookup
+    guesses if the model wrote exactly those frames: the guesses' hit rate on real traces,
+    whatever model is loaded. A frame's first forward is the prefill of the frame before it."""
+    tokens = forwards = 0
+    for i in range(steps):
+        real = predictor.frame_ids(trace.frames[i])
+        lookup = PromptLookup(predictor.prompt(trace.context, trace.frames[:i]))
+        done = 0
+        while done < len(real):
+            guess = lookup.guess(min(draft_tokens, len(real) - done - 1))
+            agreed = 0
+            while agreed < len(guess) and guess[agreed] == real[done + agreed]:
+                agreed += 1
+            lookup.extend(real[done:done + agreed + 1])
+            done += agreed + 1
+            forwards += 1
+        tokens += len(real)
+    return tokens, forwards
+
+
 def timed(fn):
     start = time.perf_counter()
     out = fn()
@@ -73,6 +97,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--compile", action="store_true",
                         help="ours with compiled batch-1 decode steps (model/compiled_decode.py)")
+    parser.add_argument("--draft-tokens", type=int, default=4,
+                        help="ours: prompt-lookup guesses checked per forward (0: one token "
+                             "per forward; model/prompt_lookup.py)")
     args = parser.parse_args(argv)
     import transformers
 
@@ -97,7 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     probe = TracePredictor(RuntimeBackend(ours))
     frame_tokens = args.frame_tokens or int(statistics.median(
         len(probe.frame_ids(f)) for f in traces[max(sizes)].frames))
-    runtime = TracePredictor(RuntimeBackend(ours), max_frame_tokens=frame_tokens)
+    runtime = TracePredictor(RuntimeBackend(ours, draft_tokens=args.draft_tokens),
+                             max_frame_tokens=frame_tokens)
     naive = TracePredictor(TransformersBackend(reference), max_frame_tokens=frame_tokens)
     for predictor in (runtime, naive):  # first calls (on a GPU: kernels, cuBLAS) untimed
         predictor.next_frame(traces[sizes[0]].context, max_tokens=2)
@@ -113,7 +141,8 @@ def main(argv: list[str] | None = None) -> None:
           f"{transformers.__version__}, Python {platform.python_version()}, "
           f"{time.strftime('%Y-%m-%d')}; random model: {args.layers} layers, hidden "
           f"{args.hidden}, vocab 128,256 ({params / 1e6:.0f}M parameters), {args.dtype}; "
-          f"{frame_tokens} tokens per predicted frame"
+          f"{frame_tokens} tokens per predicted frame; ours checks {args.draft_tokens} "
+          f"prompt-lookup guesses per forward"
           + ("; ours with compiled decode steps" if args.compile else ""))
     mismatches = []
     print(f"{'teacher forcing':16s} {'prompt tokens':>13s} {'ours s':>8s} {'naive s':>8s}"
@@ -144,12 +173,25 @@ def main(argv: list[str] | None = None) -> None:
         return lambda: [predictor.next_frame(trace.context, trace.frames[:i])
                         for i in range(args.steps)]
 
+    counted = []  # forwards: the model's, and compiled decode steps (which bypass forward)
+    hook = ours.register_forward_pre_hook(lambda module, args, kwargs: counted.append(1),
+                                          with_kwargs=True)
+    compiled_step = generation.decode_step
+    generation.decode_step = lambda *step: counted.append(1) or compiled_step(*step)
     session_out, session_s = timed(session_run)
+    generation.decode_step = compiled_step
+    hook.remove()
     resend_out, resend_s = timed(resend(runtime))
     naive_out, naive_s = timed(resend(naive))
     print(f"{args.steps}-step session: {session_s:.1f} s; re-sending the prompt each step: "
           f"ours {resend_s:.1f} s ({resend_s / session_s:.1f}x), transformers generate "
           f"{naive_s:.1f} s ({naive_s / session_s:.1f}x)")
+    decoded = sum(len(step.tokens) for step in session_out)
+    real_tokens, real_forwards = forwards_if_written(runtime, trace, args.steps,
+                                                     args.draft_tokens)
+    print(f"session forwards: {len(counted):,d} for {decoded:,d} predicted tokens "
+          f"({decoded / len(counted):.2f} tokens per forward with {args.draft_tokens} guesses; "
+          f"1.00 without); a model that wrote the real frames: {real_tokens / real_forwards:.2f}")
     for name, other in (("ours re-sending", resend_out), ("transformers", naive_out)):
         differ = sum(a.tokens != b.tokens for a, b in zip(session_out, other))
         if differ:

@@ -24,17 +24,22 @@ from model.generation import Generation, generate
 
 
 class RuntimeBackend:
-    """Our runtime, in process (CPU or CUDA)."""
+    """Our runtime, in process (CPU or CUDA). Greedy one-prompt decoding checks
+    `draft_tokens` tokens guessed by prompt lookup per forward (model/prompt_lookup.py; 0: one
+    token per forward): the same tokens, in fewer forwards."""
 
     name = "runtime"
 
-    def __init__(self, model, branch_batch: int = 64, prefill_chunk: int = 2048):
+    def __init__(self, model, branch_batch: int = 64, prefill_chunk: int = 2048,
+                 draft_tokens: int = 4):
         self.model = model.eval()
         self.branch_batch = branch_batch
         self.prefill_chunk = prefill_chunk
+        self.draft_tokens = draft_tokens
 
     def generate(self, prompts, max_new_tokens, stop_ids, sampling) -> list[Generation]:
-        return generate(self.model, prompts, max_new_tokens, stop_ids, **vars(sampling))
+        return generate(self.model, prompts, max_new_tokens, stop_ids,
+                        draft_tokens=self.draft_tokens, **vars(sampling))
 
     @torch.inference_mode()
     def teacher_forced(self, ids, starts, max_new_tokens, stop_ids, sampling):
@@ -56,7 +61,7 @@ class RuntimeBackend:
         return out
 
     def new_session(self, rewind_margin: int) -> RuntimeSession:
-        return RuntimeSession(self.model, rewind_margin)
+        return RuntimeSession(self.model, rewind_margin, draft_tokens=self.draft_tokens)
 
 
 class RuntimeSession:
@@ -66,9 +71,10 @@ class RuntimeSession:
     going back further, or past the cache's size (which doubles as needed), starts
     the cache again from the prompt."""
 
-    def __init__(self, model, rewind_margin: int, capacity: int = 4096):
+    def __init__(self, model, rewind_margin: int, capacity: int = 4096, draft_tokens: int = 0):
         self.model = model
         self.rewind_margin = rewind_margin
+        self.draft_tokens = draft_tokens
         self.cache = KVCache(model.config, 1, capacity, model.dtype, model.device,
                              rewind_margin=rewind_margin)
         self.cached: list[int] = []  # the tokens whose keys/values the cache holds
@@ -93,7 +99,8 @@ class RuntimeSession:
             self.cache.rewind(0)
             keep = 0
         generation = generate(self.model, [prompt[keep:]], max_new_tokens, stop_ids,
-                              cache=self.cache, **vars(sampling))[0]
+                              cache=self.cache, draft_tokens=self.draft_tokens,
+                              history=prompt[:keep], **vars(sampling))[0]
         self.cached = prompt + generation.tokens[:-1]  # the last token chosen is not run
         return generation
 

@@ -4,6 +4,7 @@ transformers does), returning each sequence's new tokens and their log-probabili
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -11,6 +12,7 @@ import torch
 from model.cache import KVCache, PrefixForks
 from model.compiled_decode import decode_step
 from model.modeling import CwmForCausalLM
+from model.prompt_lookup import PromptLookup
 
 
 @dataclass
@@ -24,13 +26,18 @@ class Generation:
 def generate(model: CwmForCausalLM, prompts: list[list[int]], max_new_tokens: int,
              stop_ids: tuple[int, ...] = (), temperature: float = 0.0, top_k: int = 0,
              top_p: float = 1.0, seed: int | None = None,
-             cache: KVCache | PrefixForks | None = None) -> list[Generation]:
+             cache: KVCache | PrefixForks | None = None, draft_tokens: int = 0,
+             history: Sequence[int] = ()) -> list[Generation]:
     """Continue each prompt. temperature 0 is greedy; the stop token is kept in `tokens`.
 
     With `cache` (holding a prefix already run, e.g. a trace so far), `prompts` are the tokens
     that follow it, one equal-length list per cached row: only they and the new tokens run
     through the model. The cache keeps the generated tokens, except the last one chosen.
-    With `cache` a PrefixForks, each branch's continuation follows its own prefix."""
+    With `cache` a PrefixForks, each branch's continuation follows its own prefix.
+
+    `draft_tokens` > 0 (greedy, one prompt): each forward also checks up to that many tokens
+    guessed by prompt lookup (model/prompt_lookup.py) in the prompt, in `history` (the tokens
+    the cache holds before `prompts`) and in what was generated; same tokens, fewer forwards."""
     device, dtype = model.device, model.dtype
     batch = len(prompts)
     width = max(len(p) for p in prompts)
@@ -47,13 +54,30 @@ def generate(model: CwmForCausalLM, prompts: list[list[int]], max_new_tokens: in
         mask[row, past + width - len(prompt):] = 1
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     if cache is None:
-        cache = KVCache(model.config, batch, width + max_new_tokens, dtype, device)
+        cache = KVCache(model.config, batch, width + max_new_tokens, dtype, device,
+                        rewind_margin=draft_tokens)
     positions = (mask[:, :past + width].cumsum(-1) - 1).clamp(min=0)[:, past:]
     forked = isinstance(cache, PrefixForks)  # no padding; positions follow each prefix
     if forked:
         positions = cache.next_positions(width)
-    logits = model(ids, attention_mask=None if forked else mask[:, :past + width],
-                   position_ids=positions, cache=cache, logits_to_keep=1).logits[:, -1]
+    # Greedy batch-1 decoding guesses tokens by prompt lookup and checks them in the same
+    # forward; the cache must be able to forget wrong guesses (a ring keeps rewind_margin more).
+    if temperature > 0 or batch != 1 or forked:
+        draft_tokens = 0
+    elif not cache.windows_reach_all:
+        draft_tokens = min(draft_tokens, cache.rewind_margin)
+    lookup = PromptLookup([*history, *prompts[0]]) if draft_tokens > 0 else None
+    # guesses run in the last forward, after the last chosen token (first: after the prompt)
+    guessed = lookup.guess(min(draft_tokens, max_new_tokens - 1)) if lookup else []
+    feed, feed_positions = ids, positions
+    if guessed:
+        feed = torch.cat((ids, torch.tensor([guessed], device=device)), 1)
+        feed_positions = torch.cat((positions, positions[:, -1:] + 1 + torch.arange(
+            len(guessed), device=device)), 1)
+        mask[:, past + width:past + width + len(guessed)] = 1
+    logits = model(feed, attention_mask=None if forked else mask[:, :past + feed.shape[1]],
+                   position_ids=feed_positions, cache=cache,
+                   logits_to_keep=1 + len(guessed)).logits
     width = past + width  # from here on, lengths count the cached prefix too
     chosen_tokens, chosen_logprobs = [], []
     done = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -61,24 +85,51 @@ def generate(model: CwmForCausalLM, prompts: list[list[int]], max_new_tokens: in
     stops = torch.tensor(list(stop_ids) or [-1], device=device)
     # Compiled steps for one row: batched steps are bound by their products (blocked weights)
     compiled = model.compile_decode and isinstance(cache, KVCache) and batch == 1
-    for step in range(max_new_tokens):
-        token = _choose(logits.float(), temperature, top_k, top_p, generator)
-        logprob = torch.log_softmax(logits.float(), dim=-1).gather(-1, token[:, None])[:, 0]
-        chosen_tokens.append(token)
-        chosen_logprobs.append(logprob)
-        stopped_now = torch.isin(token, stops) & ~done
-        finished_at = torch.where(stopped_now, step + 1, finished_at)
-        done |= stopped_now
-        if step == max_new_tokens - 1 or bool(done.all()):
+    produced = 0
+    while True:
+        rows = logits.float()  # (batch, 1 + len(guessed), vocab)
+        agreed = 0
+        if guessed:
+            greedy = rows[0, :len(guessed)].argmax(-1).tolist()
+            while agreed < len(guessed) and greedy[agreed] == guessed[agreed]:
+                agreed += 1
+        logprobs = torch.log_softmax(rows[:, :agreed + 1], dim=-1)
+        for row in range(agreed + 1):  # each agreed guess is the greedy choice; then one more
+            token = _choose(rows[:, row], temperature, top_k, top_p, generator)
+            logprob = logprobs[:, row].gather(-1, token[:, None])[:, 0]
+            chosen_tokens.append(token)
+            chosen_logprobs.append(logprob)
+            stopped_now = torch.isin(token, stops) & ~done
+            finished_at = torch.where(stopped_now, produced + 1, finished_at)
+            done |= stopped_now
+            produced += 1
+            if produced == max_new_tokens or bool(done.all()):
+                break
+        if produced == max_new_tokens or bool(done.all()):
             break
-        length = width + step + 1
+        if len(guessed) > agreed:  # forget the rejected guesses' keys/values
+            cache.rewind(cache.length - (len(guessed) - agreed))
+        length = width + produced
+        position = positions[:, -1:] + produced
+        guessed = []
+        if lookup is not None:
+            lookup.extend(t.item() for t in chosen_tokens[produced - agreed - 1:])
+            guessed = lookup.guess(min(draft_tokens, max_new_tokens - produced - 1))
+        if guessed:
+            feed = torch.tensor([[token.item(), *guessed]], device=device)
+            mask[:, length - 1:length + len(guessed)] = 1
+            logits = model(feed, attention_mask=mask[:, :length + len(guessed)],
+                           position_ids=position + torch.arange(feed.shape[1], device=device),
+                           cache=cache, logits_to_keep=feed.shape[1]).logits
+            continue
         mask[:, length - 1] = 1
-        position = positions[:, -1:] + step + 1
         if compiled:
-            logits = decode_step(model, cache, token[:, None], position)
+            logits = decode_step(model, cache, token[:, None], position)[:, None]
             continue
         logits = model(token[:, None], attention_mask=None if forked else mask[:, :length],
-                       position_ids=position, cache=cache).logits[:, -1]
+                       position_ids=position, cache=cache).logits[:, -1:]
+    if lookup is not None:  # the cache ends on the tokens chosen, less the last (as without)
+        cache.rewind(width + produced - 1)
     tokens = torch.stack(chosen_tokens, 1).tolist()
     logprobs = torch.stack(chosen_logprobs, 1).tolist()
     ends = finished_at.tolist()

@@ -104,7 +104,8 @@ def test_a_session_runs_only_the_new_tokens(trace, models):
 
     hook = ours.register_forward_pre_hook(count, with_kwargs=True)
     try:
-        predictor = TracePredictor(RuntimeBackend(ours), max_frame_tokens=8)
+        # one token per forward (no prompt-lookup guesses): every token through is counted
+        predictor = TracePredictor(RuntimeBackend(ours, draft_tokens=0), max_frame_tokens=8)
         session = predictor.session(trace.context)
         for i, frame in enumerate(trace.frames[:8]):
             seen.clear()
@@ -340,7 +341,8 @@ def test_predict_judges_frames_as_the_eval_does(tmp_path):
 
 
 def test_rollouts_of_valid_frames_stop_at_the_frame_cap_or_the_budget(trace):
-    predictor = TracePredictor(RuntimeBackend(bigram_model([])), max_frame_tokens=16)
+    backend = RuntimeBackend(bigram_model([]), draft_tokens=0)  # one token per forward
+    predictor = TracePredictor(backend, max_frame_tokens=16)
     frame = Frame("line", None, "    pass\n", {})
     cycle = predictor.frame_ids(frame)  # <|line_sep|>{}<|action_sep|>    pass\n<|frame_sep|>
     predictor.backend.model = bigram_model(cycle)
@@ -379,3 +381,42 @@ def test_the_prediction_benchmark_runs(capsys):
                                       "--steps", "3", "--frame-tokens", "4"])
     out = capsys.readouterr().out
     assert "3 frames" in out and "3-step session" in out and "float32" in out
+
+
+def test_drafted_decoding_gives_the_same_sessions_and_rollouts_in_fewer_forwards(trace, models):
+    """Prompt-lookup guesses (RuntimeBackend's draft_tokens, on by default) change how many
+    forwards a prediction takes, not what it predicts: a session over real frames (stepping
+    back, re-sampling) and a rollout give what one token per forward gives."""
+    _, ours = models
+    runs = {}
+    for draft in (0, 4):
+        predictor = TracePredictor(RuntimeBackend(ours, draft_tokens=draft), max_frame_tokens=24)
+        session, steps = predictor.session(trace.context), []
+        for frame in trace.frames[:8]:
+            steps.append(session.step())
+            session.append(frame)
+        session.back(2)
+        steps += [session.step(), session.step(sampling=Sampling(temperature=1.0, seed=1))]
+        runs[draft] = steps
+    for plain, drafted in zip(runs[0], runs[4]):
+        assert drafted.tokens == plain.tokens
+        assert drafted.logprobs == pytest.approx(plain.logprobs, abs=1e-4)
+
+    frame = Frame("line", None, "    pass\n", {})
+    cycle = TracePredictor(RuntimeBackend(ours)).frame_ids(frame)
+    model = bigram_model(cycle)  # writes `frame` again and again: every guess is right
+    seen = []
+    hook = model.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[1]))
+    forwards = {}
+    try:
+        for draft in (0, 4):
+            seen.clear()
+            predictor = TracePredictor(RuntimeBackend(model, draft_tokens=draft),
+                                       max_frame_tokens=16)
+            rollout = predictor.rollout(trace.context, trace.frames[:2], max_frames=6)
+            assert rollout.frames == [frame] * 6 and rollout.tokens_used == 6 * len(cycle)
+            forwards[draft] = len(seen)
+    finally:
+        hook.remove()
+    # one forward per token, against (after the first frames) 2 per frame of 7 tokens
+    assert forwards[0] == 6 * len(cycle) and forwards[4] <= 16

@@ -167,6 +167,75 @@ def test_sampling_is_seeded_and_stops_on_stop_ids():
     assert stopped.tokens == greedy[:greedy.index(stop) + 1] and stopped.stopped
 
 
+def test_prompt_lookup_guesses_copy_the_latest_longest_match():
+    from model.prompt_lookup import PromptLookup
+
+    assert PromptLookup([1, 2, 3, 9, 1, 2]).guess(4) == [3, 9, 1, 2]
+    assert PromptLookup([1, 2, 5, 8, 2, 6, 3, 1, 2]).guess(1) == [5]  # "1 2", not "2" -> 6
+    assert PromptLookup([4, 1, 2, 5, 1, 2]).guess(3) == [5, 1, 2]  # the latest "1 2" but one
+    assert PromptLookup([3, 7, 7, 7]).guess(5) == [7] * 5  # a run continues (overlapping copy)
+    assert PromptLookup([3, 8, 1, 2]).guess(4) == []  # 2 never came before
+    lookup = PromptLookup([5, 6], longest=2)
+    lookup.extend([7, 5, 6])
+    assert lookup.guess(2) == [7, 5]
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_drafted_generation_gives_the_greedy_tokens_in_fewer_forwards(fast):
+    """Prompt-lookup guesses checked in one forward (draft_tokens): the tokens, log-probs (to
+    rounding), stops and cache contents of one-token-per-forward greedy decoding, with wrong
+    guesses forgotten, also in a sliding ring that keeps only `rewind_margin` extra positions."""
+    reference, ours = pair(6)
+    ours.fast = fast
+    fed = []  # tokens per forward
+    hook = ours.register_forward_pre_hook(
+        lambda module, args, kwargs: fed.append((args[0] if args else kwargs["input_ids"]
+                                                 ).shape[1]), with_kwargs=True)
+    try:
+        for prompt in ([5, 6, 7, 8, 9, 10, 11], [20, 21, 22, 20, 21, 22, 20, 21]):
+            fed.clear()
+            plain = generate(ours, [prompt], 64)[0]
+            assert fed[1:] == [1] * 63
+            fed.clear()
+            drafted = generate(ours, [prompt], 64, draft_tokens=4)[0]
+            assert drafted.tokens == plain.tokens
+            assert max(abs(a - b) for a, b in zip(drafted.logprobs, plain.logprobs)) <= 1e-5
+            # guesses were taken (fewer forwards) and refused (more tokens run than kept)
+            assert len(fed) < 56 and sum(fed) - len(prompt) > 63 and max(fed) <= len(prompt) + 4
+        whole = reference.generate(torch.tensor([prompt]), max_new_tokens=64, do_sample=False,
+                                   eos_token_id=None, pad_token_id=0)[0, len(prompt):]
+        assert drafted.tokens == whole.tolist()
+    finally:
+        hook.remove()
+    # a cached prefix and a ring (window 8) that keeps 4 positions to rewind: the cache ends
+    # where one-token decoding leaves it, and continuing from it gives the rest of the run
+    prompt, greedy = [5, 6, 7, 8, 9, 10, 11], generate(ours, [[5, 6, 7, 8, 9, 10, 11]], 60)[0]
+    cache = KVCache(ours.config, 1, 128, torch.float32, rewind_margin=4)
+    generate(ours, [prompt[:3]], 1, cache=cache)
+    first = generate(ours, [prompt[3:]], 40, cache=cache, draft_tokens=4, history=prompt[:3])[0]
+    assert first.tokens == greedy.tokens[:40] and cache.length == len(prompt) + 39
+    rest = generate(ours, [first.tokens[-1:]], 20, cache=cache, draft_tokens=4,
+                    history=prompt + first.tokens[:-1])[0]
+    assert rest.tokens == greedy.tokens[40:]
+    # a stop token chosen in a forward that also ran guesses after it ends the generation
+    # there, and the cache forgets those guesses
+    stop = greedy.tokens[7]
+    cache = KVCache(ours.config, 1, 128, torch.float32, rewind_margin=4)
+    stopped = generate(ours, [prompt], 60, stop_ids=(stop,), cache=cache, draft_tokens=4)[0]
+    assert stopped.stopped and stopped.tokens == greedy.tokens[:greedy.tokens.index(stop) + 1]
+    assert cache.length == len(prompt) + len(stopped.tokens) - 1
+    # a ring with no rewind margin cannot forget guesses: decoding goes one token at a time
+    cache = KVCache(ours.config, 1, 128, torch.float32)
+    fed.clear()
+    hook = ours.register_forward_pre_hook(lambda module, args: fed.append(args[0].shape[1]))
+    try:
+        assert generate(ours, [prompt], 30, cache=cache, draft_tokens=4)[0].tokens == \
+            greedy.tokens[:30]
+    finally:
+        hook.remove()
+    assert fed[1:] == [1] * 29
+
+
 def test_checkpoints_load_both_ways(tmp_path):
     reference, _ = pair(8)
     reference.save_pretrained(tmp_path / "hf", max_shard_size="100KB")

@@ -1,0 +1,47 @@
+"""Draft tokens for greedy decoding, copied from earlier in the sequence (prompt lookup
+decoding: Saxena, 2023; transformers' `prompt_lookup_num_tokens`, vLLM's n-gram speculator).
+
+A trace repeats itself: a frame mostly restates the locals of the frame before it, and a
+line's source text is the same every time the line runs. So the tokens that followed the last
+occurrence of the sequence's final few tokens are a good guess of what comes next. `generate`
+runs the guesses through the model together with the last chosen token, one forward for several
+tokens, and keeps the longest run the model's own greedy choices agree with: the output is the
+greedy output, only fewer forwards make it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class PromptLookup:
+    """Guesses the next tokens of a growing sequence. The longest match wins: the last
+    `longest` tokens, else fewer, down to one; the guess copies what followed that match's most
+    recent earlier occurrence (overlapping the end as an LZ77 copy does, so a repeating run
+    continues)."""
+
+    def __init__(self, tokens: Iterable[int] = (), longest: int = 4):
+        self.longest = longest
+        self.tokens: list[int] = []
+        # n-gram -> index of its last token, at its latest occurrence before the sequence's end
+        self._ends: list[dict[tuple[int, ...], int]] = [{} for _ in range(longest)]
+        self.extend(tokens)
+
+    def extend(self, tokens: Iterable[int]) -> None:
+        for token in tokens:
+            self.tokens.append(token)
+            end = len(self.tokens) - 2  # the n-grams ending here now have a continuation
+            for n in range(1, min(self.longest, end + 1) + 1):
+                self._ends[n - 1][tuple(self.tokens[end - n + 1:end + 1])] = end
+
+    def guess(self, count: int) -> list[int]:
+        """Up to `count` tokens to follow the sequence ([] when nothing matches)."""
+        tokens, length = self.tokens, len(self.tokens)
+        for n in range(min(self.longest, length), 0, -1):
+            end = self._ends[n - 1].get(tuple(tokens[length - n:]))
+            if end is not None:
+                guess: list[int] = []
+                for source in range(end + 1, end + 1 + count):
+                    guess.append(tokens[source] if source < length else guess[source - length])
+                return guess
+        return []
