@@ -6,7 +6,9 @@ approaches, on the same random model with CWM's vocabulary.
    transformers `generate` per prefix, as most harnesses do. Outputs asserted identical.
 2. A 50-step session (predict the next frame, append the real one, repeat) against re-sending
    the whole prompt each step, both on our runtime; and against transformers `generate` per
-   step. Outputs asserted identical.
+   step. Outputs asserted identical. Ours decodes with prompt-lookup guesses (`--draft-tokens`,
+   default 8 as in RuntimeBackend; 0 for one token per forward); the run prints how many tokens
+   a forward yielded, and how many it would yield for a model that wrote the real frames.
 
 A random model never writes `<|frame_sep|>`, so each prediction runs to `--frame-tokens`
 (default: the traces' median real frame length, what a model that writes the real frame would
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--compile", action="store_true",
                         help="ours with compiled batch-1 decode steps (model/compiled_decode.py)")
-    parser.add_argument("--draft-tokens", type=int, default=4,
+    parser.add_argument("--draft-tokens", type=int, default=8,
                         help="ours: prompt-lookup guesses checked per forward (0: one token "
                              "per forward; model/prompt_lookup.py)")
     args = parser.parse_args(argv)

@@ -31,7 +31,7 @@ class RuntimeBackend:
     name = "runtime"
 
     def __init__(self, model, branch_batch: int = 64, prefill_chunk: int = 2048,
-                 draft_tokens: int = 4):
+                 draft_tokens: int = 8):
         self.model = model.eval()
         self.branch_batch = branch_batch
         self.prefill_chunk = prefill_chunk
