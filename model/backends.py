@@ -21,6 +21,7 @@ import torch
 from model.cache import KVCache
 from model.errors import BackendError  # noqa: F401 - raised here, imported from here too
 from model.generation import Generation, generate
+from model.prompt_lookup import PromptLookup
 
 
 class RuntimeBackend:
@@ -78,6 +79,7 @@ class RuntimeSession:
         self.cache = KVCache(model.config, 1, capacity, model.dtype, model.device,
                              rewind_margin=rewind_margin)
         self.cached: list[int] = []  # the tokens whose keys/values the cache holds
+        self.lookup = PromptLookup()  # the tokens so far, indexed for guesses
 
     def generate(self, prompt: list[int], max_new_tokens, stop_ids, sampling) -> Generation:
         keep = 0
@@ -98,9 +100,10 @@ class RuntimeSession:
         except ValueError:  # further back than the sliding layers keep: start again
             self.cache.rewind(0)
             keep = 0
+        self.lookup.truncate(keep)  # (it holds the cached tokens and more)
         generation = generate(self.model, [prompt[keep:]], max_new_tokens, stop_ids,
                               cache=self.cache, draft_tokens=self.draft_tokens,
-                              history=prompt[:keep], **vars(sampling))[0]
+                              lookup=self.lookup, **vars(sampling))[0]
         self.cached = prompt + generation.tokens[:-1]  # the last token chosen is not run
         return generation
 

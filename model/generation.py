@@ -4,7 +4,6 @@ transformers does), returning each sequence's new tokens and their log-probabili
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +26,7 @@ def generate(model: CwmForCausalLM, prompts: list[list[int]], max_new_tokens: in
              stop_ids: tuple[int, ...] = (), temperature: float = 0.0, top_k: int = 0,
              top_p: float = 1.0, seed: int | None = None,
              cache: KVCache | PrefixForks | None = None, draft_tokens: int = 0,
-             history: Sequence[int] = ()) -> list[Generation]:
+             lookup: PromptLookup | None = None) -> list[Generation]:
     """Continue each prompt. temperature 0 is greedy; the stop token is kept in `tokens`.
 
     With `cache` (holding a prefix already run, e.g. a trace so far), `prompts` are the tokens
@@ -36,8 +35,9 @@ def generate(model: CwmForCausalLM, prompts: list[list[int]], max_new_tokens: in
     With `cache` a PrefixForks, each branch's continuation follows its own prefix.
 
     `draft_tokens` > 0 (greedy, one prompt): each forward also checks up to that many tokens
-    guessed by prompt lookup (model/prompt_lookup.py) in the prompt, in `history` (the tokens
-    the cache holds before `prompts`) and in what was generated; same tokens, fewer forwards."""
+    guessed by prompt lookup (model/prompt_lookup.py) in what came before; same tokens, fewer
+    forwards. `lookup`: the tokens the cache holds before `prompts`, to guess from too; it is
+    extended with the prompt and every token chosen (a session keeps one from step to step)."""
     device, dtype = model.device, model.dtype
     batch = len(prompts)
     width = max(len(p) for p in prompts)
@@ -66,9 +66,14 @@ def generate(model: CwmForCausalLM, prompts: list[list[int]], max_new_tokens: in
         draft_tokens = 0
     elif not cache.windows_reach_all:
         draft_tokens = min(draft_tokens, cache.rewind_margin)
-    lookup = PromptLookup([*history, *prompts[0]]) if draft_tokens > 0 else None
+    if lookup is not None and batch != 1:
+        raise ValueError("a PromptLookup follows one sequence: give one prompt")
+    if lookup is None and draft_tokens > 0:
+        lookup = PromptLookup()
+    if lookup is not None:
+        lookup.extend(prompts[0])
     # guesses run in the last forward, after the last chosen token (first: after the prompt)
-    guessed = lookup.guess(min(draft_tokens, max_new_tokens - 1)) if lookup else []
+    guessed = lookup.guess(min(draft_tokens, max_new_tokens - 1)) if draft_tokens > 0 else []
     feed, feed_positions = ids, positions
     if guessed:
         feed = torch.cat((ids, torch.tensor([guessed], device=device)), 1)
@@ -94,6 +99,7 @@ def generate(model: CwmForCausalLM, prompts: list[list[int]], max_new_tokens: in
             while agreed < len(guessed) and greedy[agreed] == guessed[agreed]:
                 agreed += 1
         logprobs = torch.log_softmax(rows[:, :agreed + 1], dim=-1)
+        before = produced
         for row in range(agreed + 1):  # each agreed guess is the greedy choice; then one more
             token = _choose(rows[:, row], temperature, top_k, top_p, generator)
             logprob = logprobs[:, row].gather(-1, token[:, None])[:, 0]
@@ -105,6 +111,8 @@ def generate(model: CwmForCausalLM, prompts: list[list[int]], max_new_tokens: in
             produced += 1
             if produced == max_new_tokens or bool(done.all()):
                 break
+        if lookup is not None:
+            lookup.extend(t.item() for t in chosen_tokens[before:])
         if produced == max_new_tokens or bool(done.all()):
             break
         if len(guessed) > agreed:  # forget the rejected guesses' keys/values
@@ -112,8 +120,7 @@ def generate(model: CwmForCausalLM, prompts: list[list[int]], max_new_tokens: in
         length = width + produced
         position = positions[:, -1:] + produced
         guessed = []
-        if lookup is not None:
-            lookup.extend(t.item() for t in chosen_tokens[produced - agreed - 1:])
+        if draft_tokens > 0:
             guessed = lookup.guess(min(draft_tokens, max_new_tokens - produced - 1))
         if guessed:
             feed = torch.tensor([[token.item(), *guessed]], device=device)
@@ -128,7 +135,7 @@ def generate(model: CwmForCausalLM, prompts: list[list[int]], max_new_tokens: in
             continue
         logits = model(token[:, None], attention_mask=None if forked else mask[:, :length],
                        position_ids=position, cache=cache).logits[:, -1:]
-    if lookup is not None:  # the cache ends on the tokens chosen, less the last (as without)
+    if draft_tokens > 0:  # the cache ends on the tokens chosen, less the last (as without)
         cache.rewind(width + produced - 1)
     tokens = torch.stack(chosen_tokens, 1).tolist()
     logprobs = torch.stack(chosen_logprobs, 1).tolist()

@@ -15,16 +15,16 @@ from collections.abc import Iterable
 
 
 class PromptLookup:
-    """Guesses the next tokens of a growing sequence. The longest match wins: the last
-    `longest` tokens, else fewer, down to one; the guess copies what followed that match's most
-    recent earlier occurrence (overlapping the end as an LZ77 copy does, so a repeating run
-    continues)."""
+    """A growing (and shrinkable) token sequence, indexed to guess what follows it. The longest
+    match wins: the last `longest` tokens, else fewer, down to one; the guess copies what
+    followed that match's most recent earlier occurrence (overlapping the end as an LZ77 copy
+    does, so a repeating run continues). Extending or truncating costs per token changed."""
 
     def __init__(self, tokens: Iterable[int] = (), longest: int = 4):
         self.longest = longest
         self.tokens: list[int] = []
-        # n-gram -> index of its last token, at its latest occurrence before the sequence's end
-        self._ends: list[dict[tuple[int, ...], int]] = [{} for _ in range(longest)]
+        # n-gram -> index of its last token at each occurrence before the sequence's end
+        self._ends: list[dict[tuple[int, ...], list[int]]] = [{} for _ in range(longest)]
         self.extend(tokens)
 
     def extend(self, tokens: Iterable[int]) -> None:
@@ -32,16 +32,29 @@ class PromptLookup:
             self.tokens.append(token)
             end = len(self.tokens) - 2  # the n-grams ending here now have a continuation
             for n in range(1, min(self.longest, end + 1) + 1):
-                self._ends[n - 1][tuple(self.tokens[end - n + 1:end + 1])] = end
+                self._ends[n - 1].setdefault(tuple(self.tokens[end - n + 1:end + 1]),
+                                             []).append(end)
+
+    def truncate(self, length: int) -> None:
+        """Forget every token from `length` on."""
+        while len(self.tokens) > length:
+            end = len(self.tokens) - 2
+            for n in range(1, min(self.longest, end + 1) + 1):
+                key = tuple(self.tokens[end - n + 1:end + 1])
+                ends = self._ends[n - 1][key]
+                ends.pop()
+                if not ends:
+                    del self._ends[n - 1][key]
+            self.tokens.pop()
 
     def guess(self, count: int) -> list[int]:
         """Up to `count` tokens to follow the sequence ([] when nothing matches)."""
         tokens, length = self.tokens, len(self.tokens)
         for n in range(min(self.longest, length), 0, -1):
-            end = self._ends[n - 1].get(tuple(tokens[length - n:]))
-            if end is not None:
+            ends = self._ends[n - 1].get(tuple(tokens[length - n:]))
+            if ends:
                 guess: list[int] = []
-                for source in range(end + 1, end + 1 + count):
+                for source in range(ends[-1] + 1, ends[-1] + 1 + count):
                     guess.append(tokens[source] if source < length else guess[source - length])
                 return guess
         return []

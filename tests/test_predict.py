@@ -129,13 +129,15 @@ def test_a_session_runs_only_the_new_tokens(trace, models):
         hook.remove()
 
 
-def test_a_session_going_back_past_its_margin_starts_again(trace, models):
+@pytest.mark.parametrize("draft", [0, 4])
+def test_a_session_going_back_past_its_margin_starts_again(trace, models, draft):
     from model.backends import RuntimeSession
     from model.generation import generate
 
     _, ours = models
     ids = TracePredictor(RuntimeBackend(ours)).prompt(trace.context, trace.frames[:6])
-    session = RuntimeSession(ours, rewind_margin=4, capacity=64)  # grows as needed
+    session = RuntimeSession(ours, rewind_margin=4, capacity=64,  # grows as needed
+                             draft_tokens=draft)
     for prompt in (ids, ids[:40], ids[:-3], ids[:20]):
         assert session.generate(prompt, 5, (), Sampling()).tokens == \
             generate(ours, [prompt], 5)[0].tokens

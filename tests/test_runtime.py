@@ -12,6 +12,7 @@ from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from model.config import CwmConfig, ConfigError
 from model.generation import generate
 from model.modeling import CwmForCausalLM
+from model.prompt_lookup import PromptLookup
 
 transformers = pytest.importorskip("transformers")
 
@@ -168,8 +169,6 @@ def test_sampling_is_seeded_and_stops_on_stop_ids():
 
 
 def test_prompt_lookup_guesses_copy_the_latest_longest_match():
-    from model.prompt_lookup import PromptLookup
-
     assert PromptLookup([1, 2, 3, 9, 1, 2]).guess(4) == [3, 9, 1, 2]
     assert PromptLookup([1, 2, 5, 8, 2, 6, 3, 1, 2]).guess(1) == [5]  # "1 2", not "2" -> 6
     assert PromptLookup([4, 1, 2, 5, 1, 2]).guess(3) == [5, 1, 2]  # the latest "1 2" but one
@@ -178,6 +177,12 @@ def test_prompt_lookup_guesses_copy_the_latest_longest_match():
     lookup = PromptLookup([5, 6], longest=2)
     lookup.extend([7, 5, 6])
     assert lookup.guess(2) == [7, 5]
+    lookup.extend([9, 5, 6])
+    assert lookup.guess(2) == [9, 5]
+    lookup.truncate(5)  # back to 5 6 7 5 6: as if never extended
+    assert lookup.guess(2) == [7, 5] and lookup.tokens == [5, 6, 7, 5, 6]
+    lookup.truncate(2)
+    assert lookup.guess(2) == [] and lookup._ends == PromptLookup([5, 6], longest=2)._ends
 
 
 @pytest.mark.parametrize("fast", [False, True])
@@ -212,10 +217,13 @@ def test_drafted_generation_gives_the_greedy_tokens_in_fewer_forwards(fast):
     prompt, greedy = [5, 6, 7, 8, 9, 10, 11], generate(ours, [[5, 6, 7, 8, 9, 10, 11]], 60)[0]
     cache = KVCache(ours.config, 1, 128, torch.float32, rewind_margin=4)
     generate(ours, [prompt[:3]], 1, cache=cache)
-    first = generate(ours, [prompt[3:]], 40, cache=cache, draft_tokens=4, history=prompt[:3])[0]
+    lookup = PromptLookup(prompt[:3])
+    first = generate(ours, [prompt[3:]], 40, cache=cache, draft_tokens=4, lookup=lookup)[0]
     assert first.tokens == greedy.tokens[:40] and cache.length == len(prompt) + 39
+    assert lookup.tokens == prompt + first.tokens  # extended with every token chosen
+    lookup.truncate(cache.length)
     rest = generate(ours, [first.tokens[-1:]], 20, cache=cache, draft_tokens=4,
-                    history=prompt + first.tokens[:-1])[0]
+                    lookup=lookup)[0]
     assert rest.tokens == greedy.tokens[40:]
     # a stop token chosen in a forward that also ran guesses after it ends the generation
     # there, and the cache forgets those guesses
