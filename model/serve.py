@@ -27,11 +27,14 @@ class RequestError(Exception):
 
 
 class Engine:
-    """Batches queued completion requests through the model, one batch at a time."""
+    """Batches queued completion requests through the model, one batch at a time. A greedy
+    request alone in its batch decodes with `draft_tokens` prompt-lookup guesses per forward
+    (as RuntimeBackend does)."""
 
-    def __init__(self, model, tokenizer, name: str, max_batch: int = 16):
+    def __init__(self, model, tokenizer, name: str, max_batch: int = 16, draft_tokens: int = 8):
         self.model, self.tokenizer, self.name = model, tokenizer, name
         self.max_batch = max_batch
+        self.draft_tokens = draft_tokens
         self.context = model.config.max_position_embeddings
         self.queue: queue.Queue = queue.Queue()
         threading.Thread(target=self._worker, daemon=True).start()
@@ -110,7 +113,8 @@ class Engine:
     def _run(self, jobs: list[dict]) -> None:
         new = max(job["max_tokens"] for job in jobs)
         results = generate(self.model, [job["ids"] for job in jobs], max(new, 1),
-                           jobs[0]["stop_ids"], **jobs[0]["sampling"]) if new else None
+                           jobs[0]["stop_ids"], draft_tokens=self.draft_tokens,
+                           **jobs[0]["sampling"]) if new else None
         for i, job in enumerate(jobs):
             tokens, logprobs, finish, reason = [], [], "length", None
             if results is not None:
