@@ -35,9 +35,11 @@ def generate(model: CwmForCausalLM, prompts: list[list[int]], max_new_tokens: in
     With `cache` a PrefixForks, each branch's continuation follows its own prefix.
 
     `draft_tokens` > 0 (greedy, one prompt): each forward also checks up to that many tokens
-    guessed by prompt lookup (model/prompt_lookup.py) in what came before; same tokens, fewer
-    forwards. `lookup`: the tokens the cache holds before `prompts`, to guess from too; it is
-    extended with the prompt and every token chosen (a session keeps one from step to step)."""
+    guessed by prompt lookup (model/prompt_lookup.py) in what came before: the greedy tokens
+    in fewer forwards (a forward of several tokens rounds differently from one-token forwards,
+    so a near-tie could flip, as in any batched decode). `lookup`: the tokens the cache holds
+    before `prompts`, to guess from too; it is extended with the prompt and every token chosen
+    (a session keeps one from step to step)."""
     device, dtype = model.device, model.dtype
     batch = len(prompts)
     width = max(len(p) for p in prompts)

@@ -6,7 +6,9 @@ line's source text is the same every time the line runs. So the tokens that foll
 occurrence of the sequence's final few tokens are a good guess of what comes next. `generate`
 runs the guesses through the model together with the last chosen token, one forward for several
 tokens, and keeps the longest run the model's own greedy choices agree with: the output is the
-greedy output, only fewer forwards make it.
+greedy output (to rounding: several tokens per forward round differently from one), only
+fewer forwards make it. A forward reads the weights once however many tokens it runs, so on a
+decode bound by reading weights (or by launching kernels) a wrong guess costs little.
 """
 
 from __future__ import annotations
