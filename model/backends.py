@@ -100,6 +100,7 @@ class RuntimeSession:
         except ValueError:  # further back than the sliding layers keep: start again
             self.cache.rewind(0)
             keep = 0
+        self.cached = prompt[:keep]  # (what the cache surely holds, should generate fail)
         self.lookup.truncate(keep)  # (it holds the cached tokens and more)
         generation = generate(self.model, [prompt[keep:]], max_new_tokens, stop_ids,
                               cache=self.cache, draft_tokens=self.draft_tokens,

@@ -143,6 +143,31 @@ def test_a_session_going_back_past_its_margin_starts_again(trace, models, draft)
             generate(ours, [prompt], 5)[0].tokens
 
 
+def test_a_session_step_that_fails_midway_leaves_the_session_usable(trace, models):
+    """A step interrupted after its prompt ran (Ctrl-C, an error) must not leave the session
+    believing its cache holds what it held before."""
+    from model.backends import RuntimeSession
+    from model.generation import generate
+
+    _, ours = models
+    ids = TracePredictor(RuntimeBackend(ours)).prompt(trace.context, trace.frames[:6])
+    session = RuntimeSession(ours, rewind_margin=64, draft_tokens=4)
+    session.generate(ids[:-20], 5, (), Sampling())
+    forwards = []
+
+    def interrupt(module, args):
+        forwards.append(1)
+        if len(forwards) == 2:  # the prompt has overwritten the cache from ids[:-30] on
+            raise KeyboardInterrupt
+
+    hook = ours.register_forward_pre_hook(interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        session.generate(ids[:-30] + [5] * 10, 10, (), Sampling())
+    hook.remove()
+    assert session.generate(ids[:-20], 10, (), Sampling()).tokens == \
+        generate(ours, [ids[:-20]], 10)[0].tokens
+
+
 def test_forced_event_and_malformed_output_never_raise(trace, models):
     _, ours = models
     predictor = TracePredictor(RuntimeBackend(ours), max_frame_tokens=6)
