@@ -54,6 +54,7 @@ class RunOptions:
     budget_tokens: int = 32768  # rollout: tokens for the whole trace (the study's 32K)
     device: str = "cpu"
     compile_decode: bool = False  # our runtime: batch-1 decode steps compiled
+    draft_tokens: int | None = None  # our runtime: prompt-lookup guesses (None: its default)
 
     @property
     def predictor_name(self) -> str:
@@ -92,8 +93,8 @@ def start(out: Path, options: RunOptions, resume: bool) -> None:
     """Claim OUT for this run (or check that a resumed run is the same one)."""
     if out.exists() and not out.is_dir():
         raise EvalError(f"{out} is a file: choose a directory for the report")
-    described = {k: v for k, v in asdict(options).items()
-                 if k not in ("device", "compile_decode")}  # how it runs, not what it predicts
+    how_it_runs = ("device", "compile_decode", "draft_tokens")  # not what it predicts
+    described = {k: v for k, v in asdict(options).items() if k not in how_it_runs}
     manifest = json.loads((Path(options.dataset) / "manifest.json").read_text())
     described["dataset_fingerprint"] = manifest.get("fingerprint")  # the same rows
     if (out / RUN).exists():
@@ -223,7 +224,8 @@ def model_predictor(options: RunOptions) -> tuple[Callable[[Trace], dict], str]:
     from tracekit.tokenizer import load_tokenizer
 
     backend = load_backend(options.model, options.openai_model, options.device,
-                           compile_decode=options.compile_decode)
+                           compile_decode=options.compile_decode,
+                           draft_tokens=options.draft_tokens)
     directory = Path(options.model.removeprefix("transformers:"))
     tokenizer = load_tokenizer(directory if directory.is_dir() else None)
     predictor = TracePredictor(backend, tokenizer, options.max_frame_tokens)

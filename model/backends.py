@@ -23,6 +23,8 @@ from model.errors import BackendError  # noqa: F401 - raised here, imported from
 from model.generation import Generation, generate
 from model.prompt_lookup import PromptLookup
 
+DRAFT_TOKENS = 8  # prompt-lookup guesses per forward, our runtime's default
+
 
 class RuntimeBackend:
     """Our runtime, in process (CPU or CUDA). Greedy one-prompt decoding checks
@@ -32,7 +34,7 @@ class RuntimeBackend:
     name = "runtime"
 
     def __init__(self, model, branch_batch: int = 64, prefill_chunk: int = 2048,
-                 draft_tokens: int = 8):
+                 draft_tokens: int = DRAFT_TOKENS):
         self.model = model.eval()
         self.branch_batch = branch_batch
         self.prefill_chunk = prefill_chunk
@@ -201,12 +203,16 @@ class OpenAIBackend:
 
 
 def load_backend(spec: str, openai_model: str | None = None, device: str = "cpu",
-                 dtype: torch.dtype | None = None, compile_decode: bool = False):
-    """A backend from a model spec (see the module docstring). `compile_decode`: our
-    runtime's batch-1 decode steps compiled (model/compiled_decode.py)."""
-    if compile_decode and (spec.startswith(("openai:", "transformers:")) or spec == "bundled"):
-        raise BackendError(f"--compile applies to our runtime (a checkpoint directory), not to "
-                           f"{spec}: drop --compile")
+                 dtype: torch.dtype | None = None, compile_decode: bool = False,
+                 draft_tokens: int | None = None):
+    """A backend from a model spec (see the module docstring). Our runtime only:
+    `compile_decode` (batch-1 decode steps compiled, model/compiled_decode.py) and
+    `draft_tokens` (prompt-lookup guesses per forward; None: DRAFT_TOKENS)."""
+    runtime_only = (("--compile", compile_decode), ("--draft-tokens", draft_tokens is not None))
+    for flag, given in runtime_only:
+        if given and (spec.startswith(("openai:", "transformers:")) or spec == "bundled"):
+            raise BackendError(f"{flag} applies to our runtime (a checkpoint directory), not to "
+                               f"{spec}: drop {flag}")
     if spec.startswith("openai:"):
         if not openai_model:
             raise BackendError("openai:URL needs the served model's name (--openai-model NAME)")
@@ -230,4 +236,5 @@ def load_backend(spec: str, openai_model: str | None = None, device: str = "cpu"
     model = load_checkpoint(directory, device, dtype)
     model.fast = True
     model.compile_decode = compile_decode
-    return RuntimeBackend(model)
+    return RuntimeBackend(model, draft_tokens=DRAFT_TOKENS if draft_tokens is None
+                          else draft_tokens)

@@ -466,13 +466,21 @@ def test_an_openai_server_run_with_concurrency_equals_the_runtime_run(dataset, t
 
 
 def test_a_rollout_eval_with_compiled_decode_steps_equals_the_eager_one(dataset, tmp_path):
+    """--compile and --draft-tokens change how predictions are made, not what they are: the
+    same predictions, and a run resumes under other values of them."""
     checkpoint = tiny_checkpoint(tmp_path / "tiny")
     options = ["--limit", "2", "--max-frame-tokens", "12", "--budget-tokens", "200"]
     run(["eval", str(dataset), "--model", str(checkpoint), *options, "-o", str(tmp_path / "a")])
     run(["eval", str(dataset), "--model", str(checkpoint), *options, "--compile", "-o",
          str(tmp_path / "b")])
-    eager, compiled = ((tmp_path / d / "predictions.jsonl").read_text() for d in "ab")
-    assert len(eager.splitlines()) == 2 and compiled == eager
+    run(["eval", str(dataset), "--model", str(checkpoint), *options, "--draft-tokens", "0",
+         "-o", str(tmp_path / "c")])
+    eager, compiled, one_by_one = ((tmp_path / d / "predictions.jsonl").read_text()
+                                   for d in "abc")
+    assert len(eager.splitlines()) == 2 and compiled == eager and one_by_one == eager
+    run(["eval", str(dataset), "--model", str(checkpoint), *options, "--draft-tokens", "2",
+         "--resume", "-o", str(tmp_path / "c")])
+    assert (tmp_path / "c" / "predictions.jsonl").read_text() == eager
 
 
 def test_a_dataset_with_repeated_ids_is_refused_in_one_line(tmp_path):

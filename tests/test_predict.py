@@ -303,26 +303,32 @@ def test_predict_command_prints_real_and_predicted_frames(tmp_path, models):
     assert unreachable.exit_code == 7 and "cannot reach the server" in unreachable.output
 
 
-def test_predict_and_eval_compile_decode_steps_on_request(tmp_path, models):
-    """--compile: the same rollout as without it; refused where it cannot apply."""
-    from model.backends import load_backend
+def test_predict_and_eval_compile_and_draft_on_request(tmp_path, models):
+    """--compile and --draft-tokens: the same rollout as without them; refused where they
+    cannot apply."""
+    from model.backends import DRAFT_TOKENS, load_backend
 
     main, runner, program = command_line_setup(tmp_path, models[1])
     command = ["predict", str(program), "--model", str(tmp_path / "tiny"), "--mode", "rollout",
                "--max-frame-tokens", "24", "--sandbox", "none"]
     plain = runner.invoke(main, command, catch_exceptions=False)
-    compiled = runner.invoke(main, [*command, "--compile"], catch_exceptions=False)
-    assert plain.exit_code == compiled.exit_code == 0 and compiled.output == plain.output
+    for extra in (["--compile"], ["--draft-tokens", "0"], ["--draft-tokens", "3"]):
+        other = runner.invoke(main, [*command, *extra], catch_exceptions=False)
+        assert plain.exit_code == other.exit_code == 0 and other.output == plain.output, extra
     assert load_backend(str(tmp_path / "tiny"), compile_decode=True).model.compile_decode
-    refused = runner.invoke(main, ["predict", str(program), "--model", "openai:http://x:1",
-                                   "--openai-model", "x", "--compile", "--sandbox", "none"])
-    assert refused.exit_code == 7 and "--compile applies to our runtime" in refused.output
+    assert load_backend(str(tmp_path / "tiny")).draft_tokens == DRAFT_TOKENS
+    assert load_backend(str(tmp_path / "tiny"), draft_tokens=0).draft_tokens == 0
+    for flag in (["--compile"], ["--draft-tokens", "2"]):
+        refused = runner.invoke(main, ["predict", str(program), "--model", "openai:http://x:1",
+                                       "--openai-model", "x", *flag, "--sandbox", "none"])
+        assert refused.exit_code == 7 and f"{flag[0]} applies to our runtime" in refused.output
+        baseline = runner.invoke(main, ["eval", str(tmp_path), "--model", "copy", *flag,
+                                        "-o", str(tmp_path / "e")])
+        assert baseline.exit_code == 2 and f"{flag[0]} applies to a model run by" in \
+            baseline.output
     concurrent = runner.invoke(main, ["eval", str(tmp_path), "--model", str(tmp_path / "tiny"),
                                       "--compile", "--concurrency", "2", "-o", str(tmp_path / "e")])
     assert concurrent.exit_code == 2 and "--compile runs one trace at a time" in concurrent.output
-    baseline = runner.invoke(main, ["eval", str(tmp_path), "--model", "copy", "--compile",
-                                    "-o", str(tmp_path / "e")])
-    assert baseline.exit_code == 2 and "--compile applies to a model run by" in baseline.output
 
 
 def bigram_model(cycle: list[int]) -> CwmForCausalLM:

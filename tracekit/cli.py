@@ -199,6 +199,11 @@ COMPILE_HELP = ("Our runtime: compile batch-1 decode steps (torch.compile). Comp
                 "tens of seconds once; then rollouts and sessions decode faster.")
 
 
+DRAFT_HELP = ("Our runtime, greedy decoding: tokens guessed by prompt lookup and checked in "
+              "each forward (0: one token per forward). Same predictions, to rounding, in fewer "
+              "forwards.  [default: 8]")
+
+
 MODEL_HELP = ("A checkpoint directory (our runtime), transformers:DIR (the reference path), "
               "openai:URL with --openai-model NAME (vLLM, tracekit serve), or bundled.")
 
@@ -219,10 +224,11 @@ MODEL_HELP = ("A checkpoint directory (our runtime), transformers:DIR (the refer
               help="Tokens one predicted frame may take before it counts as malformed.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
 @click.option("--compile", "compile_decode", is_flag=True, help=COMPILE_HELP)
+@click.option("--draft-tokens", type=click.IntRange(min=0), metavar="N", help=DRAFT_HELP)
 @_limits_options
 def predict(file: Path, spec, openai_model, mode, k, entry, call, max_frame_tokens, device,
-            compile_decode, python, timeout, memory_mb, max_frames, max_value_chars,
-            repr_timeout, sandbox) -> None:
+            compile_decode, draft_tokens, python, timeout, memory_mb, max_frames,
+            max_value_chars, repr_timeout, sandbox) -> None:
     """Trace FILE for real, predict its frames with a model, and print both side by side
     with the first divergence marked.
 
@@ -244,7 +250,8 @@ def predict(file: Path, spec, openai_model, mode, k, entry, call, max_frame_toke
     if not result.frames:
         _exit_for(result)
     try:
-        backend = load_backend(spec, openai_model, device, compile_decode=compile_decode)
+        backend = load_backend(spec, openai_model, device, compile_decode=compile_decode,
+                               draft_tokens=draft_tokens)
     except BackendError as exc:
         stderr.print(f"[red]model:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(EXIT_MODEL)
@@ -534,9 +541,10 @@ EVAL_EXIT = ("Exit codes: 0 evaluated; 2 bad command line; 7 the model could not
 @click.option("--openai-model", metavar="NAME", help="The served model's name, for openai:URL.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
 @click.option("--compile", "compile_decode", is_flag=True, help=COMPILE_HELP)
+@click.option("--draft-tokens", type=click.IntRange(min=0), metavar="N", help=DRAFT_HELP)
 def eval_run(dataset: Path, spec, predictions, mode, out: Path, resume, split, limit,
              temperature, top_k, top_p, seed, concurrency, max_frame_tokens, budget_tokens,
-             openai_model, device, compile_decode) -> None:
+             openai_model, device, compile_decode, draft_tokens) -> None:
     """Predict every complete trace of DATASET (a `tracekit dataset build` directory), score
     the predictions against the real traces, and write the report into OUT.
 
@@ -560,11 +568,13 @@ def eval_run(dataset: Path, spec, predictions, mode, out: Path, resume, split, l
         predictions=str(predictions) if predictions else None, openai_model=openai_model,
         split=split, limit=limit, temperature=temperature, top_k=top_k, top_p=top_p,
         seed=seed, max_frame_tokens=max_frame_tokens, budget_tokens=budget_tokens,
-        device=device, compile_decode=compile_decode)
+        device=device, compile_decode=compile_decode, draft_tokens=draft_tokens)
     concurrency = concurrency or (8 if (spec or "").startswith("openai:") else 1)
-    if compile_decode and (spec is None or spec in BASELINES):
-        raise click.UsageError("--compile applies to a model run by our runtime (a checkpoint "
-                               "directory): drop --compile")
+    runtime_only = (("--compile", compile_decode), ("--draft-tokens", draft_tokens is not None))
+    for flag, given in runtime_only:
+        if given and (spec is None or spec in BASELINES):
+            raise click.UsageError(f"{flag} applies to a model run by our runtime (a checkpoint "
+                                   f"directory): drop {flag}")
     if compile_decode and concurrency > 1:
         raise click.UsageError("--compile runs one trace at a time: drop --concurrency")
     try:
