@@ -21,9 +21,7 @@ import torch
 from model.cache import KVCache
 from model.errors import BackendError  # noqa: F401 - raised here, imported from here too
 from model.generation import Generation, generate
-from model.prompt_lookup import PromptLookup
-
-DRAFT_TOKENS = 8  # prompt-lookup guesses per forward, our runtime's default
+from model.prompt_lookup import DRAFT_TOKENS, PromptLookup
 
 
 class RuntimeBackend:

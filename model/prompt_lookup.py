@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+DRAFT_TOKENS = 8  # guesses per forward, our runtime's default (RuntimeBackend, tracekit serve)
+
 
 class PromptLookup:
     """A growing (and shrinkable) token sequence, indexed to guess what follows it. The longest

@@ -17,6 +17,7 @@ from concurrent.futures import Future
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from model.generation import generate
+from model.prompt_lookup import DRAFT_TOKENS
 from tracekit.tokenizer import decode, encode
 
 
@@ -31,7 +32,8 @@ class Engine:
     request alone in its batch decodes with `draft_tokens` prompt-lookup guesses per forward
     (as RuntimeBackend does)."""
 
-    def __init__(self, model, tokenizer, name: str, max_batch: int = 16, draft_tokens: int = 8):
+    def __init__(self, model, tokenizer, name: str, max_batch: int = 16,
+                 draft_tokens: int = DRAFT_TOKENS):
         self.model, self.tokenizer, self.name = model, tokenizer, name
         self.max_batch = max_batch
         self.draft_tokens = draft_tokens

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from model.prompt_lookup import DRAFT_TOKENS
 from tracekit import sandbox, tracer
 from tracekit.prompts import trace_text
 from tracekit.pretty import print_trace, summary_table
@@ -201,7 +202,7 @@ COMPILE_HELP = ("Our runtime: compile batch-1 decode steps (torch.compile). Comp
 
 DRAFT_HELP = ("Our runtime, greedy decoding: tokens guessed by prompt lookup and checked in "
               "each forward (0: one token per forward). Same predictions, to rounding, in fewer "
-              "forwards.  [default: 8]")
+              f"forwards.  [default: {DRAFT_TOKENS}]")
 
 
 MODEL_HELP = ("A checkpoint directory (our runtime), transformers:DIR (the reference path), "
