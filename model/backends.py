@@ -70,7 +70,8 @@ class RuntimeSession:
     from what the cache already holds (the longest common prefix is kept). Sliding layers keep
     `rewind_margin` positions beyond their window, enough to step back over a frame or two;
     going back further, or past the cache's size (which doubles as needed), starts
-    the cache again from the prompt."""
+    the cache again from the prompt. Greedy decoding also runs the prompt-lookup guesses it
+    checks (`draft_tokens`), guessed from every token so far (`lookup`, kept between calls)."""
 
     def __init__(self, model, rewind_margin: int, capacity: int = 4096, draft_tokens: int = 0):
         self.model = model
