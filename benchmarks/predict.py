@@ -36,7 +36,7 @@ from model.backends import RuntimeBackend, TransformersBackend  # noqa: E402
 from model.config import CwmConfig  # noqa: E402
 from model.modeling import CwmForCausalLM  # noqa: E402
 from model.predictor import TracePredictor  # noqa: E402
-from model.prompt_lookup import PromptLookup  # noqa: E402
+from model.prompt_lookup import PromptLookup, agreement  # noqa: E402
 from tracekit.trace import Trace  # noqa: E402
 from tracekit.tracer import trace_source  # noqa: E402
 
@@ -72,9 +72,7 @@ def forwards_if_written(predictor: TracePredictor, trace: Trace, steps: int,
         done = 0
         while done < len(real):
             guess = lookup.guess(min(draft_tokens, len(real) - done - 1))
-            agreed = 0
-            while agreed < len(guess) and guess[agreed] == real[done + agreed]:
-                agreed += 1
+            agreed = agreement(guess, real[done:])
             lookup.extend(real[done:done + agreed + 1])
             done += agreed + 1
             forwards += 1

@@ -26,7 +26,7 @@ from torch import nn
 
 from model.cache import KVCache
 from model.modeling import (ONEDNN_LINEAR, ONEDNN_MIN_WEIGHT, CwmForCausalLM, apply_rope,
-                            onednn_runs)
+                            onednn_runs, rope_tables)
 
 _COMPILED: dict[str, object] = {}  # device type -> the compiled step
 
@@ -73,11 +73,7 @@ def decode_step(model: CwmForCausalLM, cache: KVCache, token: torch.Tensor,
 def _step(model: CwmForCausalLM, cache: KVCache, token: torch.Tensor, position: torch.Tensor,
           index: torch.Tensor) -> torch.Tensor:
     x = model.model.embed_tokens(token)
-    freqs = position[..., None].float() * model.inv_freq.float()
-    emb = torch.cat((freqs, freqs), dim=-1)
-    cos, sin = emb.cos().to(x.dtype)[:, None], emb.sin().to(x.dtype)[:, None]
-    half = sin.shape[-1] // 2
-    sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+    cos, sin = rope_tables(position, model.inv_freq, x.dtype)
     # Which keys the row may see: full layers hold sequence index i in slot i; sliding layers
     # hold a ring whose slot s holds sequence index ring[s] (-1: empty), this step's included.
     full = torch.arange(cache.max_length, device=x.device) <= index

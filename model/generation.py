@@ -11,7 +11,7 @@ import torch
 from model.cache import KVCache, PrefixForks
 from model.compiled_decode import decode_step
 from model.modeling import CwmForCausalLM
-from model.prompt_lookup import PromptLookup
+from model.prompt_lookup import PromptLookup, agreement
 
 
 @dataclass
@@ -95,11 +95,7 @@ def generate(model: CwmForCausalLM, prompts: list[list[int]], max_new_tokens: in
     produced = 0
     while True:
         rows = logits.float()  # (batch, 1 + len(guessed), vocab)
-        agreed = 0
-        if guessed:
-            greedy = rows[0, :len(guessed)].argmax(-1).tolist()
-            while agreed < len(guessed) and greedy[agreed] == guessed[agreed]:
-                agreed += 1
+        agreed = agreement(guessed, rows[0, :len(guessed)].argmax(-1).tolist()) if guessed else 0
         logprobs = torch.log_softmax(rows[:, :agreed + 1], dim=-1)
         before = produced
         for row in range(agreed + 1):  # each agreed guess is the greedy choice; then one more

@@ -108,6 +108,17 @@ def rope_inverse_frequencies(config: CwmConfig) -> torch.Tensor:
     return torch.where(medium, smoothed, scaled)
 
 
+def rope_tables(position_ids: torch.Tensor, inv_freq: torch.Tensor,
+                dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and signed sin (for apply_rope) of each position, (batch, 1, length, head_dim):
+    computed in fp32, then cast to the model dtype."""
+    freqs = position_ids[..., None].float() * inv_freq.float()
+    emb = torch.cat((freqs, freqs), dim=-1)
+    cos, sin = emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]
+    half = sin.shape[-1] // 2
+    return cos, torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
     """x * cos + rotate_half(x) * sin, where rotate_half(x) = (-x2, x1): the same products
     with the sign carried by `signed_sin` = (-sin1, sin2), and (x2, x1) one roll of x."""
@@ -231,11 +242,7 @@ class CwmForCausalLM(nn.Module):
         if position_ids is None:
             position_ids = (cache.next_positions(length, batch) if cache is not None
                             else torch.arange(length, device=x.device).expand(batch, -1))
-        freqs = position_ids[..., None].float() * self.inv_freq.float()
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos, sin = emb.cos().to(x.dtype)[:, None], emb.sin().to(x.dtype)[:, None]
-        half = sin.shape[-1] // 2
-        sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)  # for apply_rope
+        cos, sin = rope_tables(position_ids, self.inv_freq, x.dtype)
         if cache is not None:
             cache.prepare(length)
         # A prefill without padding whose keys are exactly its own tokens (full layers; sliding

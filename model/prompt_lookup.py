@@ -62,3 +62,11 @@ class PromptLookup:
                     guess.append(tokens[source] if source < length else guess[source - length])
                 return guess
         return []
+
+
+def agreement(guess: list[int], chosen: list[int]) -> int:
+    """How many of the guessed tokens, from the first, equal the tokens actually chosen."""
+    agreed = 0
+    while agreed < min(len(guess), len(chosen)) and guess[agreed] == chosen[agreed]:
+        agreed += 1
+    return agreed

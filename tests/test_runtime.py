@@ -12,7 +12,7 @@ from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from model.config import CwmConfig, ConfigError
 from model.generation import generate
 from model.modeling import CwmForCausalLM
-from model.prompt_lookup import PromptLookup
+from model.prompt_lookup import PromptLookup, agreement
 
 transformers = pytest.importorskip("transformers")
 
@@ -183,6 +183,8 @@ def test_prompt_lookup_guesses_copy_the_latest_longest_match():
     assert lookup.guess(2) == [7, 5] and lookup.tokens == [5, 6, 7, 5, 6]
     lookup.truncate(2)
     assert lookup.guess(2) == [] and lookup._ends == PromptLookup([5, 6], longest=2)._ends
+    assert agreement([1, 2, 3], [1, 2, 4]) == 2 and agreement([1, 2], [1, 2, 3]) == 2
+    assert agreement([1, 2, 3], [1, 2]) == 2 and agreement([7], [1]) == agreement([], [1]) == 0
 
 
 @pytest.mark.parametrize("fast", [False, True])
