@@ -2,9 +2,15 @@
 memory-bandwidth limit, and prefill tokens/s. Random bf16 weights made on the GPU (no
 download).
 
-    python benchmarks/gpu_runtime.py            # needs CUDA and ~70 GB of GPU memory
-    python benchmarks/gpu_runtime.py --smoke    # tiny shapes on the CPU: checks the script runs
-    python benchmarks/gpu_runtime.py --compile  # decode through the compiled step
+    python benchmarks/gpu_runtime.py                   # needs CUDA and ~70 GB of GPU memory
+    python benchmarks/gpu_runtime.py --smoke           # tiny shapes on the CPU: checks it runs
+    python benchmarks/gpu_runtime.py --decode compiled --no-int8   # compiled steps, bf16 only
+
+Decode steps run up to three ways (`--decode`, comma-separated; default eager,graph): `eager`
+(model.forward, one kernel launch per operation), `graph` (model/compiled_decode.py's fixed
+step, uncompiled, replayed as a CUDA graph) and `compiled` (the same step compiled, replayed as
+a CUDA graph; compiling 64 layers may take minutes, untimed, once for bf16 and once for int8). Each non-eager way is checked against the eager one
+over 8 steps (max |logit difference|, same greedy tokens).
 
 The bandwidth limit is (weight bytes + KV bytes read per token) / the card's bandwidth
 (H100 3.35 TB/s, H200 4.8 TB/s; others: pass --bandwidth-tbs). Target: >= 70% in bf16.
@@ -24,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model.cache import KVCache  # noqa: E402
-from model.compiled_decode import decode_step  # noqa: E402
+from model.compiled_decode import decode_steps  # noqa: E402
 from model.config import CwmConfig  # noqa: E402
 from model.modeling import CwmForCausalLM, rope_inverse_frequencies  # noqa: E402
 from model.quantize import FUSED_KERNEL, quantize_int8  # noqa: E402
@@ -56,54 +62,99 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-@torch.no_grad()
+DECODES = ("eager", "graph", "compiled")
+CHECK_STEPS = 8
+
+
+def stepper(model: CwmForCausalLM, cache: KVCache, decode: str):
+    """One greedy decode step (token (1, 1) -> next token (1, 1) and the logits) the `decode`
+    way; eager steps read the cache's Python-side length for their position."""
+    if decode == "eager":
+        def step(token: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            logits = model(token, cache=cache, logits_to_keep=1).logits[:, -1]
+            return logits.argmax(-1, keepdim=True), logits
+        return step
+    fixed = decode_steps(model, cache, compiled=decode == "compiled")
+
+    def step(token: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        position = torch.full((1, 1), cache.length, device=token.device)
+        logits = fixed(token, position)
+        return logits.argmax(-1, keepdim=True), logits
+    return step
+
+
+def prefilled(model: CwmForCausalLM, prompt: torch.Tensor, room: int) -> tuple[KVCache, torch.Tensor]:
+    cache = KVCache(model.config, 1, prompt.shape[1] + room, model.dtype, prompt.device)
+    logits = model(prompt, cache=cache, logits_to_keep=1).logits
+    return cache, logits[:, -1].argmax(-1, keepdim=True)
+
+
+@torch.inference_mode()
 def measure(model: CwmForCausalLM, device: str, context: int, new: int,
-            compiled: bool = False) -> tuple[float, float, float]:
+            decode: str) -> tuple[float, float, float]:
     """Prefill tokens/s, batch-1 decode tokens/s, and the host's time to issue one decode
     step (from an idle GPU): near the step's whole time, the step is bound by the CPU."""
-    dtype = model.dtype
-    warm = KVCache(model.config, 1, 64, dtype, device)  # first calls (cuBLAS, kernels) untimed
+    warm = KVCache(model.config, 1, 64, model.dtype, device)  # first calls untimed
     model(torch.zeros(1, 32, dtype=torch.long, device=device), cache=warm, logits_to_keep=1)
     model(torch.zeros(1, 1, dtype=torch.long, device=device), cache=warm, logits_to_keep=1)
     del warm
     prompt = torch.randint(0, model.config.vocab_size, (1, context), device=device)
-    cache = KVCache(model.config, 1, context + new + 3, dtype, device)
     sync(device)
     start = time.perf_counter()
-    logits = model(prompt, cache=cache, logits_to_keep=1).logits
+    cache, token = prefilled(model, prompt, new + 3)
     sync(device)
     prefill = context / (time.perf_counter() - start)
-    token = logits[:, -1].argmax(-1, keepdim=True)
-
-    def step(token: torch.Tensor) -> torch.Tensor:
-        if compiled:
-            position = torch.full((1, 1), cache.length, device=device)
-            return decode_step(model, cache, token, position).argmax(-1, keepdim=True)
-        return model(token, cache=cache, logits_to_keep=1).logits[:, -1].argmax(-1, keepdim=True)
-
-    step(token)  # first step (new shapes; compiling) untimed
+    step = stepper(model, cache, decode)
+    token, _ = step(token)  # first step (new shapes; compiling; recording) untimed
     sync(device)
     start = time.perf_counter()
     for _ in range(new):
-        token = step(token)
+        token, _ = step(token)
     sync(device)
-    decode = new / (time.perf_counter() - start)
+    rate = new / (time.perf_counter() - start)
     start = time.perf_counter()
     step(token)
     issue = time.perf_counter() - start
     sync(device)
-    return prefill, decode, issue
+    return prefill, rate, issue
+
+
+@torch.inference_mode()
+def check(model: CwmForCausalLM, device: str, decode: str) -> tuple[float, int]:
+    """The `decode` way against eager steps from the same prompt, both fed the eager path's
+    greedy tokens: max |logit difference| and how many of CHECK_STEPS greedy tokens agree."""
+    prompt = torch.randint(0, model.config.vocab_size, (1, 64), device=device)
+    runs, fed = [], []
+    for way in ("eager", decode):
+        cache, token = prefilled(model, prompt, CHECK_STEPS + 1)
+        step = stepper(model, cache, way)
+        if way == "eager":
+            fed = [token]
+            for _ in range(CHECK_STEPS):
+                chosen, logits = step(fed[-1])
+                runs.append(logits.float())
+                fed.append(chosen)
+        else:
+            runs += [step(token)[1].float() for token in fed[:-1]]
+    eager, other = torch.cat(runs[:CHECK_STEPS]), torch.cat(runs[CHECK_STEPS:])
+    agree = int((eager.argmax(-1) == other.argmax(-1)).sum())
+    return (eager - other).abs().max().item(), agree
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny shapes on the CPU (there `graph` is the fixed step alone)")
     parser.add_argument("--context", type=int, default=2048)
     parser.add_argument("--new", type=int, default=64)
     parser.add_argument("--bandwidth-tbs", type=float)
-    parser.add_argument("--compile", action="store_true",
-                        help="decode through the compiled step (model/compiled_decode.py)")
+    parser.add_argument("--decode", default="eager,graph",
+                        help=f"ways to run decode steps, comma-separated: {', '.join(DECODES)}")
+    parser.add_argument("--no-int8", action="store_true", help="skip the int8 model")
     args = parser.parse_args(argv)
+    decodes = args.decode.split(",")
+    if not decodes or not set(decodes) <= set(DECODES):
+        parser.error(f"--decode takes some of {', '.join(DECODES)}, comma-separated")
     if args.smoke:
         device, config, dtype = "cpu", CwmConfig(**SMOKE, dtype="float32"), torch.float32
         args.context, args.new = min(args.context, 96), min(args.new, 4)
@@ -115,28 +166,32 @@ def main(argv: list[str] | None = None) -> None:
     model = build(config, device, dtype)
     tbs = args.bandwidth_tbs or next((v for k, v in BANDWIDTH_TBS.items() if k in name), None)
     print(f"{name}: {sum(p.numel() for p in model.parameters()):,} parameters, "
-          f"context {args.context}")
-    report("bf16" if dtype == torch.bfloat16 else str(dtype).removeprefix("torch."),
-           model, device, args, tbs)
+          f"context {args.context}; torch {torch.__version__}", flush=True)
+    label = "bf16" if dtype == torch.bfloat16 else str(dtype).removeprefix("torch.")
+    for decode in decodes:
+        report(label, model, device, args, tbs, decode)
+    if args.no_int8:
+        return
     quantize_int8(model)  # linear layer by linear layer: the bf16 weights go as it goes
     if device == "cuda":
         torch.cuda.empty_cache()
-    report("int8 weight-only", model, device, args, tbs)
+    for decode in decodes:
+        report("int8 weight-only", model, device, args, tbs, decode)
     kernel = "aten's fused int8 kernel" if FUSED_KERNEL.get(device) else "a dequantized copy"
     print(f"int8 products ran through {kernel}")
 
 
-def report(label: str, model: CwmForCausalLM, device: str, args, tbs: float | None) -> None:
+def report(label: str, model: CwmForCausalLM, device: str, args, tbs: float | None,
+           decode: str) -> None:
     config = model.config
     weight_bytes = sum(t.numel() * t.element_size()
                        for t in [*model.parameters(), *model.buffers()] if t.dim() >= 1)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    prefill, decode, issue = measure(model, device, args.context, args.new, args.compile)
-    label += ", compiled decode step" if args.compile else ""
-    line = (f"{label}: {weight_bytes / 1e9:.1f} GB of weights; prefill {prefill:,.0f} tok/s; "
-            f"batch-1 decode {decode:,.1f} tok/s ({1e3 / decode:.1f} ms/token; the host "
-            f"issues a step in {issue * 1e3:.1f} ms)")
+    prefill, rate, issue = measure(model, device, args.context, args.new, decode)
+    line = (f"{label}, {decode} decode steps: {weight_bytes / 1e9:.1f} GB of weights; prefill "
+            f"{prefill:,.0f} tok/s; batch-1 decode {rate:,.1f} tok/s ({1e3 / rate:.1f} "
+            f"ms/token; the host issues a step in {issue * 1e3:.1f} ms)")
     if device == "cuda":
         line += f"; peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
     if tbs:
@@ -145,8 +200,13 @@ def report(label: str, model: CwmForCausalLM, device: str, args, tbs: float | No
                                        else min(args.context, config.sliding_window))
                        for t in config.layer_types)
         limit = tbs * 1e12 / (weight_bytes + kv_bytes)
-        line += f"; bandwidth limit {limit:.1f} tok/s at {tbs} TB/s: {decode / limit:.0%} of it"
-    print(line)
+        line += f"; bandwidth limit {limit:.1f} tok/s at {tbs} TB/s: {rate / limit:.0%} of it"
+    if decode != "eager":
+        difference, agree = check(model, device, decode)
+        line += (f"; against eager steps: max |logit difference| {difference:.3g}, "
+                 f"{agree}/{CHECK_STEPS} greedy tokens the same")
+    print(line, flush=True)
+
 
 if __name__ == "__main__":
     main()

@@ -176,10 +176,15 @@ def main(argv: list[str] | None = None) -> None:
     counted = []  # forwards: the model's, and compiled decode steps (which bypass forward)
     hook = ours.register_forward_pre_hook(lambda module, args, kwargs: counted.append(1),
                                           with_kwargs=True)
-    compiled_step = generation.decode_step
-    generation.decode_step = lambda *step: counted.append(1) or compiled_step(*step)
+    decode_steps = generation.decode_steps
+
+    def counted_steps(*args):
+        step = decode_steps(*args)
+        return lambda *inputs: counted.append(1) or step(*inputs)
+
+    generation.decode_steps = counted_steps
     session_out, session_s = timed(session_run)
-    generation.decode_step = compiled_step
+    generation.decode_steps = decode_steps
     hook.remove()
     resend_out, resend_s = timed(resend(runtime))
     naive_out, naive_s = timed(resend(naive))

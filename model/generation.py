@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from model.cache import KVCache, PrefixForks
-from model.compiled_decode import decode_step
+from model.compiled_decode import decode_steps
 from model.modeling import CwmForCausalLM
 from model.prompt_lookup import PromptLookup, agreement
 
@@ -92,6 +92,7 @@ def generate(model: CwmForCausalLM, prompts: list[list[int]], max_new_tokens: in
     stops = torch.tensor(list(stop_ids) or [-1], device=device)
     # Compiled steps for one row: batched steps are bound by their products (blocked weights)
     compiled = model.compile_decode and isinstance(cache, KVCache) and batch == 1
+    step = None  # made at the first compiled step
     produced = 0
     while True:
         rows = logits.float()  # (batch, 1 + len(guessed), vocab)
@@ -129,7 +130,8 @@ def generate(model: CwmForCausalLM, prompts: list[list[int]], max_new_tokens: in
             continue
         mask[:, length - 1] = 1
         if compiled:
-            logits = decode_step(model, cache, token[:, None], position)[:, None]
+            step = step or decode_steps(model, cache)
+            logits = step(token[:, None], position)[:, None]
             continue
         logits = model(token[:, None], attention_mask=None if forked else mask[:, :length],
                        position_ids=position, cache=cache).logits[:, -1:]

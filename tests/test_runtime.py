@@ -106,11 +106,15 @@ def test_compiled_decode_steps_follow_the_eager_ones(monkeypatch):
     every position, and a session's cache with a rewind margin; weights changed after compiling
     are read as changed."""
     import model.generation
-    from model.compiled_decode import decode_step
+    from model.compiled_decode import decode_steps
 
     steps = []
-    monkeypatch.setattr(model.generation, "decode_step",
-                        lambda *args: steps.append(1) or decode_step(*args))
+
+    def counted(*args):
+        step = decode_steps(*args)
+        return lambda *inputs: steps.append(1) or step(*inputs)
+
+    monkeypatch.setattr(model.generation, "decode_steps", counted)
     _, ours = pair(7)
     ours.fast = True
     prompt = [5, 6, 7, 8, 9, 10, 11]
@@ -419,9 +423,45 @@ def test_the_blocked_weight_copy_follows_the_weights(monkeypatch):
 def test_gpu_benchmark_script_runs_in_smoke_mode(capsys):
     from tests.conftest import benchmark_module
 
-    benchmark_module("gpu_runtime").main(["--smoke"])
+    benchmark_module("gpu_runtime").main(["--smoke", "--decode", "eager,graph,compiled"])
     out = capsys.readouterr().out
-    assert "CPU (smoke)" in out and "batch-1 decode" in out and "int8 weight-only:" in out
+    assert "CPU (smoke)" in out and "int8 products ran through" in out
+    for dtype in ("float32", "int8 weight-only"):
+        assert f"{dtype}, eager decode steps:" in out
+        for way in ("graph", "compiled"):  # each checked against the eager steps
+            line = next(x for x in out.splitlines() if x.startswith(f"{dtype}, {way} decode"))
+            assert "batch-1 decode" in line and "8/8 greedy tokens the same" in line
+            assert float(line.split("max |logit difference| ")[1].split(",")[0]) < 1e-4
+
+
+def test_a_cache_keeps_its_fixed_decode_step_until_the_weights_move():
+    """decode_steps: one CacheStep per cache (on CUDA, its recorded graph), kept across calls
+    while the model's weights stay where they are, made anew when one is replaced; the fixed
+    step (uncompiled here) gives the forward's logits, through a ring that wraps."""
+    from model.compiled_decode import _STEPS, decode_steps
+
+    _, ours = pair(15)
+    ours.fast = True
+    ids = torch.randint(3, 300, (1, 30))
+    cache = KVCache(ours.config, 1, 30, torch.float32, rewind_margin=2)
+    with torch.inference_mode():
+        full = ours(ids).logits[0]
+        ours(ids[:, :10], cache=cache)
+        steps, made = [], None
+        for t in range(10, 30):
+            if t in (10, 20):  # a second generation on the same cache
+                step = decode_steps(ours, cache, compiled=False)
+                made = made or _STEPS[cache]
+            steps.append(step(ids[:, t:t + 1], torch.tensor([[t]]))[0])
+            assert _STEPS[cache] is made
+    assert (torch.stack(steps) - full[10:]).abs().max() <= 1e-5
+    with torch.no_grad():
+        ours.lm_head.weight.mul_(2.0)  # in place: the same step
+    decode_steps(ours, cache, compiled=False)
+    assert _STEPS[cache] is made
+    ours.lm_head.weight = torch.nn.Parameter(ours.lm_head.weight.detach().clone())
+    decode_steps(ours, cache, compiled=False)
+    assert _STEPS[cache] is not made
 
 
 def test_decode_steps_without_masks_equal_the_full_forward_after_a_rewind():
