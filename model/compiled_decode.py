@@ -98,14 +98,13 @@ class CacheStep:
             self.inputs[0].copy_(token)
             self.inputs[1].copy_(position)
             self.inputs[2].fill_(cache.length)
-        run = self._run(model, cache)
-        if token.is_cuda and self.graph is None:
-            self._record(run)
+        if self.graph is None and token.is_cuda:
+            self._record(self._run(model, cache))
         if self.graph is not None:
             self.graph.replay()
             logits = self.logits.clone()
         else:
-            logits = run()
+            logits = self._run(model, cache)()
         cache.advance(1)
         return logits
 
