@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -168,21 +169,35 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{name}: {sum(p.numel() for p in model.parameters()):,} parameters, "
           f"context {args.context}; torch {torch.__version__}", flush=True)
     label = "bf16" if dtype == torch.bfloat16 else str(dtype).removeprefix("torch.")
-    for decode in decodes:
-        report(label, model, device, args, tbs, decode)
-    if args.no_int8:
-        return
-    quantize_int8(model)  # linear layer by linear layer: the bf16 weights go as it goes
-    if device == "cuda":
-        torch.cuda.empty_cache()
-    for decode in decodes:
-        report("int8 weight-only", model, device, args, tbs, decode)
-    kernel = "aten's fused int8 kernel" if FUSED_KERNEL.get(device) else "a dequantized copy"
-    print(f"int8 products ran through {kernel}")
+    failed = [decode for decode in decodes if not report(label, model, device, args, tbs, decode)]
+    if not args.no_int8:
+        quantize_int8(model)  # linear layer by linear layer: the bf16 weights go as it goes
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        failed += [decode for decode in decodes
+                   if not report("int8 weight-only", model, device, args, tbs, decode)]
+        kernel = "aten's fused int8 kernel" if FUSED_KERNEL.get(device) else "a dequantized copy"
+        print(f"int8 products ran through {kernel}")
+    if failed:
+        sys.exit(f"decode steps failed: {', '.join(failed)} (tracebacks above)")
 
 
 def report(label: str, model: CwmForCausalLM, device: str, args, tbs: float | None,
-           decode: str) -> None:
+           decode: str) -> bool:
+    """Print one way's figures; False if it failed (its traceback printed, the other ways'
+    figures kept: a GPU machine's time is short)."""
+    try:
+        print(figures(label, model, device, args, tbs, decode), flush=True)
+        return True
+    except Exception as error:  # noqa: BLE001 - any failure of one way
+        traceback.print_exc()
+        print(f"{label}, {decode} decode steps: FAILED: {type(error).__name__}: "
+              f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}", flush=True)
+        return False
+
+
+def figures(label: str, model: CwmForCausalLM, device: str, args, tbs: float | None,
+            decode: str) -> str:
     config = model.config
     weight_bytes = sum(t.numel() * t.element_size()
                        for t in [*model.parameters(), *model.buffers()] if t.dim() >= 1)
@@ -205,7 +220,7 @@ def report(label: str, model: CwmForCausalLM, device: str, args, tbs: float | No
         difference, agree = check(model, device, decode)
         line += (f"; against eager steps: max |logit difference| {difference:.3g}, "
                  f"{agree}/{CHECK_STEPS} greedy tokens the same")
-    print(line, flush=True)
+    return line
 
 
 if __name__ == "__main__":

@@ -434,6 +434,27 @@ def test_gpu_benchmark_script_runs_in_smoke_mode(capsys):
             assert float(line.split("max |logit difference| ")[1].split(",")[0]) < 1e-4
 
 
+def test_gpu_benchmark_keeps_the_other_figures_when_one_way_fails(capsys, monkeypatch):
+    from tests.conftest import benchmark_module
+
+    script = benchmark_module("gpu_runtime")
+    stepper = script.stepper
+
+    def failing(model, cache, decode):
+        if decode == "graph":
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nmore")
+        return stepper(model, cache, decode)
+
+    monkeypatch.setattr(script, "stepper", failing)
+    with pytest.raises(SystemExit) as exit:
+        script.main(["--smoke", "--decode", "graph,eager", "--no-int8"])
+    out = capsys.readouterr().out
+    assert "float32, eager decode steps:" in out and "batch-1 decode" in out
+    assert ("float32, graph decode steps: FAILED: RuntimeError: CUDA error: operation not "
+            "permitted when stream is capturing\n") in out
+    assert "decode steps failed: graph" in str(exit.value)
+
+
 def test_a_cache_keeps_its_fixed_decode_step_until_the_weights_move():
     """decode_steps: one CacheStep per cache (on CUDA, its recorded graph), kept across calls
     while the model's weights stay where they are, made anew when one is replaced; the fixed

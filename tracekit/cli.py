@@ -196,8 +196,9 @@ def prompt(file: Path, entry, call, k, force, chat, no_thinking, ids, count, che
     click.echo(len(token_ids) if count else " ".join(map(str, token_ids)))
 
 
-COMPILE_HELP = ("Our runtime: compile batch-1 decode steps (torch.compile). Compiling takes "
-                "tens of seconds once; then rollouts and sessions decode faster.")
+COMPILE_HELP = ("Our runtime: compile batch-1 decode steps (torch.compile; on CUDA also "
+                "replayed as a CUDA graph). Compiling takes tens of seconds once; then "
+                "rollouts and sessions decode faster.")
 
 
 DRAFT_HELP = ("Our runtime, greedy decoding: tokens guessed by prompt lookup and checked in "
