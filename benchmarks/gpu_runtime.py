@@ -9,8 +9,9 @@ download).
 Decode steps run up to three ways (`--decode`, comma-separated; default eager,graph): `eager`
 (model.forward, one kernel launch per operation), `graph` (model/compiled_decode.py's fixed
 step, uncompiled, replayed as a CUDA graph) and `compiled` (the same step compiled, replayed as
-a CUDA graph; compiling 64 layers may take minutes, untimed, once for bf16 and once for int8). Each non-eager way is checked against the eager one
-over 8 steps (max |logit difference|, same greedy tokens).
+a CUDA graph; compiling 64 layers may take minutes, untimed, once for bf16 and once for
+int8). Each non-eager way is checked against eager steps over 8 steps (max |logit
+difference|, same greedy tokens).
 
 The bandwidth limit is (weight bytes + KV bytes read per token) / the card's bandwidth
 (H100 3.35 TB/s, H200 4.8 TB/s; others: pass --bandwidth-tbs). Target: >= 70% in bf16.
@@ -84,7 +85,9 @@ def stepper(model: CwmForCausalLM, cache: KVCache, decode: str):
     return step
 
 
-def prefilled(model: CwmForCausalLM, prompt: torch.Tensor, room: int) -> tuple[KVCache, torch.Tensor]:
+def prefilled(model: CwmForCausalLM, prompt: torch.Tensor,
+              room: int) -> tuple[KVCache, torch.Tensor]:
+    """A cache with `room` positions after the prompt, the prompt run; its greedy next token."""
     cache = KVCache(model.config, 1, prompt.shape[1] + room, model.dtype, prompt.device)
     logits = model(prompt, cache=cache, logits_to_keep=1).logits
     return cache, logits[:, -1].argmax(-1, keepdim=True)
@@ -102,7 +105,7 @@ def measure(model: CwmForCausalLM, device: str, context: int, new: int,
     prompt = torch.randint(0, model.config.vocab_size, (1, context), device=device)
     sync(device)
     start = time.perf_counter()
-    cache, token = prefilled(model, prompt, new + 3)
+    cache, token = prefilled(model, prompt, max(new, CHECK_STEPS) + 3)  # check's size too
     sync(device)
     prefill = context / (time.perf_counter() - start)
     step = stepper(model, cache, decode)
@@ -121,13 +124,15 @@ def measure(model: CwmForCausalLM, device: str, context: int, new: int,
 
 
 @torch.inference_mode()
-def check(model: CwmForCausalLM, device: str, decode: str) -> tuple[float, int]:
+def check(model: CwmForCausalLM, device: str, context: int, new: int,
+          decode: str) -> tuple[float, int]:
     """The `decode` way against eager steps from the same prompt, both fed the eager path's
-    greedy tokens: max |logit difference| and how many of CHECK_STEPS greedy tokens agree."""
-    prompt = torch.randint(0, model.config.vocab_size, (1, 64), device=device)
+    greedy tokens: max |logit difference| and how many of CHECK_STEPS greedy tokens agree.
+    The caches have measure's size (a new size would compile the step again)."""
+    prompt = torch.randint(0, model.config.vocab_size, (1, context), device=device)
     runs, fed = [], []
     for way in ("eager", decode):
-        cache, token = prefilled(model, prompt, CHECK_STEPS + 1)
+        cache, token = prefilled(model, prompt, max(new, CHECK_STEPS) + 3)
         step = stepper(model, cache, way)
         if way == "eager":
             fed = [token]
@@ -217,7 +222,7 @@ def figures(label: str, model: CwmForCausalLM, device: str, args, tbs: float | N
         limit = tbs * 1e12 / (weight_bytes + kv_bytes)
         line += f"; bandwidth limit {limit:.1f} tok/s at {tbs} TB/s: {rate / limit:.0%} of it"
     if decode != "eager":
-        difference, agree = check(model, device, decode)
+        difference, agree = check(model, device, args.context, args.new, decode)
         line += (f"; against eager steps: max |logit difference| {difference:.3g}, "
                  f"{agree}/{CHECK_STEPS} greedy tokens the same")
     return line

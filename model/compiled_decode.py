@@ -17,10 +17,10 @@ as changed; weights replaced (model.to, quantize_int8, a new model) make a new s
 `decode_steps` call.
 
 Same weights, same operations as the fast path (oneDNN for large fp32 weights on the CPU;
-attention written out, see `attend`), so equal to it to rounding, not bit for bit. Used by `generate` for
-batch-1 KVCache decode steps when `model.compile_decode` is set (batched steps are bound by
-their matrix products, which the eager path does with blocked weights). The first step
-compiles: 20-30 s on a 2-core CPU. Measured on the CPU (benchmarks/runtime.py --compile); the
+attention written out, see `attend`), so equal to it to rounding, not bit for bit. Used by
+`generate` for batch-1 KVCache decode steps when `model.compile_decode` is set (batched steps
+are bound by their matrix products, which the eager path does with blocked weights). The first
+step compiles: 20-30 s on a 2-core CPU. Measured on the CPU (benchmarks/runtime.py --compile); the
 CUDA graph path is written for benchmarks/gpu_runtime.py and has not yet run on a GPU.
 """
 
