@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from model.config import DTYPES, ConfigError, CwmConfig
+from model.errors import BackendError
 from model.modeling import CwmForCausalLM, rope_inverse_frequencies
 
 INDEX = "model.safetensors.index.json"
@@ -17,8 +18,9 @@ SINGLE = "model.safetensors"
 TORCH_DTYPES = {name: getattr(torch, name) for name in DTYPES}
 
 
-class CheckpointError(Exception):
-    """A checkpoint cannot be loaded; the message names the tensor or file and the fix."""
+class CheckpointError(BackendError):
+    """A checkpoint cannot be loaded; the message names the tensor, file or device and the fix
+    (a BackendError: the command line reports it as a model that cannot be loaded)."""
 
 
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu",
@@ -128,6 +130,30 @@ def _shard_files(directory: Path) -> dict[Path, list[str] | None]:
 
 
 def _check_device_dtype(device, dtype: torch.dtype) -> None:
-    if dtype == torch.float16 and str(device).startswith("cpu"):
+    """Refuse, before any file is read, a device this machine lacks or a dtype it cannot run
+    (else safetensors' own error would read as a broken file)."""
+    try:
+        kind = torch.device(device)
+    except RuntimeError:
+        raise CheckpointError(f"{device!r} is not a device: use cpu, cuda, cuda:N or mps"
+                              ) from None
+    if kind.type == "cuda":
+        count = torch.cuda.device_count()  # 0 without a GPU or with a CPU-only torch
+        if count == 0:
+            raise CheckpointError(f"device {device}: no CUDA GPU here (torch "
+                                  f"{torch.__version__}): use the cpu device (--device cpu)")
+        if kind.index is not None and kind.index >= count:
+            raise CheckpointError(f"device {device}: this machine has {count} CUDA GPU(s), "
+                                  f"cuda:0 to cuda:{count - 1}")
+        if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+            raise CheckpointError(f"device {device} cannot run bfloat16: pass "
+                                  "dtype=torch.float16 or torch.float32")
+    elif kind.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise CheckpointError(f"device {device}: MPS is not available here: use the cpu "
+                                  "device (--device cpu)")
+    elif kind.type != "cpu":
+        raise CheckpointError(f"device {device}: checkpoints load on cpu, cuda, cuda:N or mps")
+    if dtype == torch.float16 and kind.type == "cpu":
         raise CheckpointError("float16 is slow or unsupported on CPU: pass dtype=torch.float32 "
                               "or torch.bfloat16")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -319,6 +320,20 @@ def test_bad_checkpoint_config_field(saved):
     _edit_config(saved, num_key_value_heads=3)
     with pytest.raises(CheckpointError, match="num_key_value_heads: 3 does not divide"):
         load_checkpoint(saved)
+
+
+@pytest.mark.parametrize("device, dtype, words", [
+    ("tpu", None, "'tpu' is not a device"),
+    (f"cuda:{torch.cuda.device_count()}", None, "cuda"),  # one GPU more than this machine has
+    ("meta", None, "checkpoints load on cpu, cuda, cuda:N or mps"),
+    ("cpu", torch.float16, "float16 is slow or unsupported on CPU")])
+def test_bad_checkpoint_device_or_dtype(saved, device, dtype, words):
+    """Refused before any file is read, in one line (not blamed on the files)."""
+    with pytest.raises(CheckpointError, match=re.escape(words)) as error:
+        load_checkpoint(saved, device, dtype)
+    message = str(error.value)
+    assert "\n" not in message and "truncated" not in message
+    assert device in message or dtype is not None  # (the dtype's message names the dtype)
 
 
 @pytest.mark.parametrize("fields, words", [
