@@ -224,14 +224,15 @@ def load_backend(spec: str, openai_model: str | None = None, device: str = "cpu"
     if not (directory / "config.json").is_file():
         raise BackendError(f"{directory}: not a checkpoint directory (no config.json); pass a "
                            "directory with config.json and safetensors, or openai:URL")
+    from model.checkpoint import check_device, load_checkpoint
+
     if reference:
         import transformers
 
+        check_device(device, dtype or torch.float32)
         model = transformers.CwmForCausalLM.from_pretrained(
             directory, attn_implementation="eager", dtype=dtype or "auto").to(device)
         return TransformersBackend(model)
-    from model.checkpoint import load_checkpoint
-
     model = load_checkpoint(directory, device, dtype)
     model.fast = True
     model.compile_decode = compile_decode

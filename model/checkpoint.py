@@ -34,7 +34,7 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu",
     except ConfigError as exc:
         raise CheckpointError(f"{directory / 'config.json'}: {exc}") from None
     dtype = dtype or TORCH_DTYPES[config.dtype]
-    _check_device_dtype(device, dtype)
+    check_device(device, dtype)
     with torch.device("meta"):
         model = CwmForCausalLM(config)
     expected = dict(model.state_dict())
@@ -129,7 +129,7 @@ def _shard_files(directory: Path) -> dict[Path, list[str] | None]:
     raise CheckpointError(f"{directory}: no {SINGLE} or {INDEX}: not a checkpoint directory")
 
 
-def _check_device_dtype(device, dtype: torch.dtype) -> None:
+def check_device(device, dtype: torch.dtype) -> None:
     """Refuse, before any file is read, a device this machine lacks or a dtype it cannot run
     (else safetensors' own error would read as a broken file)."""
     try:

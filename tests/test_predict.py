@@ -298,10 +298,11 @@ def test_predict_command_prints_real_and_predicted_frames(tmp_path, models):
                                    "--sandbox", "none"])
     assert missing.exit_code == 7 and "not a checkpoint directory" in missing.output
     absent_gpu = f"cuda:{torch.cuda.device_count()}"  # one GPU more than this machine has
-    no_device = runner.invoke(main, ["predict", str(program), "--model", str(tmp_path / "tiny"),
-                                     "--device", absent_gpu, "--sandbox", "none"])
-    assert no_device.exit_code == 7 and f"device {absent_gpu}" in no_device.output
-    assert "Traceback" not in no_device.output and "truncated" not in no_device.output
+    for model in (str(tmp_path / "tiny"), f"transformers:{tmp_path / 'tiny'}"):
+        no_device = runner.invoke(main, ["predict", str(program), "--model", model,
+                                         "--device", absent_gpu, "--sandbox", "none"])
+        assert no_device.exit_code == 7 and f"device {absent_gpu}" in no_device.output, model
+        assert "Traceback" not in no_device.output and "truncated" not in no_device.output
     unreachable = runner.invoke(main, ["predict", str(program), "--model",
                                        "openai:http://127.0.0.1:9", "--openai-model", "x",
                                        "--sandbox", "none"])
