@@ -230,8 +230,12 @@ def load_backend(spec: str, openai_model: str | None = None, device: str = "cpu"
         import transformers
 
         check_device(device, dtype or torch.float32)
-        model = transformers.CwmForCausalLM.from_pretrained(
-            directory, attn_implementation="eager", dtype=dtype or "auto").to(device)
+        try:
+            model = transformers.CwmForCausalLM.from_pretrained(
+                directory, attn_implementation="eager", dtype=dtype or "auto").to(device)
+        except (OSError, ValueError, RuntimeError) as exc:  # its messages name the file
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise BackendError(f"{directory}: transformers cannot load it: {reason}") from None
         return TransformersBackend(model)
     model = load_checkpoint(directory, device, dtype)
     model.fast = True

@@ -32,7 +32,7 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu",
     try:
         config = CwmConfig.from_file(directory)
     except ConfigError as exc:
-        raise CheckpointError(f"{directory / 'config.json'}: {exc}") from None
+        raise CheckpointError(str(exc)) from None  # (it names the file)
     dtype = dtype or TORCH_DTYPES[config.dtype]
     check_device(device, dtype)
     with torch.device("meta"):

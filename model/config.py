@@ -85,7 +85,10 @@ class CwmConfig:
             raise ConfigError(f"{path}: no config.json") from None
         except ValueError as exc:
             raise ConfigError(f"{path}: not valid JSON ({exc})") from None
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
 
     def to_dict(self) -> dict:
         data = asdict(self)

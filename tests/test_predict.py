@@ -303,6 +303,11 @@ def test_predict_command_prints_real_and_predicted_frames(tmp_path, models):
                                          "--device", absent_gpu, "--sandbox", "none"])
         assert no_device.exit_code == 7 and f"device {absent_gpu}" in no_device.output, model
         assert "Traceback" not in no_device.output and "truncated" not in no_device.output
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text('{"model_type": "cwm",')
+    broken = runner.invoke(main, ["predict", str(program), "--model",
+                                  f"transformers:{tmp_path / 'broken'}", "--sandbox", "none"])
+    assert broken.exit_code == 7 and "transformers cannot load it" in broken.output
     unreachable = runner.invoke(main, ["predict", str(program), "--model",
                                        "openai:http://127.0.0.1:9", "--openai-model", "x",
                                        "--sandbox", "none"])

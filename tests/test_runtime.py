@@ -318,8 +318,13 @@ def test_bad_checkpoint_truncated_file(saved):
 
 def test_bad_checkpoint_config_field(saved):
     _edit_config(saved, num_key_value_heads=3)
-    with pytest.raises(CheckpointError, match="num_key_value_heads: 3 does not divide"):
+    with pytest.raises(CheckpointError, match="num_key_value_heads: 3 does not divide") as error:
         load_checkpoint(saved)
+    assert str(error.value).startswith(f"{saved / 'config.json'}: num_key_value_heads")
+    (saved / "config.json").write_text('{"model_type": "cwm",')
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(saved)
+    assert str(error.value).startswith(f"{saved / 'config.json'}: not valid JSON")
 
 
 @pytest.mark.parametrize("device, dtype, words", [
