@@ -141,9 +141,9 @@ class CacheStep:
 def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, allowed: torch.Tensor,
            scale: float) -> torch.Tensor:
     """One query per row (q: batch, heads, 1, dim) against every slot of the cache where
-    `allowed`, grouped-query without copying keys/values (SDPA would copy them: with a mask
-    and GQA, CUDA has only its math kernel, which repeats them per query head). Eager
-    attention's operation order: scores * scale, masked, softmax in fp32."""
+    `allowed`, grouped-query without copying keys/values (with a mask and GQA, SDPA is
+    reported to fall back to its math kernel on CUDA, which repeats them per query head; not
+    checked here). Eager attention's operation order: scores * scale, masked, softmax in fp32."""
     batch, heads, _, dim = q.shape
     kv = keys.shape[1]
     scores = torch.matmul(q.view(batch, kv, heads // kv, dim), keys.transpose(2, 3)) * scale
