@@ -7,8 +7,9 @@ approaches, on the same random model with CWM's vocabulary.
 2. A 50-step session (predict the next frame, append the real one, repeat) against re-sending
    the whole prompt each step, both on our runtime; and against transformers `generate` per
    step. Outputs asserted identical. Ours decodes with prompt-lookup guesses (`--draft-tokens`,
-   default 8 as in RuntimeBackend; 0 for one token per forward); the run prints how many tokens
-   a forward yielded, and how many it would yield for a model that wrote the real frames.
+   default DRAFT_TOKENS = 8 as in RuntimeBackend; 0 for one token per forward); the run prints
+   how many tokens a forward yielded, and how many it would yield for a model that wrote the
+   real frames.
 
 A random model never writes `<|frame_sep|>`, so each prediction runs to `--frame-tokens`
 (default: the traces' median real frame length, what a model that writes the real frame would
@@ -36,7 +37,7 @@ from model.backends import RuntimeBackend, TransformersBackend  # noqa: E402
 from model.config import CwmConfig  # noqa: E402
 from model.modeling import CwmForCausalLM  # noqa: E402
 from model.predictor import TracePredictor  # noqa: E402
-from model.prompt_lookup import PromptLookup, agreement  # noqa: E402
+from model.prompt_lookup import DRAFT_TOKENS, PromptLookup, agreement  # noqa: E402
 from tracekit.trace import Trace  # noqa: E402
 from tracekit.tracer import trace_source  # noqa: E402
 
@@ -97,9 +98,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--compile", action="store_true",
                         help="ours with compiled batch-1 decode steps (model/compiled_decode.py)")
-    parser.add_argument("--draft-tokens", type=int, default=8,
+    parser.add_argument("--draft-tokens", type=int, default=DRAFT_TOKENS, metavar="N",
                         help="ours: prompt-lookup guesses checked per forward (0: one token "
-                             "per forward; model/prompt_lookup.py)")
+                             f"per forward; model/prompt_lookup.py; default {DRAFT_TOKENS})")
     args = parser.parse_args(argv)
     import transformers
 
