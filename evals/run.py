@@ -28,6 +28,7 @@ from pathlib import Path
 from evals import baselines
 from evals.compare import TraceComparison, compare
 from tracekit.dataset import BuildError, load_rows, row_trace
+from tracekit.killpoints import kill_point
 from tracekit.trace import COMPLETE_STATUSES, Trace
 
 PREDICTIONS, RUN = "predictions.jsonl", "run.json"
@@ -167,6 +168,7 @@ def predict_all(traces: list[tuple[str, Trace]], out: Path, predict_one: Callabl
                 sink.flush()
                 records[tid] = record
                 done += 1
+                kill_point(f"predicted:{done}")
                 if progress:
                     progress(done, len(traces))
         finally:

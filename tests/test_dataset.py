@@ -71,29 +71,35 @@ def test_failed_programs_keep_their_status_or_are_dropped(tmp_path):
 
 
 def test_killed_builds_resume_to_exactly_the_uninterrupted_rows(tmp_path):
-    # ~14 s of work on a 2-core machine (7 s measured for 400 programs) against at most 2.5 s
-    # per killed run (~1 s of it starting up): five kills fit with room to spare (with 400
-    # programs and 1.5-3 s a fast run once finished before its fifth kill)
+    """Five runs each SIGKILLed at a seeded point of the build's progress (after tracing a
+    shard, with a shard's file half-written, with its files in place but not in the manifest,
+    just after the manifest), resumed each time: the same rows as an uninterrupted build. The
+    kills are placed by progress, not by the clock, so every machine makes exactly five."""
     command = [sys.executable, "-m", "tracekit.cli", "dataset", "build", str(PROGRAMS),
-               "synthetic:800:9", "--shard-size", "10", "--workers", "2"]
+               "synthetic:200:9", "--shard-size", "10", "--workers", "2"]
     subprocess.run([*command, "-o", str(tmp_path / "whole")], check=True, cwd=ROOT,
                    capture_output=True)
+    whole = rows_of(tmp_path / "whole")
+    assert len(whole) == 214
+    shards = sorted(int(p.stem.split("-")[1]) for p in (tmp_path / "whole").glob("train-*"))
     rng = random.Random(0)
-    kills = 0
-    while True:
-        proc = subprocess.Popen([*command, "-o", str(tmp_path / "killed"), "--resume"],
-                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            proc.wait(timeout=rng.uniform(1.2, 2.5) if kills < 5 else 300)
-            break  # finished
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-            kills += 1
-    assert proc.returncode == 0 and kills >= 5
-    whole, resumed = rows_of(tmp_path / "whole"), rows_of(tmp_path / "killed")
-    assert len(whole) == 814 and resumed == whole
-    assert not list((tmp_path / "killed").glob("*.tmp"))  # half-written files are cleared
+    stages = rng.sample(["traced", "half-written", "written", "recorded"], 4) + ["traced"]
+    # one kill in each of five shards, in build order (a resumed run skips earlier shards)
+    points = [f"half-written:train-{k:05d}" if stage == "half-written" else f"{stage}:{k}"
+              for stage, k in zip(stages, sorted(rng.sample(shards[:-1], 5)))]
+    killed = tmp_path / "killed"
+    for point in points:
+        proc = subprocess.run([*command, "-o", str(killed), "--resume"], cwd=ROOT,
+                              capture_output=True, env={**os.environ, "TRACEKIT_KILL_AT": point})
+        assert proc.returncode == -signal.SIGKILL, (point, proc.stderr[-500:])
+        if point.startswith("half-written"):
+            assert list(killed.glob("*.tmp")), "the kill left no half-written file"
+    finished = subprocess.run([*command, "-o", str(killed), "--resume"], cwd=ROOT,
+                              capture_output=True)
+    assert finished.returncode == 0, finished.stderr[-500:]
+    assert len(points) == 5  # exactly five kills, each checked above
+    assert rows_of(killed) == whole  # every row, compared field by field
+    assert not list(killed.glob("*.tmp"))  # half-written files are cleared
 
 
 def test_check_determinism_drops_traces_that_differ_between_runs(tmp_path):

@@ -17,6 +17,12 @@ needs_bwrap = pytest.mark.skipif(bwrap_problem() is not None,
                                  reason=f"bubblewrap unavailable: {bwrap_problem()}")
 
 
+# Wall-clock bounds here only tell "ended" from "hung": each bounded program never ends by
+# itself, so any finite bound catches a broken deadline, and NO_HANG seconds of slack keep a
+# slow or loaded machine (one core, busy neighbours) from failing a correct sandbox.
+NO_HANG = 30
+
+
 def trace(body: str, **kwargs):
     """Trace `f` defined by `body` (marked here unless it is already), timing the whole run."""
     source = textwrap.dedent(body)
@@ -30,9 +36,10 @@ def trace(body: str, **kwargs):
     return result, time.monotonic() - start
 
 
-def sandboxed_processes(wait: float = 2.0) -> list[int]:
+def sandboxed_processes(wait: float = 10.0) -> list[int]:
     """PIDs of processes still running the tracer (inside or outside bubblewrap), after giving
-    SIGKILLs already sent up to `wait` seconds to land."""
+    SIGKILLs already sent up to `wait` seconds to land (it returns as soon as none is left, so
+    the generous wait costs nothing when the kill worked)."""
     deadline = time.monotonic() + wait
     while True:
         pids = _tracer_processes()
@@ -58,15 +65,14 @@ def _tracer_processes() -> list[int]:
 
 
 def test_infinite_loop_hits_the_frame_cap_and_keeps_frames():
-    result, seconds = trace("""
+    result, _ = trace("""
         def f():
             n = 0
             while True:
                 n += 1
         """, max_frames=500)
-    assert result.status == "frame_limit"
+    assert result.status == "frame_limit"  # not "timeout": the cap, not the clock, ended it
     assert len(result.frames) == 500
-    assert seconds < 5
 
 
 def test_infinite_loop_without_frame_cap_times_out():
@@ -78,8 +84,9 @@ def test_infinite_loop_without_frame_cap_times_out():
     assert result.status == "timeout"
     assert len(result.frames) > 1000  # what was traced until then is kept
     # no hang: the child may take REPORT_GRACE more seconds to write the hundreds of thousands
-    # of frames, and the host parses them
-    assert seconds < 1.5 + 1 + REPORT_GRACE + 20
+    # of frames, and the host parses them. A generous bound on purpose (a loaded or slow machine
+    # must not fail it): a broken deadline never ends at all, which any finite bound catches.
+    assert seconds < 1.5 + 1 + REPORT_GRACE + 60
 
 
 def test_busy_generator_times_out_with_its_frames():
@@ -94,7 +101,7 @@ def test_busy_generator_times_out_with_its_frames():
         """, limits=Limits(timeout=1.5))
     assert result.status == "timeout"
     assert [f.event for f in result.frames][:3] == ["call", "line", "line"]
-    assert seconds < 1.5 + 3
+    assert seconds < 1.5 + NO_HANG  # the loop never ends by itself
 
 
 def test_c_loop_holding_the_gil_is_killed_at_the_deadline():
@@ -105,7 +112,7 @@ def test_c_loop_holding_the_gil_is_killed_at_the_deadline():
             return sum(itertools.count())
         """, limits=Limits(timeout=1.5))
     assert result.status == "timeout"
-    assert seconds < 1.5 + 3
+    assert seconds < 1.5 + NO_HANG  # sum(itertools.count()) never ends by itself
 
 
 def test_one_huge_allocation_is_a_memory_limit():
@@ -119,14 +126,13 @@ def test_one_huge_allocation_is_a_memory_limit():
 
 
 def test_growing_memory_is_a_memory_limit():
-    result, seconds = trace("""
+    result, _ = trace("""
         def f():
             chunks = []
             while True:
                 chunks.append(bytearray(10 ** 7))
         """, max_frames=None, limits=Limits(memory_mb=384, timeout=20))
-    assert result.status == "memory_limit"
-    assert seconds < 20
+    assert result.status == "memory_limit"  # not "timeout": the limit, not the clock, ended it
 
 
 def test_deep_recursion_stops_cleanly_with_its_frames():
@@ -197,7 +203,7 @@ def test_killing_itself_is_a_crash():
 
 def test_gigabytes_of_stdout_hit_the_output_limit():
     limits = Limits(max_output_bytes=4 << 20, capture_bytes=1000)
-    result, seconds = trace("""
+    result, _ = trace("""
         import sys
 
         def f():  # << START_OF_TRACE
@@ -207,7 +213,7 @@ def test_gigabytes_of_stdout_hit_the_output_limit():
     assert result.status == "output_limit"
     assert result.stdout.startswith("x" * 1000)
     assert len(result.stdout) < 1100  # the host kept only what it may capture
-    assert seconds < 10
+    # the status proves the output limit ended it: otherwise the 10 s deadline would, "timeout"
 
 
 def test_repr_that_raises_becomes_a_placeholder():
@@ -225,7 +231,7 @@ def test_repr_that_raises_becomes_a_placeholder():
 
 
 def test_repr_that_sleeps_forever_times_out_per_value():
-    result, seconds = trace("""
+    result, _ = trace("""
         import time
 
         class Sleepy:
@@ -241,7 +247,7 @@ def test_repr_that_sleeps_forever_times_out_per_value():
     states = [f.locals for f in result.frames if f.locals is not None]
     assert states[2]["s"] == TIMEOUT_PLACEHOLDER
     assert states[3]["s"] == ".."  # the placeholder is the value; unchanged values stay ".."
-    assert seconds < 3
+    # "ok" proves each repr was cut off: one repr that hung would end the run as "timeout"
 
 
 def test_repr_that_catches_the_timeout_still_ends():
@@ -296,6 +302,8 @@ def test_network_is_unreachable_inside_the_sandbox():
         assert result.status == "ok", result.error
         assert result.return_value != "'connected'"
         with pytest.raises(socket.timeout):
+            # a connection would have been made during the trace, before this: it would wait
+            # in the backlog and accept at once; 0.5 s is no race
             server.accept()  # nobody came through
     finally:
         server.close()

@@ -35,6 +35,12 @@ def pair(seed: int = 0, dtype=torch.float32, **overrides):
     return reference, ours.to(dtype)
 
 
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    """Every tensor of the two state dicts equal bit for bit (tied ones compared once each)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
 @pytest.mark.parametrize("seed, length", [(0, 24), (1, 40), (2, 33)])  # 3-5x the window
 def test_logits_and_loss_match_transformers_in_fp32(seed, length):
     reference, ours = pair(seed)
@@ -44,7 +50,10 @@ def test_logits_and_loss_match_transformers_in_fp32(seed, length):
     with torch.no_grad():
         ref, out = reference(ids, labels=labels), ours(ids, labels=labels)
     assert (ref.logits - out.logits).abs().max() <= 1e-5
-    assert torch.equal(ref.loss, out.loss)
+    # the loss is a mean of log-softmax over logits that agree to 1e-5; the two
+    # implementations reduce in their own order, so the last bits depend on the CPU's kernels
+    # (5.6974 differed in the last bit between two machines): 1e-5 is ~100 ulp at this size
+    assert abs(ref.loss.item() - out.loss.item()) <= 1e-5
 
 
 def test_logits_match_transformers_in_bf16():
@@ -257,13 +266,17 @@ def test_checkpoints_load_both_ways(tmp_path):
     assert len(list((tmp_path / "hf").glob("model-*.safetensors"))) > 1
     ours = load_checkpoint(tmp_path / "hf", dtype=torch.float32)
     ids = torch.randint(0, 300, (1, 20))
+    # loading is exact (every weight bit for bit); the two forwards agree to rounding, as in
+    # the parity tests above (bit equality of two implementations' reductions is the CPU's luck)
+    assert same_weights(reference, ours)
     with torch.no_grad():
-        assert torch.equal(reference(ids).logits, ours(ids).logits)
+        assert (reference(ids).logits - ours(ids).logits).abs().max() <= 1e-5
     save_checkpoint(ours, tmp_path / "ours", max_shard_bytes=100_000)
     again = transformers.CwmForCausalLM.from_pretrained(tmp_path / "ours",
                                                         attn_implementation="eager").eval()
+    assert same_weights(again, ours)
     with torch.no_grad():
-        assert torch.equal(again(ids).logits, ours(ids).logits)
+        assert (again(ids).logits - ours(ids).logits).abs().max() <= 1e-5
 
 
 def test_released_32b_shapes_on_the_meta_device():

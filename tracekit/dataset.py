@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tracekit import sandbox
+from tracekit.killpoints import kill_point
 from tracekit.sources import Program
 from tracekit.trace import COMPLETE_STATUSES, Frame, Trace
 
@@ -78,6 +79,7 @@ def build(programs: Iterable[Program], out: str | Path, options: BuildOptions = 
             if name in manifest["shards"]:
                 continue
             traces = tracers.map(shard)
+            kill_point(f"traced:{k}")
             if options.check_determinism:
                 again = tracers.map(shard)
                 same = [_same(a, b) for a, b in zip(traces, again)]
@@ -98,12 +100,14 @@ def build(programs: Iterable[Program], out: str | Path, options: BuildOptions = 
                 if part:  # files named by split: load_dataset makes the splits from them
                     files[f"{split}-{k:05d}.parquet"] = len(part)
                     _write_shard(out / f"{split}-{k:05d}.parquet", part)
+            kill_point(f"written:{k}")  # the shard's files in place, not yet in the manifest
             for trace in traces:
                 statuses[trace.status] += 1
             manifest["shards"][name] = files
             manifest["statuses"] = dict(statuses)
             manifest["filtered"] = dict(filtered)
             _write_json(out / MANIFEST, manifest)
+            kill_point(f"recorded:{k}")
             done += len(shard)
             if progress:
                 progress(done, statuses)
@@ -328,6 +332,7 @@ def _write_shard(path: Path, rows: list[dict]) -> None:
     temporary = path.with_suffix(".tmp")
     pq.write_table(table, temporary)
     _fsync(temporary)
+    kill_point(f"half-written:{path.stem}")  # a temporary file left behind
     os.replace(temporary, path)
 
 
