@@ -36,7 +36,7 @@ import model.generation as generation  # noqa: E402
 from model.backends import RuntimeBackend, TransformersBackend  # noqa: E402
 from model.config import CwmConfig  # noqa: E402
 from model.modeling import CwmForCausalLM  # noqa: E402
-from model.predictor import TracePredictor  # noqa: E402
+from tracekit.predict import TracePredictor  # noqa: E402
 from model.prompt_lookup import DRAFT_TOKENS, PromptLookup, agreement  # noqa: E402
 from tracekit.trace import Trace  # noqa: E402
 from tracekit.tracer import trace_source  # noqa: E402

@@ -221,16 +221,11 @@ def model_predictor(options: RunOptions) -> tuple[Callable[[Trace], dict], str]:
     if options.model in baselines.BASELINES:
         return (lambda trace: baselines.predict(options.model, trace, options.mode)), \
             options.model
-    from model.backends import load_backend
-    from model.predictor import Sampling, TracePredictor
-    from tracekit.tokenizer import load_tokenizer
+    from tracekit.predict import Sampling, load_predictor
 
-    backend = load_backend(options.model, options.openai_model, options.device,
-                           compile_decode=options.compile_decode,
-                           draft_tokens=options.draft_tokens)
-    directory = Path(options.model.removeprefix("transformers:"))
-    tokenizer = load_tokenizer(directory if directory.is_dir() else None)
-    predictor = TracePredictor(backend, tokenizer, options.max_frame_tokens)
+    predictor = load_predictor(options.model, options.openai_model, options.device,
+                               options.max_frame_tokens, options.compile_decode,
+                               options.draft_tokens)
     sampling = Sampling(options.temperature, options.top_k, options.top_p, options.seed)
 
     def predict_one(trace: Trace) -> dict:
@@ -246,7 +241,7 @@ def model_predictor(options: RunOptions) -> tuple[Callable[[Trace], dict], str]:
         return {"text": "".join(s.text for s in rollout.steps), "stop": rollout.stop,
                 "tokens": rollout.tokens_used}
 
-    return predict_one, backend.name
+    return predict_one, predictor.backend.name
 
 
 def evaluate(options: RunOptions, out: Path, resume: bool = False, concurrency: int = 1,

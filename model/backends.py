@@ -1,11 +1,13 @@
 """Where predictions come from: our runtime (`runtime`), transformers' CwmForCausalLM
 (`transformers`, the reference path), or any OpenAI-compatible `/v1/completions` server that
 takes token-id prompts and stop token ids (`openai`: vLLM serving facebook/cwm, or
-`tracekit serve`). Each has `generate(prompts, max_new_tokens, stop_ids, sampling)`; ours also
-has a one-prefill teacher-forcing path and cached sessions.
+`tracekit serve`). Every backend is a `Backend`: `generate` is its own; `teacher_forced` and
+`new_session` have plain defaults that ours overrides with one prefill of the trace and a
+cached session. Backends see token ids only; `sampling` is any object with `temperature`,
+`top_k`, `top_p` and `seed`.
 
-Model specs (`load_backend`): a checkpoint directory (our runtime), `transformers:DIR`,
-`openai:URL` with a model name, or `bundled` (the small model, once it ships).
+Model specs (`load_backend`): a checkpoint directory (our runtime), `transformers:DIR`, or
+`openai:URL` with a model name.
 """
 
 from __future__ import annotations
@@ -24,7 +26,30 @@ from model.generation import Generation, generate
 from model.prompt_lookup import DRAFT_TOKENS, PromptLookup
 
 
-class RuntimeBackend:
+class Backend:
+    """What trace prediction needs from a model over token ids (the protocol every backend
+    follows: subclass it and write `generate`)."""
+
+    name = "backend"
+
+    def generate(self, prompts: list[list[int]], max_new_tokens: int, stop_ids,
+                 sampling) -> list[Generation]:
+        """One generation per prompt, each ending at the first of `stop_ids` (kept) or after
+        `max_new_tokens`."""
+        raise NotImplementedError
+
+    def teacher_forced(self, ids: list[int], starts: list[int], max_new_tokens: int, stop_ids,
+                       sampling) -> list[Generation]:
+        """Branch i continues `ids[:starts[i]]`. By default, one request per branch."""
+        return [self.generate([ids[:n]], max_new_tokens, stop_ids, sampling)[0] for n in starts]
+
+    def new_session(self, rewind_margin: int) -> RuntimeSession | None:
+        """A session that keeps the prompt's cache from step to step, or None when the backend
+        keeps none (every step then sends the whole prompt)."""
+        return None
+
+
+class RuntimeBackend(Backend):
     """Our runtime, in process (CPU or CUDA). Greedy one-prompt decoding checks
     `draft_tokens` tokens guessed by prompt lookup per forward (model/prompt_lookup.py; 0: one
     token per forward): the same tokens, in fewer forwards."""
@@ -110,7 +135,7 @@ class RuntimeSession:
         return generation
 
 
-class TransformersBackend:
+class TransformersBackend(Backend):
     """transformers' CwmForCausalLM and its `generate`: the reference path."""
 
     name = "transformers"
@@ -148,7 +173,7 @@ class TransformersBackend:
         return results
 
 
-class OpenAIBackend:
+class OpenAIBackend(Backend):
     """An OpenAI-compatible `/v1/completions` server, prompts sent as token ids (vLLM's
     `stop_token_ids` and `return_tokens_as_token_ids` extensions; `tracekit serve` has both)."""
 
@@ -203,22 +228,19 @@ class OpenAIBackend:
 
 def load_backend(spec: str, openai_model: str | None = None, device: str = "cpu",
                  dtype: torch.dtype | None = None, compile_decode: bool = False,
-                 draft_tokens: int | None = None):
+                 draft_tokens: int | None = None) -> Backend:
     """A backend from a model spec (see the module docstring). Our runtime only:
     `compile_decode` (batch-1 decode steps compiled, model/compiled_decode.py) and
     `draft_tokens` (prompt-lookup guesses per forward; None: DRAFT_TOKENS)."""
     runtime_only = (("--compile", compile_decode), ("--draft-tokens", draft_tokens is not None))
     for flag, given in runtime_only:
-        if given and (spec.startswith(("openai:", "transformers:")) or spec == "bundled"):
+        if given and spec.startswith(("openai:", "transformers:")):
             raise BackendError(f"{flag} applies to our runtime (a checkpoint directory), not to "
                                f"{spec}: drop {flag}")
     if spec.startswith("openai:"):
         if not openai_model:
             raise BackendError("openai:URL needs the served model's name (--openai-model NAME)")
         return OpenAIBackend(spec.removeprefix("openai:"), openai_model)
-    if spec == "bundled":
-        raise BackendError("there is no bundled model yet: pass a checkpoint directory or "
-                           "openai:URL")
     reference = spec.startswith("transformers:")
     directory = Path(spec.removeprefix("transformers:"))
     if not (directory / "config.json").is_file():

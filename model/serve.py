@@ -16,9 +16,10 @@ import time
 from concurrent.futures import Future
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from collections.abc import Callable
+
 from model.generation import generate
 from model.prompt_lookup import DRAFT_TOKENS
-from tracekit.tokenizer import decode, encode
 
 
 class RequestError(Exception):
@@ -30,11 +31,13 @@ class RequestError(Exception):
 class Engine:
     """Batches queued completion requests through the model, one batch at a time. A greedy
     request alone in its batch decodes with `draft_tokens` prompt-lookup guesses per forward
-    (as RuntimeBackend does)."""
+    (as RuntimeBackend does). Text goes in and out through `encode` and `decode` (the caller's
+    tokenizer, special tokens included): the server itself knows only token ids."""
 
-    def __init__(self, model, tokenizer, name: str, max_batch: int = 16,
+    def __init__(self, model, encode: Callable[[str], list[int]],
+                 decode: Callable[[list[int]], str], name: str, max_batch: int = 16,
                  draft_tokens: int = DRAFT_TOKENS):
-        self.model, self.tokenizer, self.name = model, tokenizer, name
+        self.model, self.encode, self.decode, self.name = model, encode, decode, name
         self.max_batch = max_batch
         self.draft_tokens = draft_tokens
         self.context = model.config.max_position_embeddings
@@ -57,7 +60,7 @@ class Engine:
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
             prompt = prompt[0]  # a batch of one
         if isinstance(prompt, str):
-            ids = encode(self.tokenizer, prompt)
+            ids = self.encode(prompt)
         elif isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
             ids = prompt
         else:
@@ -125,12 +128,12 @@ class Engine:
                 tokens, logprobs = g.tokens[:cut], g.logprobs[:cut]
                 if g.stopped and cut == len(g.tokens):
                     finish, reason = "stop", tokens[-1]
-            text = decode(self.tokenizer, tokens)
+            text = self.decode(tokens)
             for s in job["stop"]:  # stop strings end the text (and the tokens) at their start
                 at = text.find(s)
                 if at >= 0:
                     text, finish, reason = text[:at], "stop", s
-                    while tokens and len(decode(self.tokenizer, tokens)) > at:
+                    while tokens and len(self.decode(tokens)) > at:
                         tokens.pop()
                         logprobs.pop()
             job["future"].set_result(self._choice(job, tokens, logprobs, text, finish, reason))
@@ -140,7 +143,7 @@ class Engine:
                   "logprobs": None}
         if job["logprobs"]:
             names = ([f"token_id:{t}" for t in tokens] if job["as_ids"]
-                     else [decode(self.tokenizer, [t]) for t in tokens])
+                     else [self.decode([t]) for t in tokens])
             choice["logprobs"] = {"tokens": names, "token_logprobs": logprobs,
                                   "top_logprobs": None, "text_offset": None}
         return {"id": f"cmpl-{id(job):x}", "object": "text_completion",

@@ -10,6 +10,7 @@ import random
 import signal
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -382,7 +383,7 @@ def test_a_model_run_shows_rollouts_cut_off_by_the_budget(dataset, tmp_path):
     token budget, and the report says so."""
     from model.backends import RuntimeBackend
     from model.checkpoint import save_checkpoint
-    from model.predictor import TracePredictor
+    from tracekit.predict import TracePredictor
     from tests.test_predict import bigram_model
 
     predictor = TracePredictor(RuntimeBackend(bigram_model([])))
@@ -432,12 +433,14 @@ def test_an_openai_server_run_with_concurrency_equals_the_runtime_run(dataset, t
 
     from model.checkpoint import load_checkpoint
     from model.serve import Engine, make_server
-    from tracekit.tokenizer import cwm_tokenizer
+    from tracekit.tokenizer import cwm_tokenizer, decode, encode
 
     checkpoint = tiny_checkpoint(tmp_path / "tiny")
     served = load_checkpoint(checkpoint)
     served.fast = True
-    httpd = make_server(Engine(served, cwm_tokenizer(), "tiny"), port=0)
+    tokenizer = cwm_tokenizer()
+    engine = Engine(served, partial(encode, tokenizer), partial(decode, tokenizer), "tiny")
+    httpd = make_server(engine, port=0)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     options = ["--mode", "teacher-forced", "--limit", "4", "--max-frame-tokens", "6"]
     try:

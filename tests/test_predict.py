@@ -4,13 +4,15 @@ agree, sessions run only new tokens, malformed output never raises."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
 from model.backends import RuntimeBackend, TransformersBackend
 from model.config import CwmConfig
 from model.modeling import CwmForCausalLM
-from model.predictor import Sampling, TracePredictor
+from tracekit.predict import Sampling, TracePredictor
 from tracekit.trace import Frame, Trace
 from tracekit.tracer import trace_source
 
@@ -186,10 +188,12 @@ def server(models):
     import threading
 
     from model.serve import Engine, make_server
-    from tracekit.tokenizer import cwm_tokenizer
+    from tracekit.tokenizer import cwm_tokenizer, decode, encode
 
     _, ours = models
-    httpd = make_server(Engine(ours, cwm_tokenizer(), "tiny-cwm"), port=0)
+    tokenizer = cwm_tokenizer()
+    engine = Engine(ours, partial(encode, tokenizer), partial(decode, tokenizer), "tiny-cwm")
+    httpd = make_server(engine, port=0)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()

@@ -240,11 +240,10 @@ def predict(file: Path, spec, openai_model, mode, k, entry, call, max_frame_toke
     tracekit predict prog.py --model openai:http://localhost:8000 --openai-model cwm
     """
     from evals.compare import compare_rollout, compare_teacher_forced
-    from model.backends import BackendError, load_backend
-    from model.predictor import TracePredictor
+    from model.errors import BackendError
     from tracekit.cwm import frame_wire_text
+    from tracekit.predict import load_predictor
     from tracekit.pretty import print_comparison
-    from tracekit.tokenizer import load_tokenizer
 
     source = file.read_text(encoding="utf-8")
     result = _run(source, str(file), call, entry, python, timeout, memory_mb, max_frames,
@@ -252,14 +251,12 @@ def predict(file: Path, spec, openai_model, mode, k, entry, call, max_frame_toke
     if not result.frames:
         _exit_for(result)
     try:
-        backend = load_backend(spec, openai_model, device, compile_decode=compile_decode,
-                               draft_tokens=draft_tokens)
+        predictor = load_predictor(spec, openai_model, device, max_frame_tokens, compile_decode,
+                                   draft_tokens)
     except BackendError as exc:
         stderr.print(f"[red]model:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(EXIT_MODEL)
-    directory = Path(spec.removeprefix("transformers:"))
-    tokenizer = load_tokenizer(directory if directory.is_dir() else None)
-    predictor = TracePredictor(backend, tokenizer, max_frame_tokens)
+    backend = predictor.backend
     real = result.frames
     try:
         with stderr.status(f"predicting ({mode}, {backend.name})..."):
@@ -304,20 +301,26 @@ def serve(checkpoint: Path, host, port, name, device, max_batch) -> None:
     tracekit serve ./checkpoint --port 8000
     tracekit predict prog.py --model openai:http://127.0.0.1:8000 --openai-model checkpoint
     """
-    from model.checkpoint import CheckpointError, load_checkpoint
+    from functools import partial
+
+    from model.backends import RuntimeBackend
+    from model.errors import BackendError
     from model.serve import Engine, make_server
-    from tracekit.tokenizer import load_tokenizer
+    from tracekit.predict import load_predictor
+    from tracekit.tokenizer import decode, encode
 
     try:
-        model = load_checkpoint(checkpoint, device)
-    except CheckpointError as exc:
+        predictor = load_predictor(str(checkpoint), device=device)
+    except BackendError as exc:
         stderr.print(f"[red]model:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(EXIT_MODEL)
-    model.fast = True
+    assert isinstance(predictor.backend, RuntimeBackend)  # a directory: our runtime
+    tokenizer = predictor.tokenizer
     name = name or checkpoint.resolve().name
     try:
-        httpd = make_server(Engine(model, load_tokenizer(checkpoint), name, max_batch),
-                            host, port)
+        engine = Engine(predictor.backend.model, partial(encode, tokenizer),
+                        partial(decode, tokenizer), name, max_batch)
+        httpd = make_server(engine, host, port)
     except OSError as exc:
         stderr.print(f"[red]serve:[/] cannot listen on {host}:{port} ({exc.strerror}): pick "
                      "another --port", highlight=False, soft_wrap=True)

@@ -1,7 +1,7 @@
 """Trace prediction: a model predicts a program's next execution frame, free-runs a rollout, or
 predicts every frame of a real trace from the real frames before it (teacher forcing).
 
-One API over every backend (`model.backends`): prompts are CWM trace prompts as token ids
+One API over every backend (`model.backends.Backend`): prompts are CWM trace prompts as token ids
 (`tracekit.prompts.trace_prompt_ids`), a frame is generated up to `<|frame_sep|>` (or
 `<|end_of_text|>`, the model's way of saying the trace is over), and whatever comes back is
 parsed by the one parser of `tracekit.cwm`, which never raises: malformed output becomes a
@@ -11,10 +11,13 @@ frame with an `error`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from model.backends import Backend, load_backend
 from tracekit.cwm import END_OF_TEXT, EVENT_TOKENS, FRAME_SEP, frame_segments, parse_segments
 from tracekit.prompts import trace_prompt_ids
-from tracekit.tokenizer import Tokenizer, cwm_tokenizer, encode_segments, id_segments
+from tracekit.tokenizer import (Tokenizer, cwm_tokenizer, encode_segments, id_segments,
+                                load_tokenizer)
 from tracekit.trace import Frame
 
 
@@ -68,7 +71,7 @@ class Rollout:
 class TracePredictor:
     """Predict trace frames with a backend (`model.backends.RuntimeBackend`, ...)."""
 
-    def __init__(self, backend, tokenizer: Tokenizer | None = None, max_frame_tokens: int = 512):
+    def __init__(self, backend: Backend, tokenizer: Tokenizer | None = None, max_frame_tokens: int = 512):
         self.backend = backend
         self.tokenizer = tokenizer or cwm_tokenizer()
         self.max_frame_tokens = max_frame_tokens
@@ -98,14 +101,11 @@ class TracePredictor:
         that can (ours) run one prefill of the real trace and decode all branches at once."""
         if not frames:
             return []
-        if hasattr(self.backend, "teacher_forced"):
-            ids = self.prompt(context, frames)
-            lengths = self._frame_starts(context, frames)
-            generations = self.backend.teacher_forced(ids, lengths, self.max_frame_tokens,
-                                                      self.stop_ids, sampling)
-            return [self.read(g.tokens, g.logprobs) for g in generations]
-        return [self.next_frame(context, frames[:i], sampling=sampling)
-                for i in range(len(frames))]
+        ids = self.prompt(context, frames)
+        lengths = self._frame_starts(context, frames)
+        generations = self.backend.teacher_forced(ids, lengths, self.max_frame_tokens,
+                                                  self.stop_ids, sampling)
+        return [self.read(g.tokens, g.logprobs) for g in generations]
 
     def rollout(self, context: str, seed_frames: list[Frame] = (), max_frames: int = 1000,
                 budget_tokens: int | None = None, sampling: Sampling = GREEDY) -> Rollout:
@@ -177,8 +177,7 @@ class Session:
         self.frames = list(frames)
         # the cache can step back over about two frames without running the prompt again
         margin = max(512, 4 * predictor.max_frame_tokens)
-        self.state = (predictor.backend.new_session(margin)
-                      if hasattr(predictor.backend, "new_session") else None)
+        self.state = predictor.backend.new_session(margin)
 
     def step(self, force_event: str | None = None, sampling: Sampling = GREEDY,
              max_tokens: int | None = None) -> FramePrediction:
@@ -197,3 +196,16 @@ class Session:
         if not 0 <= n <= len(self.frames):
             raise ValueError(f"cannot go back {n} frames: the session holds {len(self.frames)}")
         del self.frames[len(self.frames) - n:]
+
+
+def load_predictor(spec: str, openai_model: str | None = None, device: str = "cpu",
+                   max_frame_tokens: int = 512, compile_decode: bool = False,
+                   draft_tokens: int | None = None) -> TracePredictor:
+    """The predictor for a model spec (`model.backends.load_backend` says which), with the
+    checkpoint's own tokenizer when it has one. The one place a spec becomes a predictor: the
+    CLI, the eval and the server all come here. Raises BackendError in one line."""
+    backend = load_backend(spec, openai_model, device, compile_decode=compile_decode,
+                           draft_tokens=draft_tokens)
+    directory = Path(spec.removeprefix("transformers:"))
+    tokenizer = load_tokenizer(directory if directory.is_dir() else None)
+    return TracePredictor(backend, tokenizer, max_frame_tokens)
