@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tracekit import sources  # noqa: E402
 from tracekit.dataset import BuildOptions, build  # noqa: E402
 from tracekit.sandbox import bwrap_problem  # noqa: E402
-from tracekit.tracer import trace_source  # noqa: E402
+from tracekit.tracer.run import trace_source  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared/data/cruxeval.jsonl"
 

@@ -21,7 +21,7 @@ from tracekit.cwm import parse_trace  # noqa: E402
 from tracekit.prompts import trace_text  # noqa: E402
 from tracekit.tokenizer import cwm_tokenizer, encode, parse_ids  # noqa: E402
 from tracekit.trace import Trace  # noqa: E402
-from tracekit.tracer import trace_source  # noqa: E402
+from tracekit.tracer.run import trace_source  # noqa: E402
 
 PROGRAM = '''\
 def histogram(words):  # << START_OF_TRACE

@@ -39,7 +39,7 @@ from model.modeling import CwmForCausalLM  # noqa: E402
 from tracekit.predict import TracePredictor  # noqa: E402
 from model.prompt_lookup import DRAFT_TOKENS, PromptLookup, agreement  # noqa: E402
 from tracekit.trace import Trace  # noqa: E402
-from tracekit.tracer import trace_source  # noqa: E402
+from tracekit.tracer.run import trace_source  # noqa: E402
 
 PROGRAM = '''
 def running_stats(values):  # << START_OF_TRACE

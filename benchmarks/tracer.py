@@ -29,7 +29,9 @@ sys.path.insert(0, str(ROOT))
 
 from tracekit.prompts import trace_text  # noqa: E402
 from tracekit.trace import Trace  # noqa: E402
-from tracekit.tracer import Recorder, Renderer, _entry_code, prepare_context  # noqa: E402
+from tracekit.tracer.context import _entry_code, prepare_context  # noqa: E402
+from tracekit.tracer.recorder import Recorder  # noqa: E402
+from tracekit.tracer.values import Renderer  # noqa: E402
 
 FILENAME = "<cruxeval>"
 HARNESS = "\ndef main():  # << START_OF_TRACE\n    return f({})\n"

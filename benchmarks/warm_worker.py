@@ -1,4 +1,4 @@
-"""Where a warm sandbox's time per program goes: the worker's loop (`tracer._serve_one`: fork a
+"""Where a warm sandbox's time per program goes: the worker's loop (`worker._serve_one`: fork a
 child, trace, read the result) run in this process, outside bubblewrap and without the
 between-program cleaning (which only makes sense inside the sandbox's PID namespace), on
 CRUXEval programs; ms per program, median of --repeats.
@@ -17,9 +17,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tracekit"))  # as the worker runs it: tracer.py on its own
+sys.path.insert(0, str(ROOT / "tracekit"))  # as the worker runs it: the package on its own
 
-import tracer  # noqa: E402
+from tracer import worker  # noqa: E402
+from tracer.constants import MARKER  # noqa: E402
+from tracer.run import trace_source  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared/data/cruxeval.jsonl"
 
@@ -37,7 +39,7 @@ def per_program(sources: list[str], repeats: int) -> float:
     for _ in range(repeats):
         start = time.perf_counter()
         for source in sources:
-            reply = tracer._serve_one(request(source), sink, set())
+            reply = worker._serve_one(request(source), sink, set())
             assert reply["code"] == 0, reply
         times.append((time.perf_counter() - start) / len(sources) * 1000)
     return statistics.median(times)
@@ -52,20 +54,20 @@ def main() -> None:
     if not args.data.exists():
         sys.exit(f"{args.data}: missing; pass --data with a CRUXEval JSONL file")
     rows = [json.loads(line) for line in args.data.open()][:args.count]
-    sources = [f"{r['code']}\ndef main():{tracer.MARKER}\n    return f({r['input']})\n"
+    sources = [f"{r['code']}\ndef main():{MARKER}\n    return f({r['input']})\n"
                for r in rows]
-    tracer._clear_sandbox = lambda baseline: None  # outside a PID namespace: never
-    run_request = tracer._run_request
+    worker._clear_sandbox = lambda baseline: None  # outside a PID namespace: never
+    run_request = worker._run_request
     print(f"{len(sources)} CRUXEval programs, ms per program (median of {args.repeats})")
-    tracer._run_request = lambda req, fd: os._exit(0)
+    worker._run_request = lambda req, fd: os._exit(0)
     print(f"  child that exits at once          {per_program(sources, args.repeats):6.2f}")
-    tracer._run_request = run_request
+    worker._run_request = run_request
     print(f"  cold worker (no warm-up)          {per_program(sources, args.repeats):6.2f}")
-    tracer._warm_up()
+    worker._warm_up()
     print(f"  warm worker (as in the sandbox)   {per_program(sources, args.repeats):6.2f}")
     start = time.perf_counter()
     for source in sources:
-        tracer.trace_source(source)
+        trace_source(source)
     print(f"  in-process trace_source           "
           f"{(time.perf_counter() - start) / len(sources) * 1000:6.2f}")
 

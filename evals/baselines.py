@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from tracekit.cwm import END_OF_TEXT, frame_wire_text
 from tracekit.trace import DotsResolver, Frame, Trace
-from tracekit.tracer import DOTS, MARKER
+from tracekit.tracer.constants import DOTS, MARKER
 
 BASELINES = ("oracle", "copy")
 

@@ -22,7 +22,7 @@ from functools import lru_cache
 
 from tracekit.cwm import parse_trace
 from tracekit.trace import DotsResolver, Frame, resolve_dots
-from tracekit.tracer import DOTS
+from tracekit.tracer.constants import DOTS
 
 MODES = ("teacher-forced", "rollout", "output")
 VALUE_TYPES = ("int", "float", "str", "list", "tuple", "dict", "set", "bool", "None", "other")

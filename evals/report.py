@@ -14,7 +14,7 @@ from pathlib import Path
 
 from evals.compare import TraceComparison
 from evals.metrics import CWM_TABLE, METRICS, MORE, OUTPUT_MODE_METRICS, PUBLISHED_CRUXEVAL
-from tracekit.tracer import DOTS
+from tracekit.tracer.constants import DOTS
 
 MAIN_COLOR, SECOND_COLOR, WARN_COLOR = "#1f77b4", "#ff7f0e", "#d62728"
 MAX_PROGRAMS_SHOWN, WORST_SHOWN = 300, 20

@@ -22,7 +22,7 @@ from tracekit import sources
 from tracekit.cwm import END_OF_TEXT, frame_wire_text
 from tracekit.dataset import BuildOptions, build
 from tracekit.trace import COMPLETE_STATUSES, Frame, Trace
-from tracekit.tracer import trace_source
+from tracekit.tracer.run import trace_source
 
 ROOT = Path(__file__).resolve().parent.parent
 CRUXEVAL = ROOT.parent / "shared" / "data" / "cruxeval.jsonl"

@@ -18,7 +18,8 @@ from tracekit.prompts import (REASONING_SYSTEM_PROMPT, chat_prompt, output_predi
 from tracekit.tokenizer import (HFTokenizer, cwm_tokenizer, decode, encode, load_tokenizer,
                                 parse_ids)
 from tracekit.trace import Frame, Trace
-from tracekit.tracer import call_from_comment, trace_source
+from tracekit.tracer.context import call_from_comment
+from tracekit.tracer.run import trace_source
 
 ROOT = Path(__file__).resolve().parent.parent
 

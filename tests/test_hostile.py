@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tracekit.sandbox import TRACER_PATH, Limits, bwrap_problem, find_python, run_trace
-from tracekit.tracer import MARKER, RAISED_PLACEHOLDER, REPORT_GRACE, TIMEOUT_PLACEHOLDER
+from tracekit.sandbox import Limits, bwrap_problem, find_python, run_trace
+from tracekit.tracer.constants import (MARKER, RAISED_PLACEHOLDER, REPORT_GRACE,
+                                       TIMEOUT_PLACEHOLDER)
 
 needs_bwrap = pytest.mark.skipif(bwrap_problem() is not None,
                                  reason=f"bubblewrap unavailable: {bwrap_problem()}")
@@ -37,9 +38,9 @@ def trace(body: str, **kwargs):
 
 
 def sandboxed_processes(wait: float = 10.0) -> list[int]:
-    """PIDs of processes still running the tracer (inside or outside bubblewrap), after giving
-    SIGKILLs already sent up to `wait` seconds to land (it returns as soon as none is left, so
-    the generous wait costs nothing when the kill worked)."""
+    """PIDs of this test run's processes still running the tracer (inside or outside
+    bubblewrap), after giving SIGKILLs already sent up to `wait` seconds to land (it returns as
+    soon as none is left, so the generous wait costs nothing when the kill worked)."""
     deadline = time.monotonic() + wait
     while True:
         pids = _tracer_processes()
@@ -48,8 +49,21 @@ def sandboxed_processes(wait: float = 10.0) -> list[int]:
         time.sleep(0.05)
 
 
+def _become_subreaper() -> None:
+    """Orphans of this process's descendants are reparented to it (not to init), so a child
+    that escaped its sandbox is still found among this test run's descendants, and another
+    tracekit running beside the suite is never counted."""
+    import ctypes
+
+    PR_SET_CHILD_SUBREAPER = 36
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+_become_subreaper()
+
+
 def _tracer_processes() -> list[int]:
-    pids = []
+    parents, running = {}, []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -58,10 +72,19 @@ def _tracer_processes() -> list[int]:
             status = (entry / "status").read_text()
         except OSError:
             continue
-        if b".tracekit/tracer.py" in cmdline or str(TRACER_PATH).encode() in cmdline:
-            if "\nState:\tZ" not in status:
-                pids.append(int(entry.name))
-    return pids
+        pid = int(entry.name)
+        parents[pid] = int(status.split("\nPPid:\t", 1)[1].split("\n", 1)[0])
+        if b"from tracer.worker import main" in cmdline and "\nState:\tZ" not in status:
+            running.append(pid)
+    return [pid for pid in running if _descends_from(pid, os.getpid(), parents)]
+
+
+def _descends_from(pid: int, ancestor: int, parents: dict[int, int]) -> bool:
+    while pid in parents and pid > 1:
+        pid = parents[pid]
+        if pid == ancestor:
+            return True
+    return False
 
 
 def test_infinite_loop_hits_the_frame_cap_and_keeps_frames():
@@ -383,7 +406,28 @@ def test_program_that_switches_tracing_off():
 
 
 def test_host_is_healthy_after_the_hostile_programs():
+    """On its own (it does not lean on the tests before it): programs that leave children
+    behind, spin, and exhaust memory, in every sandbox mode, then an ordinary one: it traces,
+    and nothing any of them started is still running."""
+    leaver = """
+        import os, time
+
+        def f():  # << START_OF_TRACE
+            for _ in range(20):
+                if os.fork() == 0:
+                    time.sleep(1000)
+                    os._exit(0)
+            return 1
+        """
+    modes = ["none"] + ([] if bwrap_problem() else ["auto"])
+    for sandbox in modes:
+        assert trace(leaver, max_frames=None, sandbox=sandbox)[0].status == "ok"
+        spin = trace("def f():\n    while True:\n        pass\n", max_frames=None,
+                     limits=Limits(timeout=1), sandbox=sandbox)[0]
+        assert spin.status == "timeout"
+        hog = trace("def f():\n    return len(bytearray(8 << 30))\n",
+                    limits=Limits(memory_mb=512), sandbox=sandbox)[0]
+        assert hog.status == "memory_limit"
     result = run_trace("def f():  # << START_OF_TRACE\n    return 41 + 1\n")
     assert result.status == "ok" and result.return_value == "42"
     assert sandboxed_processes() == []
-    assert os.getpid() > 0

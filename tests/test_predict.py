@@ -14,7 +14,7 @@ from model.config import CwmConfig
 from model.modeling import CwmForCausalLM
 from tracekit.predict import Sampling, TracePredictor
 from tracekit.trace import Frame, Trace
-from tracekit.tracer import trace_source
+from tracekit.tracer.run import trace_source
 
 transformers = pytest.importorskip("transformers")
 

@@ -9,7 +9,7 @@ import pytest
 
 from tracekit import sources
 from tracekit.trace import Trace
-from tracekit.tracer import trace_source
+from tracekit.tracer.run import trace_source
 
 CRUXEVAL = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cruxeval.jsonl"
 

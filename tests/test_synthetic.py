@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from tracekit.synthetic import generate_program, generate_programs
-from tracekit.tracer import trace_source
+from tracekit.tracer.run import trace_source
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGEST = ("import hashlib, sys; from tracekit.synthetic import generate_programs; "

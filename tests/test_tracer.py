@@ -12,8 +12,10 @@ import pytest
 from tests.golden.expected_for import PROGRAMS
 from tracekit.sandbox import run_trace
 from tracekit.trace import Frame, Trace, resolve_dots
-from tracekit.tracer import (MARKER, Renderer, TraceSetupError, call_from_comment,
-                             prepare_context, trace_source)
+from tracekit.tracer.constants import MARKER
+from tracekit.tracer.context import TraceSetupError, call_from_comment, prepare_context
+from tracekit.tracer.run import trace_source
+from tracekit.tracer.values import Renderer
 
 
 # --- context and entry ----------------------------------------------------------------------

@@ -12,7 +12,9 @@ import click
 from rich.console import Console
 
 from model.prompt_lookup import DRAFT_TOKENS
-from tracekit import sandbox, tracer
+from tracekit import sandbox
+from tracekit.tracer.constants import DEFAULT_MAX_FRAMES, DEFAULT_REPR_TIMEOUT, MARKER
+from tracekit.tracer.context import TraceSetupError, call_from_comment, prepare_context
 from tracekit.prompts import trace_text
 from tracekit.pretty import print_trace, summary_table
 from tracekit.trace import Trace
@@ -61,14 +63,14 @@ def _limits_options(f):
                      help="Wall-clock seconds per program (also the CPU-time limit)."),
         click.option("--memory-mb", type=click.IntRange(min=64), default=2048, show_default=True,
                      help="Address-space limit of the program."),
-        click.option("--max-frames", type=click.IntRange(min=0), default=tracer.DEFAULT_MAX_FRAMES,
+        click.option("--max-frames", type=click.IntRange(min=0), default=DEFAULT_MAX_FRAMES,
                      show_default=True, help="Stop with status frame_limit after this many "
                      "frames (0: no cap)."),
         click.option("--max-value-chars", type=click.IntRange(min=1), default=None,
                      help="Cut rendered values after this many characters, marked "
                           "'...<tracekit: N more chars>'. Default: no cut (as in CWM's data)."),
         click.option("--repr-timeout", type=click.FloatRange(min=0.01),
-                     default=tracer.DEFAULT_REPR_TIMEOUT,
+                     default=DEFAULT_REPR_TIMEOUT,
                      show_default=True, help="Seconds a value's __repr__ may run before it is "
                      "shown as '<tracekit: repr timed out>'."),
         click.option("--sandbox", type=click.Choice(sandbox.SANDBOX_MODES), default="auto",
@@ -83,7 +85,7 @@ def _limits_options(f):
 def _run(source: str, filename: str, call, entry, python, timeout, memory_mb, max_frames,
          max_value_chars, repr_timeout, sandbox_mode) -> Trace:
     return sandbox.run_trace(
-        source, call=call or tracer.call_from_comment(source), entry=entry, filename=filename,
+        source, call=call or call_from_comment(source), entry=entry, filename=filename,
         python=python, limits=sandbox.Limits(timeout=timeout, memory_mb=memory_mb),
         max_frames=max_frames or None, max_value_chars=max_value_chars,
         repr_timeout=repr_timeout, sandbox=sandbox_mode,
@@ -185,7 +187,7 @@ def prompt(file: Path, entry, call, k, force, chat, no_thinking, ids, count, che
     else:
         context, _, _ = _prepare(source, entry)
     if chat:
-        text = prompts.output_prediction_prompt(context.replace(tracer.MARKER, ""), call,
+        text = prompts.output_prediction_prompt(context.replace(MARKER, ""), call,
                                                 enable_thinking=not no_thinking)
     else:
         text = prompts.trace_prompt(context, frames, force_event=force)
@@ -661,8 +663,8 @@ def eval_compare(first: Path, second: Path) -> None:
 def _prepare(source: str, entry):
     """The context with its marker, or exit 4 with one line naming the problem."""
     try:
-        return tracer.prepare_context(source, entry)
-    except tracer.TraceSetupError as exc:
+        return prepare_context(source, entry)
+    except TraceSetupError as exc:
         stderr.print(f"[red]{exc.status}:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(EXIT_CODES[exc.status])
 

@@ -8,7 +8,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tracekit.trace import Trace
-from tracekit.tracer import DOTS
+from tracekit.tracer.constants import DOTS
 
 _EVENT_STYLE = {"call": "bold green", "line": "cyan", "return": "bold magenta",
                 "exception": "bold red"}

@@ -24,12 +24,14 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from tracekit import tracer
 from tracekit.trace import Trace
+from tracekit.tracer import constants
+from tracekit.tracer.context import normalize_newlines
+from tracekit.tracer.pump import OutputPump
 
-TRACER_PATH = Path(tracer.__file__).resolve()
+TRACER_DIR = Path(constants.__file__).resolve().parent  # the stdlib-only tracer package
 SANDBOX_MODES = ("auto", "bwrap", "none")
-_INSIDE_TRACER = "/tmp/.tracekit/tracer.py"
+_INSIDE = "/tmp/.tracekit"  # under bubblewrap the package is bound at _INSIDE/tracer
 _GRACE_SECONDS = 1.0  # the child reports its own timeout first; the host kills after this
 
 
@@ -161,8 +163,17 @@ def _bwrap_command(interp: Interpreter, limits: Limits) -> list[str]:
     for prefix in interp.prefixes:  # an interpreter under /tmp or a home comes back read-only
         if any(prefix == h or prefix.startswith(h.rstrip("/") + "/") for h in hidden):
             args += ["--ro-bind", prefix, prefix]
-    args += ["--ro-bind", str(TRACER_PATH), _INSIDE_TRACER, "--chdir", "/tmp"]
+    args += ["--ro-bind", str(TRACER_DIR), f"{_INSIDE}/tracer", "--chdir", "/tmp"]
     return args
+
+
+def child_command(interp: Interpreter, parent: str) -> list[str]:
+    """The command that starts the tracer's child side (`tracekit.tracer.worker.main`) with
+    `parent`, the directory holding the tracer package, first on sys.path: the package is
+    imported as `tracer`, on its own (as the traced program's sys.path[0] is that directory)."""
+    boot = (f"import sys; sys.path[0] = {parent!r}; from tracer.worker import main; "
+            "main(sys.argv)")
+    return [interp.path, "-s", "-B", "-c", boot]
 
 
 def _resolve_mode(sandbox: str) -> str:
@@ -198,10 +209,10 @@ def run_trace(
     filename: str = "<tracekit>",
     python: str | None = None,
     limits: Limits = Limits(),
-    max_frames: int | None = tracer.DEFAULT_MAX_FRAMES,
+    max_frames: int | None = constants.DEFAULT_MAX_FRAMES,
     max_value_chars: int | None = None,
-    max_repr_chars: int = tracer.DEFAULT_MAX_REPR_CHARS,
-    repr_timeout: float | None = tracer.DEFAULT_REPR_TIMEOUT,
+    max_repr_chars: int = constants.DEFAULT_MAX_REPR_CHARS,
+    repr_timeout: float | None = constants.DEFAULT_REPR_TIMEOUT,
     seed: int = 0,
     sandbox: str = "auto",
 ) -> Trace:
@@ -209,7 +220,7 @@ def run_trace(
     every outcome is a Trace whose `status` is one of `tracekit.trace.STATUSES`."""
     request = _request(source, call, entry, filename, limits, max_frames, max_value_chars,
                        max_repr_chars, repr_timeout, seed)
-    failed = Trace(context=tracer.normalize_newlines(source), entry=entry, call=call)
+    failed = Trace(context=normalize_newlines(source), entry=entry, call=call)
     try:
         interp = find_python(python)
         mode = _resolve_mode(sandbox)
@@ -219,10 +230,10 @@ def run_trace(
 
     with tempfile.TemporaryDirectory(prefix="tracekit-") as workdir:
         if mode == "bwrap":
-            command = [*_bwrap_command(interp, limits), interp.path, "-s", "-B", _INSIDE_TRACER]
+            command = [*_bwrap_command(interp, limits), *child_command(interp, _INSIDE)]
             cwd, tmp = workdir, "/tmp"
         else:
-            command = [interp.path, "-s", "-B", str(TRACER_PATH)]
+            command = child_command(interp, str(TRACER_DIR.parent))
             cwd = tmp = workdir
         outcome = _run_child(command, request, _environment(tmp, seed), cwd, limits)
     return _finish(outcome, failed, interp, mode)
@@ -275,23 +286,23 @@ class WarmSandbox:
         self.workdir = tempfile.mkdtemp(prefix="tracekit-warm-")
 
     def _start(self) -> subprocess.Popen:
-        command = [*_bwrap_command(self.interp, self.limits), self.interp.path, "-s", "-B",
-                   _INSIDE_TRACER, "--serve"]
+        command = [*_bwrap_command(self.interp, self.limits),
+                   *child_command(self.interp, _INSIDE), "--serve"]
         return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL, start_new_session=True,
                                 env=_environment("/tmp", 0), cwd=self.workdir)
 
     def trace(self, source: str, call: str | None = None, entry: str | None = None, *,
-              max_frames: int | None = tracer.DEFAULT_MAX_FRAMES) -> Trace:
+              max_frames: int | None = constants.DEFAULT_MAX_FRAMES) -> Trace:
         limits = self.limits
         request = _request(source, call, entry, "<tracekit>", limits, max_frames, None,
-                           tracer.DEFAULT_MAX_REPR_CHARS, tracer.DEFAULT_REPR_TIMEOUT, 0)
+                           constants.DEFAULT_MAX_REPR_CHARS, constants.DEFAULT_REPR_TIMEOUT, 0)
         request.update(max_output_bytes=limits.max_output_bytes,
                        capture_bytes=limits.capture_bytes, grace=_GRACE_SECONDS)
-        failed = Trace(context=tracer.normalize_newlines(source), entry=entry, call=call)
+        failed = Trace(context=normalize_newlines(source), entry=entry, call=call)
         if self.proc is None or self.proc.poll() is not None:
             self.proc = self._start()
-        reply = self._ask(request, limits.timeout + _GRACE_SECONDS + tracer.REPORT_GRACE + 10)
+        reply = self._ask(request, limits.timeout + _GRACE_SECONDS + constants.REPORT_GRACE + 10)
         if reply is None:  # the worker died (the program killed it) or hung: a new one next
             self.close()
             outcome = _Outcome(None, "crashed", "the program killed its sandbox", "", "")
@@ -374,7 +385,7 @@ def _run_child(command: list[str], request: dict, env: dict, cwd: str, limits: L
         proc.stdin.close()
     except BrokenPipeError:
         pass
-    streams = tracer.OutputPump(proc.poll, os.dup(proc.stdout.fileno()),
+    streams = OutputPump(proc.poll, os.dup(proc.stdout.fileno()),
                                 os.dup(proc.stderr.fileno()), result_read,
                                 limits.max_output_bytes, limits.capture_bytes)
     started = time.monotonic()

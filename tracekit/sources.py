@@ -23,7 +23,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tracekit.tracer import MARKER, call_from_comment
+from tracekit.tracer.constants import MARKER
+from tracekit.tracer.context import call_from_comment
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-from tracekit.tracer import DOTS
+from tracekit.tracer.constants import DOTS
 
 # Every status a trace can end with. A trace is usable for training when its status is in
 # COMPLETE_STATUSES: the entry frame ran to its final return event.

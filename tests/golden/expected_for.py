@@ -33,7 +33,7 @@ def expected_path(name: str, version: str) -> Path:
 
 def trace_program(name: str, python: str | None):
     from tracekit.sandbox import run_trace
-    from tracekit.tracer import call_from_comment
+    from tracekit.tracer.context import call_from_comment
 
     path = PROGRAMS / f"{name}.py"
     source = path.read_text()

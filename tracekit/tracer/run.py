@@ -1,0 +1,123 @@
+"""Tracing one program in this process: `trace_source`, the recorder's result as a dict."""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import sys
+import types
+
+from .constants import DEFAULT_MAX_FRAMES, DEFAULT_MAX_REPR_CHARS, DEFAULT_REPR_TIMEOUT
+from .context import (TraceSetupError, _entry_code, _syntax_message, normalize_newlines,
+                      prepare_context)
+from .recorder import Recorder, _exception_line, _StopTracing
+from .values import Renderer
+
+
+
+def trace_source(
+    source: str,
+    call: str | None = None,
+    entry: str | None = None,
+    filename: str = "<tracekit>",
+    max_frames: int | None = DEFAULT_MAX_FRAMES,
+    max_value_chars: int | None = None,
+    max_repr_chars: int = DEFAULT_MAX_REPR_CHARS,
+    repr_timeout: float | None = DEFAULT_REPR_TIMEOUT,
+    on_limit=None,
+    on_start=None,
+) -> dict:
+    """Trace `call` (default: the entry called with no arguments) in this process.
+
+    Returns a JSON-ready dict: status, error, context, entry, call, frames (lists of
+    event, lineno, source, state, arg, scope, depth), return_value, python.
+    `on_limit(status, message)` is called when a limit stops the trace (the child process
+    reports and exits there); `on_start(recorder, context)` once, before the call runs.
+    The program runs unsandboxed here: use `tracekit.sandbox` for untrusted code.
+    """
+    result = {
+        "status": "ok", "error": None, "context": normalize_newlines(source), "entry": entry,
+        "call": call, "frames": [], "return_value": None,
+        "python": ".".join(map(str, sys.version_info[:3])),
+    }
+    try:
+        context, entry_name, def_lineno = prepare_context(source, entry)
+        result.update(context=context, entry=entry_name)
+        call = call or f"{entry_name}()"
+        result["call"] = call
+        try:
+            module_code = compile(context, filename, "exec")
+            call_code = compile(call, "<call>", "eval")
+        except SyntaxError as exc:
+            where = "--call" if exc.filename == "<call>" else "program"
+            raise TraceSetupError("syntax_error", f"{where}: {_syntax_message(exc)}") from None
+        entry_code = _entry_code(module_code, ast.parse(context), def_lineno)
+    except TraceSetupError as exc:
+        result.update(status=exc.status, error=str(exc))
+        return result
+
+    module = types.ModuleType("__main__")
+    module.__file__ = filename
+    module.__builtins__ = builtins
+    namespace = module.__dict__
+    saved_main = sys.modules.get("__main__")
+    sys.modules["__main__"] = module
+    try:
+        exec(module_code, namespace)
+    except BaseException as exc:  # module-level code is the program's, it may do anything
+        sys.modules["__main__"] = saved_main
+        result.update(status="setup_error",
+                      error=f"module-level code raised {_exception_line(type(exc), exc)}")
+        return result
+    if entry_code is None:
+        result.update(status="no_entry", error=f"{entry_name} is never defined (unreachable code?)")
+        return result
+
+    recorder = Recorder(filename, context, entry_code,
+                        Renderer(max_value_chars, max_repr_chars, repr_timeout),
+                        max_frames, on_limit)
+    if on_start is not None:
+        on_start(recorder, context)
+    call_error = None
+    sys.settrace(recorder.global_trace)
+    try:
+        eval(call_code, namespace)
+    except _StopTracing:
+        pass
+    except BaseException as exc:
+        call_error = exc
+    finally:
+        sys.settrace(None)
+        sys.modules["__main__"] = saved_main
+    frames = recorder.frames
+    result["frames"] = frames
+    result["status"], result["error"] = _status_of(recorder, call_error, entry_name, call)
+    if result["status"] == "ok":
+        result["return_value"] = frames[-1][4]
+    return result
+
+
+def _status_of(recorder: Recorder, call_error, entry_name: str, call: str):
+    if recorder.limit is not None:
+        return recorder.limit
+    if recorder.entry_frame is None:
+        if call_error is not None:
+            return "no_entry", (f"{call} raised {_exception_line(type(call_error), call_error)} "
+                                f"before entering {entry_name}: check --call")
+        return "no_entry", f"{call} never called {entry_name}: check --call"
+    if not recorder.done:
+        if isinstance(call_error, RecursionError):
+            return "recursion_limit", (
+                "RecursionError: the program reached the recursion limit, where the tracer "
+                "itself can no longer run; the trace stops there")
+        return "crashed", ("tracing stopped before the entry returned (the program called "
+                           "sys.settrace, or hit the recursion limit and caught it)")
+    if recorder.entry_exception is not None:
+        exc_type, exc_value = recorder.entry_exception
+        message = _exception_line(exc_type, exc_value)
+        if isinstance(exc_type, type) and issubclass(exc_type, SystemExit):
+            return "exited", message
+        if isinstance(exc_type, type) and issubclass(exc_type, MemoryError):
+            return "memory_limit", message
+        return "raised", message
+    return "ok", None
