@@ -2,7 +2,7 @@
 by `tracekit.dataset.build` with 1 and 2 workers, and the in-process tracing rate (no
 sandbox, no child process) as the ceiling.
 
-    python benchmarks/dataset.py [--count 5000] [--data ../shared/data/cruxeval.jsonl]
+    python benchmarks/dataset.py [--count 5000] [--data data/cruxeval/cruxeval.jsonl]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from tracekit.dataset import BuildOptions, build  # noqa: E402
 from tracekit.sandbox import bwrap_problem  # noqa: E402
 from tracekit.tracer.run import trace_source  # noqa: E402
 
-DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared/data/cruxeval.jsonl"
+DEFAULT_DATA = Path(__file__).resolve().parent.parent / "data/cruxeval/cruxeval.jsonl"
 
 
 def main() -> None:

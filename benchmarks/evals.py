@@ -4,7 +4,7 @@ oracle and copy baselines, in each mode; median of --repeats runs, with loading 
 predicting, scoring (with the bootstrap) and writing the report timed apart. The dataset is
 built once first (not timed).
 
-    python benchmarks/evals.py [--repeats 3] [--data ../shared/data/cruxeval.jsonl]
+    python benchmarks/evals.py [--repeats 3] [--data data/cruxeval/cruxeval.jsonl]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from evals.run import RunOptions, evaluate  # noqa: E402
 from tracekit import sources  # noqa: E402
 from tracekit.dataset import BuildOptions, build  # noqa: E402
 
-DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared/data/cruxeval.jsonl"
+DEFAULT_DATA = Path(__file__).resolve().parent.parent / "data/cruxeval/cruxeval.jsonl"
 
 
 def main() -> None:

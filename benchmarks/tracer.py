@@ -4,7 +4,7 @@ All three run in this process, on the same interpreter, over the same programs, 
 for several rounds; the figure is the median round, in microseconds per trace event (events
 counted by the minimal loop: call, line, return and exception events of the program's code).
 
-    python benchmarks/tracer.py [--data ../shared/data/cruxeval.jsonl] [--rounds 5]
+    python benchmarks/tracer.py [--data data/cruxeval/cruxeval.jsonl] [--rounds 5]
 
 (a) minimal: `sys.settrace` that records (event, line, {name: repr(value)}) per event;
 (b) PySnooper: `pysnooper.snoop(depth=...)` on the entry, writing to memory;
@@ -130,7 +130,7 @@ def time_round(programs: list[dict], runner) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/cruxeval.jsonl")
+    parser.add_argument("--data", type=Path, default=ROOT / "data/cruxeval/cruxeval.jsonl")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--only", choices=[*TRACERS, "none"],
                         help="run one tracer once over all programs, untimed (for valgrind "

@@ -4,7 +4,7 @@ Runs `benchmarks/tracer.py --only NAME` under callgrind for each tracer and for 
 and running the programs untraced), and prints each tracer's instructions above 'none', as a
 ratio to the minimal settrace loop. Slow (about a minute per tracer); needs valgrind.
 
-    python benchmarks/tracer_instructions.py [--data ../shared/data/cruxeval.jsonl]
+    python benchmarks/tracer_instructions.py [--data data/cruxeval/cruxeval.jsonl]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def instructions(name: str, data: Path) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=HERE.parent.parent / "shared/data/cruxeval.jsonl")
+    parser.add_argument("--data", type=Path, default=HERE.parent / "data/cruxeval/cruxeval.jsonl")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (apt-get install valgrind)")

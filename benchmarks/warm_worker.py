@@ -23,7 +23,7 @@ from tracer import worker  # noqa: E402
 from tracer.constants import MARKER  # noqa: E402
 from tracer.run import trace_source  # noqa: E402
 
-DEFAULT_DATA = ROOT.parent / "shared/data/cruxeval.jsonl"
+DEFAULT_DATA = ROOT / "data/cruxeval/cruxeval.jsonl"
 
 
 def request(source: str) -> dict:

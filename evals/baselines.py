@@ -14,6 +14,7 @@ from __future__ import annotations
 from tracekit.cwm import END_OF_TEXT, frame_wire_text
 from tracekit.trace import DotsResolver, Frame, Trace
 from tracekit.tracer.constants import DOTS, MARKER
+from tracekit.tracer.context import marker_line
 
 BASELINES = ("oracle", "copy")
 
@@ -74,7 +75,7 @@ def _next(lines: list[str], previous: Frame | None, state: dict | None) -> Frame
 
 
 def _entry_line(lines: list[str]) -> int | None:
-    return next((i + 1 for i, line in enumerate(lines) if MARKER in line), None)
+    return marker_line("".join(lines))
 
 
 def _source(lines: list[str], number: int) -> str:

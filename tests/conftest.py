@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from types import ModuleType
 
@@ -9,14 +10,32 @@ import pytest
 from tracekit.sandbox import SandboxUnavailable, find_python
 
 SUPPORTED_PYTHONS = ("3.10", "3.11", "3.12", "3.13")
+IN_CI = os.environ.get("CI") == "true"
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip the test for `reason` (something this machine lacks) on a developer's machine; fail
+    it under CI=true, where .ci/run installs everything and a skip would hide a missing part."""
+    if IN_CI:
+        pytest.fail(f"CI=true and {reason}: .ci/run must provide it", pytrace=False)
+    pytest.skip(reason)
+
+
+def needs_bwrap() -> None:
+    """Skip or fail (see skip_or_fail) unless bubblewrap can make a sandbox here."""
+    from tracekit.sandbox import bwrap_problem
+
+    problem = bwrap_problem()
+    if problem:
+        skip_or_fail(f"bubblewrap is unusable ({problem})")
 
 
 def python_or_skip(version: str) -> str:
-    """The interpreter for `version`, or skip the test saying it is not installed."""
+    """The interpreter for `version`, or skip (fail under CI) saying it is not installed."""
     try:
         return find_python(version).path
     except SandboxUnavailable as exc:
-        pytest.skip(f"CPython {version} not found: {exc}")
+        skip_or_fail(f"CPython {version} is not installed ({exc})")
 
 
 def benchmark_module(name: str) -> ModuleType:

@@ -3,6 +3,7 @@ SIGKILL at several points that resumes to exactly the rows of an uninterrupted b
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
@@ -14,6 +15,7 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 
+from tests.conftest import needs_bwrap, skip_or_fail
 from tracekit import sources
 from tracekit.dataset import BuildError, BuildOptions, build
 
@@ -138,10 +140,7 @@ HOSTILE = [
 
 
 def test_hostile_programs_get_their_status_and_leave_their_neighbours_alone(tmp_path):
-    from tracekit.sandbox import bwrap_problem
-
-    if bwrap_problem():  # without it, a program can signal the builder itself
-        pytest.skip(f"needs bubblewrap: {bwrap_problem()}")
+    needs_bwrap()  # without it, a program can signal the builder itself
     hostile = tmp_path / "hostile.jsonl"
     hostile.write_text("\n".join(json.dumps(row) for row in HOSTILE) + "\n")
     options = BuildOptions(timeout=3.0, memory_mb=512, max_frames=5_000, shard_size=4,
@@ -186,10 +185,9 @@ def test_dataset_commands(tmp_path):
 
 
 def test_a_warm_sandbox_traces_like_a_fresh_one_and_clears_up_between_programs():
-    from tracekit.sandbox import Limits, WarmSandbox, bwrap_problem, run_trace
+    from tracekit.sandbox import Limits, WarmSandbox, run_trace
 
-    if bwrap_problem():
-        pytest.skip(f"needs bubblewrap: {bwrap_problem()}")
+    needs_bwrap()
     rows = {row["id"]: row for row in HOSTILE}
     limits = Limits(timeout=3.0, memory_mb=512)
     with WarmSandbox(limits=limits) as warm:
@@ -209,10 +207,8 @@ def test_a_warm_sandbox_traces_like_a_fresh_one_and_clears_up_between_programs()
 
 @pytest.mark.ray
 def test_the_ray_engine_gives_the_rows_of_the_local_engine(tmp_path):
-    if os.environ.get("CI"):
-        import ray  # noqa: F401 - in CI Ray must be there (the dev extra installs it)
-    else:
-        pytest.importorskip("ray", reason="Ray is not installed (pip install 'tracekit[ray]')")
+    if importlib.util.find_spec("ray") is None:
+        skip_or_fail("Ray is not installed (pip install 'tracekit[ray]')")
     programs = list(sources.python_files([PROGRAMS])) + list(sources.synthetic(60, seed=3))
     hostile = tmp_path / "hostile.jsonl"
     hostile.write_text("".join(json.dumps(row) + "\n" for row in HOSTILE[:3]))

@@ -15,7 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from evals.compare import compare_output, compare_rollout, compare_teacher_forced, value_type
+from evals.compare import (
+    compare_output,
+    compare_rollout,
+    compare_teacher_forced,
+    value_type,
+)
 from evals.metrics import CWM_TABLE, METRICS, summarize, trace_counts
 from evals.run import RunOptions, evaluate
 from tracekit import sources
@@ -25,7 +30,6 @@ from tracekit.trace import COMPLETE_STATUSES, Frame, Trace
 from tracekit.tracer.run import trace_source
 
 ROOT = Path(__file__).resolve().parent.parent
-CRUXEVAL = ROOT.parent / "shared" / "data" / "cruxeval.jsonl"
 
 ADD_ALL = '''def add_all(xs):  # << START_OF_TRACE
     total = 0
@@ -383,8 +387,8 @@ def test_a_model_run_shows_rollouts_cut_off_by_the_budget(dataset, tmp_path):
     token budget, and the report says so."""
     from model.backends import RuntimeBackend
     from model.checkpoint import save_checkpoint
-    from tracekit.predict import TracePredictor
     from tests.test_predict import bigram_model
+    from tracekit.predict import TracePredictor
 
     predictor = TracePredictor(RuntimeBackend(bigram_model([])))
     cycle = predictor.frame_ids(Frame("line", None, "    pass\n", {}))
@@ -403,11 +407,9 @@ def test_a_model_run_shows_rollouts_cut_off_by_the_budget(dataset, tmp_path):
     assert all(r["stop"] == "budget" and r["tokens"] == 3 * len(cycle) + 2 for r in records)
 
 
-@pytest.mark.skipif(not CRUXEVAL.exists(), reason="../shared/data/cruxeval.jsonl is absent "
-                    "(a fresh clone has no ../shared)")
 def test_the_oracle_scores_exactly_100_on_cruxeval(tmp_path):
     out = tmp_path / "crux"
-    build(sources.cruxeval(CRUXEVAL), out, BuildOptions(), workers=2)
+    build(sources.cruxeval(), out, BuildOptions(), workers=2)
     for mode in ("rollout", "teacher-forced", "output"):
         summary, info = evaluate(RunOptions(str(out), mode, "oracle"), tmp_path / mode)
         assert summary["traces"] == 800 and not info["problems"]

@@ -31,3 +31,23 @@ def test_golden_trace_survives_json_round_trip():
     again = Trace.from_json(trace.to_json())
     assert again == trace
     assert trace_text(again) == trace_text(trace)
+
+
+def test_entry_marker_spacing_and_entry_on_a_marked_file():
+    """One space before `# << START_OF_TRACE` (harnesses in the wild) marks the entry as two
+    do; only CWM's exact two-space form is stripped from actions, so the one-space marker stays
+    in the call frame's action (as CWM's generations for such harnesses show). `--entry` naming
+    the marked function gives the same trace; naming another is refused."""
+    from tracekit.sandbox import run_trace
+
+    golden = (PROGRAMS / "harness_one_space.py").read_text()
+    assert "def main(): # << START_OF_TRACE\n" in golden
+    expected = expected_path("harness_one_space", "3.10").read_text()
+    assert "<|action_sep|>def main(): # << START_OF_TRACE\n<|frame_sep|>" in expected
+    by_entry = run_trace(golden, call="main()", entry="main")
+    assert trace_text(by_entry) == expected_path("harness_one_space", by_entry.python).read_text()
+    two_spaces = run_trace(golden.replace("): # <<", "):  # <<"), call="main()", entry="main")
+    assert two_spaces.status == "ok"
+    assert two_spaces.frames[0].source == "def main():\n"  # CWM's form is stripped
+    other = run_trace(golden, call="main()", entry="f")
+    assert other.status == "no_entry" and "marks another function" in other.error

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import needs_bwrap
 from tracekit.sandbox import Limits, bwrap_problem, find_python, run_trace
-from tracekit.tracer.constants import (MARKER, RAISED_PLACEHOLDER, REPORT_GRACE,
-                                       TIMEOUT_PLACEHOLDER)
-
-needs_bwrap = pytest.mark.skipif(bwrap_problem() is not None,
-                                 reason=f"bubblewrap unavailable: {bwrap_problem()}")
-
+from tracekit.tracer.constants import (
+    MARKER,
+    RAISED_PLACEHOLDER,
+    REPORT_GRACE,
+    TIMEOUT_PLACEHOLDER,
+)
 
 # Wall-clock bounds here only tell "ended" from "hung": each bounded program never ends by
 # itself, so any finite bound catches a broken deadline, and NO_HANG seconds of slack keep a
@@ -306,8 +307,8 @@ def test_repr_of_100_megabytes_becomes_a_placeholder():
     assert result.frames[-2].locals["h"] == "<tracekit: repr too large: 100000000 chars>"
 
 
-@needs_bwrap
 def test_network_is_unreachable_inside_the_sandbox():
+    needs_bwrap()
     server = socket.create_server(("127.0.0.1", 0))
     server.settimeout(0.5)
     port = server.getsockname()[1]
@@ -332,8 +333,8 @@ def test_network_is_unreachable_inside_the_sandbox():
         server.close()
 
 
-@needs_bwrap
 def test_filesystem_is_read_only_except_a_private_tmp():
+    needs_bwrap()
     outside = [Path(__file__).parent / "written_by_sandbox.txt",
                Path("/usr/local/written_by_tracekit_sandbox.txt")]
     result, _ = trace(f"""

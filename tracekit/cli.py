@@ -340,38 +340,6 @@ def dataset() -> None:
     """Build trace datasets (Parquet, loadable with datasets.load_dataset) and look inside."""
 
 
-def _programs(specs: tuple[str, ...], call, seed_size):
-    """Programs from source specs: FILE.py or DIR, FILE.jsonl (CRUXEval rows are recognised),
-    humaneval, synthetic:N[:SEED]."""
-    import json as _json
-
-    from tracekit import sources
-
-    for spec in specs:
-        if spec == "humaneval":
-            yield from sources.humaneval()
-        elif spec.startswith("synthetic:"):
-            parts = spec.split(":")[1:]
-            try:
-                count, seed = int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
-            except (ValueError, IndexError):
-                raise sources.SourceError(f"{spec}: write synthetic:COUNT or "
-                                          "synthetic:COUNT:SEED") from None
-            yield from sources.synthetic(count, seed, seed_size)
-        elif spec.endswith(".jsonl"):
-            path = Path(spec)
-            try:
-                first = next((line for line in path.open(encoding="utf-8") if line.strip()),
-                             "{}")
-                row = _json.loads(first)
-            except (OSError, ValueError) as exc:
-                raise sources.SourceError(f"{spec}: cannot read it ({exc})") from None
-            crux = isinstance(row, dict) and {"code", "input"} <= set(row) and "call" not in row
-            yield from (sources.cruxeval(path) if crux else sources.jsonl(path))
-        else:
-            yield from sources.python_files([spec], call)
-
-
 @dataset.command("build", epilog="Exit codes: 0 built; 2 bad command line; 8 the sources or "
                  "the output directory are unusable (one line says why).")
 @click.argument("specs", nargs=-1, required=True, metavar="SOURCE...")
@@ -412,16 +380,18 @@ def dataset_build(specs, out, resume, workers, call, python, timeout, memory_mb,
 
     \b
     SOURCE: a .py file or a directory of them, a .jsonl file (rows with code and call, or
-    CRUXEval rows), humaneval, or synthetic:COUNT[:SEED].
+    CRUXEval rows), cruxeval (the 800 rows shipped in data/cruxeval/), humaneval, or
+    synthetic:COUNT[:SEED].
 
     \b
     tracekit dataset build data/programs -o traces/
-    tracekit dataset build cruxeval.jsonl synthetic:10000:1 -o traces/ --drop-failed
+    tracekit dataset build cruxeval synthetic:10000:1 -o traces/ --drop-failed
     tracekit dataset build synthetic:1000000 -o traces/ --engine ray --address HEAD:6379
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
         TimeRemainingColumn
 
+    from tracekit import sources
     from tracekit.dataset import BuildError, BuildOptions, build
     from tracekit.sources import SourceError
 
@@ -437,7 +407,7 @@ def dataset_build(specs, out, resume, workers, call, python, timeout, memory_mb,
                            shard_size=shard_size, sandbox=sandbox,
                            check_determinism=check_determinism)
     try:
-        programs = list(_programs(specs, call, synthetic_size))
+        programs = list(sources.from_specs(specs, call, synthetic_size))
         with Progress(TextColumn("tracing"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("{task.fields[rate]} programs/s  {task.fields[statuses]}"),
                       TimeRemainingColumn(), console=stderr, transient=False) as bar:

