@@ -31,11 +31,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from model.cache import KVCache  # noqa: E402
-from model.compiled_decode import decode_steps  # noqa: E402
-from model.config import CwmConfig  # noqa: E402
-from model.modeling import CwmForCausalLM, rope_inverse_frequencies  # noqa: E402
-from model.quantize import FUSED_KERNEL, quantize_int8  # noqa: E402
+from tracekit.model.cache import KVCache  # noqa: E402
+from tracekit.model.compiled_decode import decode_steps  # noqa: E402
+from tracekit.model.config import CwmConfig  # noqa: E402
+from tracekit.model.modeling import CwmForCausalLM, rope_inverse_frequencies  # noqa: E402
+from tracekit.model.quantize import FUSED_KERNEL, quantize_int8  # noqa: E402
 
 BANDWIDTH_TBS = {"H100": 3.35, "H200": 4.8}
 SMOKE = dict(vocab_size=1000, hidden_size=128, intermediate_size=256, num_hidden_layers=4,

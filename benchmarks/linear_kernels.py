@@ -3,7 +3,7 @@ for the shapes of benchmarks/runtime.py's model at 1, 4 and 16 rows. Each weight
 copies taken in turn, so it comes from memory, not cache, as in a decode step. The last column
 is oneDNN with the weight reordered once into its blocked layout for 16 rows
 (`torch.ops.mkldnn._reorder_linear_weight`), what the fast path keeps for products of more
-than one row. This is what sets `model.modeling.ONEDNN_MIN_WEIGHT` and `ONEDNN_PACK_MIN_WEIGHT`.
+than one row. This is what sets `tracekit.model.modeling.ONEDNN_MIN_WEIGHT` and `ONEDNN_PACK_MIN_WEIGHT`.
 
     python benchmarks/linear_kernels.py
 """

@@ -32,12 +32,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import model.generation as generation  # noqa: E402
-from model.backends import RuntimeBackend, TransformersBackend  # noqa: E402
-from model.config import CwmConfig  # noqa: E402
-from model.modeling import CwmForCausalLM  # noqa: E402
+import tracekit.model.generation as generation  # noqa: E402
+from tracekit.model.backends import RuntimeBackend, TransformersBackend  # noqa: E402
+from tracekit.model.config import CwmConfig  # noqa: E402
+from tracekit.model.modeling import CwmForCausalLM  # noqa: E402
+from tracekit.model.prompt_lookup import DRAFT_TOKENS, PromptLookup, agreement  # noqa: E402
 from tracekit.predict import TracePredictor  # noqa: E402
-from model.prompt_lookup import DRAFT_TOKENS, PromptLookup, agreement  # noqa: E402
 from tracekit.trace import Trace  # noqa: E402
 from tracekit.tracer.run import trace_source  # noqa: E402
 

@@ -23,10 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from model.cache import KVCache  # noqa: E402
-from model.config import CwmConfig  # noqa: E402
-from model.generation import generate  # noqa: E402
-from model.modeling import CwmForCausalLM  # noqa: E402
+from tracekit.model.cache import KVCache  # noqa: E402
+from tracekit.model.config import CwmConfig  # noqa: E402
+from tracekit.model.generation import generate  # noqa: E402
+from tracekit.model.modeling import CwmForCausalLM  # noqa: E402
 
 SHAPES = dict(vocab_size=32000, hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
               num_attention_heads=8, num_key_value_heads=2, head_dim=64, sliding_window=128,

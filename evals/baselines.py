@@ -1,4 +1,4 @@
-"""Baselines that anchor the scale, as prediction records like a model's (`evals.run`):
+"""Baselines that anchor the scale, as prediction records like a model's (`tracekit.evals.run`):
 
 - `oracle`: the real trace itself. Scores 100 on every accuracy metric; anything less is a bug
   in the scoring.

@@ -109,7 +109,7 @@ class TraceComparison:
 
 
 def compare(trace_id: str, real: list[Frame], record: dict) -> TraceComparison:
-    """Compare one prediction record (see `evals.run`: `texts` for teacher-forced, `text` for
+    """Compare one prediction record (see `tracekit.evals.run`: `texts` for teacher-forced, `text` for
     rollout and output, optional `stop`) with the real frames."""
     mode = record.get("mode", "rollout")
     if mode == "teacher-forced":

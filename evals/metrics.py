@@ -21,7 +21,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from evals.compare import VALUE_TYPES, TraceComparison, has_event, value_type
+from tracekit.evals.compare import VALUE_TYPES, TraceComparison, has_event, value_type
 from tracekit.trace import Frame
 
 BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED = 1000, 0

@@ -12,8 +12,14 @@ import json
 import re
 from pathlib import Path
 
-from evals.compare import TraceComparison
-from evals.metrics import CWM_TABLE, METRICS, MORE, OUTPUT_MODE_METRICS, PUBLISHED_CRUXEVAL
+from tracekit.evals.compare import TraceComparison
+from tracekit.evals.metrics import (
+    CWM_TABLE,
+    METRICS,
+    MORE,
+    OUTPUT_MODE_METRICS,
+    PUBLISHED_CRUXEVAL,
+)
 from tracekit.tracer.constants import DOTS
 
 MAIN_COLOR, SECOND_COLOR, WARN_COLOR = "#1f77b4", "#ff7f0e", "#d62728"

@@ -25,9 +25,9 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from evals import baselines
-from evals.compare import TraceComparison, compare
 from tracekit.dataset import BuildError, load_rows, row_trace
+from tracekit.evals import baselines
+from tracekit.evals.compare import TraceComparison, compare
 from tracekit.killpoints import kill_point
 from tracekit.trace import COMPLETE_STATUSES, Trace
 
@@ -253,8 +253,8 @@ def evaluate(options: RunOptions, out: Path, resume: bool = False, concurrency: 
     from datetime import datetime, timezone
     from importlib.metadata import version
 
-    from evals.metrics import summarize
-    from evals.report import write_report
+    from tracekit.evals.metrics import summarize
+    from tracekit.evals.report import write_report
 
     started = time.monotonic()
     traces, skipped = load_traces(options)

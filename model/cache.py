@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import torch
 
-from model.config import CwmConfig
+from tracekit.model.config import CwmConfig
 
 
 class KVCache:

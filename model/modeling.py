@@ -3,7 +3,7 @@
 Operation order follows spec/model.md (and transformers' CwmForCausalLM with eager attention)
 so that logits match it: RMSNorm in fp32 then cast, RoPE cos/sin in fp32 cast to the model
 dtype, scores * head_dim**-0.5 plus an additive mask, softmax in fp32. That is the exact path
-(`model.fast = False`, the default, for parity tests). `model.fast = True` runs attention through
+(`tracekit.model.fast = False`, the default, for parity tests). `tracekit.model.fast = True` runs attention through
 `torch.nn.functional.scaled_dot_product_attention` and, on the CPU, the linear layers through
 oneDNN's matmul (what torch.compile uses there): faster, equal to rounding, not bit-identical.
 """
@@ -19,9 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from model.cache import PrefixForks
-from model.config import CwmConfig
-
+from tracekit.model.cache import PrefixForks
+from tracekit.model.config import CwmConfig
 
 CAUSAL = "causal"  # stands for a plain causal mask, which SDPA applies itself
 # SDPA's kernels on CUDA, less cuDNN's: it builds a plan for each new key length, hundreds of
@@ -205,7 +204,7 @@ class Backbone(nn.Module):
 
 
 class CwmForCausalLM(nn.Module):
-    """Weight names match Hugging Face checkpoints (`model.layers.{i}.self_attn.q_proj.weight`, ...)."""
+    """Weight names match Hugging Face checkpoints (`tracekit.model.layers.{i}.self_attn.q_proj.weight`, ...)."""
 
     def __init__(self, config: CwmConfig):
         super().__init__()

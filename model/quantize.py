@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 FUSED_KERNEL: dict[str, bool] = {}  # device type -> whether aten's int8 matmul runs there
 # Where aten's int8 kernel is used. On CUDA it is slower than a dequantized copy and cuBLAS
 # even for one row (H200, a 21504x6144 weight: 1.30 against 0.45 ms; 128 rows: 37.8 against

@@ -13,13 +13,12 @@ import json
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from collections.abc import Callable
-
-from model.generation import generate
-from model.prompt_lookup import DRAFT_TOKENS
+from tracekit.model.generation import generate
+from tracekit.model.prompt_lookup import DRAFT_TOKENS
 
 
 class RequestError(Exception):

@@ -15,17 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from evals.compare import (
+from tracekit import sources
+from tracekit.cwm import END_OF_TEXT, frame_wire_text
+from tracekit.dataset import BuildOptions, build
+from tracekit.evals.compare import (
     compare_output,
     compare_rollout,
     compare_teacher_forced,
     value_type,
 )
-from evals.metrics import CWM_TABLE, METRICS, summarize, trace_counts
-from evals.run import RunOptions, evaluate
-from tracekit import sources
-from tracekit.cwm import END_OF_TEXT, frame_wire_text
-from tracekit.dataset import BuildOptions, build
+from tracekit.evals.metrics import CWM_TABLE, METRICS, summarize, trace_counts
+from tracekit.evals.run import RunOptions, evaluate
 from tracekit.trace import COMPLETE_STATUSES, Frame, Trace
 from tracekit.tracer.run import trace_source
 
@@ -218,17 +218,17 @@ def test_alignment_pairs_an_inserted_and_a_skipped_frame(real):
     assert [f.match for f in c.aligned] == [True] * 7 + [False] + [True]
     assert c.inserted == 1
     assert [f.match for f in c.frames] == [True] * 2 + [False] * 6 + [True]  # shifted by one
-    from evals.report import _program
+    from tracekit.evals.report import _program
 
     assert "aligned: 8/9 right (1 predicted frames inserted, 1 real frames unpaired)" in \
         _program(c)
 
 
 def test_traces_too_long_to_align_keep_the_index_pairing(real, monkeypatch):
-    import evals.compare
+    import tracekit.evals.compare
 
     both = real[:2] + [real[1]] + real[2:7] + [real[8]]
-    monkeypatch.setattr(evals.compare, "ALIGN_MAX_CELLS", 10)
+    monkeypatch.setattr(tracekit.evals.compare, "ALIGN_MAX_CELLS", 10)
     c = compare_rollout("long", real, text(both))
     assert [f.match for f in c.aligned] == [f.match for f in c.frames]
     assert c.inserted == 0  # as many predicted frames as real ones
@@ -385,9 +385,9 @@ def test_a_killed_eval_resumes_to_the_same_predictions(dataset, tmp_path):
 def test_a_model_run_shows_rollouts_cut_off_by_the_budget(dataset, tmp_path):
     """A hand-built model that writes one valid frame forever: every rollout ends at the
     token budget, and the report says so."""
-    from model.backends import RuntimeBackend
-    from model.checkpoint import save_checkpoint
     from tests.test_predict import bigram_model
+    from tracekit.model.backends import RuntimeBackend
+    from tracekit.model.checkpoint import save_checkpoint
     from tracekit.predict import TracePredictor
 
     predictor = TracePredictor(RuntimeBackend(bigram_model([])))
@@ -433,8 +433,8 @@ def test_an_openai_server_run_with_concurrency_equals_the_runtime_run(dataset, t
     the predictions the in-process runtime gives."""
     import threading
 
-    from model.checkpoint import load_checkpoint
-    from model.serve import Engine, make_server
+    from tracekit.model.checkpoint import load_checkpoint
+    from tracekit.model.serve import Engine, make_server
     from tracekit.tokenizer import cwm_tokenizer, decode, encode
 
     checkpoint = tiny_checkpoint(tmp_path / "tiny")

@@ -12,10 +12,23 @@ from hypothesis import strategies as st
 from tests.golden.expected_for import EXPECTED, PROGRAMS
 from tracekit.cli import main
 from tracekit.cwm import SPECIAL_TOKENS, parse_frames, parse_trace
-from tracekit.prompts import (REASONING_SYSTEM_PROMPT, chat_prompt, output_prediction_prompt,
-                              plain_trace, trace_prompt, trace_prompt_ids, trace_text)
-from tracekit.tokenizer import (HFTokenizer, cwm_tokenizer, decode, encode, load_tokenizer,
-                                parse_ids)
+from tracekit.prompts import (
+    REASONING_SYSTEM_PROMPT,
+    chat_prompt,
+    output_prediction_prompt,
+    plain_trace,
+    trace_prompt,
+    trace_prompt_ids,
+    trace_text,
+)
+from tracekit.tokenizer import (
+    HFTokenizer,
+    cwm_tokenizer,
+    decode,
+    encode,
+    load_tokenizer,
+    parse_ids,
+)
 from tracekit.trace import Frame, Trace
 from tracekit.tracer.context import call_from_comment
 from tracekit.tracer.run import trace_source

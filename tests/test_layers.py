@@ -1,6 +1,7 @@
-"""The layers import one way: model/ (token ids) <- tracekit/ core <- evals/ <- the CLI, and the
-tracer, which runs inside the sandbox under any CPython 3.10+, imports only the standard library.
-Every import statement counts, at module level or inside a function."""
+"""The layers import one way: model/ (token ids) <- tracekit/ core <- evals/ <- the CLI
+(installed as tracekit.model, tracekit, tracekit.evals, tracekit.cli), and the tracer, which
+runs inside the sandbox under any CPython 3.10+, imports only the standard library. Every
+import statement counts, at module level or inside a function."""
 
 from __future__ import annotations
 
@@ -11,9 +12,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def module_name(path: Path, root: Path = ROOT) -> str:
+    """The installed name of a file's module: model/ and evals/ install as tracekit.model and
+    tracekit.evals (pyproject.toml)."""
+    parts = path.relative_to(root).with_suffix("").parts
+    return ".".join(parts if parts[0] == "tracekit" else ("tracekit", *parts))
+
+
 def imports(path: Path, root: Path = ROOT) -> list[tuple[int, str]]:
     """(line, absolute module name) of every import in `path`; relative imports resolved."""
-    package = ".".join(path.relative_to(root).with_suffix("").parts[:-1])
+    package = module_name(path, root).rsplit(".", 1)[0]
     found = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
@@ -28,19 +36,21 @@ def imports(path: Path, root: Path = ROOT) -> list[tuple[int, str]]:
     return found
 
 
-def forbidden(module: str) -> tuple[str, ...]:
-    """The packages `module` (dotted, a file's module name) must not import."""
-    if module.startswith("model."):
-        return ("tracekit", "evals")
-    if module.startswith("tracekit.tracer."):
-        return ()  # checked more strictly: standard library only
-    if module.startswith("tracekit.cli") or module == "tracekit.__main__":
-        return ()
-    if module.startswith("tracekit."):
-        return ("evals", "tracekit.cli")
-    if module.startswith("evals."):
-        return ("tracekit.cli",)
-    raise AssertionError(f"{module}: not in a known layer")
+CORE_ABOVE = ("tracekit.evals", "tracekit.cli")  # what the core layer must not import
+
+
+def forbidden(module: str, name: str) -> bool:
+    """Whether `module` (a file's installed name) must not import `name`."""
+    def within(package: str) -> bool:
+        return name == package or name.startswith(package + ".")
+
+    if module.startswith("tracekit.model."):
+        return within("tracekit") and not within("tracekit.model")
+    if module.startswith("tracekit.evals."):
+        return within("tracekit.cli")
+    if module.startswith(("tracekit.cli", "tracekit.tracer.")):
+        return False  # the top; the tracer is checked more strictly (standard library only)
+    return any(within(above) for above in CORE_ABOVE)
 
 
 def upward_imports(root: Path) -> list[str]:
@@ -48,9 +58,9 @@ def upward_imports(root: Path) -> list[str]:
     wrong = []
     for path in sorted(p for layer in ("model", "tracekit", "evals")
                        for p in (root / layer).rglob("*.py")):
-        module = ".".join(path.relative_to(root).with_suffix("").parts)
+        module = module_name(path, root)
         for line, name in imports(path, root):
-            if any(name == f or name.startswith(f + ".") for f in forbidden(module)):
+            if forbidden(module, name):
                 wrong.append(f"{path.relative_to(root)}:{line} imports {name}")
     return wrong
 
@@ -66,7 +76,7 @@ def test_the_tracer_imports_only_the_standard_library():
     wrong = [f"{path.name}:{line} imports {name}" for path in files
              for line, name in imports(path)
              if name.split(".")[0] not in sys.stdlib_module_names
-             and not name.startswith("tracekit.tracer")]
+             and not name.startswith("tracekit.tracer.")]
     assert files and not wrong, wrong
 
 
@@ -74,9 +84,13 @@ def test_the_check_sees_wrong_imports(tmp_path):
     """Relative imports are resolved and imports inside functions found."""
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "probe.py").write_text(
-        "import torch\ndef f():\n    from ..tracekit import cwm\n    import evals.run\n")
+        "import torch\nfrom . import cache\ndef f():\n    from .. import cwm\n"
+        "    import tracekit.evals.run\n")
     (tmp_path / "evals").mkdir()
     (tmp_path / "evals" / "probe.py").write_text("from tracekit.cli import main\n")
+    (tmp_path / "tracekit").mkdir()
+    (tmp_path / "tracekit" / "probe.py").write_text("from .evals import run\n")
     assert upward_imports(tmp_path) == ["evals/probe.py:1 imports tracekit.cli",
-                                        "model/probe.py:3 imports tracekit",
-                                        "model/probe.py:4 imports evals.run"]
+                                        "model/probe.py:4 imports tracekit",
+                                        "model/probe.py:5 imports tracekit.evals.run",
+                                        "tracekit/probe.py:1 imports tracekit.evals"]

@@ -10,9 +10,9 @@ import pytest
 import torch
 import transformers
 
-from model.backends import RuntimeBackend, TransformersBackend
-from model.config import CwmConfig
-from model.modeling import CwmForCausalLM
+from tracekit.model.backends import RuntimeBackend, TransformersBackend
+from tracekit.model.config import CwmConfig
+from tracekit.model.modeling import CwmForCausalLM
 from tracekit.predict import Sampling, TracePredictor
 from tracekit.trace import Frame, Trace
 from tracekit.tracer.run import trace_source
@@ -132,8 +132,8 @@ def test_a_session_runs_only_the_new_tokens(trace, models):
 
 @pytest.mark.parametrize("draft", [0, 4])
 def test_a_session_going_back_past_its_margin_starts_again(trace, models, draft):
-    from model.backends import RuntimeSession
-    from model.generation import generate
+    from tracekit.model.backends import RuntimeSession
+    from tracekit.model.generation import generate
 
     _, ours = models
     ids = TracePredictor(RuntimeBackend(ours)).prompt(trace.context, trace.frames[:6])
@@ -147,8 +147,8 @@ def test_a_session_going_back_past_its_margin_starts_again(trace, models, draft)
 def test_a_session_step_that_fails_midway_leaves_the_session_usable(trace, models):
     """A step interrupted after its prompt ran (Ctrl-C, an error) must not leave the session
     believing its cache holds what it held before."""
-    from model.backends import RuntimeSession
-    from model.generation import generate
+    from tracekit.model.backends import RuntimeSession
+    from tracekit.model.generation import generate
 
     _, ours = models
     ids = TracePredictor(RuntimeBackend(ours)).prompt(trace.context, trace.frames[:6])
@@ -186,7 +186,7 @@ def test_forced_event_and_malformed_output_never_raise(trace, models):
 def server(models):
     import threading
 
-    from model.serve import Engine, make_server
+    from tracekit.model.serve import Engine, make_server
     from tracekit.tokenizer import cwm_tokenizer, decode, encode
 
     _, ours = models
@@ -214,7 +214,7 @@ def _post(url, body, raw=None):
 
 
 def test_openai_backend_against_tracekit_serve_agrees_with_the_runtime(trace, models, server):
-    from model.backends import OpenAIBackend
+    from tracekit.model.backends import OpenAIBackend
 
     _, ours = models
     runtime = TracePredictor(RuntimeBackend(ours), max_frame_tokens=24)
@@ -233,7 +233,7 @@ def test_server_serves_concurrent_clients_and_rejects_bad_requests(models, serve
     import urllib.request
     from concurrent.futures import ThreadPoolExecutor
 
-    from model.generation import generate
+    from tracekit.model.generation import generate
 
     _, ours = models
     prompts = [[128000, 100 + i, 200 + 2 * i, 300] for i in range(8)]
@@ -276,8 +276,8 @@ def command_line_setup(tmp_path, model):
     """The CLI's entry point, a runner, and a program and a checkpoint of `model` to use."""
     from click.testing import CliRunner
 
-    from model.checkpoint import save_checkpoint
     from tracekit.cli import main
+    from tracekit.model.checkpoint import save_checkpoint
 
     save_checkpoint(model, tmp_path / "tiny")
     program = tmp_path / "prog.py"
@@ -320,7 +320,7 @@ def test_predict_command_prints_real_and_predicted_frames(tmp_path, models):
 def test_predict_and_eval_compile_and_draft_on_request(tmp_path, models):
     """--compile and --draft-tokens: the same rollout as without them; refused where they
     cannot apply."""
-    from model.backends import DRAFT_TOKENS, load_backend
+    from tracekit.model.backends import DRAFT_TOKENS, load_backend
 
     main, runner, program = command_line_setup(tmp_path, models[1])
     command = ["predict", str(program), "--model", str(tmp_path / "tiny"), "--mode", "rollout",
@@ -365,8 +365,8 @@ def test_predict_judges_frames_as_the_eval_does(tmp_path):
     `tracekit eval`; the frames before --frames K are what ".." resolves against."""
     from click.testing import CliRunner
 
-    from model.checkpoint import save_checkpoint
     from tracekit.cli import main
+    from tracekit.model.checkpoint import save_checkpoint
 
     program = tmp_path / "prog.py"
     program.write_text("def f():  # << START_OF_TRACE\n    x = 1\n    pass\n    return x\n"

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from evals.report import MAIN_COLOR
-from evals.run import RunOptions, evaluate
 from tests.conftest import skip_or_fail
 from tracekit import sources
 from tracekit.dataset import BuildOptions, build
+from tracekit.evals.report import MAIN_COLOR
+from tracekit.evals.run import RunOptions, evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADER_RGB = (0xdd, 0xe6, 0xf3)  # th background in evals.report.CSS

@@ -9,13 +9,13 @@ import pytest
 import torch
 import transformers
 
-from model.cache import KVCache
-from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from model.config import ConfigError, CwmConfig
-from model.generation import generate
-from model.modeling import CwmForCausalLM
-from model.prompt_lookup import PromptLookup, agreement
 from tests.conftest import skip_or_fail
+from tracekit.model.cache import KVCache
+from tracekit.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from tracekit.model.config import ConfigError, CwmConfig
+from tracekit.model.generation import generate
+from tracekit.model.modeling import CwmForCausalLM
+from tracekit.model.prompt_lookup import PromptLookup, agreement
 
 TINY = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
             num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=8,
@@ -115,8 +115,8 @@ def test_compiled_decode_steps_follow_the_eager_ones(monkeypatch):
     eager fast path, on a cache whose sliding layers wrap their ring, one whose window reaches
     every position, and a session's cache with a rewind margin; weights changed after compiling
     are read as changed."""
-    import model.generation
-    from model.compiled_decode import decode_steps
+    import tracekit.model.generation
+    from tracekit.model.compiled_decode import decode_steps
 
     steps = []
 
@@ -124,7 +124,7 @@ def test_compiled_decode_steps_follow_the_eager_ones(monkeypatch):
         step = decode_steps(*args)
         return lambda *inputs: steps.append(1) or step(*inputs)
 
-    monkeypatch.setattr(model.generation, "decode_steps", counted)
+    monkeypatch.setattr(tracekit.model.generation, "decode_steps", counted)
     _, ours = pair(7)
     ours.fast = True
     prompt = [5, 6, 7, 8, 9, 10, 11]
@@ -400,13 +400,13 @@ def test_rewinding_the_cache_equals_never_having_gone_there():
 def test_fast_path_is_close_to_the_exact_one(onednn, monkeypatch):
     """The tiny model's weights are below oneDNN's thresholds; "every weight" sends them all
     through oneDNN (one row) and its blocked copies (more rows), as large models' are."""
-    import model.modeling
+    import tracekit.model.modeling
 
     if onednn == "every weight":
-        if model.modeling.ONEDNN_LINEAR is None:
+        if tracekit.model.modeling.ONEDNN_LINEAR is None:
             skip_or_fail("this torch has no oneDNN (the CPU build the Makefile pins has it)")
-        monkeypatch.setattr(model.modeling, "ONEDNN_MIN_WEIGHT", 0)
-        monkeypatch.setattr(model.modeling, "ONEDNN_PACK_MIN_WEIGHT", 0)
+        monkeypatch.setattr(tracekit.model.modeling, "ONEDNN_MIN_WEIGHT", 0)
+        monkeypatch.setattr(tracekit.model.modeling, "ONEDNN_PACK_MIN_WEIGHT", 0)
     _, ours = pair(11)
     with torch.no_grad():
         for length in (1, 2, 5, 8, 9, 30):  # around the window, with and without a cache
@@ -423,11 +423,11 @@ def test_fast_path_is_close_to_the_exact_one(onednn, monkeypatch):
 
 
 def test_the_blocked_weight_copy_follows_the_weights(monkeypatch):
-    import model.modeling
+    import tracekit.model.modeling
 
-    if model.modeling.ONEDNN_LINEAR is None:
+    if tracekit.model.modeling.ONEDNN_LINEAR is None:
         skip_or_fail("this torch has no oneDNN (the CPU build the Makefile pins has it)")
-    monkeypatch.setattr(model.modeling, "ONEDNN_PACK_MIN_WEIGHT", 0)
+    monkeypatch.setattr(tracekit.model.modeling, "ONEDNN_PACK_MIN_WEIGHT", 0)
     _, ours = pair(13)
     _, other = pair(14)
     ids = torch.randint(0, 300, (1, 6))
@@ -492,7 +492,7 @@ def test_a_cache_keeps_its_fixed_decode_step_until_the_weights_move():
     """decode_steps: one CacheStep per cache (on CUDA, its recorded graph), kept across calls
     while the model's weights stay where they are, made anew when one is replaced; the fixed
     step (uncompiled here) gives the forward's logits, through a ring that wraps."""
-    from model.compiled_decode import _STEPS, decode_steps
+    from tracekit.model.compiled_decode import _STEPS, decode_steps
 
     _, ours = pair(15)
     ours.fast = True
@@ -533,7 +533,7 @@ def test_decode_steps_without_masks_equal_the_full_forward_after_a_rewind():
 
 
 def test_int8_weight_only_quantization_keeps_the_model_close():
-    from model.quantize import Int8Linear, quantize_int8
+    from tracekit.model.quantize import Int8Linear, quantize_int8
 
     _, ours = pair(13)
     ids = torch.randint(0, 300, (2, 24))
@@ -610,9 +610,9 @@ def test_forks_of_several_prefix_lengths_store_the_prefix_once():
 
 LOAD_AND_MEASURE = """
 import sys, torch
-from model.checkpoint import load_checkpoint
-from model.config import CwmConfig
-from model.modeling import CwmForCausalLM
+from tracekit.model.checkpoint import load_checkpoint
+from tracekit.model.config import CwmConfig
+from tracekit.model.modeling import CwmForCausalLM
 with torch.device("meta"):  # torch's one-time set-up of the meta device (~70 MB) happens here
     CwmForCausalLM(CwmConfig.from_file(sys.argv[1]))
 def status(field):

@@ -11,13 +11,13 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from model.prompt_lookup import DRAFT_TOKENS
 from tracekit import sandbox
+from tracekit.model.prompt_lookup import DRAFT_TOKENS
+from tracekit.pretty import print_trace, summary_table
+from tracekit.prompts import trace_text
+from tracekit.trace import Trace
 from tracekit.tracer.constants import DEFAULT_MAX_FRAMES, DEFAULT_REPR_TIMEOUT, MARKER
 from tracekit.tracer.context import TraceSetupError, call_from_comment, prepare_context
-from tracekit.prompts import trace_text
-from tracekit.pretty import print_trace, summary_table
-from tracekit.trace import Trace
 
 # Exit codes: one per kind of outcome, so scripts can tell them apart.
 EXIT_CODES = {
@@ -174,7 +174,8 @@ def prompt(file: Path, entry, call, k, force, chat, no_thinking, ids, count, che
     tracekit prompt prog.py --frames 1 --force return   # step over the entry's first call
     tracekit prompt prog.py --chat               # predict the output, with reasoning
     """
-    from tracekit import prompts, tokenizer as tokenizers
+    from tracekit import prompts
+    from tracekit import tokenizer as tokenizers
 
     source = file.read_text(encoding="utf-8")
     frames = []
@@ -241,9 +242,9 @@ def predict(file: Path, spec, openai_model, mode, k, entry, call, max_frame_toke
     tracekit predict prog.py --model ./checkpoint --mode rollout --frames 1
     tracekit predict prog.py --model openai:http://localhost:8000 --openai-model cwm
     """
-    from evals.compare import compare_rollout, compare_teacher_forced
-    from model.errors import BackendError
     from tracekit.cwm import frame_wire_text
+    from tracekit.evals.compare import compare_rollout, compare_teacher_forced
+    from tracekit.model.errors import BackendError
     from tracekit.predict import load_predictor
     from tracekit.pretty import print_comparison
 
@@ -305,9 +306,9 @@ def serve(checkpoint: Path, host, port, name, device, max_batch) -> None:
     """
     from functools import partial
 
-    from model.backends import RuntimeBackend
-    from model.errors import BackendError
-    from model.serve import Engine, make_server
+    from tracekit.model.backends import RuntimeBackend
+    from tracekit.model.errors import BackendError
+    from tracekit.model.serve import Engine, make_server
     from tracekit.predict import load_predictor
     from tracekit.tokenizer import decode, encode
 
@@ -388,8 +389,13 @@ def dataset_build(specs, out, resume, workers, call, python, timeout, memory_mb,
     tracekit dataset build cruxeval synthetic:10000:1 -o traces/ --drop-failed
     tracekit dataset build synthetic:1000000 -o traces/ --engine ray --address HEAD:6379
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
-        TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     from tracekit import sources
     from tracekit.dataset import BuildError, BuildOptions, build
@@ -531,12 +537,17 @@ def eval_run(dataset: Path, spec, predictions, mode, out: Path, resume, split, l
     tracekit eval traces/ --model openai:http://localhost:8000 --openai-model cwm -o eval-cwm/
     tracekit eval traces/ --predictions preds.jsonl -o eval-mine/
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
-        TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
-    from evals.baselines import BASELINES
-    from evals.run import EvalError, RunOptions, evaluate
-    from model.errors import BackendError
+    from tracekit.evals.baselines import BASELINES
+    from tracekit.evals.run import EvalError, RunOptions, evaluate
+    from tracekit.model.errors import BackendError
 
     if (spec is None) == (predictions is None):
         raise click.UsageError("pass exactly one of --model and --predictions")
@@ -575,7 +586,7 @@ def _print_eval(summary: dict, info: dict, out: Path, console: Console) -> None:
     """The CWM table of a finished eval, its prediction problems, and where the report is."""
     from rich.table import Table
 
-    from evals.metrics import CWM_TABLE, OUTPUT_MODE_METRICS
+    from tracekit.evals.metrics import CWM_TABLE, OUTPUT_MODE_METRICS
 
     mode = info["mode"]
     table = Table(title=f"{info['predictor']} · {mode} · {summary['traces']} traces",
@@ -602,7 +613,7 @@ def eval_compare(first: Path, second: Path) -> None:
     """Show two eval runs' metrics side by side, with the difference."""
     from rich.table import Table
 
-    from evals.report import compare_runs, load_metrics
+    from tracekit.evals.report import compare_runs, load_metrics
 
     runs = []
     for directory in (first, second):
@@ -658,10 +669,10 @@ def demo(programs: Path, show, output: Path, spec, python, timeout, memory_mb, m
     build a dataset of them, evaluate a predictor on it, and print where the report is."""
     import shutil
 
-    from evals.run import EvalError, RunOptions, evaluate
     from tracekit import sources
-    from model.errors import BackendError
     from tracekit.dataset import BuildOptions, build
+    from tracekit.evals.run import EvalError, RunOptions, evaluate
+    from tracekit.model.errors import BackendError
 
     console = Console()
     files = sorted(programs.glob("*.py"))

@@ -1,7 +1,7 @@
 """Trace prediction: a model predicts a program's next execution frame, free-runs a rollout, or
 predicts every frame of a real trace from the real frames before it (teacher forcing).
 
-One API over every backend (`model.backends.Backend`): prompts are CWM trace prompts as token ids
+One API over every backend (`tracekit.model.backends.Backend`): prompts are CWM trace prompts as token ids
 (`tracekit.prompts.trace_prompt_ids`), a frame is generated up to `<|frame_sep|>` (or
 `<|end_of_text|>`, the model's way of saying the trace is over), and whatever comes back is
 parsed by the one parser of `tracekit.cwm`, which never raises: malformed output becomes a
@@ -13,11 +13,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from model.backends import Backend, load_backend
-from tracekit.cwm import END_OF_TEXT, EVENT_TOKENS, FRAME_SEP, frame_segments, parse_segments
+from tracekit.cwm import (
+    END_OF_TEXT,
+    EVENT_TOKENS,
+    FRAME_SEP,
+    frame_segments,
+    parse_segments,
+)
+from tracekit.model.backends import Backend, load_backend
 from tracekit.prompts import trace_prompt_ids
-from tracekit.tokenizer import (Tokenizer, cwm_tokenizer, encode_segments, id_segments,
-                                load_tokenizer)
+from tracekit.tokenizer import (
+    Tokenizer,
+    cwm_tokenizer,
+    encode_segments,
+    id_segments,
+    load_tokenizer,
+)
 from tracekit.trace import Frame
 
 
@@ -69,7 +80,7 @@ class Rollout:
 
 
 class TracePredictor:
-    """Predict trace frames with a backend (`model.backends.RuntimeBackend`, ...)."""
+    """Predict trace frames with a backend (`tracekit.model.backends.RuntimeBackend`, ...)."""
 
     def __init__(self, backend: Backend, tokenizer: Tokenizer | None = None, max_frame_tokens: int = 512):
         self.backend = backend
@@ -201,7 +212,7 @@ class Session:
 def load_predictor(spec: str, openai_model: str | None = None, device: str = "cpu",
                    max_frame_tokens: int = 512, compile_decode: bool = False,
                    draft_tokens: int | None = None) -> TracePredictor:
-    """The predictor for a model spec (`model.backends.load_backend` says which), with the
+    """The predictor for a model spec (`tracekit.model.backends.load_backend` says which), with the
     checkpoint's own tokenizer when it has one. The one place a spec becomes a predictor: the
     CLI, the eval and the server all come here. Raises BackendError in one line."""
     backend = load_backend(spec, openai_model, device, compile_decode=compile_decode,

@@ -102,7 +102,7 @@ def frame_text(frame, max_value_chars: int = 60) -> Text:
 def print_comparison(real: list, steps: list, matches: list[bool], start: int = 0,
                      title: str = "", console: Console | None = None) -> None:
     """Real and predicted frames side by side, `matches[i]` saying whether step i is right
-    (as `evals.compare` judges it), the first divergence marked."""
+    (as `tracekit.evals.compare` judges it), the first divergence marked."""
     table = Table(title=title, box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
     table.add_column("#", justify="right", style="dim")
     table.add_column("real", overflow="fold", ratio=1)

@@ -16,7 +16,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Protocol
 
-from tracekit.cwm import SPECIAL_TOKENS, ParsedTrace, Segment, parse_segments, text_segments
+from tracekit.cwm import (
+    SPECIAL_TOKENS,
+    ParsedTrace,
+    Segment,
+    parse_segments,
+    text_segments,
+)
 
 LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
                   r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")

@@ -8,11 +8,15 @@ import sys
 import types
 
 from .constants import DEFAULT_MAX_FRAMES, DEFAULT_MAX_REPR_CHARS, DEFAULT_REPR_TIMEOUT
-from .context import (TraceSetupError, _entry_code, _syntax_message, normalize_newlines,
-                      prepare_context)
+from .context import (
+    TraceSetupError,
+    _entry_code,
+    _syntax_message,
+    normalize_newlines,
+    prepare_context,
+)
 from .recorder import Recorder, _exception_line, _StopTracing
 from .values import Renderer
-
 
 
 def trace_source(

@@ -8,8 +8,14 @@ import signal
 import sys
 import threading
 
-from .constants import (DEFAULT_MAX_REPR_CHARS, DEFAULT_REPR_TIMEOUT, RAISED_PLACEHOLDER,
-                        TIMEOUT_PLACEHOLDER, TOO_LARGE_PLACEHOLDER, TRUNCATED_MARKER)
+from .constants import (
+    DEFAULT_MAX_REPR_CHARS,
+    DEFAULT_REPR_TIMEOUT,
+    RAISED_PLACEHOLDER,
+    TIMEOUT_PLACEHOLDER,
+    TOO_LARGE_PLACEHOLDER,
+    TRUNCATED_MARKER,
+)
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 # Types whose repr runs no user code, so no time budget is needed.
