@@ -1,5 +1,5 @@
-"""Hugging Face checkpoints: `config.json` plus `tracekit.model.safetensors` or shards listed in
-`tracekit.model.safetensors.index.json`. The model is built on the meta device and each tensor is read
+"""Hugging Face checkpoints: `config.json` plus `model.safetensors` or shards listed in
+`model.safetensors.index.json`. The model is built on the meta device and each tensor is read
 shard by shard straight to its device and dtype, so no second full copy is ever materialised."""
 
 from __future__ import annotations

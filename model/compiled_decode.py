@@ -1,7 +1,7 @@
 """One decode step as a fixed graph (gpt-fast's recipe): compiled, and on CUDA replayed as a
 CUDA graph.
 
-`tracekit.model.forward` takes the cache's length as a Python int and slices the cache to it, so every
+`model.forward` takes the cache's length as a Python int and slices the cache to it, so every
 step has new shapes and torch.compile would trace each one anew. Here the new token's sequence
 index is a tensor: its keys/values are written with `index_copy_`, and attention reads the
 whole preallocated cache under a mask built from tensors. One compiled graph then serves every
@@ -18,7 +18,7 @@ as changed; weights replaced (model.to, quantize_int8, a new model) make a new s
 
 Same weights, same operations as the fast path (oneDNN for large fp32 weights on the CPU;
 attention written out, see `attend`), so equal to it to rounding, not bit for bit. Used by
-`generate` for batch-1 KVCache decode steps when `tracekit.model.compile_decode` is set (batched steps
+`generate` for batch-1 KVCache decode steps when `model.compile_decode` is set (batched steps
 are bound by their matrix products, which the eager path does with blocked weights). The first
 step compiles: 20-30 s on a 2-core CPU. Measured on the CPU (benchmarks/runtime.py
 --compile); the CUDA graph path is written for benchmarks/gpu_runtime.py and has not yet run

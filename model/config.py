@@ -1,5 +1,5 @@
 """The CWM configuration: every field of a Hugging Face `config.json` of model_type "cwm" (or the
-early "llama" uploads), with the released 32B model's values as defaults (spec/model.md)."""
+early "llama" uploads), with the released 32B model's values as defaults (docs/model.md)."""
 
 from __future__ import annotations
 

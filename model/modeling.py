@@ -1,9 +1,9 @@
 """The CWM architecture in plain PyTorch: Llama 3 with per-layer sliding-window attention.
 
-Operation order follows spec/model.md (and transformers' CwmForCausalLM with eager attention)
+Operation order follows docs/model.md (and transformers' CwmForCausalLM with eager attention)
 so that logits match it: RMSNorm in fp32 then cast, RoPE cos/sin in fp32 cast to the model
 dtype, scores * head_dim**-0.5 plus an additive mask, softmax in fp32. That is the exact path
-(`tracekit.model.fast = False`, the default, for parity tests). `tracekit.model.fast = True` runs attention through
+(`model.fast = False`, the default, for parity tests). `model.fast = True` runs attention through
 `torch.nn.functional.scaled_dot_product_attention` and, on the CPU, the linear layers through
 oneDNN's matmul (what torch.compile uses there): faster, equal to rounding, not bit-identical.
 """
@@ -204,7 +204,7 @@ class Backbone(nn.Module):
 
 
 class CwmForCausalLM(nn.Module):
-    """Weight names match Hugging Face checkpoints (`tracekit.model.layers.{i}.self_attn.q_proj.weight`, ...)."""
+    """Weight names match Hugging Face checkpoints (`model.layers.{i}.self_attn.q_proj.weight`, ...)."""
 
     def __init__(self, config: CwmConfig):
         super().__init__()

@@ -148,7 +148,7 @@ def test_resolving_dots_gives_back_every_value(name):
 
 
 def test_dots_follow_the_spec_example_exactly():
-    """spec/trace-format.md section 9, frame by frame."""
+    """docs/trace-format.md section 5 (the worked example), frame by frame."""
     source = textwrap.dedent("""\
         def add_all(xs):  # << START_OF_TRACE
             total = 0

@@ -2,8 +2,9 @@
 
 `expected/NAME.cwm` is the trace under CPython 3.10 (CWM's own); `expected/NAME.py3.Y.cwm`
 overrides it from 3.Y on, where the interpreter itself behaves differently (comprehension
-inlining on 3.12+, iterator reprs on 3.11+, ...). Every expected file is checked by hand against
-spec/trace-format.md before it is committed: write new ones with
+inlining on 3.12+, iterator reprs on 3.11+, ...). Expected files are the tracer's own output,
+read over against docs/trace-format.md before they are committed, and checked by
+`tests/test_golden.py` against an independent settrace record (`snapshot.py`). Write new ones with
 
     python tests/golden/expected_for.py --python 3.12 [--write NAME ...]
 

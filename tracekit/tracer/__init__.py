@@ -4,7 +4,7 @@ This package runs inside the traced program's interpreter (see `tracekit.sandbox
 nothing outside the standard library and uses no syntax newer than 3.10. It can also be used
 in-process (`trace_source`), which is what the benchmarks do.
 
-What it records follows `spec/trace-format.md` sections 1-5:
+What it records follows `docs/trace-format.md` sections 1-5:
 
 - events are CPython's own `call` / `line` / `return` / `exception`, restricted to code compiled
   from the context, from the entry function's first `call` to that frame's final `return`;
