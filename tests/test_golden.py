@@ -18,6 +18,7 @@ from tracekit.prompts import trace_text
 from tracekit.trace import Trace, resolve_dots
 
 NAMES = sorted(p.stem for p in PROGRAMS.glob("*.py"))
+VERSION = "import platform; print(platform.python_version())"
 SEEDED = {"PYTHONHASHSEED": "0"}  # as the sandbox runs programs: set order is repeatable
 
 
@@ -41,7 +42,7 @@ def test_golden_files_agree_with_a_plain_settrace_record(version: str):
     that interpreter: the golden files are not only the tracer's word. Key order is not
     compared (3.13's f_locals proxy orders keys its own way; the tracer restores 3.10's)."""
     python = python_or_skip(version)
-    full_version = subprocess.run([python, "-c", "import platform; print(platform.python_version())"],
+    full_version = subprocess.run([python, "-c", VERSION],
                                   capture_output=True, text=True, check=True).stdout.strip()
     wrong = []
     for name in NAMES:
