@@ -20,7 +20,7 @@ import ast
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from tracekit.cwm import parse_trace
+from tracekit.cwm import frame_wire_text, parse_trace
 from tracekit.trace import DotsResolver, Frame, resolve_dots
 from tracekit.tracer.constants import DOTS
 
@@ -166,6 +166,19 @@ def compare_teacher_forced(trace_id: str, real: list[Frame], texts: list[str]) -
     valid = len(predicted) == len(real) and all(f.error is None for f in predicted)
     return TraceComparison(trace_id, "teacher-forced", real, predicted, frames, frames, 0, True,
                            valid, output, False, divergence)
+
+
+def judge_predicted_frames(real: list[Frame], texts: list[str], start: int,
+                           rollout: bool, stop: str | None = None) -> list[bool]:
+    """Right or wrong, as the eval judges them (".." resolved), for predicted frame texts made
+    after the first `start` real frames: one text per frame, free-running with `rollout`
+    (stopped for `stop`), else each from the real frames before it."""
+    seeds = [frame_wire_text(frame) for frame in real[:start]]
+    if rollout:
+        judged = compare_rollout("", real, "".join(seeds + texts), stop)
+    else:
+        judged = compare_teacher_forced("", real[:start + len(texts)], seeds + texts)
+    return [frame.match for frame in judged.frames[start:]]
 
 
 def compare_output(trace_id: str, real: list[Frame], text: str) -> TraceComparison:

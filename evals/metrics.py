@@ -15,12 +15,12 @@ with real frame i is the prediction's frame i (by index) unless the metric says 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
+from tracekit.cwm import state_json
 from tracekit.evals.compare import VALUE_TYPES, TraceComparison, has_event, value_type
 from tracekit.trace import Frame
 
@@ -125,7 +125,7 @@ def _tokens(text: str) -> int:
 
 
 def _state_tokens(frame: Frame) -> int:
-    return _tokens(json.dumps(frame.locals))
+    return _tokens(state_json(frame.locals))
 
 
 def trace_counts(c: TraceComparison) -> dict[str, tuple[float, float]]:

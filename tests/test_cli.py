@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from tests.conftest import python_or_skip
-from tracekit.cli import EXIT_CODES, main
+from tracekit.cli import main
 from tracekit.sandbox import bwrap_problem
-from tracekit.trace import STATUSES, Trace
+from tracekit.trace import EXIT_CODES, STATUSES, Trace
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "data" / "programs" / "bubble_sort.py"

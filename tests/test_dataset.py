@@ -18,6 +18,7 @@ import pytest
 from tests.conftest import needs_bwrap, skip_or_fail
 from tracekit import sources
 from tracekit.dataset import BuildError, BuildOptions, build
+from tracekit.sandbox import Limits, TraceOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 PROGRAMS = ROOT / "data" / "programs"
@@ -64,10 +65,12 @@ def test_failed_programs_keep_their_status_or_are_dropped(tmp_path):
         {"id": "fine", "code": "def g(x):\n    return x", "call": "g(1)"},
         {"id": "raises", "code": "def h():\n    return 1 / 0", "call": "h()"},
     ]) + "\n")
-    kept = build(sources.jsonl(source), tmp_path / "all", BuildOptions(timeout=1.0), workers=2)
+    kept = build(sources.jsonl(source), tmp_path / "all", BuildOptions(TraceOptions(limits=Limits(timeout=1.0))),
+                 workers=2)
     assert kept["statuses"] == {"frame_limit": 1, "ok": 1, "raised": 1} and kept["rows"] == 3
     dropped = build(sources.jsonl(source), tmp_path / "some",
-                    BuildOptions(timeout=1.0, drop_failed=True), workers=2)
+                    BuildOptions(TraceOptions(limits=Limits(timeout=1.0)), drop_failed=True),
+                    workers=2)
     assert dropped["rows"] == 2  # raised is a complete trace; the frame_limit one is not
     assert {r["id"] for r in rows_of(tmp_path / "some")} == {"fine", "raises"}
 
@@ -143,8 +146,9 @@ def test_hostile_programs_get_their_status_and_leave_their_neighbours_alone(tmp_
     needs_bwrap()  # without it, a program can signal the builder itself
     hostile = tmp_path / "hostile.jsonl"
     hostile.write_text("\n".join(json.dumps(row) for row in HOSTILE) + "\n")
-    options = BuildOptions(timeout=3.0, memory_mb=512, max_frames=5_000, shard_size=4,
-                           sandbox="bwrap")
+    tracing = TraceOptions(sandbox="bwrap", limits=Limits(timeout=3.0, memory_mb=512),
+                           max_frames=5_000)
+    options = BuildOptions(tracing, shard_size=4)
     normal = list(sources.python_files([PROGRAMS]))
     mixed = [p for pair in zip(normal, list(sources.jsonl(hostile)) * 2) for p in pair]
     assert {p.id for p in mixed} >= {row["id"] for row in HOSTILE}
@@ -185,15 +189,15 @@ def test_dataset_commands(tmp_path):
 
 
 def test_a_warm_sandbox_traces_like_a_fresh_one_and_clears_up_between_programs():
-    from tracekit.sandbox import Limits, WarmSandbox, run_trace
+    from tracekit.sandbox import WarmSandbox, run_trace
 
     needs_bwrap()
     rows = {row["id"]: row for row in HOSTILE}
-    limits = Limits(timeout=3.0, memory_mb=512)
-    with WarmSandbox(limits=limits) as warm:
+    tracing = TraceOptions(limits=Limits(timeout=3.0, memory_mb=512))
+    with WarmSandbox(tracing) as warm:
         for program in sources.python_files([PROGRAMS]):
             ours = warm.trace(program.source, program.call)
-            fresh = run_trace(program.source, program.call, limits=limits)
+            fresh = run_trace(program.source, program.call, None, tracing)
             assert (ours.status, ours.frames, ours.return_value) == (
                 fresh.status, fresh.frames, fresh.return_value), program.id
         for first, then in (("leaver", "finder"), ("spawner", "late_finder")):
@@ -213,7 +217,7 @@ def test_the_ray_engine_gives_the_rows_of_the_local_engine(tmp_path):
     hostile = tmp_path / "hostile.jsonl"
     hostile.write_text("".join(json.dumps(row) + "\n" for row in HOSTILE[:3]))
     programs += list(sources.jsonl(hostile))  # a loop, a memory hog, os._exit
-    options = BuildOptions(shard_size=25, timeout=2.0)
+    options = BuildOptions(TraceOptions(limits=Limits(timeout=2.0)), shard_size=25)
     local = build(programs, tmp_path / "local", options, workers=2)
     ray_stats = build(programs, tmp_path / "ray", options, workers=2, engine="ray")
     assert rows_of(tmp_path / "ray") == rows_of(tmp_path / "local")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 from tests.golden.expected_for import EXPECTED, PROGRAMS
 from tracekit.cli import main
-from tracekit.cwm import SPECIAL_TOKENS, parse_frames, parse_trace
+from tracekit.cwm import SPECIAL_TOKENS, parse_frames, parse_trace, state_json
 from tracekit.prompts import (
     REASONING_SYSTEM_PROMPT,
     chat_prompt,
@@ -196,13 +197,25 @@ frames_strategy = st.one_of(
 @settings(max_examples=300, deadline=None)
 @given(st.lists(frames_strategy, max_size=5))
 def test_every_renderable_frame_parses_back_to_itself(frames):
+    """The one writer's two routes agree for arbitrary frames: the ids decode to the text, the
+    text encodes to the ids (unless a value spells a special token, which text cannot tell from
+    the token), and both parse back to the frames."""
     tok = cwm_tokenizer()
     ids = trace_prompt_ids(tok, "def f():\n    pass\n", frames, end=True)
+    text = trace_prompt("def f():\n    pass\n", frames, end=True)
+    assert decode(tok, ids) == text
     parsed = parse_ids(tok, ids)
     assert parsed.frames == frames and parsed.ended
-    if "<|" not in repr(frames):  # text cannot tell a value spelling a special token apart
-        text = trace_prompt("def f():\n    pass\n", frames, end=True)
+    if "<|" not in repr(frames):
+        assert encode(tok, text) == ids
         assert parse_trace(text).frames == frames
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(max_size=6), values, max_size=6))
+def test_the_state_writer_is_json_dumps(state):
+    assert state_json(state) == json.dumps(state)
+    assert state_json(None) == "null" and state_json({"x": 3}) == '{"x": 3}'  # any other way
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in PROGRAMS.glob("*.py")))

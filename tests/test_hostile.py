@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import needs_bwrap
-from tracekit.sandbox import Limits, bwrap_problem, find_python, run_trace
+from tracekit.sandbox import Limits, TraceOptions, bwrap_problem, find_python, run_trace
 from tracekit.tracer.constants import (
     MARKER,
     RAISED_PLACEHOLDER,
@@ -34,7 +34,7 @@ def trace(body: str, **kwargs):
         lines[i] += MARKER
         source = "\n".join(lines)
     start = time.monotonic()
-    result = run_trace(source, **kwargs)
+    result = run_trace(source, options=TraceOptions(**kwargs))
     return result, time.monotonic() - start
 
 

@@ -1,6 +1,7 @@
-"""The CWM wire format (spec sections 1, 2, 7): special tokens, traces and prompts as segments
-(special tokens and plain text; the text itself comes from the templates, see
-`tracekit.prompts`), and a parser that reads back whatever a model writes.
+"""The CWM wire format (docs/trace-format.md sections 1, 2, 7): special tokens, the one writer
+of traces and prompts (`prompt_segments`: special tokens and plain text, which the text route
+joins and the ids route encodes segment by segment), and a parser that reads back whatever a
+model writes.
 
     <|begin_of_text|><|trace_context_start|>CONTEXT<|frame_sep|>FRAME FRAME ... <|end_of_text|>
     <|call_sep|>LOCALS<|action_sep|>SOURCE<|frame_sep|>       (line frames alike)
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 
 from tracekit.trace import Frame
 
-# Special tokens and their ids (spec section 7): id = 128000 + offset.
+# Special tokens and their ids (docs/trace-format.md section 7): id = 128000 + offset.
 SPECIAL_TOKENS = {
     "<|begin_of_text|>": 128000,
     "<|end_of_text|>": 128001,
@@ -61,10 +62,25 @@ TOKEN_EVENTS = {token: event for event, token in EVENT_TOKENS.items()}
 
 def frame_segments(frame: Frame) -> list[str]:
     """A frame as alternating special tokens and plain-text segments (what gets encoded)."""
-    head = EVENT_TOKENS[frame.event]
-    if frame.event in ("call", "line"):
-        return [head, json.dumps(frame.locals), ACTION_SEP, frame.source, FRAME_SEP]
-    return [head, ACTION_SEP, frame.source, ARG_SEP, json.dumps(frame.arg), FRAME_SEP]
+    event = frame.event
+    if event == "line" or event == "call":
+        return [EVENT_TOKENS[event], state_json(frame.locals), ACTION_SEP, frame.source,
+                FRAME_SEP]
+    arg = frame.arg
+    return [EVENT_TOKENS[event], ACTION_SEP, frame.source, ARG_SEP,
+            _quote(arg) if isinstance(arg, str) else json.dumps(arg), FRAME_SEP]
+
+
+_quote = json.encoder.encode_basestring_ascii  # what json.dumps uses (ensure_ascii), in C
+
+
+def state_json(state: dict[str, str] | None) -> str:
+    """`json.dumps(state)` with default settings, written out for a dict of strings (a CWM
+    state) at a third of its cost; anything else goes through json.dumps."""
+    try:
+        return "{" + ", ".join([_quote(k) + ": " + _quote(v) for k, v in state.items()]) + "}"
+    except (TypeError, AttributeError):  # not a dict of strings
+        return json.dumps(state)
 
 
 def frame_wire_text(frame: Frame) -> str:
@@ -76,14 +92,23 @@ def prompt_segments(context: str, frames: list[Frame] = (), force_event: str | N
                     end: bool = False) -> list[str]:
     """`<|begin_of_text|><|trace_context_start|>CONTEXT<|frame_sep|>`, then `frames`, then
     optionally a forced next event token, or `<|end_of_text|>` with `end`."""
+    if force_event is not None and force_event not in EVENT_TOKENS:
+        raise ValueError(f"unknown event {force_event!r}: use one of {', '.join(EVENT_TOKENS)}")
     segments = [BEGIN_OF_TEXT, TRACE_CONTEXT_START, context, FRAME_SEP]
+    extend = segments.extend
     for frame in frames:
-        segments += frame_segments(frame)
+        extend(frame_segments(frame))
     if force_event is not None:
         segments.append(EVENT_TOKENS[force_event])
     elif end:
         segments.append(END_OF_TEXT)
-    return [s for s in segments if s]
+    return segments
+
+
+def prompt_text(context: str, frames: list[Frame] = (), force_event: str | None = None,
+                end: bool = False) -> str:
+    """`prompt_segments` as wire text (special tokens spelled out)."""
+    return "".join(prompt_segments(context, frames, force_event, end))
 
 
 # ---------------------------------------------------------------------------------------------

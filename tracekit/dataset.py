@@ -32,16 +32,12 @@ SPLITS = ("train", "validation", "test")
 
 @dataclass(frozen=True)
 class BuildOptions:
-    python: str | None = None
-    timeout: float = 10.0
-    memory_mb: int = 2048
-    max_frames: int | None = 10_000  # tracer cap: longer runs end with status frame_limit
+    tracing: sandbox.TraceOptions = sandbox.TraceOptions()  # seed 0 (warm sandboxes need it)
     drop_failed: bool = False  # keep only complete traces (ok, raised, exited)
     max_tokens: int | None = None  # drop rows whose CWM text is longer
     dedup: bool = True  # exact dedup on context + call, first occurrence kept
     split: tuple[int, int, int] = (98, 1, 1)  # train / validation / test, by program hash
     shard_size: int = 500
-    sandbox: str = "auto"
     check_determinism: bool = False  # trace twice; keep a row only if both traces agree
     warm: bool = True  # one warm bubblewrap sandbox per worker (when bubblewrap works)
 
@@ -156,10 +152,9 @@ class _Tracers:
     works (a fork per program), else every program gets a fresh sandbox."""
 
     def __init__(self, options: BuildOptions, workers: int = 1):
-        self.options = options
+        self.tracing = options.tracing
         self.pool = ThreadPoolExecutor(workers)
-        self.limits = sandbox.Limits(timeout=options.timeout, memory_mb=options.memory_mb)
-        self.warm = (options.warm and options.sandbox != "none"
+        self.warm = (options.warm and self.tracing.sandbox != "none"
                      and sandbox.bwrap_problem() is None)
         self.local = threading.local()
         self.opened: list[sandbox.WarmSandbox] = []
@@ -167,22 +162,18 @@ class _Tracers:
 
     def trace(self, program: Program) -> Trace:
         if not self.warm:
-            return sandbox.run_trace(
-                program.source, call=program.call, entry=program.entry,
-                python=self.options.python, limits=self.limits,
-                max_frames=self.options.max_frames, sandbox=self.options.sandbox)
+            return sandbox.run_trace(program.source, program.call, program.entry, self.tracing)
         warm = getattr(self.local, "sandbox", None)
         if warm is None:
             try:
-                warm = sandbox.WarmSandbox(self.options.python, self.limits)
+                warm = sandbox.WarmSandbox(self.tracing)
             except sandbox.SandboxUnavailable as exc:
                 return Trace(program.source, program.entry, program.call,
                              status="sandbox_unavailable", error=str(exc))
             self.local.sandbox = warm
             with self.lock:
                 self.opened.append(warm)
-        return warm.trace(program.source, program.call, program.entry,
-                          max_frames=self.options.max_frames)
+        return warm.trace(program.source, program.call, program.entry)
 
     def map(self, programs: list[Program]) -> list[Trace]:
         return list(self.pool.map(self.trace, programs))
@@ -274,10 +265,11 @@ class _RayEngine:
 
 
 def _row(program: Program, trace: Trace) -> dict:
-    from tracekit.prompts import trace_text
-    from tracekit.tokenizer import cwm_tokenizer, encode
+    from tracekit.cwm import prompt_segments, state_json
+    from tracekit.tokenizer import cwm_tokenizer, encode_segments
 
-    text = trace_text(trace)
+    segments = prompt_segments(trace.context, trace.frames, end=trace.complete)
+    text = "".join(segments)  # as trace_text writes it
     key = json.dumps([program.source, program.entry, program.call]).encode()
     digest = int(hashlib.sha256(key).hexdigest()[:8], 16)  # the split follows the program
     return {
@@ -285,10 +277,11 @@ def _row(program: Program, trace: Trace) -> dict:
         "call": trace.call, "interpreter": trace.python, "status": trace.status,
         "error": trace.error,
         "frames": [{"event": f.event, "lineno": f.lineno, "source": f.source,
-                    "locals": json.dumps(f.locals) if f.locals is not None else None,
+                    "locals": state_json(f.locals) if f.locals is not None else None,
                     "arg": f.arg} for f in trace.frames],
         "cwm": text, "n_frames": len(trace.frames),
-        "n_tokens": len(encode(cwm_tokenizer(), text)), "return_value": trace.return_value,
+        "n_tokens": len(encode_segments(cwm_tokenizer(), segments)),  # the ids a model sees
+        "return_value": trace.return_value,
         "expected": program.expected, "hash": digest,
     }
 

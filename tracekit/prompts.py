@@ -1,8 +1,7 @@
-"""Prompts from the jinja2 templates in `tracekit/templates/`: CWM trace prompts, CWM's chat
-format, an output-prediction prompt, and a plain-text trace for models without CWM's tokens.
-
-Text and ids agree: `trace_prompt(...)` renders the template; `trace_prompt_ids(...)` encodes
-`cwm.prompt_segments(...)` segment by segment; a test checks both give the same ids.
+"""Prompts: CWM trace prompts (text and ids, both from the one writer `cwm.prompt_segments`),
+and, from the jinja2 templates in `tracekit/templates/` (as Hugging Face chat templates are
+written), CWM's chat format, an output-prediction prompt, and a plain-text trace for models
+without CWM's tokens.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ import re
 
 import jinja2
 
-from tracekit.cwm import EVENT_TOKENS, prompt_segments
+from tracekit.cwm import prompt_segments, prompt_text
 from tracekit.trace import Frame, Trace
 
 _THINK_BLOCK = re.compile(r"<think>.*?</think>\s*", re.DOTALL)
@@ -42,10 +41,7 @@ def trace_prompt(context: str, frames: list[Frame] = (), force_event: str | None
     optionally a forced next event token (e.g. "return" after a call frame, to step over the
     call), or `<|end_of_text|>` with `end`. With no frames the model predicts from the call
     frame on; with the first k real frames it continues a real trace."""
-    if force_event is not None and force_event not in EVENT_TOKENS:
-        raise ValueError(f"unknown event {force_event!r}: use one of {', '.join(EVENT_TOKENS)}")
-    return render("trace_prompt", context=context, frames=frames, force_event=force_event,
-                  end=end, event_tokens=EVENT_TOKENS)
+    return prompt_text(context, frames, force_event, end)
 
 
 def trace_text(trace: Trace) -> str:
@@ -56,7 +52,8 @@ def trace_text(trace: Trace) -> str:
 
 def trace_prompt_ids(tokenizer, context: str, frames: list[Frame] = (),
                      force_event: str | None = None, end: bool = False) -> list[int]:
-    """The same prompt as token ids: special tokens as ids, the rest encoded as plain text."""
+    """The same prompt as token ids: special tokens as ids, the rest encoded as plain text (so
+    a value that spells a special token stays text, which the text route cannot tell)."""
     from tracekit.tokenizer import encode_segments
 
     return encode_segments(tokenizer, prompt_segments(context, frames, force_event, end))

@@ -201,33 +201,36 @@ _warned = False
 # Running one trace
 
 
-def run_trace(
-    source: str,
-    call: str | None = None,
-    entry: str | None = None,
-    *,
-    filename: str = "<tracekit>",
-    python: str | None = None,
-    limits: Limits = Limits(),
-    max_frames: int | None = constants.DEFAULT_MAX_FRAMES,
-    max_value_chars: int | None = None,
-    max_repr_chars: int = constants.DEFAULT_MAX_REPR_CHARS,
-    repr_timeout: float | None = constants.DEFAULT_REPR_TIMEOUT,
-    seed: int = 0,
-    sandbox: str = "auto",
-) -> Trace:
+@dataclass(frozen=True)
+class TraceOptions:
+    """How a program is traced, in one value: the interpreter, the sandbox mode, the limits and
+    the tracer's settings. The command line makes one; run_trace, WarmSandbox and dataset
+    builds take it; the child gets its settings in the request."""
+
+    python: str | None = None  # a version ("3.10") or a path; None: this interpreter
+    sandbox: str = "auto"  # see SANDBOX_MODES
+    limits: Limits = Limits()
+    max_frames: int | None = constants.DEFAULT_MAX_FRAMES  # None: no cap
+    max_value_chars: int | None = None  # None: values are not cut (as in CWM's data)
+    max_repr_chars: int = constants.DEFAULT_MAX_REPR_CHARS
+    repr_timeout: float | None = constants.DEFAULT_REPR_TIMEOUT
+    seed: int = 0  # PYTHONHASHSEED and random.seed of the program
+
+
+def run_trace(source: str, call: str | None = None, entry: str | None = None,
+              options: TraceOptions = TraceOptions(), filename: str = "<tracekit>") -> Trace:
     """Trace one program in a fresh sandboxed child process. Never raises for a bad program:
     every outcome is a Trace whose `status` is one of `tracekit.trace.STATUSES`."""
-    request = _request(source, call, entry, filename, limits, max_frames, max_value_chars,
-                       max_repr_chars, repr_timeout, seed)
+    request = _request(source, call, entry, filename, options)
     failed = Trace(context=normalize_newlines(source), entry=entry, call=call)
     try:
-        interp = find_python(python)
-        mode = _resolve_mode(sandbox)
+        interp = find_python(options.python)
+        mode = _resolve_mode(options.sandbox)
     except SandboxUnavailable as exc:
         failed.status, failed.error = "sandbox_unavailable", str(exc)
         return failed
 
+    limits = options.limits
     with tempfile.TemporaryDirectory(prefix="tracekit-") as workdir:
         if mode == "bwrap":
             command = [*_bwrap_command(interp, limits), *child_command(interp, _INSIDE)]
@@ -235,17 +238,19 @@ def run_trace(
         else:
             command = child_command(interp, str(TRACER_DIR.parent))
             cwd = tmp = workdir
-        outcome = _run_child(command, request, _environment(tmp, seed), cwd, limits)
+        outcome = _run_child(command, request, _environment(tmp, options.seed), cwd, limits)
     return _finish(outcome, failed, interp, mode)
 
 
-def _request(source, call, entry, filename, limits, max_frames, max_value_chars,
-             max_repr_chars, repr_timeout, seed) -> dict:
+def _request(source: str, call: str | None, entry: str | None, filename: str,
+             options: TraceOptions) -> dict:
+    """What the child reads on stdin (tracekit.tracer.worker)."""
     return {
-        "source": source, "call": call, "entry": entry, "filename": filename, "seed": seed,
-        "max_frames": max_frames, "max_value_chars": max_value_chars,
-        "max_repr_chars": max_repr_chars, "repr_timeout": repr_timeout,
-        "timeout": limits.timeout, "limits": _rlimits(limits),
+        "source": source, "call": call, "entry": entry, "filename": filename,
+        "seed": options.seed, "max_frames": options.max_frames,
+        "max_value_chars": options.max_value_chars, "max_repr_chars": options.max_repr_chars,
+        "repr_timeout": options.repr_timeout, "timeout": options.limits.timeout,
+        "limits": _rlimits(options.limits),
     }
 
 
@@ -276,27 +281,27 @@ class WarmSandbox:
     program that kills the worker gets status crashed, and the next one a new worker. Needs
     bubblewrap (its PID namespace is what makes the cleaning safe); seed 0 only."""
 
-    def __init__(self, python: str | None = None, limits: Limits = Limits()):
+    def __init__(self, options: TraceOptions = TraceOptions()):
         problem = bwrap_problem()
         if problem:
             raise SandboxUnavailable(f"warm sandboxes need bubblewrap: {problem}")
-        self.interp = find_python(python)
-        self.limits = limits
+        if options.seed != 0:
+            raise SandboxUnavailable("warm sandboxes trace with seed 0 only")
+        self.interp = find_python(options.python)
+        self.options = options
         self.proc: subprocess.Popen | None = None
         self.workdir = tempfile.mkdtemp(prefix="tracekit-warm-")
 
     def _start(self) -> subprocess.Popen:
-        command = [*_bwrap_command(self.interp, self.limits),
+        command = [*_bwrap_command(self.interp, self.options.limits),
                    *child_command(self.interp, _INSIDE), "--serve"]
         return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL, start_new_session=True,
                                 env=_environment("/tmp", 0), cwd=self.workdir)
 
-    def trace(self, source: str, call: str | None = None, entry: str | None = None, *,
-              max_frames: int | None = constants.DEFAULT_MAX_FRAMES) -> Trace:
-        limits = self.limits
-        request = _request(source, call, entry, "<tracekit>", limits, max_frames, None,
-                           constants.DEFAULT_MAX_REPR_CHARS, constants.DEFAULT_REPR_TIMEOUT, 0)
+    def trace(self, source: str, call: str | None = None, entry: str | None = None) -> Trace:
+        limits = self.options.limits
+        request = _request(source, call, entry, "<tracekit>", self.options)
         request.update(max_output_bytes=limits.max_output_bytes,
                        capture_bytes=limits.capture_bytes, grace=_GRACE_SECONDS)
         failed = Trace(context=normalize_newlines(source), entry=entry, call=call)

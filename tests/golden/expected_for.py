@@ -33,12 +33,13 @@ def expected_path(name: str, version: str) -> Path:
 
 
 def trace_program(name: str, python: str | None):
-    from tracekit.sandbox import run_trace
+    from tracekit.sandbox import TraceOptions, run_trace
     from tracekit.tracer.context import call_from_comment
 
     path = PROGRAMS / f"{name}.py"
     source = path.read_text()
-    return run_trace(source, call=call_from_comment(source), filename=path.name, python=python)
+    return run_trace(source, call_from_comment(source), None, TraceOptions(python=python),
+                     filename=path.name)
 
 
 def main() -> None:

@@ -1,0 +1,53 @@
+"""The demo's pipeline, in steps the command line shows one by one: trace the sample programs,
+make room for the demo's output, build a dataset of the programs and evaluate a predictor on it
+teacher-forced."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from tracekit import sources
+from tracekit.dataset import BuildOptions, build
+from tracekit.evals.run import RunOptions, evaluate
+from tracekit.sandbox import TraceOptions, run_trace
+from tracekit.trace import Trace
+from tracekit.tracer.context import call_from_comment
+
+
+class DemoError(Exception):
+    """The demo cannot write where it was asked to; the message says why."""
+
+
+def trace_programs(files: list[Path], tracing: TraceOptions) -> list[tuple[str, Trace, float]]:
+    """(name, trace, seconds) for each program file, traced with its '# tracekit-call:' line."""
+    results = []
+    for path in files:
+        source = path.read_text(encoding="utf-8")
+        start = time.perf_counter()
+        result = run_trace(source, call_from_comment(source), None, tracing, path.name)
+        results.append((path.stem, result, time.perf_counter() - start))
+    return results
+
+
+def output_directories(output: Path) -> tuple[Path, Path]:
+    """OUTPUT/dataset and OUTPUT/eval, emptied when an earlier demo made them; refused when
+    something else is there."""
+    directories = (output / "dataset", output / "eval")
+    for directory, made_by_demo in zip(directories, ("manifest.json", "run.json")):
+        if directory.exists():
+            if not (directory / made_by_demo).exists():
+                raise DemoError(f"{directory} exists and is not a demo's output: choose another "
+                                "--output")
+            shutil.rmtree(directory)
+    return directories
+
+
+def build_and_evaluate(programs: Path, dataset_dir: Path, eval_dir: Path, spec: str,
+                       tracing: TraceOptions) -> tuple[dict, dict, dict]:
+    """Build the programs' dataset, then evaluate `spec` on it teacher-forced: (build stats,
+    eval summary, eval run info). Raises EvalError or BackendError as `tracekit eval` does."""
+    stats = build(sources.python_files([programs]), dataset_dir, BuildOptions(tracing))
+    summary, info = evaluate(RunOptions(str(dataset_dir), "teacher-forced", spec), eval_dir)
+    return stats, summary, info

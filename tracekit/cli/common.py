@@ -1,0 +1,101 @@
+"""What every command shares: the one error type (a line on stderr and its exit code), the
+exit-code help, the tracing options and running one program."""
+
+from __future__ import annotations
+
+import functools
+import tokenize
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from tracekit.sandbox import SANDBOX_MODES, Limits, TraceOptions, run_trace
+from tracekit.trace import EXIT_CODES, EXIT_MEANINGS, Trace
+from tracekit.tracer.constants import DEFAULT_MAX_FRAMES, DEFAULT_REPR_TIMEOUT
+from tracekit.tracer.context import call_from_comment
+
+stderr = Console(stderr=True)
+
+
+class Failure(click.ClickException):
+    """A failure the user can fix: `LABEL: message` on one line of stderr, then exit `code`
+    (tracekit.trace.EXIT_MEANINGS). Commands raise it; click prints it, once, for all."""
+
+    def __init__(self, label: str, message: str, code: int):
+        super().__init__(message)
+        self.label, self.exit_code = label, code
+
+    def show(self, file=None) -> None:
+        stderr.print(f"[red]{self.label}:[/] {self.message}", highlight=False, soft_wrap=True)
+
+
+def exit_help(*codes: int) -> str:
+    """The epilog naming what each of `codes` means."""
+    return "Exit codes: " + "; ".join(f"{code} {EXIT_MEANINGS[code]}" for code in codes) + "."
+
+
+TRACE_EXITS = exit_help(0, 1, 2, 3, 4, 5, 6, 8)
+
+
+def tracing_options(command):
+    """The options that make the TraceOptions every tracing command passes on (as `tracing`)."""
+    options = [
+        click.option("--python", metavar="VERSION|PATH",
+                     help="Interpreter that runs the program: 3.10 reproduces CWM's traces most "
+                          "closely. Default: this one."),
+        click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+                     help="Wall-clock seconds per program (also the CPU-time limit)."),
+        click.option("--memory-mb", type=click.IntRange(min=64), default=2048, show_default=True,
+                     help="Address-space limit of the program."),
+        click.option("--max-frames", type=click.IntRange(min=0), default=DEFAULT_MAX_FRAMES,
+                     show_default=True, help="Stop with status frame_limit after this many "
+                     "frames (0: no cap)."),
+        click.option("--max-value-chars", type=click.IntRange(min=1), default=None,
+                     help="Cut rendered values after this many characters, marked "
+                          "'...<tracekit: N more chars>'. Default: no cut (as in CWM's data)."),
+        click.option("--repr-timeout", type=click.FloatRange(min=0.01),
+                     default=DEFAULT_REPR_TIMEOUT, show_default=True,
+                     help="Seconds a value's __repr__ may run before it is shown as "
+                          "'<tracekit: repr timed out>'."),
+        click.option("--sandbox", "sandbox_mode", type=click.Choice(SANDBOX_MODES),
+                     default="auto", show_default=True,
+                     help="bubblewrap isolation: auto (use it when it works), bwrap (require "
+                          "it), none (rlimits only)."),
+    ]
+
+    @functools.wraps(command)
+    def with_tracing(*args, python, timeout, memory_mb, max_frames, max_value_chars,
+                     repr_timeout, sandbox_mode, **kwargs):
+        tracing = TraceOptions(python=python, sandbox=sandbox_mode,
+                               limits=Limits(timeout=timeout, memory_mb=memory_mb),
+                               max_frames=max_frames or None, max_value_chars=max_value_chars,
+                               repr_timeout=repr_timeout)
+        return command(*args, tracing=tracing, **kwargs)
+
+    for option in reversed(options):
+        with_tracing = option(with_tracing)
+    return with_tracing
+
+
+def read_program(path: Path) -> str:
+    """A program's source as Python reads it (a coding line or a BOM honoured)."""
+    try:
+        with tokenize.open(path) as file:
+            return file.read()
+    except (OSError, SyntaxError, UnicodeDecodeError) as exc:
+        raise Failure("error", f"{path}: cannot read it as Python source ({exc})", 8) from None
+
+
+def run_program(source: str, filename: str, call: str | None, entry: str | None,
+                tracing: TraceOptions) -> Trace:
+    """Trace one program; the call defaults to the file's '# tracekit-call:' line."""
+    return run_trace(source, call or call_from_comment(source), entry, tracing, filename)
+
+
+def exit_for(result: Trace) -> None:
+    """Return for an ok trace; otherwise fail with its status, one line, its exit code."""
+    code = EXIT_CODES[result.status]
+    if code:
+        what = " (the trace is complete)" if result.complete else ""
+        raise Failure(result.status, f"{result.error}{what}", code)

@@ -1,0 +1,128 @@
+"""`tracekit dataset build|stats|show`: trace many programs into a Parquet dataset."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from tracekit.cli.common import Failure, exit_help, stderr, tracing_options
+from tracekit.pretty import print_trace
+from tracekit.trace import EXIT_DATA
+
+DIRECTORY = click.Path(exists=True, file_okay=False, path_type=Path)
+
+
+@click.group()
+def dataset() -> None:
+    """Build trace datasets (Parquet, loadable with datasets.load_dataset) and look inside."""
+
+
+@dataset.command("build", epilog=exit_help(0, 2, 8))
+@click.argument("specs", nargs=-1, required=True, metavar="SOURCE...")
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
+              help="Directory for the Parquet shards, stats.json and README.md.")
+@click.option("--resume", is_flag=True, help="Finish a build that was interrupted (same "
+              "sources and options).")
+@click.option("--workers", type=click.IntRange(min=1), help="Programs traced at once. "
+              "Default: all cores.")
+@click.option("--call", metavar="EXPR", help="Call for .py sources without a call line.")
+@click.option("--max-tokens", type=click.IntRange(min=1), help="Drop rows longer in CWM tokens.")
+@click.option("--drop-failed", is_flag=True, help="Keep complete traces only (ok, raised, "
+              "exited); by default every program gets a row with its status.")
+@click.option("--no-dedup", is_flag=True, help="Keep exact duplicates (context + call).")
+@click.option("--check-determinism", is_flag=True, help="Trace every program twice and keep "
+              "only traces that came out the same.")
+@click.option("--split", default="98,1,1", show_default=True, metavar="TRAIN,VAL,TEST",
+              help="Split weights, by program hash.")
+@click.option("--shard-size", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--synthetic-size", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Statements per body for synthetic:N sources.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local",
+              show_default=True, help="ray: trace as Ray tasks on a Ray cluster (pip install "
+              "'tracekit[ray]'); the same rows as local.")
+@click.option("--address", metavar="HOST:PORT", help="With --engine ray: the cluster to join "
+              "(default: start a local one). Its nodes need tracekit installed.")
+@tracing_options
+def build(specs, out, resume, workers, call, max_tokens, drop_failed, no_dedup,
+          check_determinism, split, shard_size, synthetic_size, engine, address,
+          tracing) -> None:
+    """Trace every program of SOURCE... in the sandbox into a Parquet dataset.
+
+    \b
+    SOURCE: a .py file or a directory of them, a .jsonl file (rows with code and call, or
+    CRUXEval rows), cruxeval (the 800 rows shipped in data/cruxeval/), humaneval, or
+    synthetic:COUNT[:SEED].
+
+    \b
+    tracekit dataset build data/programs -o traces/
+    tracekit dataset build cruxeval synthetic:10000:1 -o traces/ --drop-failed
+    tracekit dataset build synthetic:1000000 -o traces/ --engine ray --address HEAD:6379
+    """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from tracekit import dataset as datasets
+    from tracekit import sources
+
+    try:
+        weights = tuple(int(w) for w in split.split(","))
+        assert len(weights) == 3 and min(weights) >= 0 and sum(weights) > 0
+    except (ValueError, AssertionError):
+        raise click.BadParameter("three non-negative integers, e.g. 98,1,1",
+                                 param_hint="--split") from None
+    options = datasets.BuildOptions(tracing, drop_failed=drop_failed, max_tokens=max_tokens,
+                                    dedup=not no_dedup, split=weights, shard_size=shard_size,
+                                    check_determinism=check_determinism)
+    try:
+        programs = list(sources.from_specs(specs, call, synthetic_size))
+        with Progress(TextColumn("tracing"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.fields[rate]} programs/s  {task.fields[statuses]}"),
+                      TimeRemainingColumn(), console=stderr, transient=False) as bar:
+            task = bar.add_task("build", total=len(programs), rate="-", statuses="")
+            started = time.monotonic()
+
+            def progress(done, statuses):
+                rate = done / max(time.monotonic() - started, 1e-9)
+                shown = " ".join(f"{s}={n}" for s, n in statuses.most_common())
+                bar.update(task, completed=done, rate=f"{rate:.0f}", statuses=shown)
+
+            stats = datasets.build(programs, out, options, workers, resume, progress, engine,
+                                   address)
+    except (sources.SourceError, datasets.BuildError) as exc:
+        raise Failure("dataset", str(exc), EXIT_DATA) from None
+    click.echo(f"{stats['rows']} rows from {stats['programs']} programs in {out} "
+               f"({', '.join(f'{s} {n}' for s, n in sorted(stats['statuses'].items()))})")
+
+
+@dataset.command("stats", epilog=exit_help(0, 2, 8))
+@click.argument("directory", type=DIRECTORY)
+def stats(directory: Path) -> None:
+    """Print a built dataset's stats.json."""
+    path = directory / "stats.json"
+    if not path.exists():
+        raise Failure("dataset", f"{path} is missing: the build has not finished (finish it "
+                                 "with --resume)", EXIT_DATA)
+    click.echo(path.read_text(encoding="utf-8"))
+
+
+@dataset.command("show", epilog=exit_help(0, 2, 8))
+@click.argument("directory", type=DIRECTORY)
+@click.option("--id", "program_id", required=True, help="The row's id.")
+def show(directory: Path, program_id: str) -> None:
+    """Print one row's trace, readable."""
+    import pyarrow.dataset as ds
+
+    from tracekit.dataset import row_trace
+
+    table = ds.dataset(sorted(str(p) for p in directory.glob("*-*.parquet")), format="parquet")
+    rows = table.to_table(filter=ds.field("id") == program_id).to_pylist()
+    if not rows:
+        raise Failure("dataset", f"no row with id {program_id!r} in {directory}", EXIT_DATA)
+    print_trace(row_trace(rows[0]))

@@ -1,0 +1,185 @@
+"""`tracekit eval`: score predictions against real traces and write the report; compare runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from tracekit.cli.common import Failure, exit_help, stderr
+from tracekit.cli.models import COMPILE_HELP, DRAFT_HELP
+from tracekit.trace import EXIT_DATA, EXIT_MODEL
+
+
+class _DefaultToRun(click.Group):
+    """`tracekit eval DATASET ...` is `tracekit eval run DATASET ...`."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group("eval", cls=_DefaultToRun)
+def eval_group() -> None:
+    """Score trace predictions against real traces and write a report.
+
+    \b
+    tracekit eval DATASET --model SPEC -o OUT        (the same as `tracekit eval run ...`)
+    tracekit eval compare OUT1 OUT2
+    """
+
+
+EVAL_EXIT = (exit_help(0, 2, 7, 8) + " After 7 the predictions made so far are kept: rerun "
+             "with --resume.")
+
+
+@eval_group.command("run", epilog=EVAL_EXIT)
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--model", "spec", metavar="SPEC", help="A checkpoint directory, "
+              "transformers:DIR, openai:URL (with --openai-model), or a baseline: oracle (the "
+              "real trace) or copy (repeat the state, next line in file order).")
+@click.option("--predictions", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Score a JSONL of predictions made elsewhere instead: one {\"id\", "
+                   "\"text\"} per trace (rollout/output), or {\"id\", \"texts\": [one per "
+                   "frame]} (teacher-forced).")
+@click.option("--mode", type=click.Choice(["rollout", "teacher-forced", "output"]),
+              default="rollout", show_default=True,
+              help="rollout: the whole trace free-running from the prompt (the CWM table's "
+                   "setting); teacher-forced: every frame from the real frames before it; "
+                   "output: the entry's return frame straight after its call frame.")
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
+              help="Directory for report.html, report.md, metrics.json, frames.parquet and "
+                   "predictions.jsonl.")
+@click.option("--resume", is_flag=True, help="Finish an eval that was interrupted (same "
+              "options): only the missing predictions are made.")
+@click.option("--split", type=click.Choice(["train", "validation", "test"]),
+              help="Evaluate one split. Default: every row.")
+@click.option("--limit", type=click.IntRange(min=1), help="The first N complete traces only.")
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="0 is greedy.")
+@click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--top-p", type=click.FloatRange(0, 1), default=1.0, show_default=True)
+@click.option("--seed", type=int, help="Makes sampling reproducible.")
+@click.option("--concurrency", type=click.IntRange(min=1), help="Traces predicted at once. "
+              "Default: 8 for openai:URL (requests in flight), else 1.")
+@click.option("--max-frame-tokens", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Tokens one predicted frame may take before it counts as malformed.")
+@click.option("--budget-tokens", type=click.IntRange(min=1), default=32768, show_default=True,
+              help="rollout: tokens for the whole trace; a prediction cut off here counts as "
+                   "truncated.")
+@click.option("--openai-model", metavar="NAME", help="The served model's name, for openai:URL.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+@click.option("--compile", "compile_decode", is_flag=True, help=COMPILE_HELP)
+@click.option("--draft-tokens", type=click.IntRange(min=0), metavar="N", help=DRAFT_HELP)
+def eval_run(dataset: Path, spec, predictions, mode, out: Path, resume, split, limit,
+             temperature, top_k, top_p, seed, concurrency, max_frame_tokens, budget_tokens,
+             openai_model, device, compile_decode, draft_tokens) -> None:
+    """Predict every complete trace of DATASET (a `tracekit dataset build` directory), score
+    the predictions against the real traces, and write the report into OUT.
+
+    \b
+    tracekit eval traces/ --model copy -o eval-copy/
+    tracekit eval traces/ --model ./checkpoint --mode teacher-forced -o eval-tf/
+    tracekit eval traces/ --model openai:http://localhost:8000 --openai-model cwm -o eval-cwm/
+    tracekit eval traces/ --predictions preds.jsonl -o eval-mine/
+    """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from tracekit.evals.baselines import BASELINES
+    from tracekit.evals.run import EvalError, RunOptions, evaluate
+    from tracekit.model.errors import BackendError
+
+    if (spec is None) == (predictions is None):
+        raise click.UsageError("pass exactly one of --model and --predictions")
+    options = RunOptions(
+        dataset=str(dataset), mode=mode, model=spec,
+        predictions=str(predictions) if predictions else None, openai_model=openai_model,
+        split=split, limit=limit, temperature=temperature, top_k=top_k, top_p=top_p,
+        seed=seed, max_frame_tokens=max_frame_tokens, budget_tokens=budget_tokens,
+        device=device, compile_decode=compile_decode, draft_tokens=draft_tokens)
+    concurrency = concurrency or (8 if (spec or "").startswith("openai:") else 1)
+    runtime_only = (("--compile", compile_decode), ("--draft-tokens", draft_tokens is not None))
+    for flag, given in runtime_only:
+        if given and (spec is None or spec in BASELINES):
+            raise click.UsageError(f"{flag} applies to a model run by our runtime (a checkpoint "
+                                   f"directory): drop {flag}")
+    if compile_decode and concurrency > 1:
+        raise click.UsageError("--compile runs one trace at a time: drop --concurrency")
+    try:
+        with Progress(TextColumn("predicting"), BarColumn(), MofNCompleteColumn(),
+                      TimeRemainingColumn(), console=stderr, transient=True) as bar:
+            task = bar.add_task("eval", total=None)
+            summary, info = evaluate(
+                options, out, resume, concurrency,
+                lambda done, total: bar.update(task, completed=done, total=total))
+    except EvalError as exc:
+        raise Failure("eval", str(exc), EXIT_DATA) from None
+    except BackendError as exc:
+        raise Failure("model", f"{exc} (predictions so far are kept in {out}: rerun with "
+                               "--resume)", EXIT_MODEL) from None
+    print_eval(summary, info, out, Console())
+
+
+def print_eval(summary: dict, info: dict, out: Path, console: Console) -> None:
+    """The CWM table of a finished eval, its prediction problems, and where the report is."""
+    from rich.table import Table
+
+    from tracekit.evals.metrics import CWM_TABLE, OUTPUT_MODE_METRICS
+
+    mode = info["mode"]
+    table = Table(title=f"{info['predictor']} · {mode} · {summary['traces']} traces",
+                  title_justify="left")
+    for column in ("metric", "value", "95% CI"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for metric in CWM_TABLE:
+        found = summary["metrics"].get(metric.key)
+        if found and (mode != "output" or metric.key in OUTPUT_MODE_METRICS):
+            table.add_row(metric.label, f"{found['value']:.1f}",
+                          f"{found['low']:.1f}-{found['high']:.1f}")
+    console.print(table)
+    problems = info["problems"]
+    if problems:
+        console.print("prediction problems: "
+                      + ", ".join(f"{k} {v}" for k, v in problems.items()), highlight=False)
+    console.print(f"report: {out / 'report.html'}", highlight=False, soft_wrap=True)
+
+
+@eval_group.command("compare", epilog=exit_help(0, 2, 8))
+@click.argument("first", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("second", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def eval_compare(first: Path, second: Path) -> None:
+    """Show two eval runs' metrics side by side, with the difference."""
+    from rich.table import Table
+
+    from tracekit.evals.report import compare_runs, load_metrics
+
+    runs = []
+    for directory in (first, second):
+        try:
+            runs.append(load_metrics(directory))
+        except (OSError, ValueError):
+            raise Failure("eval", f"{directory}/metrics.json is missing or unreadable: is it "
+                                  "an eval directory whose run finished?", EXIT_DATA) from None
+    table = Table()
+    table.add_column("metric")
+    for directory, run in zip((first, second), runs):
+        table.add_column(f"{directory.name}\n{run['run']['predictor']} · {run['run']['mode']}",
+                         justify="right")
+    table.add_column("difference", justify="right")
+    for row in compare_runs(*runs):
+        table.add_row(*row)
+    Console().print(table)
+    differ = [field for field in ("dataset", "mode", "split")
+              if runs[0]["run"].get(field) != runs[1]["run"].get(field)]
+    if differ or runs[0]["traces"] != runs[1]["traces"]:
+        click.echo(f"note: the runs differ in {', '.join(differ) or 'their traces'} "
+                   f"({runs[0]['traces']} and {runs[1]['traces']} traces): not a like-for-like "
+                   "comparison")

@@ -1,0 +1,132 @@
+"""`tracekit predict` and `tracekit serve`: a model beside real traces, and behind HTTP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from tracekit.cli.common import (
+    Failure,
+    exit_for,
+    exit_help,
+    read_program,
+    run_program,
+    stderr,
+    tracing_options,
+)
+from tracekit.model.prompt_lookup import DRAFT_TOKENS
+from tracekit.trace import EXIT_MODEL
+
+COMPILE_HELP = ("Our runtime: compile batch-1 decode steps (torch.compile; on CUDA also "
+                "replayed as a CUDA graph). Compiling takes tens of seconds once; then "
+                "rollouts and sessions decode faster.")
+DRAFT_HELP = ("Our runtime, greedy decoding: tokens guessed by prompt lookup and checked in "
+              "each forward (0: one token per forward). Same predictions, to rounding, in fewer "
+              f"forwards.  [default: {DRAFT_TOKENS}]")
+MODEL_HELP = ("A checkpoint directory (our runtime), transformers:DIR (the reference path), or "
+              "openai:URL with --openai-model NAME (vLLM, tracekit serve).")
+
+
+@click.command(epilog=exit_help(0, 1, 2, 3, 4, 5, 6, 7, 8))
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--model", "spec", required=True, metavar="SPEC", help=MODEL_HELP)
+@click.option("--openai-model", metavar="NAME", help="The served model's name, for openai:URL.")
+@click.option("--mode", type=click.Choice(["next", "rollout", "teacher-forced"]),
+              default="teacher-forced", show_default=True,
+              help="teacher-forced: every frame from the real frames before it; rollout: "
+                   "free-running from the first K real frames; next: the frame after K.")
+@click.option("--frames", "k", type=click.IntRange(min=0), default=0, show_default=True,
+              help="next / rollout: start after the first K real frames.")
+@click.option("--entry", metavar="NAME", help="Function to trace (as for `tracekit trace`).")
+@click.option("--call", metavar="EXPR", help="Call to run (as for `tracekit trace`).")
+@click.option("--max-frame-tokens", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Tokens one predicted frame may take before it counts as malformed.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+@click.option("--compile", "compile_decode", is_flag=True, help=COMPILE_HELP)
+@click.option("--draft-tokens", type=click.IntRange(min=0), metavar="N", help=DRAFT_HELP)
+@tracing_options
+def predict(file: Path, spec, openai_model, mode, k, entry, call, max_frame_tokens, device,
+            compile_decode, draft_tokens, tracing) -> None:
+    """Trace FILE for real, predict its frames with a model, and print both side by side
+    with the first divergence marked.
+
+    \b
+    tracekit predict prog.py --model ./checkpoint
+    tracekit predict prog.py --model ./checkpoint --mode rollout --frames 1
+    tracekit predict prog.py --model openai:http://localhost:8000 --openai-model cwm
+    """
+    from tracekit.evals.compare import judge_predicted_frames
+    from tracekit.model.errors import BackendError
+    from tracekit.predict import load_predictor
+    from tracekit.pretty import print_comparison
+
+    result = run_program(read_program(file), str(file), call, entry, tracing)
+    if not result.frames:
+        exit_for(result)
+    real = result.frames
+    try:
+        predictor = load_predictor(spec, openai_model, device, max_frame_tokens, compile_decode,
+                                   draft_tokens)
+        with stderr.status(f"predicting ({mode}, {predictor.backend.name})..."):
+            if mode == "teacher-forced":
+                steps, start, stop = predictor.teacher_forced(result.context, real), 0, None
+            elif mode == "rollout":
+                rollout = predictor.rollout(result.context, real[:k], max_frames=len(real) - k)
+                steps, start, stop = rollout.steps, k, rollout.stop
+            else:
+                steps, start, stop = [predictor.next_frame(result.context, real[:k])], k, None
+    except BackendError as exc:
+        raise Failure("model", str(exc), EXIT_MODEL) from None
+    matches = judge_predicted_frames(real, [s.text for s in steps], start, mode == "rollout",
+                                     stop)
+    shown = real[start:] if mode == "rollout" else real[start:start + len(steps)]
+    print_comparison(shown, steps, matches, start, title=f"{file.name}: {mode} with {spec}")
+    if stop:
+        click.echo(f"rollout stopped: {stop}")
+
+
+@click.command(epilog=exit_help(0, 2, 7))
+@click.argument("checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--name", help="The model name clients send. Default: the directory's name.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+@click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Requests decoded together at most.")
+def serve(checkpoint: Path, host, port, name, device, max_batch) -> None:
+    """Serve CHECKPOINT with our runtime behind an OpenAI-compatible API
+    (/v1/completions, /v1/models, /health) until interrupted.
+
+    \b
+    tracekit serve ./checkpoint --port 8000
+    tracekit predict prog.py --model openai:http://127.0.0.1:8000 --openai-model checkpoint
+    """
+    from functools import partial
+
+    from tracekit.model.backends import RuntimeBackend
+    from tracekit.model.errors import BackendError
+    from tracekit.model.serve import Engine, make_server
+    from tracekit.predict import load_predictor
+    from tracekit.tokenizer import decode, encode
+
+    try:
+        predictor = load_predictor(str(checkpoint), device=device)
+    except BackendError as exc:
+        raise Failure("model", str(exc), EXIT_MODEL) from None
+    assert isinstance(predictor.backend, RuntimeBackend)  # a directory: our runtime
+    tokenizer = predictor.tokenizer
+    name = name or checkpoint.resolve().name
+    try:
+        engine = Engine(predictor.backend.model, partial(encode, tokenizer),
+                        partial(decode, tokenizer), name, max_batch)
+        httpd = make_server(engine, host, port)
+    except OSError as exc:
+        raise Failure("serve", f"cannot listen on {host}:{port} ({exc.strerror}): pick another "
+                               "--port", EXIT_MODEL) from None
+    stderr.print(f"serving {name!r} on http://{host}:{httpd.server_address[1]}/v1 "
+                 "(Ctrl-C stops)", highlight=False)
+    try:
+        httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
