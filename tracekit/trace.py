@@ -94,20 +94,15 @@ class Trace:
 
     @classmethod
     def from_dict(cls, data: dict) -> Trace:
-        frames = [f if isinstance(f, Frame) else _frame_from(f) for f in data.get("frames", [])]
+        frames = [f if type(f) is Frame else Frame(**f) if type(f) is dict
+                  else Frame(*f)  # the tracer's compact form: the first seven fields in order
+                  for f in data.get("frames", [])]
         fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "frames"}
         return cls(frames=frames, **fields)
 
     @classmethod
     def from_json(cls, text: str) -> Trace:
         return cls.from_dict(json.loads(text))
-
-
-def _frame_from(data) -> Frame:
-    if isinstance(data, dict):
-        return Frame(**data)
-    event, lineno, source, state, arg, scope, depth = data  # the tracer's compact form
-    return Frame(event, lineno, source, state, arg, scope, depth)
 
 
 def resolve_dots(frames: list[Frame]) -> list[dict[str, str] | None]:
