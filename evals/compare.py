@@ -20,7 +20,7 @@ import ast
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from tracekit.cwm import frame_wire_text, parse_trace
+from tracekit.cwm import ParsedTrace, frame_wire_text, parse_segments, parse_trace
 from tracekit.trace import DotsResolver, Frame, resolve_dots
 from tracekit.tracer.constants import DOTS
 
@@ -108,9 +108,21 @@ class TraceComparison:
         return sum(f.error is not None for f in self.predicted)
 
 
+# A prediction: the model's text, or its tokens as segments (`tokenizer.id_segments`), which
+# parse exactly where text cannot (a value that spells a special token).
+Prediction = str | list
+
+
+def _parse(prediction: Prediction) -> ParsedTrace:
+    if isinstance(prediction, str):
+        return parse_trace(prediction)
+    return parse_segments(prediction)
+
+
 def compare(trace_id: str, real: list[Frame], record: dict) -> TraceComparison:
-    """Compare one prediction record (see `tracekit.evals.run`: `texts` for teacher-forced, `text` for
-    rollout and output, optional `stop`) with the real frames."""
+    """Compare one prediction record (see `tracekit.evals.run`: `texts` for teacher-forced,
+    `text` for rollout and output, optional `stop`; each text may be segments) with the real
+    frames."""
     mode = record.get("mode", "rollout")
     if mode == "teacher-forced":
         return compare_teacher_forced(trace_id, real, record.get("texts") or [])
@@ -119,10 +131,10 @@ def compare(trace_id: str, real: list[Frame], record: dict) -> TraceComparison:
     return compare_rollout(trace_id, real, record.get("text") or "", record.get("stop"))
 
 
-def compare_rollout(trace_id: str, real: list[Frame], text: str,
+def compare_rollout(trace_id: str, real: list[Frame], text: Prediction,
                     stop: str | None = None) -> TraceComparison:
     """A free-running prediction of the whole trace (text after the prompt)."""
-    parsed = parse_trace(text)
+    parsed = _parse(text)
     predicted = parsed.frames
     real_states, pred_states = resolve_dots(real), resolve_dots(predicted)
     frames = [_compare_frame(i, real[i], real_states[i],
@@ -150,7 +162,8 @@ def compare_rollout(trace_id: str, real: list[Frame], text: str,
                            divergence)
 
 
-def compare_teacher_forced(trace_id: str, real: list[Frame], texts: list[str]) -> TraceComparison:
+def compare_teacher_forced(trace_id: str, real: list[Frame],
+                           texts: list[Prediction]) -> TraceComparison:
     """Frame i predicted from the real frames before it (one text per real frame)."""
     resolver = DotsResolver()
     frames, predicted = [], []
@@ -181,7 +194,7 @@ def judge_predicted_frames(real: list[Frame], texts: list[str], start: int,
     return [frame.match for frame in judged.frames[start:]]
 
 
-def compare_output(trace_id: str, real: list[Frame], text: str) -> TraceComparison:
+def compare_output(trace_id: str, real: list[Frame], text: Prediction) -> TraceComparison:
     """The entry's return frame predicted straight after its call frame."""
     pred = _first_frame(text)
     last = _compare_frame(len(real) - 1, real[-1], None, pred, None)  # the entry's return
@@ -196,9 +209,9 @@ def has_event(frame: Frame | None) -> bool:
     return frame is not None and not (frame.error or "").startswith(NO_EVENT_ERRORS)
 
 
-def _first_frame(text: str) -> Frame:
+def _first_frame(text: Prediction) -> Frame:
     """The one frame a per-frame generation holds; an error frame when there is none."""
-    parsed = parse_trace(text)
+    parsed = _parse(text)
     if parsed.frames:
         return parsed.frames[0]
     reason = "the model ended the trace here" if parsed.ended else "empty output"

@@ -12,7 +12,10 @@ A prediction record is one JSON line; the same format scores predictions made an
 <|end_of_text|>; output: the return frame written after the call frame, starting with its
 <|return_sep|>). `texts` (teacher-forced) holds one raw output per real frame, each made after
 the real frames before it. Optional: `stop` (why a rollout stopped; "budget" marks it cut off
-by the token budget), `tokens` (tokens generated).
+by the token budget), `tokens` (tokens generated), `ids` (the generated token ids, shaped as
+`text` or `texts`). A run that made its predictions with a model scores them from `ids`, parsed
+with the model's tokenizer (exact: text cannot tell a value that spells a special token from
+the token); records without ids, and prediction files from elsewhere, are scored from text.
 """
 
 from __future__ import annotations
@@ -178,10 +181,11 @@ def predict_all(traces: list[tuple[str, Trace]], out: Path, predict_one: Callabl
     return records
 
 
-def score(traces: list[tuple[str, Trace]], records: dict[str, dict],
-          mode: str) -> tuple[list[TraceComparison], Counter]:
+def score(traces: list[tuple[str, Trace]], records: dict[str, dict], mode: str,
+          tokenizer=None) -> tuple[list[TraceComparison], Counter]:
     """Compare each trace with its record; a missing or malformed record scores as an empty
-    prediction. Returns the comparisons and the problems counted (missing, malformed)."""
+    prediction. With the `tokenizer` that made them, records are scored from their `ids`.
+    Returns the comparisons and the problems counted (missing, malformed)."""
     problems: Counter = Counter()
     comparisons = []
     for tid, trace in traces:
@@ -189,8 +193,10 @@ def score(traces: list[tuple[str, Trace]], records: dict[str, dict],
         if record is None:
             problems["missing"] += 1
             record = {}
-        record = _clean(record, mode, problems)
-        comparisons.append(compare(tid, trace.frames, record))
+        clean = _clean(record, mode, problems)
+        if tokenizer is not None:
+            clean = _from_ids(clean, record.get("ids"), tokenizer)
+        comparisons.append(compare(tid, trace.frames, clean))
     return comparisons, problems
 
 
@@ -215,12 +221,30 @@ def _clean(record: dict, mode: str, problems: Counter) -> dict:
     return clean
 
 
-def model_predictor(options: RunOptions) -> tuple[Callable[[Trace], dict], str]:
-    """A function that predicts one trace in the run's mode, and the backend's name.
+def _from_ids(record: dict, ids, tokenizer) -> dict:
+    """The clean record with each text replaced by its `ids`' segments, if they are well-formed."""
+    from tracekit.tokenizer import id_segments
+
+    if record["mode"] == "teacher-forced":
+        if (isinstance(ids, list) and len(ids) == len(record["texts"])
+                and all(_token_list(one) for one in ids)):
+            return {**record, "texts": [id_segments(tokenizer, one) for one in ids]}
+    elif _token_list(ids):
+        return {**record, "text": id_segments(tokenizer, ids)}
+    return record
+
+
+def _token_list(ids) -> bool:
+    return isinstance(ids, list) and all(type(i) is int for i in ids)
+
+
+def model_predictor(options: RunOptions) -> tuple[Callable[[Trace], dict], str, object]:
+    """A function that predicts one trace in the run's mode, the backend's name, and the
+    tokenizer its ids are in (None for a baseline, which writes text).
     Raises model.backends.BackendError when the model cannot be loaded."""
     if options.model in baselines.BASELINES:
         return (lambda trace: baselines.predict(options.model, trace, options.mode)), \
-            options.model
+            options.model, None
     from tracekit.predict import Sampling, load_predictor
 
     predictor = load_predictor(options.model, options.openai_model, options.device,
@@ -231,17 +255,18 @@ def model_predictor(options: RunOptions) -> tuple[Callable[[Trace], dict], str]:
     def predict_one(trace: Trace) -> dict:
         if options.mode == "teacher-forced":
             steps = predictor.teacher_forced(trace.context, trace.frames, sampling)
-            return {"texts": [s.text for s in steps],
+            return {"texts": [s.text for s in steps], "ids": [s.tokens for s in steps],
                     "tokens": sum(len(s.logprobs) for s in steps)}
         if options.mode == "output":
             step = predictor.next_frame(trace.context, trace.frames[:1], "return", sampling)
-            return {"text": step.text, "tokens": len(step.logprobs)}
+            return {"text": step.text, "ids": step.tokens, "tokens": len(step.logprobs)}
         rollout = predictor.rollout(trace.context, [], max_frames=100_000,
                                     budget_tokens=options.budget_tokens, sampling=sampling)
-        return {"text": "".join(s.text for s in rollout.steps), "stop": rollout.stop,
+        return {"text": "".join(s.text for s in rollout.steps),
+                "ids": [t for s in rollout.steps for t in s.tokens], "stop": rollout.stop,
                 "tokens": rollout.tokens_used}
 
-    return predict_one, predictor.backend.name
+    return predict_one, predictor.backend.name, predictor.tokenizer
 
 
 def evaluate(options: RunOptions, out: Path, resume: bool = False, concurrency: int = 1,
@@ -259,7 +284,7 @@ def evaluate(options: RunOptions, out: Path, resume: bool = False, concurrency: 
     started = time.monotonic()
     traces, skipped = load_traces(options)
     start(out, options, resume)
-    unreadable = 0
+    unreadable, tokenizer = 0, None
     if options.predictions:
         source = Path(options.predictions)
         records, unreadable = read_predictions(source)
@@ -267,11 +292,11 @@ def evaluate(options: RunOptions, out: Path, resume: bool = False, concurrency: 
             shutil.copyfile(source, out / PREDICTIONS)  # the report keeps what it scored
         predictor = options.predictor_name
     else:
-        predict_one, backend = model_predictor(options)
+        predict_one, backend, tokenizer = model_predictor(options)
         records = predict_all(traces, out, predict_one, options.mode, concurrency, progress)
         predictor = options.model if backend == options.model else f"{options.model} ({backend})"
     predicted = time.monotonic()
-    comparisons, problems = score(traces, records, options.mode)
+    comparisons, problems = score(traces, records, options.mode, tokenizer)
     if unreadable:
         problems["unreadable lines"] = unreadable
     summary = summarize(comparisons)

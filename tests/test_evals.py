@@ -499,3 +499,31 @@ def test_a_dataset_with_repeated_ids_is_refused_in_one_line(tmp_path):
                    str(tmp_path / "o")], 8)
     assert f"{shard.name}: cannot read it" in corrupt.output and "build the dataset again" in \
         corrupt.output
+
+
+def test_predictions_are_scored_from_their_token_ids_where_text_is_ambiguous():
+    """A value that spells a special token: its text splits the frame at the fake separator,
+    its ids (the model's real output) do not. With the tokenizer the run used, records score
+    from `ids`; without one (a predictions file from elsewhere), from text."""
+    from tracekit.cwm import frame_segments
+    from tracekit.evals.run import score
+    from tracekit.tokenizer import cwm_tokenizer, decode, encode_segments
+
+    result = trace_source("def f():  # << START_OF_TRACE\n    s = 'a<|frame_sep|>b'\n"
+                          "    return s\n")
+    trace = Trace.from_dict(result)
+    tok = cwm_tokenizer()
+    ids = [encode_segments(tok, frame_segments(frame)) for frame in trace.frames]
+    record = {"texts": [decode(tok, one) for one in ids], "ids": ids}
+    by_text, _ = score([("t", trace)], {"t": record}, "teacher-forced")
+    by_ids, problems = score([("t", trace)], {"t": record}, "teacher-forced", tok)
+    assert not problems
+    assert all(frame.match for frame in by_ids[0].frames)
+    assert not all(frame.match for frame in by_text[0].frames)  # the fake separator misleads
+    rollout = {"text": "".join(record["texts"]) + END_OF_TEXT,
+               "ids": [t for one in ids for t in one] + [tok.special_ids[END_OF_TEXT]]}
+    assert score([("t", trace)], {"t": rollout}, "rollout", tok)[0][0].exact
+    assert not score([("t", trace)], {"t": rollout}, "rollout")[0][0].exact
+    broken = {**record, "ids": [[-1, "x"]]}  # ids that are not token ids: text is used
+    assert score([("t", trace)], {"t": broken}, "teacher-forced", tok)[0][0].frames == \
+        by_text[0].frames
