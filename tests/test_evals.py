@@ -218,7 +218,7 @@ def test_alignment_pairs_an_inserted_and_a_skipped_frame(real):
     assert [f.match for f in c.aligned] == [True] * 7 + [False] + [True]
     assert c.inserted == 1
     assert [f.match for f in c.frames] == [True] * 2 + [False] * 6 + [True]  # shifted by one
-    from tracekit.evals.report import _program
+    from tracekit.evals.page import _program
 
     assert "aligned: 8/9 right (1 predicted frames inserted, 1 real frames unpaired)" in \
         _program(c)

@@ -13,11 +13,11 @@ import pytest
 from tests.conftest import skip_or_fail
 from tracekit import sources
 from tracekit.dataset import BuildOptions, build
-from tracekit.evals.report import MAIN_COLOR
+from tracekit.evals.plots import MAIN_COLOR
 from tracekit.evals.run import RunOptions, evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
-HEADER_RGB = (0xdd, 0xe6, 0xf3)  # th background in evals.report.CSS
+HEADER_RGB = (0xdd, 0xe6, 0xf3)  # th background in evals/templates/report.html.jinja
 PLOT_RGB = tuple(int(MAIN_COLOR[i:i + 2], 16) for i in (1, 3, 5))
 
 pytestmark = pytest.mark.browser
