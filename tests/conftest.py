@@ -7,7 +7,7 @@ from types import ModuleType
 
 import pytest
 
-from tracekit.sandbox import SandboxUnavailable, find_python
+from tracekit.interpreters import SandboxUnavailable, find_python
 
 SUPPORTED_PYTHONS = ("3.10", "3.11", "3.12", "3.13")
 IN_CI = os.environ.get("CI") == "true"

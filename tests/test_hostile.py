@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import needs_bwrap
-from tracekit.sandbox import Limits, TraceOptions, bwrap_problem, find_python, run_trace
+from tracekit.interpreters import find_python
+from tracekit.sandbox import Limits, TraceOptions, bwrap_problem, run_trace
 from tracekit.tracer.constants import (
     MARKER,
     RAISED_PLACEHOLDER,

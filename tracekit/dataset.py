@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tracekit import sandbox
+from tracekit.interpreters import SandboxUnavailable
 from tracekit.killpoints import kill_point
 from tracekit.sources import Program
 from tracekit.trace import COMPLETE_STATUSES, Frame, Trace
@@ -167,7 +168,7 @@ class _Tracers:
         if warm is None:
             try:
                 warm = sandbox.WarmSandbox(self.tracing)
-            except sandbox.SandboxUnavailable as exc:
+            except SandboxUnavailable as exc:
                 return Trace(program.source, program.entry, program.call,
                              status="sandbox_unavailable", error=str(exc))
             self.local.sandbox = warm
