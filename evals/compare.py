@@ -17,7 +17,7 @@ counts where it could be read (its event token, its source line, its locals).
 from __future__ import annotations
 
 import ast
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 from tracekit.cwm import ParsedTrace, frame_wire_text, parse_segments, parse_trace
@@ -171,7 +171,10 @@ def compare_teacher_forced(trace_id: str, real: list[Frame],
         pred = _first_frame(texts[i]) if i < len(texts) else None
         if pred is not None:
             predicted.append(pred)
-        pred_state = resolver.peek(pred) if pred is not None else None
+        # the prediction stands in for real frame i: its ".." refers to what real frame i's
+        # would (parsed output carries no scope ids; without this, a callee's ".." read as a
+        # switch of scope and resolved to nothing)
+        pred_state = resolver.peek(replace(pred, scope=frame.scope)) if pred is not None else None
         frames.append(_compare_frame(i, frame, resolver.add(frame), pred, pred_state))
     divergence = _first_divergence(frames)
     last = frames[-1] if frames else None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -286,7 +287,10 @@ def test_oracle_and_copy_runs_write_every_report_file(dataset, tmp_path):
     report_md = (tmp_path / "copy" / "report.md").read_text()
     assert "| state exact match |" in report_md and "## Worst programs" in report_md
     compared = run(["eval", "compare", str(tmp_path / "oracle"), str(tmp_path / "copy")])
-    assert "state exact match" in compared.output and "100.0" in compared.output
+    row = next(line for line in compared.output.splitlines() if "state exact match" in line)
+    copy_value = copy["metrics"]["state_exact"]["value"]
+    assert re.findall(r"-?\d+\.\d", row) == ["100.0", f"{copy_value:.1f}",
+                                           f"{copy_value - 100:+.1f}"]  # oracle, copy, change
     assert "note: the runs differ in mode" in compared.output  # rollout against teacher-forced
     again = run(["eval", str(dataset), "--model", "oracle", "-o", str(tmp_path / "oracle")], 8)
     assert "already holds an eval" in again.output
@@ -527,3 +531,21 @@ def test_predictions_are_scored_from_their_token_ids_where_text_is_ambiguous():
     broken = {**record, "ids": [[-1, "x"]]}  # ids that are not token ids: text is used
     assert score([("t", trace)], {"t": broken}, "teacher-forced", tok)[0][0].frames == \
         by_text[0].frames
+
+
+def test_dots_after_a_frame_switch_refer_to_nothing():
+    """After the callee's frames, the caller's next frame must write its values in full
+    (docs/trace-format.md section 5): a prediction that writes ".." there is wrong, even
+    where the callee's last state had the same name and value (a resolver that kept its
+    baseline across the switch would call it right)."""
+    source = ("def g(x):\n    return x + 1\n\ndef f(x):  # << START_OF_TRACE\n    a = g(x)\n"
+              "    b = a\n    return b\n")
+    real = Trace.from_dict(trace_source(source, call="f(1)")).frames
+    assert real[5].locals == {"x": "1", "a": "2"} and real[4].event == "return"
+    texts = [frame_wire_text(frame) for frame in real]
+    texts[5] = frame_wire_text(Frame("line", None, real[5].source, {"x": "..", "a": "2"}))
+    judged = compare_teacher_forced("switch", real, texts)
+    assert [f.match for f in judged.frames] == [True] * 5 + [False, True, True]
+    assert not judged.frames[5].state_exact and not judged.frames[5].state_match
+    summary = summarize([judged])
+    assert summary["metrics"]["state_exact"]["value"] == pytest.approx(100 * 5 / 6)  # 6 states

@@ -175,11 +175,19 @@ def test_forced_event_and_malformed_output_never_raise(trace, models):
     prediction = predictor.next_frame(trace.context, trace.frames[:2], force_event="return")
     assert prediction.tokens[0] == 128102 and prediction.frame.event == "return"
     assert prediction.error  # six random tokens are no frame
-    for garbage in ([], [5, 6, 7], [128100], [128103, 128100], [128001], [128104, 12, 128001]):
+    # each malformed output: ended or not, and the one problem its frame names
+    for garbage, ended, error in [
+            ([], False, "empty output"),
+            ([5, 6, 7], False, "truncated: no <|frame_sep|> at the end (bad event token"),
+            ([128100], False, "bad event token"),
+            ([128103, 128100], False, "missing <|action_sep|>"),
+            ([128104, 12, 128001], True, "truncated: no <|frame_sep|> at the end (missing"),
+            ([128104, 90, 128101, 262, 1522, 198, 128100], False,
+             "locals are not valid JSON: '{'")]:
         read = predictor.read(garbage, [0.0] * len(garbage))
-        assert read.ended or read.error or read.frame is not None
-    assert predictor.read([128001], [0.0]).ended
-    assert predictor.read([], []).error == "empty output"
+        assert read.ended == ended and read.error.startswith(error), (garbage, read.error)
+    end = predictor.read([128001], [0.0])
+    assert end.ended and end.frame is None and end.error is None  # the trace is over: no frame
 
 
 @pytest.fixture(scope="module")
@@ -286,14 +294,23 @@ def command_line_setup(tmp_path, model):
 
 
 def test_predict_command_prints_real_and_predicted_frames(tmp_path, models):
+    """A model that writes one known frame over and over (a line the program does not have):
+    every mode shows it in the predicted column, beside the real frames, all judged wrong."""
+    from tracekit.model.checkpoint import save_checkpoint
+
     main, runner, program = command_line_setup(tmp_path, models[1])
-    for mode in ("teacher-forced", "rollout", "next"):
-        result = runner.invoke(main, ["predict", str(program), "--model", str(tmp_path / "tiny"),
-                                      "--mode", mode, "--frames", "1", "--max-frame-tokens", "8",
+    written = Frame("line", None, "    said_by_the_model\n", {})
+    ids = TracePredictor(RuntimeBackend(bigram_model([]))).frame_ids(written)
+    save_checkpoint(bigram_model(ids), tmp_path / "writer")
+    n = len(trace_source(PROGRAM, call="count_vowels('ab')")["frames"])
+    for mode, shown in (("teacher-forced", n), ("rollout", n - 1), ("next", 1)):
+        result = runner.invoke(main, ["predict", str(program), "--model", str(tmp_path / "writer"),
+                                      "--mode", mode, "--frames", "1", "--max-frame-tokens", "16",
                                       "--sandbox", "none"], catch_exceptions=False)
         assert result.exit_code == 0, result.output
-        assert "first divergence" in result.output and "frames exactly right" in result.output
-        assert "count_vowels" in result.output or "n = 0" in result.output
+        assert result.output.count("said_by_the_model") == shown, mode
+        assert "n = 0" in result.output and "first divergence" in result.output  # real frame 1
+        assert f"0/{shown} frames exactly right" in result.output, mode
     assert "rollout stopped: malformed" in runner.invoke(
         main, ["predict", str(program), "--model", str(tmp_path / "tiny"), "--mode", "rollout",
                "--max-frame-tokens", "8", "--sandbox", "none"]).output

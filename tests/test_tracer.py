@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,8 @@ from tracekit.tracer.constants import MARKER
 from tracekit.tracer.context import TraceSetupError, call_from_comment, prepare_context
 from tracekit.tracer.run import trace_source
 from tracekit.tracer.values import Renderer
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # --- context and entry ----------------------------------------------------------------------
 
@@ -164,6 +167,41 @@ def test_dots_follow_the_spec_example_exactly():
         {"xs": "..", "total": "..", "x": "4"}, {"xs": "..", "total": "7", "x": ".."},
         {"xs": "..", "total": "..", "x": ".."}, None]
     assert frames[-1][4] == "7"
+
+
+def test_dots_restart_in_full_after_a_frame_switch():
+    """docs/trace-format.md section 5: the first frame after another scope's frames writes
+    every value in full, though nothing changed; within one scope unchanged values are ".."."""
+    source = textwrap.dedent("""\
+        def g(x):
+            return x + 1
+
+        def f(x):  # << START_OF_TRACE
+            a = g(x)
+            b = a
+            return b
+        """)
+    frames = trace_source(source, call="f(1)")["frames"]
+    assert [(f[0], f[3]) for f in frames] == [
+        ("call", {"x": "1"}), ("line", {"x": ".."}),
+        ("call", {"x": "1"}), ("line", {"x": ".."}), ("return", None),
+        ("line", {"x": "1", "a": "2"}),  # after g's frames: x in full (g's x was "1" too)
+        ("line", {"x": "..", "a": "..", "b": "2"}), ("return", None)]
+
+
+def test_the_documented_placeholder_texts_are_the_ones_written():
+    """README.md and docs/trace-format.md show the placeholders' texts: they must be the
+    tracer's (TYPE and N stand for the parts that vary)."""
+    from tracekit.tracer import constants
+
+    documented = [constants.RAISED_PLACEHOLDER.format("TYPE"), constants.TIMEOUT_PLACEHOLDER,
+                  constants.TOO_LARGE_PLACEHOLDER.format("N"),
+                  constants.TRUNCATED_MARKER.format("N")]
+    assert documented == ["<tracekit: repr raised TYPE>", "<tracekit: repr timed out>",
+                          "<tracekit: repr too large: N chars>", "...<tracekit: N more chars>"]
+    for doc in (ROOT / "README.md", ROOT / "docs" / "trace-format.md"):
+        text = doc.read_text(encoding="utf-8")
+        assert all(f"`{placeholder}`" in text for placeholder in documented), doc
 
 
 def test_resolve_dots_on_frames_without_scope_ids_uses_call_and_return_boundaries():
