@@ -484,3 +484,54 @@ def test_drafted_decoding_gives_the_same_sessions_and_rollouts_in_fewer_forwards
         hook.remove()
     # one forward per token, against (after the first frames) 2 per frame of 7 tokens
     assert forwards[0] == 6 * len(cycle) and forwards[4] <= 16
+
+
+@pytest.mark.parametrize("case, tokens, logprobs, stopped", [
+    ("stopped_at_a_stop_token_left_out", [128104, 6390, 128101, 262, 1522, 198, 128100],
+     [-0.01, -0.2, -0.03, -0.5, -0.04, -0.9, 0.0], True),  # the stop id comes back, logprob 0
+    ("stopped_at_a_stop_token_kept", [128102, 128101, 128100], [-0.1, -0.2, -0.3], True),
+    ("cut_at_max_tokens", [128104, 90], [-0.5, -1.5], False),
+    ("ended_by_end_of_text", [128001], [0.0], True)])
+def test_the_openai_client_reads_vllm_shaped_responses(case, tokens, logprobs, stopped):
+    """Response bodies in vLLM's shape (tests/fixtures/vllm_completions.json: `token_id:N`
+    strings, `stop_reason` as the stop id, extra fields such as `token_ids`,
+    `prompt_token_ids`, `kv_transfer_params`), served by a plain HTTP server: the client
+    reads the generated ids and log-probs, and whether a stop id ended it."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from pathlib import Path
+
+    from tracekit.model.backends import OpenAIBackend
+
+    body = json.loads((Path(__file__).parent / "fixtures" / "vllm_completions.json")
+                      .read_text())[case]
+    asked = []
+
+    class Recorded(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            asked.append((self.path, json.loads(self.rfile.read(
+                int(self.headers["Content-Length"])))))
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Recorded)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        backend = OpenAIBackend(f"http://127.0.0.1:{httpd.server_address[1]}", "facebook/cwm")
+        generation = backend.generate([[128000, 128107, 755]], 8, (128100, 128001), Sampling())[0]
+    finally:
+        httpd.shutdown()
+    assert (generation.tokens, generation.logprobs, generation.stopped) == (tokens, logprobs,
+                                                                            stopped)
+    path, request = asked[0]
+    assert path == "/v1/completions" and request["prompt"] == [128000, 128107, 755]
+    assert request["stop_token_ids"] == [128100, 128001] and request["logprobs"] == 1
+    assert request["return_tokens_as_token_ids"] and request["skip_special_tokens"] is False
