@@ -230,11 +230,14 @@ class CwmForCausalLM(nn.Module):
                 inputs_embeds: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cache=None,
-                labels: torch.Tensor | None = None, logits_to_keep: int = 0) -> CausalLMOutput:
+                labels: torch.Tensor | None = None, logits_to_keep: int = 0,
+                document_ids: torch.Tensor | None = None) -> CausalLMOutput:
         """`attention_mask` (batch, past + new) marks real tokens (1) and padding (0);
         `cache` (a KVCache, or PrefixForks with no attention_mask) carries keys/values
         across calls; `labels` (-100 = ignored) gives the loss;
-        `logits_to_keep` > 0 computes logits for the last that many positions only."""
+        `logits_to_keep` > 0 computes logits for the last that many positions only;
+        `document_ids` (batch, length; training, no cache) keeps attention inside each document
+        of a packed row, whose positions should restart with each document."""
         x = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         batch, length, _ = x.shape
         past = cache.length if cache is not None else 0
@@ -247,7 +250,7 @@ class CwmForCausalLM(nn.Module):
         # A prefill without padding whose keys are exactly its own tokens (full layers; sliding
         # layers without a cache, when the window covers it: with a cache they also read the
         # ring) is plain causal attention, which SDPA's causal kernel does without a mask.
-        plain = (self.fast and past == 0 and length > 1
+        plain = (self.fast and past == 0 and length > 1 and document_ids is None
                  and (attention_mask is None or bool(attention_mask.all())))
         windows = {layer.self_attn.window for layer in self.model.layers}
         if isinstance(cache, PrefixForks):
@@ -259,7 +262,8 @@ class CwmForCausalLM(nn.Module):
                      for w in windows}  # a window that reaches every cached position is none
             masks = {window: CAUSAL if plain and (reach[window] is None
                                                   or (cache is None and length <= window))
-                     else self._mask(reach[window], attention_mask, cache, past, length, x)
+                     else self._mask(reach[window], attention_mask, cache, past, length, x,
+                                     document_ids)
                      for window in windows}
         with sdpa_kernel(CUDA_ATTENTION) if self.fast and x.is_cuda else nullcontext():
             for layer in self.model.layers:
@@ -276,10 +280,12 @@ class CwmForCausalLM(nn.Module):
                                    labels[:, 1:].reshape(-1), ignore_index=-100)
         return CausalLMOutput(logits, loss)
 
-    def _mask(self, window, attention_mask, cache, past, length, x) -> torch.Tensor | None:
+    def _mask(self, window, attention_mask, cache, past, length, x,
+              document_ids=None) -> torch.Tensor | None:
         """Additive mask (batch or 1, 1, queries, keys): causal by sequence index (as
-        transformers does, whatever the position ids), the sliding window, and padding.
-        None when a one-token step may see every key it is given (the common decode step)."""
+        transformers does, whatever the position ids), the sliding window, padding, and the
+        documents of a packed row. None when a one-token step may see every key it is given
+        (the common decode step)."""
         device = x.device
         if (cache is not None and length == 1
                 and (attention_mask is None or bool(attention_mask.all()))
@@ -298,6 +304,8 @@ class CwmForCausalLM(nn.Module):
             keep = attention_mask.bool()
             keep = cache.padding_of(keep, window is not None) if cache is not None else keep
             allowed = allowed & keep[:, None, :]
+        if document_ids is not None:
+            allowed = allowed & (document_ids[:, :, None] == document_ids[:, None, :])
         bias = torch.zeros(allowed.shape, dtype=x.dtype, device=device)
         bias.masked_fill_(~allowed, torch.finfo(x.dtype).min)
         return bias[:, None]

@@ -8,7 +8,7 @@ import warnings
 import click
 
 from tracekit import sandbox
-from tracekit.cli import datasets, demo, evaluation, models, tracing
+from tracekit.cli import datasets, demo, evaluation, models, tracing, training
 from tracekit.cli.common import exit_help, stderr
 
 
@@ -29,5 +29,5 @@ def _show_warning(message, category, *args, **kwargs) -> None:
 
 
 for command in (tracing.trace, tracing.prompt, models.predict, models.serve, datasets.dataset,
-                evaluation.eval_group, demo.demo):
+                evaluation.eval_group, demo.demo, training.train):
     main.add_command(command)

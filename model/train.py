@@ -1,0 +1,270 @@
+"""Training a CWM-architecture model on packed token rows: the loop, over token ids only.
+
+The rows come from the caller (tracekit turns traces into them): `Rows.tokens` (n, length),
+`Rows.documents` (which document each position belongs to; attention stays inside it) and
+`Rows.targets` (the next-token labels, -100 where no loss is taken). The loop: AdamW (no decay
+on norms and embeddings), linear warmup then cosine to `min_lr`, gradient clipping, gradient
+accumulation, bf16 autocast where asked, and a data order that is a function of the seed and
+the step alone. Its whole state (weights, optimizer, step, RNG) is one file written by rename,
+so a run killed at any moment and resumed ends with exactly the weights of an uninterrupted run.
+`torchrun` runs it under DistributedDataParallel: each rank takes its share of every batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tracekit.model.config import CwmConfig
+from tracekit.model.modeling import CwmForCausalLM
+
+STATE = "training_state.pt"
+LOG = "training_log.jsonl"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1000
+    batch_rows: int = 8  # rows per optimizer step, over all ranks and accumulation
+    accumulation: int = 1  # micro-batches per step (on each rank)
+    lr: float = 2e-3
+    min_lr: float = 2e-4
+    warmup: int = 100
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 0
+    eval_every: int = 200  # steps between validations (0: only at the end)
+    save_every: int = 100  # steps between saved states (each is one atomic file)
+    autocast: str | None = None  # "bfloat16" to train under autocast; None: the weights' dtype
+
+
+@dataclass
+class Rows:
+    """Packed training rows, each of `length` tokens."""
+
+    tokens: np.ndarray  # int64 (n, length)
+    documents: np.ndarray  # int32 (n, length): the document index within the row
+    targets: np.ndarray  # int64 (n, length): next token, -100 where no loss is taken
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def batch(self, index: np.ndarray, device) -> dict[str, torch.Tensor]:
+        tokens = torch.from_numpy(self.tokens[index]).to(device)
+        documents = torch.from_numpy(self.documents[index]).to(device)
+        return {"input_ids": tokens, "document_ids": documents,
+                "position_ids": _positions(documents),
+                "targets": torch.from_numpy(self.targets[index]).to(device)}
+
+
+def _positions(documents: torch.Tensor) -> torch.Tensor:
+    """Positions that restart at 0 where each document starts."""
+    index = torch.arange(documents.shape[1], device=documents.device).expand_as(documents)
+    starts = torch.ones_like(documents, dtype=torch.bool)
+    starts[:, 1:] = documents[:, 1:] != documents[:, :-1]
+    first = torch.where(starts, index, torch.zeros_like(index)).cummax(dim=1).values
+    return index - first
+
+
+def init_weights(model: CwmForCausalLM, std: float = 0.02) -> None:
+    """A new model's weights as Llama's recipe has them: every matrix and the embeddings drawn
+    from N(0, std), norms at 1 (PyTorch's own layer defaults give a tied head huge logits)."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.fill_(1.0)
+            else:
+                param.normal_(0.0, std)
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """Linear warmup to `lr`, then a cosine down to `min_lr` at the last step."""
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+    return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def step_rows(config: TrainConfig, step: int, n: int) -> np.ndarray:
+    """The row indices of one optimizer step: epochs of seeded permutations, read in order, so
+    the order depends on (seed, step) alone and a resumed run reads what the whole run would."""
+    start = step * config.batch_rows
+    out = []
+    while len(out) < config.batch_rows:
+        epoch, offset = divmod(start + len(out), n)
+        order = np.random.default_rng([config.seed, epoch]).permutation(n)
+        out.extend(order[offset:offset + config.batch_rows - len(out)].tolist())
+    return np.array(out)
+
+
+def loss_of(model: CwmForCausalLM, batch: dict[str, torch.Tensor],
+            autocast: str | None) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross entropy over the batch's target positions, and their count."""
+    device_type = batch["input_ids"].device.type
+    context = (torch.autocast(device_type, dtype=getattr(torch, autocast)) if autocast
+               else torch.autocast(device_type, enabled=False))
+    with context:
+        logits = model(batch["input_ids"], position_ids=batch["position_ids"],
+                       document_ids=batch["document_ids"]).logits
+    targets = batch["targets"]
+    loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
+                                             targets.reshape(-1), ignore_index=-100,
+                                             reduction="sum")
+    return loss, int((targets != -100).sum())
+
+
+@torch.no_grad()
+def validation_loss(model: CwmForCausalLM, rows: Rows, batch_rows: int,
+                    autocast: str | None = None) -> float:
+    """Mean next-token loss (nats per target token) over every validation row."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for first in range(0, len(rows), batch_rows):
+        index = np.arange(first, min(first + batch_rows, len(rows)))
+        loss, n = loss_of(model, rows.batch(index, device), autocast)
+        total, count = total + float(loss), count + n
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def optimizer_for(model: CwmForCausalLM, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on the matrices of attention and MLP only."""
+    decay, rest = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (decay if param.dim() == 2 and "embed" not in name and "lm_head" not in name
+         else rest).append(param)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                              {"params": rest, "weight_decay": 0.0}],
+                             lr=config.lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+def train(model: CwmForCausalLM, rows: Rows, config: TrainConfig, out: Path,
+          resume: bool = False, validate: Callable[[int], dict] | None = None,
+          progress: Callable[[dict], None] | None = None,
+          after_save: Callable[[int], None] | None = None) -> list[dict]:
+    """Train `model` in place for `config.steps` steps; OUT gets the state file and the log.
+    `validate(step)` returns figures to log (every `eval_every` steps and at the end);
+    `progress` sees each step's log line; `after_save(step)` runs once a state is on disk."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank = torch.distributed.get_rank() if distributed else 0
+    world = torch.distributed.get_world_size() if distributed else 1
+    if config.batch_rows % (world * config.accumulation):
+        raise ValueError(f"batch_rows {config.batch_rows} is not a multiple of ranks x "
+                         f"accumulation ({world} x {config.accumulation})")
+    device = next(model.parameters()).device
+    optimizer = optimizer_for(model, config)
+    step, log = 0, []
+    if resume and (out / STATE).exists():
+        state = torch.load(out / STATE, map_location=device, weights_only=False)
+        if state["config"] != asdict(config):
+            raise ValueError(f"{out / STATE} was made with other training settings: resume "
+                             "with the same ones, or train into another directory")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        step, log = state["step"], state["log"]
+    wrapped = (torch.nn.parallel.DistributedDataParallel(model) if distributed else model)
+    model.train()
+    per_rank = config.batch_rows // world
+    micro = per_rank // config.accumulation
+    started, tokens_seen = time.monotonic(), 0
+    while step < config.steps:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(config, step)
+        mine = step_rows(config, step, len(rows))[rank * per_rank:(rank + 1) * per_rank]
+        batches = [rows.batch(mine[i:i + micro], device) for i in range(0, per_rank, micro)]
+        targets = sum(int((b["targets"] != -100).sum()) for b in batches)
+        if distributed:  # every rank divides by the whole step's target count
+            count = torch.tensor(targets, device=device)
+            torch.distributed.all_reduce(count)
+            targets = int(count)
+        total = 0.0
+        for i, batch in enumerate(batches):
+            sync = not distributed or i == len(batches) - 1
+            with wrapped.no_sync() if not sync else nullcontext():
+                loss, _ = loss_of(wrapped, batch, config.autocast)
+                (loss / max(targets, 1) * world).backward()
+            total += float(loss.detach())
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if distributed:
+            summed = torch.tensor(total, device=device)
+            torch.distributed.all_reduce(summed)
+            total = float(summed)
+        step += 1
+        tokens_seen += int(rows.tokens[mine].size) * world
+        entry = {"step": step, "loss": total / max(targets, 1),
+                 "lr": learning_rate(config, step - 1), "grad_norm": float(norm),
+                 "tokens_per_s": tokens_seen / max(time.monotonic() - started, 1e-9)}
+        if validate is not None and (step == config.steps or (
+                config.eval_every and step % config.eval_every == 0)):
+            entry.update(validate(step))
+        log.append(entry)
+        if rank == 0:
+            if progress:
+                progress(entry)
+            if step % config.save_every == 0 or step == config.steps:
+                _save_state(out, model, optimizer, step, log, config)
+                with (out / LOG).open("w", encoding="utf-8") as file:
+                    file.writelines(json.dumps(e) + "\n" for e in log)
+                if after_save:
+                    after_save(step)
+    return log
+
+
+def _save_state(out: Path, model, optimizer, step: int, log: list[dict],
+                config: TrainConfig) -> None:
+    """Everything a resume needs, in one file written whole and then renamed into place."""
+    temporary = out / (STATE + ".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "rng": torch.get_rng_state(), "step": step, "log": log,
+                "config": asdict(config)}, temporary)
+    with open(temporary, "rb") as file:
+        os.fsync(file.fileno())
+    os.replace(temporary, out / STATE)
+
+
+# Shapes by --size. tiny: for tests (seconds on a CPU). small: the bundled model, sized for a
+# 2-core CPU in about two hours (~5M parameters at a 2k vocabulary). base: a GPU in minutes.
+# CWM's layer pattern: full attention where i % 4 == 0 and on the last layer, sliding elsewhere.
+SIZES = {
+    "tiny": dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=64),
+    "small": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=6,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=64, sliding_window=256),
+    "base": dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=10,
+                 num_attention_heads=6, num_key_value_heads=2, head_dim=64, sliding_window=512),
+}
+
+
+def model_config(size: str, vocab_size: int, context: int, special_ids: dict[str, int],
+                 **overrides) -> CwmConfig:
+    """A CwmConfig for a new model of preset `size` (any field overridable), over a vocabulary
+    whose special tokens have `special_ids`, for sequences of `context` tokens."""
+    shape = {**SIZES[size], **overrides}
+    layers = shape["num_hidden_layers"]
+    eos = [special_ids[t] for t in ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>")]
+    return CwmConfig(**{
+        "vocab_size": vocab_size, "max_position_embeddings": context,
+        "layer_types": ["full_attention" if i % 4 == 0 or i == layers - 1
+                        else "sliding_attention" for i in range(layers)],
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+        "tie_word_embeddings": True, "dtype": "float32",
+        "bos_token_id": special_ids["<|begin_of_text|>"], "eos_token_id": eos,
+        "pad_token_id": special_ids["<|pad|>"], **shape})

@@ -1,0 +1,106 @@
+"""`tracekit train`: a CWM-architecture model trained from scratch on trace datasets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from tracekit.cli.common import Failure, exit_help, stderr
+from tracekit.trace import EXIT_DATA
+
+
+@click.command(epilog=exit_help(0, 2, 8))
+@click.argument("datasets", nargs=-1, required=True,
+                type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
+              help="The checkpoint directory: config.json, model.safetensors, tokenizer.json, "
+                   "README.md (the model card), training_log.jsonl, training_curve.png.")
+@click.option("--size", type=click.Choice(["tiny", "small", "base"]), default="small",
+              show_default=True, help="Shape preset (README: Train a model): tiny for tests, "
+              "small for a 2-core CPU in about two hours, base for a GPU.")
+@click.option("--set", "overrides", multiple=True, metavar="FIELD=INT",
+              help="Override a shape field of the preset, e.g. --set num_hidden_layers=8.")
+@click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True)
+@click.option("--batch-rows", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Rows per optimizer step (over every process and accumulation step).")
+@click.option("--accumulation", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--seq-len", type=click.IntRange(min=64), default=1024, show_default=True,
+              help="Tokens per row; traces longer than this are left out, never split.")
+@click.option("--vocab-size", type=click.IntRange(min=512), default=2048, show_default=True,
+              help="Of the byte-level BPE trained on the training split (256 special tokens "
+                   "included).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3,
+              show_default=True)
+@click.option("--warmup", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--eval-every", type=click.IntRange(min=0), default=500, show_default=True,
+              help="Steps between validations (0: at the end only).")
+@click.option("--save-every", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--val-traces", type=click.IntRange(min=0), default=100, show_default=True,
+              help="Validation traces predicted teacher-forced at each validation.")
+@click.option("--loss-on-context", is_flag=True, help="Also learn to write the program text "
+              "(by default the loss is on the trace's frames only).")
+@click.option("--bf16", is_flag=True, help="Train under bfloat16 autocast.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--resume", is_flag=True, help="Continue a run killed or stopped in OUT (the same "
+              "datasets and options): it ends with the weights the whole run would have.")
+def train(datasets, out: Path, size, overrides, steps, batch_rows, accumulation, seq_len,
+          vocab_size, lr, warmup, seed, eval_every, save_every, val_traces, loss_on_context,
+          bf16, device, resume) -> None:
+    """Train a CWM-architecture model from scratch on DATASET... (`tracekit dataset build`
+    directories: their train split trains, their validation split validates).
+
+    \b
+    tracekit train traces/ -o my-model/ --size small --steps 3000
+    tracekit train traces/ -o my-model/ --resume          # after a crash or kill
+    torchrun --nproc_per_node 2 -m tracekit.cli train traces/ -o my-model/   # several processes
+    """
+    import torch
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from tracekit.evals.train_run import TrainOptions, run
+    from tracekit.model.train import TrainConfig
+
+    shape = []
+    for item in overrides:
+        field, _, value = item.partition("=")
+        if not value.isdigit():
+            raise click.BadParameter(f"{item!r}: write FIELD=INTEGER", param_hint="--set")
+        shape.append((field, int(value)))
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise Failure("train", f"{out} is not empty: pass --resume to continue the run in it, "
+                               "or choose a new directory", EXIT_DATA)
+    options = TrainOptions(tuple(str(d) for d in datasets), size, tuple(shape), seq_len,
+                           vocab_size, val_traces, loss_on_context, device)
+    config = TrainConfig(steps=steps, batch_rows=batch_rows, accumulation=accumulation, lr=lr,
+                         min_lr=lr / 10, warmup=min(warmup, steps), seed=seed,
+                         eval_every=eval_every, save_every=save_every,
+                         autocast="bfloat16" if bf16 else None)
+    distributed = "RANK" in os.environ
+    if distributed:
+        torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    rank = torch.distributed.get_rank() if distributed else 0
+    try:
+        with Progress(TextColumn("training"), BarColumn(), TextColumn("{task.completed}/"
+                      "{task.total} steps  loss {task.fields[loss]}  {task.fields[rate]} tok/s"),
+                      TimeRemainingColumn(), console=stderr, disable=rank != 0) as bar:
+            task = bar.add_task("train", total=steps, loss="-", rate="-")
+
+            def progress(entry: dict) -> None:
+                bar.update(task, completed=entry["step"], loss=f"{entry['loss']:.3f}",
+                           rate=f"{entry['tokens_per_s']:.0f}")
+                if "state_exact" in entry or "val_loss" in entry:
+                    shown = {k: round(v, 3) for k, v in entry.items()
+                             if k in ("val_loss", "state_exact", "action_exact") and v is not None}
+                    bar.console.print(f"step {entry['step']}: {shown}", highlight=False)
+
+            last = run(options, config, out, resume, progress)
+    except ValueError as exc:
+        raise Failure("train", str(exc), EXIT_DATA) from None
+    finally:
+        if distributed:
+            torch.distributed.destroy_process_group()
+    if rank == 0:
+        click.echo(f"model: {out} (step {last['step']}, loss {last['loss']:.3f})")
