@@ -60,7 +60,6 @@ def run(options: TrainOptions, config: loop.TrainConfig, out: Path, resume: bool
     data cannot train a model (no traces, leaked test programs, another run's directory)."""
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     rank = torch.distributed.get_rank() if distributed else 0
-    out.mkdir(parents=True, exist_ok=True)
     training = traces_of(options.datasets, "train")
     validation = traces_of(options.datasets, "validation")[:max(options.val_traces, 1) * 4]
     if not training:
@@ -69,8 +68,10 @@ def run(options: TrainOptions, config: loop.TrainConfig, out: Path, resume: bool
     if leaked:
         raise ValueError(f"{len(leaked)} training programs equal a held-out test program up to "
                          f"names ({', '.join(leaked[:3])}, ...): rebuild the dataset without them")
-    manifest = {"options": asdict(options), "config": asdict(config)}
-    _check_same_run(out, manifest, resume)
+    if rank == 0:  # one process looks at OUT and claims it; the others wait for it
+        _claim(out, {"options": asdict(options), "config": asdict(config)}, resume)
+    if distributed:
+        torch.distributed.barrier()
     tokenizer = _tokenizer(out, training, options, resume, rank, distributed)
     packed = pack((t for _, t in training), tokenizer, options.seq_len, options.loss_on_context)
     held = pack((t for _, t in validation), tokenizer, options.seq_len, options.loss_on_context)
@@ -124,8 +125,12 @@ def teacher_forced_accuracy(model, tokenizer, traces: list[Trace]) -> dict:
     return {key: metrics[key]["value"] for key in ("state_exact", "action_exact", "frame_match")}
 
 
-def _check_same_run(out: Path, manifest: dict, resume: bool) -> None:
+def _claim(out: Path, manifest: dict, resume: bool) -> None:
+    """Refuse a directory that holds something else; write what this run is."""
     path = out / "training_run.json"
+    if out.exists() and any(out.iterdir()) and not path.exists():
+        raise ValueError(f"{out} is not empty and holds no training run: choose a new directory")
+    out.mkdir(parents=True, exist_ok=True)
     if path.exists():
         if not resume:
             raise ValueError(f"{out} holds a training run: pass --resume, or choose another "

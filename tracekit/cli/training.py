@@ -69,9 +69,6 @@ def train(datasets, out: Path, size, overrides, steps, batch_rows, accumulation,
         if not value.isdigit():
             raise click.BadParameter(f"{item!r}: write FIELD=INTEGER", param_hint="--set")
         shape.append((field, int(value)))
-    if out.exists() and any(out.iterdir()) and not resume:
-        raise Failure("train", f"{out} is not empty: pass --resume to continue the run in it, "
-                               "or choose a new directory", EXIT_DATA)
     options = TrainOptions(tuple(str(d) for d in datasets), size, tuple(shape), seq_len,
                            vocab_size, val_traces, loss_on_context, device)
     config = TrainConfig(steps=steps, batch_rows=batch_rows, accumulation=accumulation, lr=lr,

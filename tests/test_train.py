@@ -1,0 +1,182 @@
+"""`tracekit train`: the tokenizer it trains, packing, a loss that falls, an exact resume after
+kill -9, two processes under torchrun equal to one, checkpoints transformers loads, leakage."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tracekit import sources
+from tracekit.cwm import SPECIAL_TOKENS
+from tracekit.dataset import BuildOptions, build
+from tracekit.prompts import trace_text
+from tracekit.tokenizer import decode, encode, parse_ids
+from tracekit.trace import Trace
+from tracekit.tracer.run import trace_source
+from tracekit.train_data import function_shapes, leaks, pack, train_tokenizer, trace_ids
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["--size", "tiny", "--seq-len", "512", "--vocab-size", "600", "--batch-rows", "4",
+        "--warmup", "5", "--val-traces", "3", "--lr", "3e-3"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("train") / "ds"
+    build(sources.synthetic(160, seed=11), out, BuildOptions(split=(9, 1, 0)), workers=2)
+    return out
+
+
+@pytest.fixture(scope="module")
+def traces() -> list[Trace]:
+    return [Trace.from_dict(trace_source(p.source, call=p.call, entry=p.entry))
+            for p in sources.synthetic(40, seed=5)]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(traces, tmp_path_factory):
+    return train_tokenizer([trace_text(t) for t in traces], 600,
+                           tmp_path_factory.mktemp("tok") / "tokenizer.json")
+
+
+def train(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tracekit.cli", "train", *args], cwd=ROOT,
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_the_tokenizer_splits_digits_and_keeps_cwm_special_tokens(tokenizer, traces):
+    assert tokenizer.vocab_size == 600
+    assert set(tokenizer.special_ids) == set(SPECIAL_TOKENS)  # every one, by name
+    digits = [decode(tokenizer, [i]) for i in encode(tokenizer, "x = 12345")]
+    assert digits[-5:] == ["1", "2", "3", "4", "5"]
+    text = trace_text(traces[0])
+    ids = encode(tokenizer, text)
+    assert decode(tokenizer, ids) == text
+    frames = parse_ids(tokenizer, ids).frames
+    assert [(f.event, f.source, f.locals, f.arg) for f in frames] == \
+        [(f.event, f.source, f.locals, f.arg) for f in traces[0].frames]
+
+
+def test_packing_keeps_traces_whole_and_apart(tokenizer, traces):
+    from tracekit.model.modeling import CwmForCausalLM
+    from tracekit.model.train import init_weights, model_config
+
+    lengths = [len(trace_ids(tokenizer, t)[0]) for t in traces]
+    length = sorted(lengths)[len(lengths) // 2] + 10  # about half the traces fit
+    packed = pack(traces, tokenizer, length)
+    assert packed.dropped == sum(n > length for n in lengths) > 0
+    assert packed.traces == len(traces) - packed.dropped and packed.tokens == sum(
+        n for n in lengths if n <= length)
+    rows = packed.rows
+    bos, pad = tokenizer.special_ids["<|begin_of_text|>"], tokenizer.special_ids["<|pad|>"]
+    for tokens, documents, targets in zip(rows.tokens, rows.documents, rows.targets):
+        starts = [0] + [i for i in range(1, length) if documents[i] != documents[i - 1]]
+        for a, b in zip(starts, starts[1:] + [length]):
+            assert tokens[a] in (bos, pad)  # each document starts with BOS (or is padding)
+        real = targets != -100
+        assert (targets[:-1][real[:-1]] == tokens[1:][real[:-1]]).all()  # the next token
+        assert not real[np.array(starts[1:]) - 1].any()  # no target across a boundary
+    # a trace packed beside others gives the logits it gives alone: attention and positions
+    # restart with it
+    torch.manual_seed(0)
+    model = CwmForCausalLM(model_config("tiny", tokenizer.vocab_size, length,
+                                        tokenizer.special_ids)).eval()
+    init_weights(model)
+    row = next(r for r in range(len(rows)) if rows.documents[r].max() >= 2)
+    batch = rows.batch(np.array([row]), "cpu")
+    documents = rows.documents[row]
+    second = np.flatnonzero(documents == 1)
+    with torch.no_grad():
+        packed_logits = model(batch["input_ids"], position_ids=batch["position_ids"],
+                              document_ids=batch["document_ids"]).logits[0, second]
+        alone = model(batch["input_ids"][:, second]).logits[0]
+    assert (packed_logits - alone).abs().max() <= 1e-5
+
+
+def test_training_lowers_the_loss_and_writes_a_checkpoint_both_runtimes_load(dataset, tmp_path):
+    import transformers
+
+    from tracekit.model.checkpoint import load_checkpoint
+
+    out = tmp_path / "model"
+    result = train(str(dataset), "-o", str(out), *TINY, "--steps", "40", "--eval-every", "20",
+                   "--save-every", "20")
+    assert result.returncode == 0, result.stderr[-2000:]
+    log = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
+    assert len(log) == 40 and log[-1]["loss"] < 0.6 * log[0]["loss"]
+    assert log[19]["val_loss"] > log[39]["val_loss"] and "state_exact" in log[39]
+    assert {p.name for p in out.iterdir()} >= {"config.json", "model.safetensors",
+                                               "tokenizer.json", "README.md",
+                                               "training_curve.png", "training_log.jsonl"}
+    assert "tracekit train" in (out / "README.md").read_text()
+    ours = load_checkpoint(out)
+    reference = transformers.CwmForCausalLM.from_pretrained(out, attn_implementation="eager")
+    ids = torch.randint(0, 600, (2, 70))  # past the tiny preset's window of 64
+    with torch.no_grad():
+        assert (ours(ids).logits - reference.eval()(ids).logits).abs().max() <= 1e-5
+    again = train(str(dataset), "-o", str(out), *TINY, "--steps", "40")
+    assert again.returncode == 8 and "--resume" in again.stderr
+
+
+def test_a_run_killed_after_a_save_resumes_to_the_same_weights(dataset, tmp_path):
+    """kill -9 right after the state of step 10 is on disk (by progress, not by the clock),
+    then --resume: the weights of the uninterrupted run, bit for bit."""
+    from safetensors.torch import load_file
+
+    args = [str(dataset), *TINY, "--steps", "20", "--save-every", "5", "--eval-every", "0"]
+    assert train(*args, "-o", str(tmp_path / "whole")).returncode == 0
+    killed = train(*args, "-o", str(tmp_path / "killed"),
+                   env={**os.environ, "TRACEKIT_KILL_AT": "trained:10"})
+    assert killed.returncode == -signal.SIGKILL
+    assert not (tmp_path / "killed" / "model.safetensors").exists()
+    resumed = train(*args, "-o", str(tmp_path / "killed"), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    whole = load_file(tmp_path / "whole" / "model.safetensors")
+    again = load_file(tmp_path / "killed" / "model.safetensors")
+    assert whole.keys() == again.keys() and all(torch.equal(whole[k], again[k]) for k in whole)
+    other = train(*args, "-o", str(tmp_path / "killed"), "--resume", "--seed", "1")
+    assert other.returncode == 8 and "other datasets or options" in other.stderr
+
+
+def test_two_processes_train_as_one_with_the_same_global_batch(dataset, tmp_path):
+    """torchrun with 2 CPU processes (gloo): each takes half of every batch; the losses are
+    those of one process (to float rounding: the two halves are summed in another order)."""
+    args = [str(dataset), *TINY, "--steps", "6", "--eval-every", "0", "--save-every", "6"]
+    assert train(*args, "-o", str(tmp_path / "one")).returncode == 0
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "-m", "tracekit.cli", "train", *args, "-o", str(tmp_path / "two")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+
+    def losses(name):
+        lines = (tmp_path / name / "training_log.jsonl").read_text().splitlines()
+        return [json.loads(line)["loss"] for line in lines]
+
+    assert len(losses("two")) == 6
+    assert losses("two") == pytest.approx(losses("one"), rel=1e-4)
+
+
+def test_no_training_program_may_equal_a_test_program(tmp_path):
+    """Function bodies compared after renaming: a CRUXEval program in the training data, under
+    other names, is found, and `tracekit train` refuses the dataset."""
+    crux = next(sources.cruxeval())
+    code = crux.source.split("\ndef main")[0].replace("def f(", "def renamed(")
+    assert function_shapes(code)["renamed"] == function_shapes(crux.source)["f"]
+    assert leaks([("mine", code)], [("cruxeval/sample_0", crux.source)]) == [
+        "mine ~ cruxeval/sample_0"]
+    assert leaks([("mine", "def g(x):\n    return x * 3\n")], [("t", crux.source)]) == []
+    rows = tmp_path / "rows.jsonl"
+    body = "def main():  # << START_OF_TRACE\n    return renamed([1, 1, 3, 1, 3, 1])\n"
+    rows.write_text(json.dumps({"id": "leak", "code": code + "\n" + body, "call": "main()"}) +
+                    "\n")
+    build(sources.jsonl(rows), tmp_path / "ds", BuildOptions(split=(1, 0, 0)), workers=1)
+    refused = train(str(tmp_path / "ds"), "-o", str(tmp_path / "m"), *TINY, "--steps", "2")
+    assert refused.returncode == 8 and "equal a held-out test program" in refused.stderr
