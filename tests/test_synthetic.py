@@ -34,20 +34,32 @@ def test_ten_thousand_distinct_programs_identical_across_runs_nearly_all_ok():
 
 
 def test_programs_use_the_features_asked_for():
-    kinds = collections.Counter()
+    kinds, methods, calls = collections.Counter(), collections.Counter(), collections.Counter()
     for index in range(300):
         source, call = generate_program(1, index)
         tree = ast.parse(source)
         kinds.update(type(node).__name__ for node in ast.walk(tree))
-        assert "  # << START_OF_TRACE" in source and call.startswith("f(")
-    for construct in ("For", "While", "If", "Try", "ListComp", "DictComp", "Return", "Tuple"):
+        methods.update(node.func.attr for node in ast.walk(tree)
+                       if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute))
+        calls.update(node.func.id for node in ast.walk(tree)
+                     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name))
+        assert "  # << START_OF_TRACE" in source
+        # half run as CRUXEval does: main() marked, calling f
+        assert call.startswith("f(") or (call == "main()" and "def main():  # << " in source)
+    for construct in ("For", "While", "If", "Try", "ListComp", "DictComp", "Return", "Tuple",
+                      "Raise", "Yield", "Lambda", "GeneratorExp"):
         assert kinds[construct] > 0, construct
+    for method in ("sort", "reverse", "insert", "pop", "setdefault", "update", "upper", "split",
+                   "join", "find", "count", "items", "format", "center", "partition"):
+        assert methods[method] > 0, method
+    assert calls["sorted"] > 0 and calls["enumerate"] > 0 and calls["zip"] > 0
     assert sum(generate_program(1, i)[0].count("def helper") for i in range(300)) > 50
+    assert 100 < sum(generate_program(1, i)[1] == "main()" for i in range(300)) < 200
     for index in range(300):  # loops and branches only: no exceptions, helpers, while
-        source, _ = generate_program(1, index, size=3, features=("loops", "branches"))
+        source, call = generate_program(1, index, size=3, features=("loops", "branches"))
         names = {type(node).__name__ for node in ast.walk(ast.parse(source))}
-        assert not names & {"Try", "While", "ListComp", "DictComp"}
-        assert "def helper" not in source
+        assert not names & {"Try", "While", "ListComp", "DictComp", "Raise", "Yield", "Lambda"}
+        assert "def helper" not in source and call.startswith("f(")
 
 
 def test_size_grows_the_programs():

@@ -31,7 +31,7 @@ TINY = ["--size", "tiny", "--seq-len", "512", "--vocab-size", "600", "--batch-ro
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("train") / "ds"
-    build(sources.synthetic(160, seed=11), out, BuildOptions(split=(9, 1, 0)), workers=2)
+    build(sources.synthetic(160, seed=11, size=2), out, BuildOptions(split=(9, 1, 0)), workers=2)
     return out
 
 

@@ -8,6 +8,13 @@ body cannot grow, `while` loops count a variable the body cannot touch up to a s
 helpers never call anything generated, and numbers stay small (products are taken modulo a
 constant). Operations that can raise (int(s), indexing) sit in try/except.
 
+The "methods" feature adds the builtins and methods of str, list, dict and set (slicing,
+sorting with keys, formatting, comprehensions over them), "raise" exceptions raised and caught,
+"generators" a generator helper consumed by the function; "harness" writes half of the programs
+as CRUXEval does, `def main():  # << START_OF_TRACE` / `    return f(ARGS)`, so that shape is
+not foreign to a model trained on these. Parameter names come from a pool of the names real
+code uses (text, nums, d, ...). Operations that can raise sit in try/except or behind a guard.
+
 Knobs: `size` (statements per body, roughly) and `features` (which constructs may appear).
 """
 
@@ -17,9 +24,16 @@ import random
 from dataclasses import dataclass, field
 
 FEATURES = ("loops", "while", "branches", "helpers", "comprehensions", "exceptions",
-            "early_return", "dicts", "tuples", "strings")
+            "early_return", "dicts", "tuples", "strings", "methods", "raise", "generators",
+            "harness")
+PARAMETERS = {"int": ("n", "k", "x", "num", "target"), "str": ("text", "s", "word", "name"),
+              "list": ("nums", "items", "arr", "values"), "bool": ("flag", "strict"),
+              "dict": ("d", "counts", "mapping")}
 WORDS = ("a", "ab", "abc", "hello", "x", "data", "trace", "py", "Zed", "q1", "", "level")
 TYPES = ("int", "str", "list", "bool", "dict")
+STR_METHODS = ("lower", "upper", "strip", "title", "swapcase", "capitalize", "lstrip", "rstrip",
+               "casefold")
+STR_TESTS = ("isdigit", "isalpha", "islower", "isupper", "isspace", "isalnum")
 
 
 @dataclass
@@ -38,6 +52,7 @@ class _Writer:
         self.counter = 0
         self.helpers: list[tuple[str, list[str], str]] = []  # name, param types, return type
         self.returns = "int"  # the return type of the function being written
+        self.generator: str | None = None  # a generator helper the function may consume
 
     def fresh(self, stem: str) -> str:
         self.counter += 1
@@ -89,6 +104,17 @@ class _Writer:
             options.append(lambda: f"{e('dict', scope, d)}.get({e('str', scope, d)}, 0)")
         if self.has("helpers"):
             options += [lambda h=h: self.call(h, scope, d) for h in self.helpers if h[2] == "int"]
+        if self.has("methods"):
+            options += [
+                lambda: f"{e('str', scope, d)}.find({self.literal('str')})",
+                lambda: f"len(set({e('list', scope, d)}))",
+                lambda: f"sum(1 for c in {e('str', scope, d)} if c.isalpha())",
+                lambda: f"{e('list', scope, d)}.count({e('int', scope, d)})",
+                lambda: f"len({e('dict', scope, d)})",
+                lambda: f"(lambda xs: xs.index(max(xs)) if xs else -1)({e('list', scope, d)})",
+                lambda: f"int({e('str', scope, d)}.isdigit())",
+                lambda: f"sum(v for _, v in {e('dict', scope, d)}.items())",
+            ]
         return r.choice(options)()
 
     def _str(self, scope, d):
@@ -101,6 +127,20 @@ class _Writer:
             lambda: f"str({e('int', scope, d)})",
             lambda: f"{e('str', scope, d)}.replace('a', {self.literal('str')})",
             lambda: f"','.join(str(v) for v in {e('list', scope, d)})",
+            *([lambda: f"{e('str', scope, d)}.{r.choice(STR_METHODS)}()",
+               lambda: f"{e('str', scope, d)}[{r.randint(-3, 2)}:{r.randint(3, 7)}:"
+                       f"{r.choice([1, 2, -1])}]",
+               lambda: f"'{{}}-{{:>3}}'.format({e('str', scope, d)}, {e('int', scope, d)})",
+               lambda: f"'%s:%d' % ({e('str', scope, d)}, {e('int', scope, d)})",
+               lambda: f"''.join(sorted({e('str', scope, d)}))",
+               lambda: f"{e('str', scope, d)}.center({r.randint(3, 9)}, '*')",
+               lambda: f"{e('str', scope, d)}.zfill({r.randint(2, 6)})",
+               lambda: f"{e('str', scope, d)}.strip({self.literal('str')})",
+               lambda: f"({e('str', scope, d)} + ' x').split()[0]",
+               lambda: f"' '.join(w.capitalize() for w in {e('str', scope, d)}.split())",
+               lambda: f"{e('str', scope, d)}.partition({self.literal('str')} or 'a')[2]",
+               lambda: f"''.join(c for c in {e('str', scope, d)} if c not in 'aeiou')"]
+              if self.has("methods") else []),
         ])()
 
     def _list(self, scope, d):
@@ -118,6 +158,23 @@ class _Writer:
             ]
             if self.has("strings"):
                 options.append(lambda: f"[ord(c) % 10 for c in {e('str', scope, d)}]")
+        if self.has("methods"):
+            options += [
+                lambda: f"sorted({e('list', scope, d)}, key=lambda v: (v % {r.randint(2, 4)}, "
+                        f"-v))",
+                lambda: f"sorted({e('list', scope, d)}, reverse=True)",
+                lambda: f"{e('list', scope, d)}[::-1]",
+                lambda: f"{e('list', scope, d)}[{r.randint(-3, 1)}:{r.randint(2, 6)}]",
+                lambda: f"sorted(set({e('list', scope, d)}))",
+                lambda: f"[i * v for i, v in enumerate({e('list', scope, d)})]",
+                lambda: f"[len(w) for w in {e('str', scope, d)}.split()]",
+                lambda: f"list(map(abs, {e('list', scope, d)}))",
+                lambda: f"sorted({e('dict', scope, d)}.values())",
+                lambda: f"[a - b for a, b in zip({e('list', scope, d)}, "
+                        f"{e('list', scope, d)})]",
+            ]
+        if self.has("generators") and self.generator:
+            options.append(lambda: f"list({self.generator}({e('list', scope, d)}))")
         return r.choice(options)()
 
     def _bool(self, scope, d):
@@ -130,6 +187,12 @@ class _Writer:
         ]
         if self.has("strings"):
             options.append(lambda: f"{e('str', scope, d)}.startswith({self.literal('str')})")
+        if self.has("methods"):
+            options += [lambda: f"{e('str', scope, d)}.{r.choice(STR_TESTS)}()",
+                        lambda: f"{e('str', scope, d)} in {e('dict', scope, d)}",
+                        lambda: f"all(v > {r.randint(-2, 3)} for v in {e('list', scope, d)})",
+                        lambda: f"any(v % 2 for v in {e('list', scope, d)})",
+                        lambda: f"{e('str', scope, d)}.endswith({self.literal('str')})"]
         return r.choice(options)()
 
     def _dict(self, scope, d):
@@ -137,6 +200,14 @@ class _Writer:
         options = [lambda: f"dict({e('dict', scope, d)})"]
         if self.has("comprehensions") and self.has("strings"):
             options.append(lambda: f"{{w: len(w) for w in {e('str', scope, d)}.split('a')}}")
+        if self.has("methods"):
+            options += [
+                lambda: f"{{k: v for k, v in {e('dict', scope, d)}.items() if v > "
+                        f"{r.randint(0, 4)}}}",
+                lambda: f"dict(zip({e('str', scope, d)}, {e('list', scope, d)}))",
+                lambda: f"{{c: {e('str', scope, d)}.count(c) for c in {e('str', scope, d)}}}",
+                lambda: f"dict(sorted({e('dict', scope, d)}.items(), key=lambda kv: kv[1]))",
+            ]
         return r.choice(options)()
 
     def call(self, helper, scope, d) -> str:
@@ -173,6 +244,10 @@ class _Writer:
             choices.append("return")
         if self.has("dicts"):
             choices.append("setitem")
+        if self.has("methods"):
+            choices += ["mutate"] * 2
+        if self.has("raise"):
+            choices.append("raise")
         kind = r.choice(choices)
         if kind == "assign":
             t = r.choice(self.kinds())
@@ -197,6 +272,16 @@ class _Writer:
                 return self.statement(scope, indent, loop_depth)
             key = self.expr("str", scope) if self.has("strings") else self.literal("str")
             return [f"{pad}{r.choice(dicts)}[{key}] = {self.expr('int', scope)}"]
+        if kind == "mutate":
+            return self.mutation(scope, pad) or self.statement(scope, indent, loop_depth)
+        if kind == "raise":
+            name, error = self.fresh("msg"), r.choice(["ValueError", "KeyError", "TypeError"])
+            condition, message = self.expr("bool", scope), self.expr("str", scope)
+            scope.names[name] = "str"
+            return [f"{pad}try:", f"{pad}    if {condition}:",
+                    f"{pad}        raise {error}({message})",
+                    f"{pad}    {name} = 'fine'", f"{pad}except {error} as err:",
+                    f"{pad}    {name} = str(err)"]
         if kind == "if":
             lines = [f"{pad}if {self.expr('bool', scope)}:"]
             lines += self.block(self._child(scope), indent + 1, r.randint(1, 2), loop_depth)
@@ -235,6 +320,25 @@ class _Writer:
         # early return, of the function's return type
         return [f"{pad}if {self.expr('bool', scope)}:", f"{pad}    return {self.value(scope)}"]
 
+    def mutation(self, scope: Scope, pad: str) -> list[str]:
+        """A method call that changes a list, dict or set in place (never one a loop walks)."""
+        r = self.rng
+        lists, dicts = scope.of("list", writable=True), scope.of("dict", writable=True)
+        options = []
+        if lists:
+            name, k = r.choice(lists), r.randint(-3, 9)
+            options += [[f"{pad}{name}.sort(key=lambda v: -v)"], [f"{pad}{name}.reverse()"],
+                        [f"{pad}{name}.insert({r.randint(0, 2)}, {self.expr('int', scope)})"],
+                        [f"{pad}{name}.extend({self.literal('list')})"],  # no doubling
+                        [f"{pad}if {name}:", f"{pad}    {name}.pop()"],
+                        [f"{pad}if {k} in {name}:", f"{pad}    {name}.remove({k})"]]
+        if dicts:
+            name, key = r.choice(dicts), self.expr("str", scope)
+            options += [[f"{pad}{name}.setdefault({key}, {self.expr('int', scope)})"],
+                        [f"{pad}{name}.pop({key}, None)"],
+                        [f"{pad}{name}.update({{{key}: {self.expr('int', scope)}}})"]]
+        return r.choice(options) if options else []
+
     def value(self, scope: Scope) -> str:
         """A value of the type the function being written returns."""
         if self.returns == "tuple":
@@ -269,12 +373,32 @@ def generate_program(seed: int, index: int, size: int = 4,
         body, returns = writer.function(name, params, max(1, size // 2), "int")
         writer.helpers.append((name, [t for _, t in params], returns))
         lines += body + ["", ""]
-    params = [(f"a{k}", rng.choice(writer.kinds())) for k in range(rng.randint(1, 3))]
+    if writer.has("generators") and rng.random() < 0.3:
+        writer.generator = rng.choice(["evens", "doubled", "running"])
+        lines += GENERATORS[writer.generator] + ["", ""]
+    kinds = [rng.choice(writer.kinds()) for _ in range(rng.randint(1, 3))]
+    names = []
+    for kind in kinds:  # names real code uses, each once
+        pool = [n for n in PARAMETERS[kind] if n not in names] if writer.has("methods") else []
+        names.append(rng.choice(pool) if pool else f"a{len(names)}")
+    params = list(zip(names, kinds))
     body, _ = writer.function("f", params, rng.randint(max(1, size - 2), size + 2))
+    call = f"f({', '.join(writer.literal(t) for _, t in params)})"
+    if writer.has("harness") and rng.random() < 0.5:  # as CRUXEval runs a program
+        lines += body + ["", "def main():  # << START_OF_TRACE", f"    return {call}"]
+        return "\n".join(lines) + "\n", "main()"
     body[0] += "  # << START_OF_TRACE"
     lines += body
-    call = f"f({', '.join(writer.literal(t) for _, t in params)})"
     return "\n".join(lines) + "\n", call
+
+
+GENERATORS = {
+    "evens": ["def evens(xs):", "    for x in xs:", "        if x % 2 == 0:",
+              "            yield x"],
+    "doubled": ["def doubled(xs):", "    for i, x in enumerate(xs):", "        yield x * 2 + i"],
+    "running": ["def running(xs):", "    total = 0", "    for x in xs:", "        total += x",
+                "        yield total"],
+}
 
 
 def generate_programs(count: int, seed: int = 0, size: int = 4,

@@ -111,7 +111,8 @@ def pack(traces: Iterable[Trace], tokenizer: Tokenizer, length: int,
 def function_shapes(source: str) -> dict[str, str]:
     """Each function of `source`, its name -> its body with every local name renamed in order
     of appearance and docstrings dropped (attribute and method names kept): two functions with
-    the same shape are the same program up to names."""
+    the same shape are the same program up to names. A function that only returns a call (the
+    CRUXEval harness's `main`) is left out."""
     import ast
 
     try:
@@ -132,6 +133,9 @@ def function_shapes(source: str) -> dict[str, str]:
         if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
                 and isinstance(body[0].value.value, str):
             body = body[1:] or [ast.Pass()]
+        if len(body) == 1 and isinstance(body[0], ast.Return) \
+                and isinstance(body[0].value, ast.Call):
+            continue  # a harness (`def main(): return f(...)`), not a program of its own
         copy.body, copy.name, copy.decorator_list = body, "f", []
         for sub in ast.walk(copy):
             if isinstance(sub, ast.arg):
