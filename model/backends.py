@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from tracekit.model.cache import KVCache
-from tracekit.model.errors import BackendError  # noqa: F401 - raised here, imported from here too
-from tracekit.model.generation import Generation, generate
-from tracekit.model.prompt_lookup import DRAFT_TOKENS, PromptLookup
+from .cache import KVCache
+from .errors import BackendError  # noqa: F401 - raised here, imported from here too
+from .generation import Generation, generate
+from .prompt_lookup import DRAFT_TOKENS, PromptLookup
 
 
 class Backend:
@@ -246,7 +246,7 @@ def load_backend(spec: str, openai_model: str | None = None, device: str = "cpu"
     if not (directory / "config.json").is_file():
         raise BackendError(f"{directory}: not a checkpoint directory (no config.json); pass a "
                            "directory with config.json and safetensors, or openai:URL")
-    from tracekit.model.checkpoint import check_device, load_checkpoint
+    from .checkpoint import check_device, load_checkpoint
 
     if reference:
         import transformers

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import torch
 
-from tracekit.model.config import CwmConfig
+from .config import CwmConfig
 
 
 class KVCache:

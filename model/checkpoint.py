@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from tracekit.model.config import DTYPES, ConfigError, CwmConfig
-from tracekit.model.errors import BackendError
-from tracekit.model.modeling import CwmForCausalLM, rope_inverse_frequencies
+from .config import DTYPES, ConfigError, CwmConfig
+from .errors import BackendError
+from .modeling import CwmForCausalLM, rope_inverse_frequencies
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"

@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tracekit.model.cache import KVCache
-from tracekit.model.modeling import (
+from .cache import KVCache
+from .modeling import (
     ONEDNN_LINEAR,
     ONEDNN_MIN_WEIGHT,
     CwmForCausalLM,

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import torch
 
-from tracekit.model.cache import KVCache, PrefixForks
-from tracekit.model.compiled_decode import decode_steps
-from tracekit.model.modeling import CwmForCausalLM
-from tracekit.model.prompt_lookup import PromptLookup, agreement
+from .cache import KVCache, PrefixForks
+from .compiled_decode import decode_steps
+from .modeling import CwmForCausalLM
+from .prompt_lookup import PromptLookup, agreement
 
 
 @dataclass

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from tracekit.model.cache import PrefixForks
-from tracekit.model.config import CwmConfig
+from .cache import PrefixForks
+from .config import CwmConfig
 
 CAUSAL = "causal"  # stands for a plain causal mask, which SDPA applies itself
 # SDPA's kernels on CUDA, less cuDNN's: it builds a plan for each new key length, hundreds of

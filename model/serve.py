@@ -17,8 +17,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from tracekit.model.generation import generate
-from tracekit.model.prompt_lookup import DRAFT_TOKENS
+from .generation import generate
+from .prompt_lookup import DRAFT_TOKENS
 
 
 class RequestError(Exception):

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tracekit.model.config import CwmConfig
-from tracekit.model.modeling import CwmForCausalLM
+from .config import CwmConfig
+from .modeling import CwmForCausalLM
 
 STATE = "training_state.pt"
 LOG = "training_log.jsonl"
