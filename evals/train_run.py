@@ -62,12 +62,15 @@ def run(options: TrainOptions, config: loop.TrainConfig, out: Path, resume: bool
     rank = torch.distributed.get_rank() if distributed else 0
     training = traces_of(options.datasets, "train")
     validation = traces_of(options.datasets, "validation")[:max(options.val_traces, 1) * 4]
-    if not training:
-        raise ValueError(f"no complete traces in the train split of {', '.join(options.datasets)}")
     leaked = leaks(((i, t.context) for i, t in training), held_out_programs())
-    if leaked:
-        raise ValueError(f"{len(leaked)} training programs equal a held-out test program up to "
-                         f"names ({', '.join(leaked[:3])}, ...): rebuild the dataset without them")
+    if leaked:  # never trained on: dropped, and the model card says which
+        dropped = {pair.split(" ~ ")[0] for pair in leaked}
+        training = [(i, t) for i, t in training if i not in dropped]
+    if not training:
+        raise ValueError(f"no complete traces to train on in the train split of "
+                         f"{', '.join(options.datasets)}"
+                         + (f" once {len(leaked)} equal to held-out test programs are dropped"
+                            if leaked else ""))
     if rank == 0:  # one process looks at OUT and claims it; the others wait for it
         _claim(out, {"options": asdict(options), "config": asdict(config)}, resume)
     if distributed:
@@ -99,7 +102,7 @@ def run(options: TrainOptions, config: loop.TrainConfig, out: Path, resume: bool
     log = loop.train(model, packed.rows, config, out, resume, validate, progress,
                      after_save=lambda step: kill_point(f"trained:{step}"))
     if rank == 0:
-        _finish(out, model, log, options, config, packed, tokenizer)
+        _finish(out, model, log, options, config, packed, tokenizer, leaked)
     return log[-1]
 
 
@@ -159,7 +162,7 @@ def _tokenizer(out: Path, training, options: TrainOptions, resume: bool, rank: i
 
 
 def _finish(out: Path, model, log: list[dict], options: TrainOptions,
-            config: loop.TrainConfig, packed, tokenizer) -> None:
+            config: loop.TrainConfig, packed, tokenizer, leaked: list[str]) -> None:
     """The loadable checkpoint, the curve and the model card."""
     from tracekit.model.checkpoint import save_checkpoint
 
@@ -180,6 +183,8 @@ traces in CWM's format.
   tokens; tokenizer: byte-level BPE of {tokenizer.vocab_size} tokens (`tokenizer.json`).
 - Data: the train split of {', '.join(options.datasets)}: {packed.traces} traces packed into
   {len(packed.rows)} rows ({packed.dropped} longer than a row left out), {packed.tokens:,} tokens.
+  Left out as equal to a held-out test program (CRUXEval, HumanEval) up to names:
+  {len(leaked)}{' (' + '; '.join(leaked[:5]) + ')' if leaked else ''}.
 - Training: {config.steps} steps of {config.batch_rows} rows ({rows_seen * options.seq_len:,}
   token positions seen), AdamW lr {config.lr} (warmup {config.warmup}, cosine to
   {config.min_lr}), seed {config.seed}; final training loss {last['loss']:.3f}.
