@@ -65,12 +65,11 @@ def test_failed_programs_keep_their_status_or_are_dropped(tmp_path):
         {"id": "fine", "code": "def g(x):\n    return x", "call": "g(1)"},
         {"id": "raises", "code": "def h():\n    return 1 / 0", "call": "h()"},
     ]) + "\n")
-    kept = build(sources.jsonl(source), tmp_path / "all", BuildOptions(TraceOptions(limits=Limits(timeout=1.0))),
-                 workers=2)
+    quick = TraceOptions(limits=Limits(timeout=1.0))
+    kept = build(sources.jsonl(source), tmp_path / "all", BuildOptions(quick), workers=2)
     assert kept["statuses"] == {"frame_limit": 1, "ok": 1, "raised": 1} and kept["rows"] == 3
     dropped = build(sources.jsonl(source), tmp_path / "some",
-                    BuildOptions(TraceOptions(limits=Limits(timeout=1.0)), drop_failed=True),
-                    workers=2)
+                    BuildOptions(quick, drop_failed=True), workers=2)
     assert dropped["rows"] == 2  # raised is a complete trace; the frame_limit one is not
     assert {r["id"] for r in rows_of(tmp_path / "some")} == {"fine", "raises"}
 

@@ -4,9 +4,10 @@
 Crash safety: programs are split, in order, into fixed shards; shard k's rows go to
 `train-k.parquet`, `validation-k.parquet` and `test-k.parquet` (by program hash; the names are
 how `load_dataset` finds the splits), each written to a temporary file and renamed into
-place, then the shard is recorded in `manifest.json` (also written by rename). `resume=True` skips the shards the manifest lists, so a build killed at any moment
-(SIGKILL included) and resumed has exactly the rows of an uninterrupted build. The manifest
-holds a fingerprint of the programs and options; resuming a different build is refused.
+place, then the shard is recorded in `manifest.json` (also written by rename). `resume=True`
+skips the shards the manifest lists, so a build killed at any moment (SIGKILL included) and
+resumed has exactly the rows of an uninterrupted build. The manifest holds a fingerprint of the
+programs and options; resuming a different build is refused.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Trace prediction: a model predicts a program's next execution frame, free-runs a rollout, or
 predicts every frame of a real trace from the real frames before it (teacher forcing).
 
-One API over every backend (`tracekit.model.backends.Backend`): prompts are CWM trace prompts as token ids
-(`tracekit.prompts.trace_prompt_ids`), a frame is generated up to `<|frame_sep|>` (or
+One API over every backend (`tracekit.model.backends.Backend`): prompts are CWM trace prompts
+as token ids (`tracekit.prompts.trace_prompt_ids`), a frame is generated up to `<|frame_sep|>` (or
 `<|end_of_text|>`, the model's way of saying the trace is over), and whatever comes back is
 parsed by the one parser of `tracekit.cwm`, which never raises: malformed output becomes a
 frame with an `error`.
@@ -82,7 +82,8 @@ class Rollout:
 class TracePredictor:
     """Predict trace frames with a backend (`tracekit.model.backends.RuntimeBackend`, ...)."""
 
-    def __init__(self, backend: Backend, tokenizer: Tokenizer | None = None, max_frame_tokens: int = 512):
+    def __init__(self, backend: Backend, tokenizer: Tokenizer | None = None,
+                 max_frame_tokens: int = 512):
         self.backend = backend
         self.tokenizer = tokenizer or cwm_tokenizer()
         self.max_frame_tokens = max_frame_tokens
