@@ -42,7 +42,8 @@ from tracekit.trace import EXIT_DATA
               help="Validation traces predicted teacher-forced at each validation.")
 @click.option("--loss-on-context", is_flag=True, help="Also learn to write the program text "
               "(by default the loss is on the trace's frames only).")
-@click.option("--bf16", is_flag=True, help="Train under bfloat16 autocast.")
+@click.option("--bf16", is_flag=True, help="Train under bfloat16 autocast: for GPUs (on the "
+              "2-core CPUs here the small preset ran ~25x slower than fp32).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--resume", is_flag=True, help="Continue a run killed or stopped in OUT (the same "
               "datasets and options): it ends with the weights the whole run would have.")
