@@ -99,7 +99,9 @@ def run(options: TrainOptions, config: loop.TrainConfig, out: Path, resume: bool
         model.train()
         return figures
 
-    log = loop.train(model, packed.rows, config, out, resume, validate, progress,
+    # one process validates: the others would repeat its work for a log they do not write
+    log = loop.train(model, packed.rows, config, out, resume, validate if rank == 0 else None,
+                     progress,
                      after_save=lambda step: kill_point(f"trained:{step}"))
     if rank == 0:
         _finish(out, model, log, options, config, packed, tokenizer, leaked)

@@ -208,7 +208,7 @@ def train(model: CwmForCausalLM, rows: Rows, config: TrainConfig, out: Path,
             torch.distributed.all_reduce(summed)
             total = float(summed)
         step += 1
-        tokens_seen += int(rows.tokens[mine].size) * world
+        tokens_seen += config.batch_rows * rows.tokens.shape[1]
         entry = {"step": step, "loss": total / max(targets, 1),
                  "lr": learning_rate(config, step - 1), "grad_norm": float(norm),
                  "tokens_per_s": tokens_seen / max(time.monotonic() - started, 1e-9)}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tracekit.cwm import FRAME_SEP, SPECIAL_TOKENS, prompt_segments
+from tracekit.cwm import FRAME_SEP, SPECIAL_TOKENS, prompt_segments, text_segments
 from tracekit.model.train import Rows
 from tracekit.tokenizer import HFTokenizer, Tokenizer, encode_segments
 from tracekit.trace import Trace
@@ -45,8 +45,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, path: Path) -> HFToke
 
 def _plain_parts(texts: Iterable[str]) -> Iterable[str]:
     """The text between special tokens: what the BPE learns merges from."""
-    from tracekit.cwm import text_segments
-
     for text in texts:
         yield from (part for special, part in text_segments(text) if not special)
 
