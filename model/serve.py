@@ -2,9 +2,11 @@
 
 Endpoints: GET /health, GET /v1/models, POST /v1/completions (prompt as text or token ids,
 max_tokens, temperature, top_p, top_k, seed, stop, stop_token_ids, logprobs; vLLM's
-`return_tokens_as_token_ids`). Requests arriving together are decoded as one batch: a worker
-thread takes whatever is queued (same sampling settings) and runs one batched `generate`.
-Bad requests get a 4xx with a one-line message; the server keeps serving.
+`return_tokens_as_token_ids`; stream, n > 1, echo and the penalties are refused with a 400).
+Requests arriving together are decoded as one batch: a worker thread takes whatever is queued
+(same sampling settings) and runs one batched `generate`. Bad requests get a 4xx with a
+one-line message (bodies over MAX_BODY a 413); a client silent for SOCKET_TIMEOUT is dropped;
+the server keeps serving.
 """
 
 from __future__ import annotations
@@ -25,6 +27,29 @@ class RequestError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
+
+
+UNSUPPORTED = {"stream": False, "n": 1, "best_of": 1, "echo": False, "suffix": None,
+               "logit_bias": None, "presence_penalty": 0, "frequency_penalty": 0}
+MAX_BODY = 8 << 20  # bytes: a full-context prompt of token ids is well under this
+SOCKET_TIMEOUT = 30.0  # seconds a client may take to send its request
+
+
+def _number(body: dict, key: str, default, kind: type, minimum=None, maximum=None):
+    """body[key] as `kind` (an int for int; any finite number for float), within bounds."""
+    value = body.get(key, default)
+    if value is None:
+        return default
+    numeric = isinstance(value, int) if kind is int else isinstance(value, (int, float))
+    if (not numeric or isinstance(value, bool) or value != value or value in (float("inf"),
+                                                                              float("-inf"))
+            or (minimum is not None and value < minimum)
+            or (maximum is not None and value > maximum)):
+        bounds = (f" >= {minimum}" if minimum is not None else "") + (
+            f" and <= {maximum}" if maximum is not None else "")
+        what = "an integer" if kind is int else "a finite number"
+        raise RequestError(400, f"{key} must be {what}{bounds}, got {value!r}")
+    return kind(value)
 
 
 class Engine:
@@ -55,42 +80,47 @@ class Engine:
         if body.get("model", self.name) != self.name:
             raise RequestError(404, f"model {body.get('model')!r} is not served here; "
                                     f"GET /v1/models lists {self.name!r}")
+        for key, default in UNSUPPORTED.items():
+            if body.get(key, default) not in (default, None):
+                raise RequestError(400, f"{key}={body[key]!r} is not supported by this server "
+                                        f"(leave it out, or {default!r})")
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
             prompt = prompt[0]  # a batch of one
-        if isinstance(prompt, str):
+        if isinstance(prompt, str) and prompt:
             ids = self.encode(prompt)
-        elif isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+        elif isinstance(prompt, list) and prompt and all(type(t) is int for t in prompt):
             ids = prompt
         else:
             raise RequestError(400, "prompt must be a non-empty string or list of token ids "
                                     "(one prompt per request)")
         vocab = self.model.config.vocab_size
-        if any(not 0 <= t < vocab for t in ids):
-            raise RequestError(400, f"prompt has token ids outside the vocabulary (0..{vocab - 1})")
-        max_tokens = body.get("max_tokens", 16)
-        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 0:
-            raise RequestError(400, f"max_tokens must be a non-negative integer, got {max_tokens!r}")
+        if not ids or any(not 0 <= t < vocab for t in ids):
+            raise RequestError(400, f"prompt has token ids outside the vocabulary "
+                                    f"(0..{vocab - 1})" if ids else "prompt encodes to no tokens")
+        max_tokens = _number(body, "max_tokens", 16, int, minimum=0)
         if len(ids) + max_tokens > self.context:
             raise RequestError(400, f"prompt of {len(ids)} tokens + max_tokens {max_tokens} "
                                     f"exceed the model's context of {self.context} tokens")
-        sampling = {}
-        for key, kind, default in (("temperature", float, 1.0), ("top_p", float, 1.0),
-                                   ("top_k", int, 0), ("seed", int, None)):
-            value = body.get(key, default)
-            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
-                raise RequestError(400, f"{key} must be a number, got {value!r}")
-            sampling[key] = kind(value) if value is not None else None
-        if sampling["top_k"] < 0:
-            sampling["top_k"] = 0  # vLLM's -1: no top-k
-        stop = body.get("stop") or []
-        stop = [stop] if isinstance(stop, str) else stop
+        sampling = {"temperature": _number(body, "temperature", 1.0, float, minimum=0.0),
+                    "top_p": _number(body, "top_p", 1.0, float, minimum=0.0, maximum=1.0),
+                    "top_k": _number(body, "top_k", 0, int, minimum=-1),
+                    "seed": _number(body, "seed", None, int)}
+        if sampling["top_p"] == 0:
+            raise RequestError(400, "top_p must be in (0, 1], got 0")
+        sampling["top_k"] = max(sampling["top_k"], 0)  # vLLM's -1: no top-k
+        stop = body.get("stop")
+        stop = [] if stop is None else [stop] if isinstance(stop, str) else stop
+        if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
+            raise RequestError(400, f"stop must be a non-empty string or a list of them, got "
+                                    f"{body.get('stop')!r}")
         stop_ids = body.get("stop_token_ids") or []
-        if not all(isinstance(s, str) for s in stop) or not all(
-                isinstance(t, int) for t in stop_ids):
-            raise RequestError(400, "stop must be strings and stop_token_ids integers")
+        if not isinstance(stop_ids, list) or not all(type(t) is int for t in stop_ids):
+            raise RequestError(400, f"stop_token_ids must be a list of integers, got "
+                                    f"{body.get('stop_token_ids')!r}")
+        logprobs = _number(body, "logprobs", None, int, minimum=0)
         return {"ids": ids, "max_tokens": max_tokens, "sampling": sampling, "stop": stop,
-                "stop_ids": tuple(stop_ids), "logprobs": body.get("logprobs") is not None,
+                "stop_ids": tuple(stop_ids), "logprobs": logprobs is not None,
                 "as_ids": bool(body.get("return_tokens_as_token_ids"))}
 
     def _worker(self) -> None:
@@ -128,14 +158,21 @@ class Engine:
                 if g.stopped and cut == len(g.tokens):
                     finish, reason = "stop", tokens[-1]
             text = self.decode(tokens)
-            for s in job["stop"]:  # stop strings end the text (and the tokens) at their start
-                at = text.find(s)
-                if at >= 0:
-                    text, finish, reason = text[:at], "stop", s
-                    while tokens and len(self.decode(tokens)) > at:
-                        tokens.pop()
-                        logprobs.pop()
+            if job["stop"]:
+                tokens, logprobs, text, finish, reason = self._stop_at_strings(
+                    job["stop"], tokens, logprobs, text, finish, reason)
             job["future"].set_result(self._choice(job, tokens, logprobs, text, finish, reason))
+
+    def _stop_at_strings(self, stops, tokens, logprobs, text, finish, reason):
+        """vLLM's stop strings: the text ends where the first stop string begins; the tokens
+        (and usage) run to the one that completed it."""
+        found = [(at, s) for s in stops if (at := text.find(s)) >= 0]
+        if not found:
+            return tokens, logprobs, text, finish, reason
+        at, stop = min(found)
+        keep = next(k for k in range(1, len(tokens) + 1)
+                    if len(self.decode(tokens[:k])) >= at + len(stop))
+        return tokens[:keep], logprobs[:keep], text[:at], "stop", stop
 
     def _choice(self, job, tokens, logprobs, text, finish, reason) -> dict:
         choice = {"index": 0, "text": text, "finish_reason": finish, "stop_reason": reason,
@@ -151,9 +188,11 @@ class Engine:
                           "total_tokens": len(job["ids"]) + len(tokens)}}
 
 
-def make_server(engine: Engine, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
+def make_server(engine: Engine, host: str = "127.0.0.1", port: int = 8000,
+                socket_timeout: float = SOCKET_TIMEOUT) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        timeout = socket_timeout  # a client that stops sending is dropped, not waited for
 
         def log_message(self, *args) -> None:  # quiet: one line per request is noise here
             pass
@@ -181,7 +220,15 @@ def make_server(engine: Engine, host: str = "127.0.0.1", port: int = 8000) -> Th
                 self._error(404, f"no such endpoint: GET {self.path}")
 
         def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
+            if not 0 <= length <= MAX_BODY:
+                self.close_connection = True  # the body is not read: the connection is over
+                return self._error(413 if length > MAX_BODY else 400,
+                                   f"Content-Length must be 0..{MAX_BODY} bytes, got "
+                                   f"{self.headers.get('Content-Length')}")
             raw = self.rfile.read(length)
             if self.path != "/v1/completions":
                 return self._error(404, f"no such endpoint: POST {self.path}")
@@ -197,4 +244,12 @@ def make_server(engine: Engine, host: str = "127.0.0.1", port: int = 8000) -> Th
             except Exception as exc:  # noqa: BLE001 - the server keeps serving
                 self._error(500, f"generation failed: {type(exc).__name__}: {exc}")
 
-    return ThreadingHTTPServer((host, port), Handler)
+    return Server((host, port), Handler)
+
+
+class Server(ThreadingHTTPServer):
+    """One thread per connection, a listen backlog for bursts of clients (the default 5
+    reset connections when 40 arrived at once), threads that never block shutdown."""
+
+    request_queue_size = 1024
+    daemon_threads = True

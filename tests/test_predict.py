@@ -10,6 +10,7 @@ import pytest
 import torch
 import transformers
 
+from tests.test_serve import post
 from tracekit.model.backends import RuntimeBackend, TransformersBackend
 from tracekit.model.config import CwmConfig
 from tracekit.model.modeling import CwmForCausalLM
@@ -206,21 +207,6 @@ def server(models):
     httpd.shutdown()
 
 
-def _post(url, body, raw=None):
-    import json
-    import urllib.error
-    import urllib.request
-
-    data = raw if raw is not None else json.dumps(body).encode()
-    request = urllib.request.Request(url + "/v1/completions", data=data,
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
 def test_openai_backend_against_tracekit_serve_agrees_with_the_runtime(trace, models, server):
     from tracekit.model.backends import OpenAIBackend
 
@@ -247,7 +233,7 @@ def test_server_serves_concurrent_clients_and_rejects_bad_requests(models, serve
     prompts = [[128000, 100 + i, 200 + 2 * i, 300] for i in range(8)]
 
     def ask(prompt):
-        return _post(server, {"model": "tiny-cwm", "prompt": prompt, "max_tokens": 6,
+        return post(server, {"model": "tiny-cwm", "prompt": prompt, "max_tokens": 6,
                               "temperature": 0, "logprobs": 1,
                               "return_tokens_as_token_ids": True})
 
@@ -258,20 +244,20 @@ def test_server_serves_concurrent_clients_and_rejects_bad_requests(models, serve
         tokens = [int(t.split(":")[1]) for t in body["choices"][0]["logprobs"]["tokens"]]
         assert tokens == generate(ours, [prompt], 6)[0].tokens
     first = generate(ours, [prompts[0]], 6)[0].tokens[2]  # stop on the third token
-    status, body = _post(server, {"prompt": prompts[0], "max_tokens": 6, "temperature": 0,
+    status, body = post(server, {"prompt": prompts[0], "max_tokens": 6, "temperature": 0,
                                   "stop_token_ids": [first]})
     choice = body["choices"][0]
     assert (choice["finish_reason"], choice["stop_reason"]) == ("stop", first)
     assert body["usage"]["completion_tokens"] == 3
-    status, body = _post(server, None, raw=b"{not json")
+    status, body = post(server, None, raw=b"{not json")
     assert status == 400 and "not valid JSON" in body["error"]["message"]
-    status, body = _post(server, {"model": "gpt-4", "prompt": [1, 2]})
+    status, body = post(server, {"model": "gpt-4", "prompt": [1, 2]})
     assert status == 404 and "tiny-cwm" in body["error"]["message"]
-    status, body = _post(server, {"model": "tiny-cwm", "prompt": [1] * 2040, "max_tokens": 16})
+    status, body = post(server, {"model": "tiny-cwm", "prompt": [1] * 2040, "max_tokens": 16})
     assert status == 400 and "context of 2048" in body["error"]["message"]
-    status, body = _post(server, {"model": "tiny-cwm", "prompt": [1, 2], "max_tokens": -1})
+    status, body = post(server, {"model": "tiny-cwm", "prompt": [1, 2], "max_tokens": -1})
     assert status == 400 and "max_tokens" in body["error"]["message"]
-    status, body = _post(server, {"model": "tiny-cwm", "prompt": "def f():", "max_tokens": 3,
+    status, body = post(server, {"model": "tiny-cwm", "prompt": "def f():", "max_tokens": 3,
                                   "temperature": 0})
     assert status == 200 and body["usage"]["completion_tokens"] == 3  # still serving
     with urllib.request.urlopen(server + "/health", timeout=10) as response:

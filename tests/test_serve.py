@@ -1,0 +1,158 @@
+"""`tracekit serve` under load and abuse, serving the bundled model over loopback: many clients
+at once, bodies too big, clients that stop sending, and every malformed request a 400."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def served():
+    from tracekit.model.checkpoint import BUNDLED, load_checkpoint
+    from tracekit.model.serve import Engine, make_server
+    from tracekit.tokenizer import decode, encode, load_tokenizer
+
+    model = load_checkpoint(BUNDLED, dtype=torch.float32)
+    model.fast = True
+    tokenizer = load_tokenizer(BUNDLED)
+    engine = Engine(model, partial(encode, tokenizer), partial(decode, tokenizer), "bundled")
+    httpd = make_server(engine, port=0, socket_timeout=2.0)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", httpd.server_address[1], model
+    httpd.shutdown()
+
+
+def post(url: str, body: dict | None, raw: bytes | None = None) -> tuple[int, dict]:
+    data = raw if raw is not None else json.dumps(body).encode()
+    request = urllib.request.Request(url + "/v1/completions", data=data,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+PROMPTS = ["def f(x):\n    return x + 1\n", "items = [3, 1, 2]\n", "s = 'abc'.upper()\n",
+           "for i in range(3):\n    print(i)\n"]
+
+
+def test_64_clients_at_once_all_answered_as_alone(served):
+    """64 clients x 4 requests, released together: no connection refused or reset, and every
+    greedy answer equals the answer to the same request sent alone."""
+    url, _, _ = served
+    requests = [{"prompt": PROMPTS[(c + r) % 4] + f"# {c}\n", "max_tokens": 8,
+                 "temperature": 0} for c in range(64) for r in range(4)]
+    alone = {r["prompt"]: post(url, r)[1]["choices"][0]["text"] for r in requests[:4 * 64:4]}
+    start = threading.Barrier(64)
+
+    def client(c: int) -> list[tuple[str, int, str]]:
+        start.wait()
+        answers = []
+        for r in range(4):
+            request = requests[4 * c + r]
+            status, body = post(url, request)  # a reset or refusal raises here
+            answers.append((request["prompt"], status, body["choices"][0]["text"]))
+        return answers
+
+    with ThreadPoolExecutor(64) as pool:
+        answers = [a for batch in pool.map(client, range(64)) for a in batch]
+    assert len(answers) == 256 and all(status == 200 for _, status, _ in answers)
+    for prompt, _, text in answers:
+        if prompt in alone:
+            assert text == alone[prompt], prompt
+
+
+def test_a_huge_declared_body_gets_413_at_once_and_the_server_goes_on(served):
+    url, port, _ = served
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        client.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
+                       b"Content-Length: 999999999999\r\n\r\n{\"prompt\":")
+        reply = client.recv(4096).decode()
+    assert reply.startswith("HTTP/1.1 413") and "Content-Length must be" in reply
+    assert post(url, {"prompt": "x = 1\n", "max_tokens": 2})[0] == 200
+
+
+def test_slow_clients_do_not_stop_the_others_and_are_dropped(served):
+    """Ten clients that send half a request and go quiet: others are answered meanwhile, and
+    the quiet ones are disconnected after the socket timeout (2 s here, 30 s by default)."""
+    url, port, _ = served
+    slow = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(10)]
+    for client in slow:
+        client.sendall(b"POST /v1/completions HTTP/1.1\r\nContent-Length: 50\r\n\r\n{\"pro")
+    assert post(url, {"prompt": "y = 2\n", "max_tokens": 2, "temperature": 0})[0] == 200
+    time.sleep(3)  # past the 2 s timeout
+    for client in slow:
+        assert client.recv(4096) == b""  # closed by the server
+        client.close()
+
+
+BAD_REQUESTS = [
+    ({"prompt": "x", "temperature": float("nan")}, "temperature must be a finite number"),
+    ({"prompt": "x", "temperature": -1}, "temperature must be a finite number >= 0.0"),
+    ({"prompt": "x", "top_p": 5}, "top_p must be a finite number >= 0.0 and <= 1.0"),
+    ({"prompt": "x", "top_p": 0}, "top_p must be in (0, 1]"),
+    ({"prompt": "x", "top_k": -3}, "top_k must be an integer >= -1"),
+    ({"prompt": "x", "seed": 1.5}, "seed must be an integer"),
+    ({"prompt": "x", "max_tokens": True}, "max_tokens must be an integer"),
+    ({"prompt": ""}, "prompt must be a non-empty string"),
+    ({"prompt": [1, True, 3]}, "prompt must be a non-empty string or list of token ids"),
+    ({"prompt": [10 ** 9]}, "outside the vocabulary"),
+    ({"prompt": "x", "stop": 5}, "stop must be a non-empty string or a list of them"),
+    ({"prompt": "x", "stop": [""]}, "stop must be a non-empty string"),
+    ({"prompt": "x", "stop_token_ids": [True]}, "stop_token_ids must be a list of integers"),
+    ({"prompt": "x", "logprobs": -1}, "logprobs must be an integer >= 0"),
+    ({"prompt": "x", "stream": True}, "stream=True is not supported"),
+    ({"prompt": "x", "n": 3}, "n=3 is not supported"),
+    ({"prompt": "x", "echo": True}, "echo=True is not supported"),
+    ({"prompt": "x", "best_of": 2}, "best_of=2 is not supported"),
+    ({"prompt": "x", "presence_penalty": 0.5}, "presence_penalty=0.5 is not supported"),
+    ([1, 2], "the body must be a JSON object"),
+]
+
+
+@pytest.mark.parametrize("body, message", BAD_REQUESTS, ids=[m for _, m in BAD_REQUESTS])
+def test_each_bad_request_is_a_400_in_openai_shape(served, body, message):
+    url, _, _ = served
+    raw = json.dumps(body, allow_nan=True).encode()
+    status, reply = post(url, None, raw=raw)
+    assert status == 400, reply
+    assert message in reply["error"]["message"] and "\n" not in reply["error"]["message"]
+    assert reply["error"]["type"] == "invalid_request_error"
+
+
+def test_stop_strings_cut_the_text_and_count_the_tokens_as_vllm_does(served):
+    url, _, _ = served
+    from tracekit.model.checkpoint import BUNDLED
+    from tracekit.tokenizer import decode, load_tokenizer
+
+    tokenizer = load_tokenizer(BUNDLED)
+    request = {"prompt": PROMPTS[0], "max_tokens": 24, "temperature": 0, "logprobs": 0,
+               "return_tokens_as_token_ids": True}
+    full = post(url, request)[1]["choices"][0]
+    ids = [int(t.split(":")[1]) for t in full["logprobs"]["tokens"]]
+    assert len(ids) == 24
+    # a stop string made of two generated tokens, found first where they were generated
+    for k in range(2, 20):
+        start = len(decode(tokenizer, ids[:k]))
+        stop = decode(tokenizer, ids[:k + 2])[start:]
+        if stop.strip() and full["text"].find(stop) == start:
+            break
+    else:
+        pytest.fail(f"no usable stop string in {full['text']!r}")
+    status, body = post(url, {**request, "stop": ["never in the text", stop]})
+    choice = body["choices"][0]
+    assert status == 200 and choice["text"] == full["text"][:start]
+    assert (choice["finish_reason"], choice["stop_reason"]) == ("stop", stop)
+    assert body["usage"]["completion_tokens"] == k + 2  # up to the token that completed it
+    assert len(choice["logprobs"]["tokens"]) == k + 2
