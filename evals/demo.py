@@ -1,6 +1,6 @@
 """The demo's pipeline, in steps the command line shows one by one: trace the sample programs,
-make room for the demo's output, build a dataset of the programs and evaluate a predictor on it
-teacher-forced."""
+make room for the demo's output, predict one program beside its real trace, build a dataset of
+the programs and evaluate a predictor on it, teacher-forced and free-running."""
 
 from __future__ import annotations
 
@@ -31,11 +31,14 @@ def trace_programs(files: list[Path], tracing: TraceOptions) -> list[tuple[str, 
     return results
 
 
-def output_directories(output: Path) -> tuple[Path, Path]:
-    """OUTPUT/dataset and OUTPUT/eval, emptied when an earlier demo made them; refused when
-    something else is there."""
-    directories = (output / "dataset", output / "eval")
-    for directory, made_by_demo in zip(directories, ("manifest.json", "run.json")):
+DEMO_ROLLOUT_BUDGET = 4096  # tokens per free-running trace: a model that loops stops here
+
+
+def output_directories(output: Path) -> tuple[Path, Path, Path]:
+    """OUTPUT/dataset, OUTPUT/eval (teacher-forced) and OUTPUT/eval-rollout, emptied when an
+    earlier demo made them; refused when something else is there."""
+    directories = (output / "dataset", output / "eval", output / "eval-rollout")
+    for directory, made_by_demo in zip(directories, ("manifest.json", "run.json", "run.json")):
         if directory.exists():
             if not (directory / made_by_demo).exists():
                 raise DemoError(f"{directory} exists and is not a demo's output: choose another "
@@ -44,10 +47,13 @@ def output_directories(output: Path) -> tuple[Path, Path]:
     return directories
 
 
-def build_and_evaluate(programs: Path, dataset_dir: Path, eval_dir: Path, spec: str,
-                       tracing: TraceOptions) -> tuple[dict, dict, dict]:
-    """Build the programs' dataset, then evaluate `spec` on it teacher-forced: (build stats,
-    eval summary, eval run info). Raises EvalError or BackendError as `tracekit eval` does."""
-    stats = build(sources.python_files([programs]), dataset_dir, BuildOptions(tracing))
-    summary, info = evaluate(RunOptions(str(dataset_dir), "teacher-forced", spec), eval_dir)
-    return stats, summary, info
+def build_dataset(programs: Path, dataset_dir: Path, tracing: TraceOptions) -> dict:
+    """The programs' dataset (its build stats)."""
+    return build(sources.python_files([programs]), dataset_dir, BuildOptions(tracing))
+
+
+def evaluate_on(dataset_dir: Path, eval_dir: Path, spec: str, mode: str) -> tuple[dict, dict]:
+    """(eval summary, eval run info) of `spec` on the dataset in `mode`. Raises EvalError or
+    BackendError as `tracekit eval` does."""
+    return evaluate(RunOptions(str(dataset_dir), mode, spec,
+                               budget_tokens=DEMO_ROLLOUT_BUDGET), eval_dir)

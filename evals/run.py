@@ -93,8 +93,9 @@ def load_traces(options: RunOptions) -> tuple[list[tuple[str, Trace]], Counter]:
     return traces, skipped
 
 
-def start(out: Path, options: RunOptions, resume: bool) -> None:
-    """Claim OUT for this run (or check that a resumed run is the same one)."""
+def start(out: Path, options: RunOptions, resume: bool) -> dict | None:
+    """Check that OUT can take this run (or that a resumed run is the same one, naming what
+    differs). Returns what `claim` writes into it, or None when it already holds this run."""
     if out.exists() and not out.is_dir():
         raise EvalError(f"{out} is a file: choose a directory for the report")
     how_it_runs = ("device", "compile_decode", "draft_tokens")  # not what it predicts
@@ -105,14 +106,26 @@ def start(out: Path, options: RunOptions, resume: bool) -> None:
         if not resume:
             raise EvalError(f"{out} already holds an eval: pass --resume to finish it, or "
                             "choose another output directory")
-        if json.loads((out / RUN).read_text()) != described:
-            raise EvalError(f"{out} holds an eval with other options or another build of the "
-                            "dataset: resume with the same ones, or choose another directory")
-        return
+        before = json.loads((out / RUN).read_text())
+        differ = sorted(k for k in described.keys() | before.keys()
+                        if before.get(k) != described.get(k))
+        if differ:
+            said = ", ".join("another build of the dataset" if k == "dataset_fingerprint"
+                             else f"{k} {before.get(k)!r} there, {described.get(k)!r} now"
+                             for k in differ)
+            raise EvalError(f"{out} holds an eval with other options ({said}): resume with "
+                            "the same ones, or choose another directory")
+        return None
     if out.exists() and any(out.iterdir()):
         raise EvalError(f"{out} is not empty: choose a new output directory")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / RUN).write_text(json.dumps(described, indent=1), encoding="utf-8")
+    return described
+
+
+def claim(out: Path, described: dict | None) -> None:
+    """Write the run's description into OUT (once the predictor is known to load)."""
+    if described is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / RUN).write_text(json.dumps(described, indent=1), encoding="utf-8")
 
 
 def read_predictions(path: Path) -> tuple[dict[str, dict], int]:
@@ -283,16 +296,18 @@ def evaluate(options: RunOptions, out: Path, resume: bool = False, concurrency: 
 
     started = time.monotonic()
     traces, skipped = load_traces(options)
-    start(out, options, resume)
+    described = start(out, options, resume)
     unreadable, tokenizer = 0, None
     if options.predictions:
         source = Path(options.predictions)
         records, unreadable = read_predictions(source)
+        claim(out, described)
         if source.resolve() != (out / PREDICTIONS).resolve():
             shutil.copyfile(source, out / PREDICTIONS)  # the report keeps what it scored
         predictor = options.predictor_name
     else:
-        predict_one, backend, tokenizer = model_predictor(options)
+        predict_one, backend, tokenizer = model_predictor(options)  # before OUT is touched
+        claim(out, described)
         records = predict_all(traces, out, predict_one, options.mode, concurrency, progress)
         predictor = options.model if backend == options.model else f"{options.model} ({backend})"
     predicted = time.monotonic()

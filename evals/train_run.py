@@ -197,6 +197,22 @@ Reproduce: see `training_run.json` (the datasets and every option).
 """, encoding="utf-8")
 
 
+RUN_FILES = ("tokenizer.json", "README.md", "training_curve.png", "training_log.jsonl",
+             "training_run.json")
+
+
+def bundle(run: Path, destination: Path) -> None:
+    """A finished run's model as tracekit ships it: bfloat16 safetensors (half the bytes; the
+    CPU computes in float32), the tokenizer, the card, the curve, the log and the options."""
+    from tracekit.model.checkpoint import load_checkpoint, save_checkpoint
+
+    model = load_checkpoint(run).to(torch.bfloat16)
+    destination.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(model, destination)
+    for name in RUN_FILES:
+        shutil.copyfile(run / name, destination / name)
+
+
 def _curve(path: Path, log: list[dict]) -> None:
     import matplotlib
 

@@ -6,8 +6,9 @@ takes token-id prompts and stop token ids (`openai`: vLLM serving facebook/cwm, 
 cached session. Backends see token ids only; `sampling` is any object with `temperature`,
 `top_k`, `top_p` and `seed`.
 
-Model specs (`load_backend`): a checkpoint directory (our runtime), `transformers:DIR`, or
-`openai:URL` with a model name.
+Model specs (`load_backend`): a checkpoint directory (our runtime), `bundled` (tracekit's own
+small model, model/bundled/), `transformers:DIR` or `transformers:bundled`, or `openai:URL` with
+a model name.
 """
 
 from __future__ import annotations
@@ -226,6 +227,16 @@ class OpenAIBackend(Backend):
                                ) from None
 
 
+def _cpu_compute_dtype(directory: Path, device: str) -> torch.dtype | None:
+    """float32 for a bfloat16 checkpoint on the CPU (the bundled model is one): bf16 matrix
+    products ran ~25x slower than fp32 on the CPUs tracekit is tested on. None: the config's."""
+    from .config import CwmConfig
+
+    if torch.device(device).type == "cpu" and CwmConfig.from_file(directory).dtype == "bfloat16":
+        return torch.float32
+    return None
+
+
 def load_backend(spec: str, openai_model: str | None = None, device: str = "cpu",
                  dtype: torch.dtype | None = None, compile_decode: bool = False,
                  draft_tokens: int | None = None) -> Backend:
@@ -241,12 +252,13 @@ def load_backend(spec: str, openai_model: str | None = None, device: str = "cpu"
         if not openai_model:
             raise BackendError("openai:URL needs the served model's name (--openai-model NAME)")
         return OpenAIBackend(spec.removeprefix("openai:"), openai_model)
+    from .checkpoint import check_device, checkpoint_directory, load_checkpoint
+
     reference = spec.startswith("transformers:")
-    directory = Path(spec.removeprefix("transformers:"))
+    directory = checkpoint_directory(spec.removeprefix("transformers:"))
     if not (directory / "config.json").is_file():
         raise BackendError(f"{directory}: not a checkpoint directory (no config.json); pass a "
                            "directory with config.json and safetensors, or openai:URL")
-    from .checkpoint import check_device, load_checkpoint
 
     if reference:
         import transformers
@@ -259,7 +271,7 @@ def load_backend(spec: str, openai_model: str | None = None, device: str = "cpu"
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise BackendError(f"{directory}: transformers cannot load it: {reason}") from None
         return TransformersBackend(model)
-    model = load_checkpoint(directory, device, dtype)
+    model = load_checkpoint(directory, device, dtype or _cpu_compute_dtype(directory, device))
     model.fast = True
     model.compile_decode = compile_decode
     return RuntimeBackend(model, draft_tokens=DRAFT_TOKENS if draft_tokens is None

@@ -13,6 +13,7 @@ from .config import DTYPES, ConfigError, CwmConfig
 from .errors import BackendError
 from .modeling import CwmForCausalLM, rope_inverse_frequencies
 
+BUNDLED = Path(__file__).with_name("bundled")  # the small model shipped with tracekit
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 TORCH_DTYPES = {name: getattr(torch, name) for name in DTYPES}
@@ -21,6 +22,16 @@ TORCH_DTYPES = {name: getattr(torch, name) for name in DTYPES}
 class CheckpointError(BackendError):
     """A checkpoint cannot be loaded; the message names the tensor, file or device and the fix
     (a BackendError: the command line reports it as a model that cannot be loaded)."""
+
+
+def checkpoint_directory(spec: str) -> Path:
+    """The directory a checkpoint spec names: `bundled` is tracekit's own small model."""
+    if spec != "bundled":
+        return Path(spec)
+    if not (BUNDLED / "config.json").is_file():
+        raise CheckpointError(f"the bundled model is missing from {BUNDLED}: run `make model` "
+                              "(or pass --model DIR)")
+    return BUNDLED
 
 
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu",

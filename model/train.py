@@ -246,7 +246,7 @@ def _save_state(out: Path, model, optimizer, step: int, log: list[dict],
 SIZES = {
     "tiny": dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=64),
-    "small": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=6,
+    "small": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4,
                   num_attention_heads=4, num_key_value_heads=2, head_dim=64, sliding_window=256),
     "base": dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=10,
                  num_attention_heads=6, num_key_value_heads=2, head_dim=64, sliding_window=512),

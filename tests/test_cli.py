@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -104,28 +105,33 @@ def test_python_option_runs_the_chosen_interpreter():
 def test_missing_bubblewrap_is_said_once(tmp_path):
     """With no bwrap on PATH the demo still runs, under rlimits, and says so exactly once."""
     env = {**os.environ, "PATH": str(tmp_path)}  # an empty PATH: no bwrap to find
-    result = subprocess.run([sys.executable, "-m", "tracekit.cli", "demo", "-o",
-                             str(tmp_path / "demo")], capture_output=True, text=True, cwd=ROOT,
-                            env=env)
+    result = subprocess.run([sys.executable, "-m", "tracekit.cli", "demo", "--model", "copy",
+                             "-o", str(tmp_path / "demo")], capture_output=True, text=True,
+                            cwd=ROOT, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("network and filesystem isolation are OFF") == 1
     assert "sandbox rlimits)" in result.stdout
 
 
-def test_demo_traces_every_sample_program_then_builds_and_evaluates(tmp_path):
+def test_demo_predicts_with_the_bundled_model_then_builds_and_evaluates(tmp_path):
     result = run("demo", "-o", str(tmp_path / "demo"))
-    assert result.exit_code == 0
+    assert result.exit_code == 0, result.output
     names = sorted(p.stem for p in (ROOT / "data" / "programs").glob("*.py"))
     assert len(names) >= 12
     for name in names:
         assert name in result.output
     assert f"{len(names)} programs traced, {len(names)} complete" in result.output
+    assert "bubble_sort: each frame predicted from the real frames before it" in result.output
+    assert re.search(r"\d+/\d+ frames exactly right", result.output)
     assert f"dataset: {len(names)} rows" in result.output
-    assert "the copy baseline" in result.output and "state exact match" in result.output
-    assert (tmp_path / "demo" / "eval" / "report.html").exists()
-    assert f"report: {tmp_path / 'demo' / 'eval' / 'report.html'}" in result.output
-    again = run("demo", "-o", str(tmp_path / "demo"))  # its own output is replaced
-    assert again.exit_code == 0 and "report:" in again.output
+    for mode, directory in (("teacher-forced", "eval"), ("rollout", "eval-rollout")):
+        assert f"evaluated the bundled model, {mode}:" in result.output
+        assert f"bundled (runtime) · {mode} · {len(names)} traces" in result.output
+        report = tmp_path / "demo" / directory / "report.html"
+        assert report.exists() and f"report: {report}" in result.output
+    assert "state exact match" in result.output
+    again = run("demo", "--model", "copy", "-o", str(tmp_path / "demo"))  # replaced
+    assert again.exit_code == 0 and "the copy baseline" in again.output
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "dataset").mkdir()
     assert run("demo", "-o", str(tmp_path / "mine")).exit_code == 2  # not the demo's: kept

@@ -301,8 +301,12 @@ def test_oracle_and_copy_runs_write_every_report_file(dataset, tmp_path):
                 str(tmp_path / "oracle")])  # nothing left to predict: scored again
     assert json.loads((tmp_path / "oracle" / "metrics.json").read_text())["metrics"] == \
         oracle["metrics"] and "report:" in same.output
-    neither = run(["eval", str(dataset), "-o", str(tmp_path / "x")], 2)
-    assert "exactly one of --model and --predictions" in neither.output
+    both = run(["eval", str(dataset), "--model", "copy", "--predictions",
+                str(tmp_path / "oracle" / "predictions.jsonl"), "-o", str(tmp_path / "x")], 2)
+    assert "one of --model and --predictions, not both" in both.output
+    neither = run(["eval", str(dataset), "--mode", "teacher-forced", "--limit", "1", "-o",
+                   str(tmp_path / "default")])  # the bundled model
+    assert "bundled (runtime) · teacher-forced · 1 traces" in neither.output
     (tmp_path / "a-file").write_text("")
     into_file = run(["eval", str(dataset), "--model", "oracle", "-o", str(tmp_path / "a-file")],
                     8)

@@ -69,7 +69,7 @@ def test_entry_marker_spacing_and_entry_on_a_marked_file():
     """One space before `# << START_OF_TRACE` (harnesses in the wild) marks the entry as two
     do; only CWM's exact two-space form is stripped from actions, so the one-space marker stays
     in the call frame's action (as CWM's generations for such harnesses show). `--entry` naming
-    the marked function gives the same trace; naming another is refused."""
+    the marked function gives the same trace; naming another moves the marker there."""
     from tracekit.sandbox import run_trace
 
     golden = (PROGRAMS / "harness_one_space.py").read_text()
@@ -81,5 +81,7 @@ def test_entry_marker_spacing_and_entry_on_a_marked_file():
     two_spaces = run_trace(golden.replace("): # <<", "):  # <<"), call="main()", entry="main")
     assert two_spaces.status == "ok"
     assert two_spaces.frames[0].source == "def main():\n"  # CWM's form is stripped
-    other = run_trace(golden, call="main()", entry="f")
-    assert other.status == "no_entry" and "marks another function" in other.error
+    other = run_trace(golden, call="f('ab')", entry="f")
+    assert other.status == "ok" and other.context.count("START_OF_TRACE") == 1
+    assert "def main():\n" in other.context and other.frames[0].event == "call"
+    assert other.frames[0].source.startswith("def f(")

@@ -417,17 +417,13 @@ def _distribution(values: list[int]) -> dict:
 def _card(stats: dict) -> str:
     statuses = "\n".join(f"| {s} | {n} |" for s, n in sorted(stats["statuses"].items()))
     frames, tokens = stats["frames"], stats["tokens"]
+    files = "".join(f'  - split: {split}\n    path: "{split}-*.parquet"\n'
+                    for split in SPLITS if stats["splits"].get(split))  # only splits with rows
     return f"""---
 configs:
 - config_name: default
   data_files:
-  - split: train
-    path: "train-*.parquet"
-  - split: validation
-    path: "validation-*.parquet"
-  - split: test
-    path: "test-*.parquet"
----
+{files}---
 # CWM execution traces (built with tracekit)
 
 {stats['rows']} rows from {stats['programs']} programs; one row per program, with the trace

@@ -34,7 +34,8 @@ def find_python(spec: str | None = None) -> Interpreter:
     else:
         path = shutil.which(spec) or spec
         if not os.path.exists(path):
-            raise SandboxUnavailable(f"python {spec!r} not found: give a version like 3.10 or a path")
+            raise SandboxUnavailable(f"python {spec!r} not found: give a version like 3.10 or "
+                                     "a path")
     return _describe(os.path.abspath(path))
 
 

@@ -11,7 +11,6 @@ frame with an `error`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from tracekit.cwm import (
     END_OF_TEXT,
@@ -21,9 +20,12 @@ from tracekit.cwm import (
     parse_segments,
 )
 from tracekit.model.backends import Backend, load_backend
+from tracekit.model.checkpoint import checkpoint_directory
+from tracekit.model.errors import BackendError
 from tracekit.prompts import trace_prompt_ids
 from tracekit.tokenizer import (
     Tokenizer,
+    TokenizerError,
     cwm_tokenizer,
     encode_segments,
     id_segments,
@@ -218,6 +220,14 @@ def load_predictor(spec: str, openai_model: str | None = None, device: str = "cp
     CLI, the eval and the server all come here. Raises BackendError in one line."""
     backend = load_backend(spec, openai_model, device, compile_decode=compile_decode,
                            draft_tokens=draft_tokens)
-    directory = Path(spec.removeprefix("transformers:"))
-    tokenizer = load_tokenizer(directory if directory.is_dir() else None)
+    directory = checkpoint_directory(spec.removeprefix("transformers:"))
+    try:
+        tokenizer = load_tokenizer(directory if directory.is_dir() else None)
+    except TokenizerError as exc:
+        raise BackendError(str(exc)) from None
+    vocab = getattr(getattr(backend, "model", None), "config", None)
+    if vocab is not None and tokenizer.vocab_size > vocab.vocab_size:
+        raise BackendError(f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens but "
+                           f"the model only {vocab.vocab_size}: they are not from one "
+                           "checkpoint")
     return TracePredictor(backend, tokenizer, max_frame_tokens)

@@ -14,16 +14,29 @@ _EVENT_STYLE = {"call": "bold green", "line": "cyan", "return": "bold magenta",
                 "exception": "bold red"}
 
 
+PRETTY_HEAD, PRETTY_TAIL = 400, 100  # frames shown of a longer trace: its start and its end
+
+
 def trace_table(trace: Trace, max_value_chars: int = 80) -> Table:
     """One row per frame: step, event, line, source (indented by call depth), state or value.
-    Unchanged values (`".."`) are shown as dim names; changed ones as `name = value`."""
+    Unchanged values (`".."`) are shown as dim names; changed ones as `name = value`. Past
+    PRETTY_HEAD + PRETTY_TAIL frames, the middle is one row saying how many are not shown."""
     table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
     table.add_column("#", justify="right", style="dim")
     table.add_column("event")
     table.add_column("line", justify="right", style="dim")
     table.add_column("source", overflow="fold", ratio=2)
     table.add_column("state / value", overflow="fold", ratio=3)
-    for step, frame in enumerate(trace.frames):
+    frames = trace.frames
+    hidden = len(frames) - PRETTY_HEAD - PRETTY_TAIL
+    steps = range(len(frames)) if hidden <= 0 else [
+        *range(PRETTY_HEAD), -1, *range(len(frames) - PRETTY_TAIL, len(frames))]
+    for step in steps:
+        if step < 0:
+            table.add_row("", "", "", Text(f"… {hidden:,} frames not shown (--format cwm or "
+                                           "json prints every frame)", style="yellow"), "")
+            continue
+        frame = frames[step]
         source = Text("  " * frame.depth + frame.source.rstrip("\n").strip(), style="white")
         if frame.locals is not None:
             shown = Text()
@@ -74,7 +87,11 @@ def summary_table(rows: list[tuple[str, Trace, float]]) -> Table:
 
 
 def print_trace(trace: Trace, console: Console | None = None) -> None:
+    """The trace as a titled table and a summary line (the summary alone when nothing ran)."""
     console = console or Console()
+    if not trace.frames:
+        console.print(summary_line(trace))
+        return
     title = Text(f"{trace.entry}  <-  {trace.call}", style="bold")
     console.print(Group(title, trace_table(trace), summary_line(trace)))
 

@@ -103,7 +103,8 @@ def child_command(interp: Interpreter, parent: str) -> list[str]:
 
 def _resolve_mode(sandbox: str) -> str:
     if sandbox not in SANDBOX_MODES:
-        raise SandboxUnavailable(f"unknown sandbox {sandbox!r}: use one of {', '.join(SANDBOX_MODES)}")
+        raise SandboxUnavailable(f"unknown sandbox {sandbox!r}: use one of "
+                                 f"{', '.join(SANDBOX_MODES)}")
     if sandbox == "none":
         return "rlimits"
     problem = bwrap_problem()

@@ -22,7 +22,7 @@ from __future__ import annotations
 import ast
 import builtins
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +30,9 @@ from tracekit.tracer.constants import MARKER
 from tracekit.tracer.context import call_from_comment, marker_line
 
 # CRUXEval as shipped in the repository (MIT; data/cruxeval/README.md)
-CRUXEVAL = Path(__file__).resolve().parent.parent / "data" / "cruxeval" / "cruxeval.jsonl"
+DATA = Path(__file__).resolve().parent.parent / "data"  # the checkout's (pip install -e .)
+CRUXEVAL = DATA / "cruxeval" / "cruxeval.jsonl"
+SAMPLE_PROGRAMS = DATA / "programs"  # the demo's
 
 
 @dataclass(frozen=True)
@@ -84,19 +86,41 @@ def _rows(path: str | Path) -> Iterator[tuple[int, dict]]:
         yield number, row
 
 
-def jsonl(path: str | Path) -> Iterator[Program]:
+def jsonl(path: str | Path, on_bad_row: Callable[[str], None] | None = None
+          ) -> Iterator[Program]:
+    """Programs from rows {"code", optional "entry", "call" (an expression) or "args" (a
+    string of arguments, or a JSON list of them), "id", "output"}. A bad row raises
+    SourceError naming file:line, or with `on_bad_row` is passed to it and skipped."""
     for number, row in _rows(path):
-        code = row.get("code")
-        if not isinstance(code, str):
-            raise SourceError(f"{path}:{number}: no 'code' string")
-        entry = row.get("entry")
-        call = row.get("call")
-        if call is None and entry is not None:
-            call = f"{entry}({row.get('args', '')})"
-        if entry is None and marker_line(code) is None and call:
-            entry = _called_name(call)  # no marker: the entry is the function called
-        yield Program(str(row.get("id", f"{Path(path).stem}-{number}")), code, call, entry,
-                      f"{path}:{number}", row.get("output"))
+        try:
+            yield _jsonl_program(path, number, row)
+        except SourceError as exc:
+            if on_bad_row is None:
+                raise
+            on_bad_row(str(exc))
+
+
+def _jsonl_program(path, number: int, row: dict) -> Program:
+    where = f"{path}:{number}"
+    code, entry, call, args = (row.get(k) for k in ("code", "entry", "call", "args"))
+    if not isinstance(code, str):
+        raise SourceError(f"{where}: no 'code' string")
+    for key, value in (("entry", entry), ("call", call)):
+        if value is not None and not isinstance(value, str):
+            raise SourceError(f"{where}: '{key}' must be a string, got {json.dumps(value)}")
+    if args is not None and (call is not None or entry is None):
+        raise SourceError(f"{where}: 'args' goes with 'entry' and no 'call'")
+    if isinstance(args, list):  # JSON values as Python literals: [1, "a"] -> f(1, 'a')
+        args = ", ".join(repr(a) for a in args)
+    elif args is not None and not isinstance(args, str):
+        raise SourceError(f"{where}: 'args' must be a string like \"1, 'a'\" or a JSON list, "
+                          f"got {json.dumps(args)}")
+    if call is None and entry is not None:
+        call = f"{entry}({args or ''})"
+    if entry is None and marker_line(code) is None and call:
+        entry = _called_name(call)  # no marker: the entry is the function called
+    return Program(str(row.get("id", f"{Path(path).stem}-{number}")), code, call, entry, where,
+                   row.get("output"))
 
 
 def _called_name(call: str) -> str | None:
@@ -164,10 +188,11 @@ def synthetic(count: int, seed: int = 0, size: int = 4,
 
 
 def from_specs(specs: list[str] | tuple[str, ...], call: str | None = None,
-               size: int = 4) -> Iterator[Program]:
+               size: int = 4, on_bad_row: Callable[[str], None] | None = None
+               ) -> Iterator[Program]:
     """Programs from command-line source specs: FILE.py or DIR (`call` for their entries),
-    FILE.jsonl (CRUXEval rows recognised by their fields), `cruxeval`, `humaneval`,
-    `synthetic:COUNT[:SEED]` (programs of `size`)."""
+    FILE.jsonl (CRUXEval rows recognised by their fields; bad rows as `jsonl` says),
+    `cruxeval`, `humaneval`, `synthetic:COUNT[:SEED]` (programs of `size`)."""
     for spec in specs:
         if spec == "humaneval":
             yield from humaneval()
@@ -175,21 +200,26 @@ def from_specs(specs: list[str] | tuple[str, ...], call: str | None = None,
             yield from cruxeval()
         elif spec.startswith("synthetic:"):
             parts = spec.split(":")[1:]
+            usage = f"{spec}: write synthetic:COUNT or synthetic:COUNT:SEED (COUNT >= 1)"
             try:
                 count, seed = int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
             except (ValueError, IndexError):
-                raise SourceError(f"{spec}: write synthetic:COUNT or synthetic:COUNT:SEED"
-                                  ) from None
+                raise SourceError(usage) from None
+            if count < 1 or len(parts) > 2:
+                raise SourceError(usage)
             yield from synthetic(count, seed, size)
         elif spec.endswith(".jsonl"):
             path = Path(spec)
             try:
                 first = next((line for line in path.open(encoding="utf-8") if line.strip()),
                              "{}")
-                row = json.loads(first)
             except (OSError, ValueError) as exc:
                 raise SourceError(f"{spec}: cannot read it ({exc})") from None
+            try:
+                row = json.loads(first)
+            except ValueError:
+                row = None  # not JSON: `jsonl` names the line
             crux = isinstance(row, dict) and {"code", "input"} <= set(row) and "call" not in row
-            yield from (cruxeval(path) if crux else jsonl(path))
+            yield from (cruxeval(path) if crux else jsonl(path, on_bad_row))
         else:
             yield from python_files([spec], call)

@@ -130,11 +130,22 @@ class HFTokenizer:
         return self.backend.decode(ids, skip_special_tokens=False)
 
 
+class TokenizerError(Exception):
+    """A checkpoint's tokenizer.json cannot be loaded; the message names the file."""
+
+
 def load_tokenizer(checkpoint: str | Path | None = None) -> Tokenizer:
-    """The checkpoint's own `tokenizer.json` when it has one, else CWM's (Llama 3 BPE)."""
-    if checkpoint is not None and (Path(checkpoint) / "tokenizer.json").exists():
-        return HFTokenizer(Path(checkpoint) / "tokenizer.json")
-    return cwm_tokenizer()
+    """The checkpoint's own `tokenizer.json` when it has one, else CWM's (Llama 3 BPE).
+    Raises TokenizerError for a file that is not a tokenizer."""
+    path = Path(checkpoint or ".") / "tokenizer.json"
+    if checkpoint is None or not path.exists():
+        return cwm_tokenizer()
+    try:
+        return HFTokenizer(path)
+    except Exception as exc:  # noqa: BLE001 - the tokenizers library raises bare Exceptions
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise TokenizerError(f"{path}: cannot load it ({reason}): restore the checkpoint's "
+                             "tokenizer") from None
 
 
 @functools.lru_cache(maxsize=1)

@@ -47,8 +47,9 @@ EXIT_MEANINGS = {
     6: "sandbox or interpreter unavailable",
     7: "the model could not be loaded or reached",
     8: "the sources, the dataset, a predictions file or an output path is unusable",
+    9: "tracekit itself failed (a bug: rerun with --debug and report the traceback)",
 }
-EXIT_MODEL, EXIT_DATA = 7, 8
+EXIT_MODEL, EXIT_DATA, EXIT_BUG = 7, 8, 9
 
 
 @dataclass(slots=True)
@@ -68,7 +69,8 @@ class Frame:
 
 @dataclass
 class Trace:
-    """A traced program: the context (with marker), what was called, the frames, and how it ended."""
+    """A traced program: the context (with marker), what was called, the frames, how it
+    ended."""
 
     context: str
     entry: str | None

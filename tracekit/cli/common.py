@@ -3,15 +3,17 @@ exit-code help, the tracing options and running one program."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import tokenize
 from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.text import Text
 
 from tracekit.sandbox import SANDBOX_MODES, Limits, TraceOptions, run_trace
-from tracekit.trace import EXIT_CODES, EXIT_MEANINGS, Trace
+from tracekit.trace import EXIT_BUG, EXIT_CODES, EXIT_MEANINGS, Trace
 from tracekit.tracer.constants import DEFAULT_MAX_FRAMES, DEFAULT_REPR_TIMEOUT
 from tracekit.tracer.context import call_from_comment
 
@@ -27,12 +29,26 @@ class Failure(click.ClickException):
         self.label, self.exit_code = label, code
 
     def show(self, file=None) -> None:
-        stderr.print(f"[red]{self.label}:[/] {self.message}", highlight=False, soft_wrap=True)
+        print_error(self.label, self.message)
+
+
+def print_error(label: str, message: str, style: str = "red") -> None:
+    """`label: message` on stderr, the message as plain text (never read as markup or emoji:
+    it quotes user input)."""
+    stderr.print(Text.assemble((f"{label}:", style), " ", message), highlight=False,
+                 soft_wrap=True)
 
 
 def exit_help(*codes: int) -> str:
-    """The epilog naming what each of `codes` means."""
+    """The epilog naming what each of `codes` means (and 9, which any command can end in)."""
+    codes = (*codes, EXIT_BUG) if EXIT_BUG not in codes else codes
     return "Exit codes: " + "; ".join(f"{code} {EXIT_MEANINGS[code]}" for code in codes) + "."
+
+
+def exit_codes(help_text: str) -> list[int]:
+    """The exit codes a command's help lists (what `exit_help` wrote)."""
+    listed = help_text.replace("\n", " ").split("Exit codes: ", 1)[-1]
+    return [int(part.split()[0]) for part in listed.split("; ") if part.split()[0].isdigit()]
 
 
 TRACE_EXITS = exit_help(0, 1, 2, 3, 4, 5, 6, 8)
@@ -85,6 +101,20 @@ def read_program(path: Path) -> str:
             return file.read()
     except (OSError, SyntaxError, UnicodeDecodeError) as exc:
         raise Failure("error", f"{path}: cannot read it as Python source ({exc})", 8) from None
+
+
+def write_output(path: Path, text: str) -> None:
+    """Write a command's text output to `path`, whole or not at all (a temporary file renamed
+    into place); an unwritable path is a Failure naming it (exit 8)."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        temporary.replace(path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        raise Failure("error", f"cannot write {path} ({exc.strerror or exc}): choose another "
+                               "-o", 8) from None
 
 
 def run_program(source: str, filename: str, call: str | None, entry: str | None,

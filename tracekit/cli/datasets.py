@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from tracekit.cli.common import Failure, exit_help, stderr, tracing_options
+from tracekit.cli.common import Failure, exit_help, print_error, stderr, tracing_options
 from tracekit.pretty import print_trace
 from tracekit.trace import EXIT_DATA
 
@@ -31,6 +31,8 @@ def dataset() -> None:
 @click.option("--max-tokens", type=click.IntRange(min=1), help="Drop rows longer in CWM tokens.")
 @click.option("--drop-failed", is_flag=True, help="Keep complete traces only (ok, raised, "
               "exited); by default every program gets a row with its status.")
+@click.option("--skip-bad-rows", is_flag=True, help="A .jsonl row that names no program "
+              "properly is reported (file:line) and skipped; by default it stops the build.")
 @click.option("--no-dedup", is_flag=True, help="Keep exact duplicates (context + call).")
 @click.option("--check-determinism", is_flag=True, help="Trace every program twice and keep "
               "only traces that came out the same.")
@@ -45,15 +47,15 @@ def dataset() -> None:
 @click.option("--address", metavar="HOST:PORT", help="With --engine ray: the cluster to join "
               "(default: start a local one). Its nodes need tracekit installed.")
 @tracing_options
-def build(specs, out, resume, workers, call, max_tokens, drop_failed, no_dedup,
+def build(specs, out, resume, workers, call, max_tokens, drop_failed, skip_bad_rows, no_dedup,
           check_determinism, split, shard_size, synthetic_size, engine, address,
           tracing) -> None:
     """Trace every program of SOURCE... in the sandbox into a Parquet dataset.
 
     \b
     SOURCE: a .py file or a directory of them, a .jsonl file (rows with code and call, or
-    CRUXEval rows), cruxeval (the 800 rows shipped in data/cruxeval/), humaneval, or
-    synthetic:COUNT[:SEED].
+    code, entry and args; or CRUXEval rows), cruxeval (the 800 rows shipped in
+    data/cruxeval/), humaneval, or synthetic:COUNT[:SEED].
 
     \b
     tracekit dataset build data/programs -o traces/
@@ -81,7 +83,12 @@ def build(specs, out, resume, workers, call, max_tokens, drop_failed, no_dedup,
                                     dedup=not no_dedup, split=weights, shard_size=shard_size,
                                     check_determinism=check_determinism)
     try:
-        programs = list(sources.from_specs(specs, call, synthetic_size))
+        skipped = (lambda message: print_error("skipped", message, "yellow")
+                   ) if skip_bad_rows else None
+        programs = list(sources.from_specs(specs, call, synthetic_size, skipped))
+        if not programs:
+            raise sources.SourceError(f"nothing to trace in {' '.join(specs)}: give programs "
+                                      "(FILE.py, DIR, FILE.jsonl, cruxeval, synthetic:N)")
         with Progress(TextColumn("tracing"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("{task.fields[rate]} programs/s  {task.fields[statuses]}"),
                       TimeRemainingColumn(), console=stderr, transient=False) as bar:
@@ -97,8 +104,15 @@ def build(specs, out, resume, workers, call, max_tokens, drop_failed, no_dedup,
                                    address)
     except (sources.SourceError, datasets.BuildError) as exc:
         raise Failure("dataset", str(exc), EXIT_DATA) from None
+    dropped = stats.get("filtered") or {}
     click.echo(f"{stats['rows']} rows from {stats['programs']} programs in {out} "
-               f"({', '.join(f'{s} {n}' for s, n in sorted(stats['statuses'].items()))})")
+               f"({', '.join(f'{s} {n}' for s, n in sorted(stats['statuses'].items()))})"
+               + (f"; dropped: {', '.join(f'{n} {DROPPED[why]}' for why, n in dropped.items())}"
+                  if dropped else ""))
+
+
+DROPPED = {"failed": "failed (--drop-failed)", "max_tokens": "longer than --max-tokens",
+           "nondeterministic": "not repeatable (--check-determinism)"}
 
 
 @dataset.command("stats", epilog=exit_help(0, 2, 8))

@@ -9,34 +9,40 @@ from rich.console import Console
 
 from tracekit.cli.common import Failure, exit_help, tracing_options
 from tracekit.cli.evaluation import print_eval
-from tracekit.pretty import print_trace, summary_table
+from tracekit.pretty import print_comparison, print_trace, summary_table
+from tracekit.sources import SAMPLE_PROGRAMS
 from tracekit.trace import EXIT_DATA, EXIT_MODEL
 
 
 @click.command(epilog=exit_help(0, 2, 7, 8))
 @click.option("--programs", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              default=Path("data/programs"), show_default=True,
+              default=SAMPLE_PROGRAMS, show_default="data/programs of the checkout",
               help="Directory of sample programs (each marked, with a '# tracekit-call:' line).")
 @click.option("--show", metavar="NAME", default="bubble_sort",
               help="Which program's trace to print in full.")
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path),
               default=Path("demo-output"), show_default=True,
               help="Where the demo writes its dataset/ and eval/ (replaced on each run).")
-@click.option("--model", "spec", default="copy", show_default=True, metavar="SPEC",
-              help="The predictor to evaluate: a baseline (copy, oracle) or a model spec as "
-                   "for `tracekit eval`.")
+@click.option("--model", "spec", default="bundled", show_default=True, metavar="SPEC",
+              help="The predictor: bundled (tracekit's own small model), a baseline (copy, "
+                   "oracle) or a model spec as for `tracekit eval`.")
 @tracing_options
 def demo(programs: Path, show, output: Path, spec, tracing) -> None:
-    """Trace every sample program and print one trace in full and a line per program; then
-    build a dataset of them, evaluate a predictor on it, and print where the report is."""
+    """Trace every sample program; predict one with a model, real beside predicted frames;
+    build a dataset of them, evaluate the model on it teacher-forced and free-running, and
+    print what it measured and where the reports are."""
+    from tracekit.evals.baselines import BASELINES
+    from tracekit.evals.compare import judge_predicted_frames
     from tracekit.evals.demo import (
         DemoError,
-        build_and_evaluate,
+        build_dataset,
+        evaluate_on,
         output_directories,
         trace_programs,
     )
     from tracekit.evals.run import EvalError
     from tracekit.model.errors import BackendError
+    from tracekit.predict import load_predictor
 
     console = Console()
     files = sorted(programs.glob("*.py"))
@@ -44,9 +50,6 @@ def demo(programs: Path, show, output: Path, spec, tracing) -> None:
         raise click.UsageError(f"no .py files in {programs}")
     with console.status("tracing…"):
         results = trace_programs(files, tracing)
-    shown = next((r for name, r, _ in results if name == show), results[0][1])
-    print_trace(shown, console)
-    console.print()
     console.print(summary_table(results))
     bad = [name for name, r, _ in results if not r.complete]
     first = results[0][1]
@@ -54,19 +57,31 @@ def demo(programs: Path, show, output: Path, spec, tracing) -> None:
                   + (f"; incomplete: {', '.join(bad)}" if bad else "")
                   + f" (python {first.python}, sandbox {first.sandbox})")
     try:
-        dataset_dir, eval_dir = output_directories(output)
+        dataset_dir, *eval_dirs = output_directories(output)
     except DemoError as exc:
         raise click.UsageError(str(exc)) from None
+    name, shown = next(((n, r) for n, r, _ in results if n == show), results[0][:2])
     predictor = ("the copy baseline (repeat the state, next line in file order)"
-                 if spec == "copy" else spec)
+                 if spec == "copy" else f"the {spec} model" if spec == "bundled" else spec)
     try:
-        with console.status(f"building a dataset, evaluating {predictor} teacher-forced…"):
-            stats, summary, info = build_and_evaluate(programs, dataset_dir, eval_dir, spec,
-                                                      tracing)
+        if spec in BASELINES:
+            console.print()
+            print_trace(shown, console)
+        else:
+            with console.status(f"predicting {name} with {predictor}, teacher-forced…"):
+                steps = load_predictor(spec).teacher_forced(shown.context, shown.frames)
+            matches = judge_predicted_frames(shown.frames, [s.text for s in steps], 0, False)
+            print_comparison(shown.frames, steps, matches, 0, f"{name}: each frame predicted "
+                             "from the real frames before it", console)
+        with console.status("building a dataset…"):
+            stats = build_dataset(programs, dataset_dir, tracing)
+        console.print(f"\ndataset: {stats['rows']} rows in {dataset_dir}", highlight=False)
+        for mode, eval_dir in zip(("teacher-forced", "rollout"), eval_dirs):
+            with console.status(f"evaluating {predictor}, {mode}…"):
+                summary, info = evaluate_on(dataset_dir, eval_dir, spec, mode)
+            console.print(f"\nevaluated {predictor}, {mode}:", highlight=False)
+            print_eval(summary, info, eval_dir, console)
     except EvalError as exc:
         raise Failure("eval", str(exc), EXIT_DATA) from None
     except BackendError as exc:
         raise Failure("model", str(exc), EXIT_MODEL) from None
-    console.print(f"\ndataset: {stats['rows']} rows in {dataset_dir}", highlight=False)
-    console.print(f"evaluated {predictor}, teacher-forced:", highlight=False)
-    print_eval(summary, info, eval_dir, console)

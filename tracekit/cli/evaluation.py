@@ -37,9 +37,10 @@ EVAL_EXIT = (exit_help(0, 2, 7, 8) + " After 7 the predictions made so far are k
 
 @eval_group.command("run", epilog=EVAL_EXIT)
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--model", "spec", metavar="SPEC", help="A checkpoint directory, "
-              "transformers:DIR, openai:URL (with --openai-model), or a baseline: oracle (the "
-              "real trace) or copy (repeat the state, next line in file order).")
+@click.option("--model", "spec", metavar="SPEC", help="bundled (tracekit's own small model, "
+              "the default without --predictions), a checkpoint directory, transformers:DIR, "
+              "openai:URL (with --openai-model), or a baseline: oracle (the real trace) or "
+              "copy (repeat the state, next line in file order).")
 @click.option("--predictions", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Score a JSONL of predictions made elsewhere instead: one {\"id\", "
                    "\"text\"} per trace (rollout/output), or {\"id\", \"texts\": [one per "
@@ -80,6 +81,7 @@ def eval_run(dataset: Path, spec, predictions, mode, out: Path, resume, split, l
     the predictions against the real traces, and write the report into OUT.
 
     \b
+    tracekit eval traces/ -o eval-bundled/              (the bundled model, rollout)
     tracekit eval traces/ --model copy -o eval-copy/
     tracekit eval traces/ --model ./checkpoint --mode teacher-forced -o eval-tf/
     tracekit eval traces/ --model openai:http://localhost:8000 --openai-model cwm -o eval-cwm/
@@ -97,8 +99,13 @@ def eval_run(dataset: Path, spec, predictions, mode, out: Path, resume, split, l
     from tracekit.evals.run import EvalError, RunOptions, evaluate
     from tracekit.model.errors import BackendError
 
-    if (spec is None) == (predictions is None):
-        raise click.UsageError("pass exactly one of --model and --predictions")
+    if spec is not None and predictions is not None:
+        raise click.UsageError("pass one of --model and --predictions, not both")
+    if predictions is None:
+        spec = spec or "bundled"
+    if (spec or "").startswith("openai:") and not openai_model:
+        raise click.UsageError("--model openai:URL needs --openai-model NAME (the served "
+                               "model's name)")
     options = RunOptions(
         dataset=str(dataset), mode=mode, model=spec,
         predictions=str(predictions) if predictions else None, openai_model=openai_model,
@@ -123,8 +130,9 @@ def eval_run(dataset: Path, spec, predictions, mode, out: Path, resume, split, l
     except EvalError as exc:
         raise Failure("eval", str(exc), EXIT_DATA) from None
     except BackendError as exc:
-        raise Failure("model", f"{exc} (predictions so far are kept in {out}: rerun with "
-                               "--resume)", EXIT_MODEL) from None
+        kept = (f" (predictions so far are kept in {out}: rerun with --resume)"
+                if (out / "run.json").exists() else "")
+        raise Failure("model", f"{exc}{kept}", EXIT_MODEL) from None
     print_eval(summary, info, out, Console())
 
 

@@ -24,13 +24,15 @@ COMPILE_HELP = ("Our runtime: compile batch-1 decode steps (torch.compile; on CU
 DRAFT_HELP = ("Our runtime, greedy decoding: tokens guessed by prompt lookup and checked in "
               "each forward (0: one token per forward). Same predictions, to rounding, in fewer "
               f"forwards.  [default: {DRAFT_TOKENS}]")
-MODEL_HELP = ("A checkpoint directory (our runtime), transformers:DIR (the reference path), or "
-              "openai:URL with --openai-model NAME (vLLM, tracekit serve).")
+MODEL_HELP = ("bundled (tracekit's own small model), a checkpoint directory (our runtime), "
+              "transformers:DIR (the reference path), or openai:URL with --openai-model NAME "
+              "(vLLM, tracekit serve).")
 
 
 @click.command(epilog=exit_help(0, 1, 2, 3, 4, 5, 6, 7, 8))
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--model", "spec", required=True, metavar="SPEC", help=MODEL_HELP)
+@click.option("--model", "spec", default="bundled", show_default=True, metavar="SPEC",
+              help=MODEL_HELP)
 @click.option("--openai-model", metavar="NAME", help="The served model's name, for openai:URL.")
 @click.option("--mode", type=click.Choice(["next", "rollout", "teacher-forced"]),
               default="teacher-forced", show_default=True,
@@ -52,8 +54,9 @@ def predict(file: Path, spec, openai_model, mode, k, entry, call, max_frame_toke
     with the first divergence marked.
 
     \b
+    tracekit predict prog.py                          (the bundled model)
+    tracekit predict prog.py --mode rollout --frames 1
     tracekit predict prog.py --model ./checkpoint
-    tracekit predict prog.py --model ./checkpoint --mode rollout --frames 1
     tracekit predict prog.py --model openai:http://localhost:8000 --openai-model cwm
     """
     from tracekit.evals.compare import judge_predicted_frames
@@ -61,13 +64,26 @@ def predict(file: Path, spec, openai_model, mode, k, entry, call, max_frame_toke
     from tracekit.predict import load_predictor
     from tracekit.pretty import print_comparison
 
+    if spec.startswith("openai:") and not openai_model:
+        raise click.UsageError("--model openai:URL needs --openai-model NAME (the served "
+                               "model's name)")
     result = run_program(read_program(file), str(file), call, entry, tracing)
     if not result.frames:
         exit_for(result)
     real = result.frames
+    if mode != "teacher-forced" and k >= len(real):
+        raise click.UsageError(f"--frames {k}: the trace has {len(real)} frames; give at most "
+                               f"{len(real) - 1}")
     try:
         predictor = load_predictor(spec, openai_model, device, max_frame_tokens, compile_decode,
                                    draft_tokens)
+        context = getattr(getattr(predictor.backend, "model", None), "config", None)
+        needed = len(predictor.prompt(result.context, real if mode == "teacher-forced"
+                                      else real[:k]))
+        if context is not None and needed >= context.max_position_embeddings:
+            raise BackendError(f"the prompt is {needed} tokens and the model's context "
+                               f"{context.max_position_embeddings}: predict a shorter run "
+                               "(a smaller call, or fewer --frames)")
         with stderr.status(f"predicting ({mode}, {predictor.backend.name})..."):
             if mode == "teacher-forced":
                 steps, start, stop = predictor.teacher_forced(result.context, real), 0, None
@@ -87,18 +103,19 @@ def predict(file: Path, spec, openai_model, mode, k, entry, call, max_frame_toke
 
 
 @click.command(epilog=exit_help(0, 2, 7))
-@click.argument("checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("checkpoint", default="bundled")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--name", help="The model name clients send. Default: the directory's name.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
 @click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
               help="Requests decoded together at most.")
-def serve(checkpoint: Path, host, port, name, device, max_batch) -> None:
-    """Serve CHECKPOINT with our runtime behind an OpenAI-compatible API
-    (/v1/completions, /v1/models, /health) until interrupted.
+def serve(checkpoint: str, host, port, name, device, max_batch) -> None:
+    """Serve CHECKPOINT (a directory; default: the bundled model) with our runtime behind an
+    OpenAI-compatible API (/v1/completions, /v1/models, /health) until interrupted.
 
     \b
+    tracekit serve                           (the bundled model, as "bundled")
     tracekit serve ./checkpoint --port 8000
     tracekit predict prog.py --model openai:http://127.0.0.1:8000 --openai-model checkpoint
     """
@@ -111,12 +128,15 @@ def serve(checkpoint: Path, host, port, name, device, max_batch) -> None:
     from tracekit.tokenizer import decode, encode
 
     try:
-        predictor = load_predictor(str(checkpoint), device=device)
+        if checkpoint.startswith(("openai:", "transformers:")):
+            raise BackendError(f"{checkpoint}: serve runs a checkpoint directory with our "
+                               "runtime; pass the directory")
+        predictor = load_predictor(checkpoint, device=device)
     except BackendError as exc:
         raise Failure("model", str(exc), EXIT_MODEL) from None
     assert isinstance(predictor.backend, RuntimeBackend)  # a directory: our runtime
     tokenizer = predictor.tokenizer
-    name = name or checkpoint.resolve().name
+    name = name or ("bundled" if checkpoint == "bundled" else Path(checkpoint).resolve().name)
     try:
         engine = Engine(predictor.backend.model, partial(encode, tokenizer),
                         partial(decode, tokenizer), name, max_batch)

@@ -12,13 +12,15 @@ from tracekit.cli.common import (
     TRACE_EXITS,
     Failure,
     exit_for,
+    exit_help,
     read_program,
     run_program,
     tracing_options,
+    write_output,
 )
 from tracekit.pretty import print_trace
 from tracekit.prompts import trace_text
-from tracekit.trace import EXIT_CODES, Trace
+from tracekit.trace import EXIT_CODES, EXIT_MODEL, Trace
 from tracekit.tracer.constants import MARKER
 from tracekit.tracer.context import TraceSetupError, prepare_context
 
@@ -44,7 +46,11 @@ def trace(file: Path, entry, call, fmt, output, tracing) -> None:
     tracekit trace prog.py --call "f(3)"
     tracekit trace prog.py --entry helper --call "helper('x')" --python 3.10 --format cwm
     """
+    if output is not None and output.resolve() == file.resolve():
+        raise Failure("error", f"-o {output} is the program itself: choose another file", 8)
     result = run_program(read_program(file), str(file), call, entry, tracing)
+    if not result.frames and fmt != "json":
+        exit_for(result)  # nothing ran: the one line saying why is the whole answer
     if fmt == "pretty" and output is None:
         print_trace(result)
     else:
@@ -53,7 +59,7 @@ def trace(file: Path, entry, call, fmt, output, tracing) -> None:
         if output is None:
             click.echo(text, nl=fmt != "cwm")
         else:
-            output.write_text(text, encoding="utf-8")
+            write_output(output, text)
     exit_for(result)
 
 
@@ -63,7 +69,7 @@ def _pretty_text(trace: Trace) -> str:
     return console.export_text()
 
 
-@click.command(epilog=TRACE_EXITS)
+@click.command(epilog=exit_help(0, 1, 2, 3, 4, 5, 6, 7, 8))
 @click.argument("file", type=PROGRAM)
 @click.option("--entry", metavar="NAME", help="Function to trace (as for `tracekit trace`).")
 @click.option("--call", metavar="EXPR", help="Call to run (as for `tracekit trace`).")
@@ -95,6 +101,12 @@ def prompt(file: Path, entry, call, k, force, chat, no_thinking, ids, count, che
     from tracekit import prompts
     from tracekit import tokenizer as tokenizers
 
+    conflicts = [("--chat", chat and k, "--frames"), ("--chat", chat and force, "--force"),
+                 ("--ids", ids and count, "--count"),
+                 ("--no-thinking", no_thinking and not chat, "a trace prompt (it needs --chat)")]
+    for first, clash, second in conflicts:
+        if clash:
+            raise click.UsageError(f"{first} does not go with {second}: drop one")
     source = read_program(file)
     frames = []
     if chat or k:
@@ -112,7 +124,11 @@ def prompt(file: Path, entry, call, k, force, chat, no_thinking, ids, count, che
     if not (ids or count):
         click.echo(text, nl=False)
         return
-    token_ids = tokenizers.encode(tokenizers.load_tokenizer(checkpoint), text)
+    try:
+        tokenizer = tokenizers.load_tokenizer(checkpoint)
+    except tokenizers.TokenizerError as exc:
+        raise Failure("model", str(exc), EXIT_MODEL) from None
+    token_ids = tokenizers.encode(tokenizer, text)
     click.echo(len(token_ids) if count else " ".join(map(str, token_ids)))
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from tracekit.cli.common import Failure, exit_help, stderr
+from tracekit.dataset import BuildError
 from tracekit.trace import EXIT_DATA
 
 
@@ -95,7 +96,7 @@ def train(datasets, out: Path, size, overrides, steps, batch_rows, accumulation,
                     bar.console.print(f"step {entry['step']}: {shown}", highlight=False)
 
             last = run(options, config, out, resume, progress)
-    except ValueError as exc:
+    except (ValueError, BuildError) as exc:
         raise Failure("train", str(exc), EXIT_DATA) from None
     finally:
         if distributed:

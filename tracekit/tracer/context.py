@@ -44,8 +44,8 @@ def prepare_context(source: str, entry: str | None = None) -> tuple[str, str, in
     The entry is the one `def` whose line ends in `# << START_OF_TRACE`, after any spacing
     (CWM's tools write two spaces; harnesses in the wild write one: the context keeps what the
     program has). With `entry` (a name or a dotted qualified name such as `Stack.push`) and no
-    marker, the marker is added to that function's `def` line; `entry` naming the marked
-    function is fine. Raises TraceSetupError("syntax_error" | "no_entry", message).
+    marker, the marker is added to that function's `def` line; a marker on another function
+    moves to it. Raises TraceSetupError("syntax_error" | "no_entry", message).
     """
     source = normalize_newlines(source)
     try:
@@ -62,15 +62,13 @@ def prepare_context(source: str, entry: str | None = None) -> tuple[str, str, in
         node = _find_def(tree, entry)
         if node is None:
             raise TraceSetupError("no_entry", f"no function named {entry!r}: check --entry")
+        if marked and not node.lineno <= marked[0] < node.body[0].lineno:
+            # the marker moves to the entry: the other function's line loses it
+            lines[marked[0] - 1] = _LOOSE_MARKER.sub("", lines[marked[0] - 1]).rstrip()
+            marked = []
         if not marked:
             lines[node.lineno - 1] = lines[node.lineno - 1] + MARKER
             return "\n".join(lines), node.name, node.lineno
-        if not node.lineno <= marked[0] < node.body[0].lineno:
-            raise TraceSetupError(
-                "no_entry",
-                f"--entry {entry} given but line {marked[0]} marks another function with "
-                "START_OF_TRACE: drop one of the two",
-            )
     if not marked:
         raise TraceSetupError(
             "no_entry",

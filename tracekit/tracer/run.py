@@ -47,6 +47,13 @@ def trace_source(
     try:
         context, entry_name, def_lineno = prepare_context(source, entry)
         result.update(context=context, entry=entry_name)
+        tree = ast.parse(context)
+        if call is None and not any(getattr(node, "lineno", None) == def_lineno
+                                    for node in tree.body):
+            raise TraceSetupError(
+                "no_entry", f"{entry or entry_name} is not a module-level function, so there "
+                "is no call to default to: pass one that reaches it, e.g. --call "
+                "\"Stack().push(1)\"")
         call = call or f"{entry_name}()"
         result["call"] = call
         try:
@@ -55,7 +62,7 @@ def trace_source(
         except SyntaxError as exc:
             where = "--call" if exc.filename == "<call>" else "program"
             raise TraceSetupError("syntax_error", f"{where}: {_syntax_message(exc)}") from None
-        entry_code = _entry_code(module_code, ast.parse(context), def_lineno)
+        entry_code = _entry_code(module_code, tree, def_lineno)
     except TraceSetupError as exc:
         result.update(status=exc.status, error=str(exc))
         return result

@@ -104,7 +104,8 @@ class Renderer:
         """The CWM rendering of one value, under its own time budget; never raises."""
         if type(value) in _PLAIN_TYPES and type(value) is not int:  # no user code, no digit limit
             text = repr(value)
-            return text if len(text) <= self.threshold and " at 0x" not in text else self.finish(text)
+            short = len(text) <= self.threshold and " at 0x" not in text
+            return text if short else self.finish(text)
         watchdog = self.watchdog
         if watchdog is not None:
             watchdog.current = object()
