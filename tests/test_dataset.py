@@ -58,6 +58,19 @@ def test_a_build_loads_with_datasets_and_describes_itself(tmp_path):
         build(programs[:1], tmp_path / "a-file")
 
 
+@pytest.mark.parametrize("split", [(1, 0, 0), (0, 1, 1), (98, 1, 1)])
+def test_a_build_loads_by_its_card_and_by_format_for_any_split(tmp_path, split):
+    """`load_dataset(DIR)` reads the card's configs, which name only splits with files."""
+    import datasets
+
+    build(list(sources.synthetic(6, seed=1)), tmp_path, BuildOptions(split=split), workers=1)
+    by_card = datasets.load_dataset(str(tmp_path))
+    by_format = datasets.load_dataset("parquet", data_dir=str(tmp_path))
+    assert sum(map(len, by_card.values())) == sum(map(len, by_format.values())) == 6
+    assert set(by_card) == {name for name, weight in zip(("train", "validation", "test"),
+                                                         split) if weight} & set(by_format)
+
+
 def test_failed_programs_keep_their_status_or_are_dropped(tmp_path):
     source = tmp_path / "bad.jsonl"
     source.write_text("\n".join(json.dumps(row) for row in [

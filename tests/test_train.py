@@ -20,8 +20,9 @@ from tracekit.dataset import BuildOptions, build
 from tracekit.prompts import trace_text
 from tracekit.tokenizer import decode, encode, parse_ids
 from tracekit.trace import Trace
+from tracekit.tracer.context import call_from_comment
 from tracekit.tracer.run import trace_source
-from tracekit.train_data import function_shapes, leaks, pack, train_tokenizer, trace_ids
+from tracekit.train_data import function_shapes, leaks, pack, trace_ids, train_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--size", "tiny", "--seq-len", "512", "--vocab-size", "600", "--batch-rows", "4",
@@ -181,3 +182,26 @@ def test_no_training_program_may_equal_a_test_program(tmp_path):
     refused = train(str(tmp_path / "ds"), "-o", str(tmp_path / "m"), *TINY, "--steps", "2")
     assert refused.returncode == 8 and "once 1 equal to held-out test programs are dropped" \
         in refused.stderr
+
+
+def test_the_bundled_model_is_small_bf16_and_equal_in_both_runtimes():
+    """model/bundled: at most 30 MB of bf16 safetensors; `bundled` resolves to it; our runtime
+    (fp32 on the CPU) and transformers give the same logits on a real trace."""
+    import transformers
+
+    from tracekit.model.backends import load_backend
+    from tracekit.model.checkpoint import BUNDLED
+    from tracekit.tokenizer import load_tokenizer
+
+    assert sum(p.stat().st_size for p in BUNDLED.iterdir()) <= 30 << 20
+    assert json.loads((BUNDLED / "config.json").read_text())["dtype"] == "bfloat16"
+    ours = load_backend("bundled").model
+    assert next(ours.parameters()).dtype == torch.float32
+    reference = transformers.CwmForCausalLM.from_pretrained(
+        BUNDLED, attn_implementation="eager", dtype=torch.float32).eval()
+    source = (ROOT / "data" / "programs" / "bubble_sort.py").read_text()
+    trace = Trace.from_dict(trace_source(source, call=call_from_comment(source)))
+    ids, _ = trace_ids(load_tokenizer(BUNDLED), trace)
+    ids = torch.tensor([ids[:ours.config.max_position_embeddings]])
+    with torch.no_grad():
+        assert (ours(ids).logits - reference(ids).logits).abs().max() <= 1e-4
