@@ -2,7 +2,8 @@
 baseline, on sets it never trained on: held-out synthetic programs (a seed the training data
 does not use), CRUXEval-800 and HumanEval.
 
-    python benchmarks/model_quality.py [--model bundled] [--rollout-limit 200] [--out build/quality]
+    python benchmarks/model_quality.py [--model bundled] [--rollout-limit 100] [--out build/quality]
+    python benchmarks/model_quality.py --prepare    # the datasets and copy baselines only
 
 Every eval directory is kept under OUT (rerunning resumes them); the table is printed as
 markdown, with the per-value-type breakdown of changed values. Runs for about half an hour on
@@ -27,6 +28,7 @@ SETS = {
     "HumanEval": ("humaneval", ["--max-tokens", "1024"]),
 }
 METRICS = (("state_exact", "state exact"), ("action_exact", "action exact"))
+ROLLOUT_BUDGET = 2048  # tokens per free rollout: twice the longest trace the model trained on
 
 
 def tracekit(*args: str) -> None:
@@ -43,7 +45,8 @@ def build(name: str, out: Path) -> Path:
 
 def evaluate(dataset: Path, model: str, mode: str, out: Path, limit: int | None) -> dict:
     directory = out / f"{dataset.name}-{model.replace('/', '_')}-{mode}"
-    args = ["eval", str(dataset), "--model", model, "--mode", mode, "-o", str(directory)]
+    args = ["eval", str(dataset), "--model", model, "--mode", mode, "-o", str(directory),
+            "--budget-tokens", str(ROLLOUT_BUDGET)]
     if limit:
         args += ["--limit", str(limit)]
     if (directory / "run.json").exists():
@@ -60,13 +63,18 @@ def cell(metrics: dict, key: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="bundled")
-    parser.add_argument("--rollout-limit", type=int, default=200,
+    parser.add_argument("--prepare", action="store_true",
+                        help="Build the datasets and run the copy baseline only.")
+    parser.add_argument("--rollout-limit", type=int, default=100,
                         help="Free rollouts on the first N traces of each set (0: all).")
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "quality")
     args = parser.parse_args()
     rows, types = [], []
     for name in SETS:
         dataset = build(name, args.out)
+        if args.prepare:
+            evaluate(dataset, "copy", "teacher-forced", args.out, None)
+            continue
         forced = {m: evaluate(dataset, m, "teacher-forced", args.out, None)
                   for m in (args.model, "copy")}
         rollout = evaluate(dataset, args.model, "rollout", args.out, args.rollout_limit or None)
@@ -79,6 +87,8 @@ def main() -> None:
         types.append(f"| {name} | " + " | ".join(
             f"{by_type[t]['value']:.1f} (n={by_type[t]['n']})" if t in by_type else "-"
             for t in ("int", "str", "list", "dict", "bool", "other")) + " |")
+    if args.prepare:
+        return
     print(f"| measure (teacher-forced unless said) | traces | copy baseline | {args.model} |")
     print("|---|---|---|---|")
     print("\n".join(rows))

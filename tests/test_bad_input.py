@@ -108,6 +108,8 @@ CASES = [
     ("dataset: synthetic:-5", "dataset build synthetic:-5 -o {P}/out4", 8, "COUNT >= 1"),
     ("dataset: synthetic:abc is not markup", "dataset build synthetic:abc -o {P}/out5", 8,
      "synthetic:abc: write synthetic:COUNT"),
+    ("dataset: markup and emoji codes in a name are shown as written",
+     "dataset build {P}/[red]no:smile:such.py -o {P}/out10", 8, "[red]no:smile:such.py"),
     ("dataset: a call that is not a string", "dataset build {P}/call42.jsonl -o {P}/out6", 8,
      "call42.jsonl:1: 'call' must be a string, got 42"),
     ("dataset: a row that is not JSON", "dataset build {P}/notjson.jsonl -o {P}/out7", 8,

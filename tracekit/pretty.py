@@ -10,6 +10,13 @@ from rich.text import Text
 from tracekit.trace import Trace
 from tracekit.tracer.constants import DOTS
 
+
+def make_console(**options) -> Console:
+    """tracekit's consoles: user text (paths, program names, values, messages) is shown as
+    written, never read as rich markup or emoji codes; styles come from Text objects."""
+    return Console(markup=False, emoji=False, **options)
+
+
 _EVENT_STYLE = {"call": "bold green", "line": "cyan", "return": "bold magenta",
                 "exception": "bold red"}
 
@@ -88,7 +95,7 @@ def summary_table(rows: list[tuple[str, Trace, float]]) -> Table:
 
 def print_trace(trace: Trace, console: Console | None = None) -> None:
     """The trace as a titled table and a summary line (the summary alone when nothing ran)."""
-    console = console or Console()
+    console = console or make_console()
     if not trace.frames:
         console.print(summary_line(trace))
         return
@@ -139,6 +146,6 @@ def print_comparison(real: list, steps: list, matches: list[bool], start: int = 
             mark = Text("x", style="red")
         table.add_row(str(start + i), frame_text(r) if r is not None else Text(""),
                       frame_text(p) if i < len(steps) else Text(""), mark)
-    console = console or Console()
+    console = console or make_console()
     console.print(table)
     console.print(f"{right}/{len(real)} frames exactly right", highlight=False)

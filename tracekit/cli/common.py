@@ -9,15 +9,15 @@ import tokenize
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.text import Text
 
+from tracekit.pretty import make_console
 from tracekit.sandbox import SANDBOX_MODES, Limits, TraceOptions, run_trace
 from tracekit.trace import EXIT_BUG, EXIT_CODES, EXIT_MEANINGS, Trace
 from tracekit.tracer.constants import DEFAULT_MAX_FRAMES, DEFAULT_REPR_TIMEOUT
 from tracekit.tracer.context import call_from_comment
 
-stderr = Console(stderr=True)
+stderr = make_console(stderr=True)
 
 
 class Failure(click.ClickException):

@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import Console
 
 from tracekit.cli.common import Failure, exit_help, tracing_options
 from tracekit.cli.evaluation import print_eval
-from tracekit.pretty import print_comparison, print_trace, summary_table
+from tracekit.pretty import make_console, print_comparison, print_trace, summary_table
 from tracekit.sources import SAMPLE_PROGRAMS
 from tracekit.trace import EXIT_DATA, EXIT_MODEL
 
@@ -44,7 +43,7 @@ def demo(programs: Path, show, output: Path, spec, tracing) -> None:
     from tracekit.model.errors import BackendError
     from tracekit.predict import load_predictor
 
-    console = Console()
+    console = make_console()
     files = sorted(programs.glob("*.py"))
     if not files:
         raise click.UsageError(f"no .py files in {programs}")

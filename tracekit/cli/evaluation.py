@@ -9,6 +9,7 @@ from rich.console import Console
 
 from tracekit.cli.common import Failure, exit_help, stderr
 from tracekit.cli.models import COMPILE_HELP, DRAFT_HELP
+from tracekit.pretty import make_console
 from tracekit.trace import EXIT_DATA, EXIT_MODEL
 
 
@@ -133,7 +134,7 @@ def eval_run(dataset: Path, spec, predictions, mode, out: Path, resume, split, l
         kept = (f" (predictions so far are kept in {out}: rerun with --resume)"
                 if (out / "run.json").exists() else "")
         raise Failure("model", f"{exc}{kept}", EXIT_MODEL) from None
-    print_eval(summary, info, out, Console())
+    print_eval(summary, info, out, make_console())
 
 
 def print_eval(summary: dict, info: dict, out: Path, console: Console) -> None:
@@ -184,7 +185,7 @@ def eval_compare(first: Path, second: Path) -> None:
     table.add_column("difference", justify="right")
     for row in compare_runs(*runs):
         table.add_row(*row)
-    Console().print(table)
+    make_console().print(table)
     differ = [field for field in ("dataset", "mode", "split")
               if runs[0]["run"].get(field) != runs[1]["run"].get(field)]
     if differ or runs[0]["traces"] != runs[1]["traces"]:

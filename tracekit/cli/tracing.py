@@ -6,7 +6,6 @@ import io
 from pathlib import Path
 
 import click
-from rich.console import Console
 
 from tracekit.cli.common import (
     TRACE_EXITS,
@@ -18,7 +17,7 @@ from tracekit.cli.common import (
     tracing_options,
     write_output,
 )
-from tracekit.pretty import print_trace
+from tracekit.pretty import make_console, print_trace
 from tracekit.prompts import trace_text
 from tracekit.trace import EXIT_CODES, EXIT_MODEL, Trace
 from tracekit.tracer.constants import MARKER
@@ -64,7 +63,7 @@ def trace(file: Path, entry, call, fmt, output, tracing) -> None:
 
 
 def _pretty_text(trace: Trace) -> str:
-    console = Console(record=True, width=160, file=io.StringIO())
+    console = make_console(record=True, width=160, file=io.StringIO())
     print_trace(trace, console)
     return console.export_text()
 
