@@ -241,7 +241,7 @@ def _save_state(out: Path, model, optimizer, step: int, log: list[dict],
 
 
 # Shapes by --size. tiny: for tests (seconds on a CPU). small: the bundled model, sized for a
-# 2-core CPU in about two hours (~5M parameters at a 2k vocabulary). base: a GPU in minutes.
+# 2-core CPU in about two hours (~3.7M parameters at a 2k vocabulary). base: a GPU in minutes.
 # CWM's layer pattern: full attention where i % 4 == 0 and on the last layer, sliding elsewhere.
 SIZES = {
     "tiny": dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2,
