@@ -3,6 +3,7 @@ CwmForCausalLM loop, same weights, same packed batches, same AdamW; tokens per s
 ratio, interleaved rounds, median.
 
     python benchmarks/train.py [--size small] [--seq-len 512] [--batch-rows 4] [--steps 6]
+                               [--compile]
 
 Our step runs packed rows with per-trace attention (document_ids); transformers' has no such
 mask, so it gets the same tokens as plain causal rows (a little less work for it).
@@ -67,6 +68,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--bf16", action="store_true", help="both under bfloat16 autocast")
+    parser.add_argument("--compile", action="store_true",
+                        help="also ours through torch.compile (tracekit train --compile)")
     args = parser.parse_args()
     traces = [Trace.from_dict(trace_source(p.source, call=p.call, entry=p.entry))
               for p in sources.synthetic(300, seed=2)]
@@ -89,6 +92,9 @@ def main() -> None:
     runs = {"ours": (ours, loop.optimizer_for(ours, loop.TrainConfig()), ours_step),
             "transformers": (reference, loop.optimizer_for(reference, loop.TrainConfig()),
                              reference_step)}
+    if args.compile:
+        compiled = torch.compile(ours)
+        runs["ours compiled"] = (compiled, runs["ours"][1], ours_step)
     work = batches(rows, args.batch_rows, args.steps)
     tokens = sum(int(b["input_ids"].numel()) for b in work)
     for model, optimizer, step in runs.values():  # warm up
@@ -110,6 +116,8 @@ def main() -> None:
     for name, rate in median.items():
         print(f"  {name:13s} {rate:9.0f} tokens/s")
     print(f"  ours / transformers: {median['ours'] / median['transformers']:.2f}x")
+    if args.compile:
+        print(f"  ours compiled / ours: {median['ours compiled'] / median['ours']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ def trace_programs(files: list[Path], tracing: TraceOptions) -> list[tuple[str, 
     return results
 
 
-DEMO_ROLLOUT_BUDGET = 4096  # tokens per free-running trace: a model that loops stops here
+DEMO_ROLLOUT_BUDGET = 2048  # tokens per free-running trace: a model that loops stops here
 
 
 def output_directories(output: Path) -> tuple[Path, Path, Path]:

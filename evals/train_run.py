@@ -55,7 +55,7 @@ def held_out_programs() -> list[tuple[str, str]]:
 
 
 def run(options: TrainOptions, config: loop.TrainConfig, out: Path, resume: bool = False,
-        progress=None) -> dict:
+        progress=None, compile_model: bool = False) -> dict:
     """Train into `out`; returns the final log entry. Raises ValueError in one line when the
     data cannot train a model (no traces, leaked test programs, another run's directory)."""
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -102,7 +102,8 @@ def run(options: TrainOptions, config: loop.TrainConfig, out: Path, resume: bool
     # one process validates: the others would repeat its work for a log they do not write
     log = loop.train(model, packed.rows, config, out, resume, validate if rank == 0 else None,
                      progress,
-                     after_save=lambda step: kill_point(f"trained:{step}"))
+                     after_save=lambda step: kill_point(f"trained:{step}"),
+                     compile_model=compile_model)
     if rank == 0:
         _finish(out, model, log, options, config, packed, tokenizer, leaked)
     return log[-1]

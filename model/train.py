@@ -154,10 +154,13 @@ def optimizer_for(model: CwmForCausalLM, config: TrainConfig) -> torch.optim.Ada
 def train(model: CwmForCausalLM, rows: Rows, config: TrainConfig, out: Path,
           resume: bool = False, validate: Callable[[int], dict] | None = None,
           progress: Callable[[dict], None] | None = None,
-          after_save: Callable[[int], None] | None = None) -> list[dict]:
+          after_save: Callable[[int], None] | None = None,
+          compile_model: bool = False) -> list[dict]:
     """Train `model` in place for `config.steps` steps; OUT gets the state file and the log.
     `validate(step)` returns figures to log (every `eval_every` steps and at the end);
-    `progress` sees each step's log line; `after_save(step)` runs once a state is on disk."""
+    `progress` sees each step's log line; `after_save(step)` runs once a state is on disk.
+    `compile_model`: the forward and backward through torch.compile (how the run computes,
+    not what: a resumed run may compile or not)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -179,6 +182,7 @@ def train(model: CwmForCausalLM, rows: Rows, config: TrainConfig, out: Path,
         torch.set_rng_state(state["rng"])
         step, log = state["step"], state["log"]
     wrapped = (torch.nn.parallel.DistributedDataParallel(model) if distributed else model)
+    forward = torch.compile(wrapped) if compile_model else wrapped
     model.train()
     per_rank = config.batch_rows // world
     micro = per_rank // config.accumulation
@@ -197,7 +201,7 @@ def train(model: CwmForCausalLM, rows: Rows, config: TrainConfig, out: Path,
         for i, batch in enumerate(batches):
             sync = not distributed or i == len(batches) - 1
             with wrapped.no_sync() if not sync else nullcontext():
-                loss, _ = loss_of(wrapped, batch, config.autocast)
+                loss, _ = loss_of(forward, batch, config.autocast)
                 (loss / max(targets, 1) * world).backward()
             total += float(loss.detach())
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)

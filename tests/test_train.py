@@ -102,6 +102,29 @@ def test_packing_keeps_traces_whole_and_apart(tokenizer, traces):
     assert (packed_logits - alone).abs().max() <= 1e-5
 
 
+def test_a_compiled_training_step_computes_what_the_eager_one_does(tokenizer, traces, tmp_path):
+    """--compile changes how the step runs, not what: the same losses and weights (within
+    float rounding of fused kernels) over three steps from the same start."""
+    from tracekit.model import train as loop
+    from tracekit.model.modeling import CwmForCausalLM
+
+    rows = pack(traces, tokenizer, 512).rows
+    config = loop.TrainConfig(steps=3, batch_rows=2, warmup=1, eval_every=0, save_every=3)
+    runs = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = CwmForCausalLM(loop.model_config("tiny", tokenizer.vocab_size, 512,
+                                                 tokenizer.special_ids))
+        loop.init_weights(model)
+        model.fast = True
+        log = loop.train(model, rows, config, tmp_path / str(compiled), compile_model=compiled)
+        runs.append(([e["loss"] for e in log], model.state_dict()))
+    (eager, eager_weights), (compiled, compiled_weights) = runs
+    assert compiled == pytest.approx(eager, rel=1e-4)
+    for name, weight in eager_weights.items():
+        assert torch.allclose(weight, compiled_weights[name], atol=1e-4), name
+
+
 def test_training_lowers_the_loss_and_writes_a_checkpoint_both_runtimes_load(dataset, tmp_path):
     import transformers
 
