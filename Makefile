@@ -30,10 +30,13 @@ bench: $(BIN)/.installed
 MODEL_DATA := build/model/data
 MODEL_RUN := build/model/run
 model: $(BIN)/.installed
-	$(BIN)/tracekit dataset build synthetic:40000:101 --synthetic-size 2 -o $(MODEL_DATA)/size2
-	$(BIN)/tracekit dataset build synthetic:25000:202 --synthetic-size 3 -o $(MODEL_DATA)/size3
+	test -e $(MODEL_DATA)/size2/stats.json || $(BIN)/tracekit dataset build synthetic:40000:101 --synthetic-size 2 \
+	    -o $(MODEL_DATA)/size2 $$(test -e $(MODEL_DATA)/size2/manifest.json && echo --resume)
+	test -e $(MODEL_DATA)/size3/stats.json || $(BIN)/tracekit dataset build synthetic:25000:202 --synthetic-size 3 \
+	    -o $(MODEL_DATA)/size3 $$(test -e $(MODEL_DATA)/size3/manifest.json && echo --resume)
 	$(BIN)/tracekit train $(MODEL_DATA)/size2 $(MODEL_DATA)/size3 -o $(MODEL_RUN) --size small \
-	    --steps 1600 --lr 3e-3 --val-traces 30 $$(test -e $(MODEL_RUN)/training_state.pt && echo --resume)
+	    --steps 1600 --lr 3e-3 --val-traces 30 --compile \
+	    $$(test -e $(MODEL_RUN)/training_state.pt && echo --resume)
 	$(BIN)/python -c "from pathlib import Path; from tracekit.evals.train_run import bundle; \
 	    bundle(Path('$(MODEL_RUN)'), Path('model/bundled'))"
 
