@@ -1,13 +1,14 @@
 """The bundled model's quality table, measured with `tracekit eval` (95% CIs) beside the copy
 baseline, on sets it never trained on: held-out synthetic programs (a seed the training data
-does not use), CRUXEval-800 and HumanEval.
+does not use), CRUXEval and HumanEval; the first --limit traces of each teacher-forced and the
+first --rollout-limit free-running.
 
-    python benchmarks/model_quality.py [--model bundled] [--rollout-limit 100] [--out build/quality]
-    python benchmarks/model_quality.py --prepare    # the datasets and copy baselines only
+    python benchmarks/model_quality.py [--model bundled] [--limit 200] [--rollout-limit 50]
+    python benchmarks/model_quality.py --sets CRUXEval     # one set (run several at once)
+    python benchmarks/model_quality.py --prepare           # the datasets only
 
 Every eval directory is kept under OUT (rerunning resumes them); the table is printed as
-markdown, with the per-value-type breakdown of changed values. Runs for about half an hour on
-2 CPU cores.
+markdown, with the per-value-type breakdown of changed values.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ TRACEKIT = [sys.executable, "-m", "tracekit.cli"]
 SETS = {
     "held-out synthetic": ("synthetic:600:9001", ["--synthetic-size", "2", "--max-tokens",
                                                   "1024"]),
-    "CRUXEval-800": ("cruxeval", []),
+    "CRUXEval": ("cruxeval", []),
     "HumanEval": ("humaneval", ["--max-tokens", "1024"]),
 }
 METRICS = (("state_exact", "state exact"), ("action_exact", "action exact"))
@@ -44,7 +45,7 @@ def build(name: str, out: Path) -> Path:
 
 
 def evaluate(dataset: Path, model: str, mode: str, out: Path, limit: int | None) -> dict:
-    directory = out / f"{dataset.name}-{model.replace('/', '_')}-{mode}"
+    directory = out / f"{dataset.name}-{model.replace('/', '_')}-{mode}-{limit or 'all'}"
     args = ["eval", str(dataset), "--model", model, "--mode", mode, "-o", str(directory),
             "--budget-tokens", str(ROLLOUT_BUDGET)]
     if limit:
@@ -63,19 +64,20 @@ def cell(metrics: dict, key: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="bundled")
-    parser.add_argument("--prepare", action="store_true",
-                        help="Build the datasets and run the copy baseline only.")
-    parser.add_argument("--rollout-limit", type=int, default=100,
+    parser.add_argument("--prepare", action="store_true", help="Build the datasets only.")
+    parser.add_argument("--sets", nargs="+", choices=list(SETS), default=list(SETS))
+    parser.add_argument("--limit", type=int, default=200,
+                        help="Teacher-forced on the first N traces of each set (0: all).")
+    parser.add_argument("--rollout-limit", type=int, default=50,
                         help="Free rollouts on the first N traces of each set (0: all).")
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "quality")
     args = parser.parse_args()
     rows, types = [], []
-    for name in SETS:
+    for name in args.sets:
         dataset = build(name, args.out)
         if args.prepare:
-            evaluate(dataset, "copy", "teacher-forced", args.out, None)
             continue
-        forced = {m: evaluate(dataset, m, "teacher-forced", args.out, None)
+        forced = {m: evaluate(dataset, m, "teacher-forced", args.out, args.limit or None)
                   for m in (args.model, "copy")}
         rollout = evaluate(dataset, args.model, "rollout", args.out, args.rollout_limit or None)
         for key, label in METRICS:
