@@ -92,6 +92,11 @@ class TracePredictor:
         special = self.tokenizer.special_ids
         self.stop_ids = (special[FRAME_SEP], special[END_OF_TEXT])
 
+    @property
+    def local_config(self):
+        """The model's config when it runs here (ours, transformers), None behind a server."""
+        return getattr(getattr(self.backend, "model", None), "config", None)
+
     def prompt(self, context: str, frames: list[Frame] = (),
                force_event: str | None = None) -> list[int]:
         return trace_prompt_ids(self.tokenizer, context, list(frames), force_event)
@@ -225,9 +230,10 @@ def load_predictor(spec: str, openai_model: str | None = None, device: str = "cp
         tokenizer = load_tokenizer(directory if directory.is_dir() else None)
     except TokenizerError as exc:
         raise BackendError(str(exc)) from None
-    vocab = getattr(getattr(backend, "model", None), "config", None)
-    if vocab is not None and tokenizer.vocab_size > vocab.vocab_size:
+    predictor = TracePredictor(backend, tokenizer, max_frame_tokens)
+    config = predictor.local_config
+    if config is not None and tokenizer.vocab_size > config.vocab_size:
         raise BackendError(f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens but "
-                           f"the model only {vocab.vocab_size}: they are not from one "
+                           f"the model only {config.vocab_size}: they are not from one "
                            "checkpoint")
-    return TracePredictor(backend, tokenizer, max_frame_tokens)
+    return predictor

@@ -77,7 +77,7 @@ def predict(file: Path, spec, openai_model, mode, k, entry, call, max_frame_toke
     try:
         predictor = load_predictor(spec, openai_model, device, max_frame_tokens, compile_decode,
                                    draft_tokens)
-        context = getattr(getattr(predictor.backend, "model", None), "config", None)
+        context = predictor.local_config
         needed = len(predictor.prompt(result.context, real if mode == "teacher-forced"
                                       else real[:k]))
         if context is not None and needed >= context.max_position_embeddings:
