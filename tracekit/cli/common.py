@@ -123,6 +123,19 @@ def run_program(source: str, filename: str, call: str | None, entry: str | None,
     return run_trace(source, call or call_from_comment(source), entry, tracing, filename)
 
 
+def traced_for_a_model(file: Path, call: str | None, entry: str | None, tracing: TraceOptions,
+                       spec: str, openai_model: str | None) -> Trace:
+    """`predict` and `debug`: check the model options, then trace FILE (a run with no frame
+    at all fails with its status)."""
+    if spec.startswith("openai:") and not openai_model:
+        raise click.UsageError("--model openai:URL needs --openai-model NAME (the served "
+                               "model's name)")
+    result = run_program(read_program(file), str(file), call, entry, tracing)
+    if not result.frames:
+        exit_for(result)
+    return result
+
+
 def exit_for(result: Trace) -> None:
     """Return for an ok trace; otherwise fail with its status, one line, its exit code."""
     code = EXIT_CODES[result.status]

@@ -8,11 +8,9 @@ import click
 
 from tracekit.cli.common import (
     Failure,
-    exit_for,
     exit_help,
-    read_program,
-    run_program,
     stderr,
+    traced_for_a_model,
     tracing_options,
 )
 from tracekit.model.prompt_lookup import DRAFT_TOKENS
@@ -64,12 +62,7 @@ def predict(file: Path, spec, openai_model, mode, k, entry, call, max_frame_toke
     from tracekit.predict import load_predictor
     from tracekit.pretty import print_comparison
 
-    if spec.startswith("openai:") and not openai_model:
-        raise click.UsageError("--model openai:URL needs --openai-model NAME (the served "
-                               "model's name)")
-    result = run_program(read_program(file), str(file), call, entry, tracing)
-    if not result.frames:
-        exit_for(result)
+    result = traced_for_a_model(file, call, entry, tracing, spec, openai_model)
     real = result.frames
     if mode != "teacher-forced" and k >= len(real):
         raise click.UsageError(f"--frames {k}: the trace has {len(real)} frames; give at most "
