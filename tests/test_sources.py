@@ -40,6 +40,11 @@ def test_source_specs_name_the_shipped_cruxeval_and_read_files(tmp_path):
     assert mixed[-1].source.endswith("    return f(3)\n")  # recognised as a CRUXEval row
     with pytest.raises(sources.SourceError, match="synthetic:COUNT"):
         list(sources.from_specs(["synthetic:x"]))
+    basic = list(sources.from_specs(["basic:3:5"]))
+    assert [p.id for p in basic] == ["basic-5-0", "basic-5-1", "basic-5-2"]
+    assert basic[0].origin == "basic:seed=5"
+    with pytest.raises(sources.SourceError, match="basic:COUNT or basic:COUNT:SEED"):
+        list(sources.from_specs(["basic:0"]))
 
 
 def crux_file(tmp_path: Path) -> Path:

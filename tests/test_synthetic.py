@@ -66,3 +66,26 @@ def test_size_grows_the_programs():
     small = sum(len(generate_program(2, i, size=1)[0].splitlines()) for i in range(200))
     large = sum(len(generate_program(2, i, size=8)[0].splitlines()) for i in range(200))
     assert large > 2 * small
+
+
+def test_basic_programs_are_distinct_repeatable_everyday_functions_that_all_run():
+    from tracekit.basic_programs import TEMPLATES, generate_basic_program, generate_basic_programs
+
+    programs = list(generate_basic_programs(2_000, seed=3))
+    assert len({(source, call) for _, source, call in programs}) == 2_000
+    assert generate_basic_program(3, 17) == generate_basic_program(3, 17)
+    assert generate_basic_program(3, 17) != generate_basic_program(4, 17)
+    statuses = collections.Counter(
+        trace_source(source, call=call)["status"] for _, source, call in programs)
+    assert statuses == {"ok": 2_000}, statuses
+    shapes = collections.Counter()
+    for _, source, call in programs:
+        tree = ast.parse(source)
+        shapes.update(type(node).__name__ for node in ast.walk(tree))
+        assert source.count("# << START_OF_TRACE") == 1 and len(source.splitlines()) <= 14
+        # the loop bounds and tests read the arguments: no counter-named locals (v1, i2)
+        assert not any(isinstance(n, ast.Name) and n.id[-1:].isdigit() for n in ast.walk(tree))
+    for construct in ("For", "While", "If", "Break", "Continue", "ListComp", "Tuple"):
+        assert shapes[construct] > 0, construct
+    assert 800 < sum(call == "main()" for _, _, call in programs) < 1_200
+    assert len(TEMPLATES) >= 10

@@ -187,27 +187,36 @@ def synthetic(count: int, seed: int = 0, size: int = 4,
         yield Program(program_id, source, call, None, f"synthetic:seed={seed},size={size}")
 
 
+def basic(count: int, seed: int = 0) -> Iterator[Program]:
+    from tracekit.basic_programs import generate_basic_programs
+
+    for program_id, source, call in generate_basic_programs(count, seed):
+        yield Program(program_id, source, call, None, f"basic:seed={seed}")
+
+
 def from_specs(specs: list[str] | tuple[str, ...], call: str | None = None,
                size: int = 4, on_bad_row: Callable[[str], None] | None = None
                ) -> Iterator[Program]:
     """Programs from command-line source specs: FILE.py or DIR (`call` for their entries),
     FILE.jsonl (CRUXEval rows recognised by their fields; bad rows as `jsonl` says),
-    `cruxeval`, `humaneval`, `synthetic:COUNT[:SEED]` (programs of `size`)."""
+    `cruxeval`, `humaneval`, `synthetic:COUNT[:SEED]` (programs of `size`),
+    `basic:COUNT[:SEED]` (short everyday functions, tracekit.basic_programs)."""
     for spec in specs:
         if spec == "humaneval":
             yield from humaneval()
         elif spec == "cruxeval":
             yield from cruxeval()
-        elif spec.startswith("synthetic:"):
-            parts = spec.split(":")[1:]
-            usage = f"{spec}: write synthetic:COUNT or synthetic:COUNT:SEED (COUNT >= 1)"
+        elif spec.startswith(("synthetic:", "basic:")):
+            kind, *parts = spec.split(":")
+            usage = f"{spec}: write {kind}:COUNT or {kind}:COUNT:SEED (COUNT >= 1)"
             try:
                 count, seed = int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
             except (ValueError, IndexError):
                 raise SourceError(usage) from None
             if count < 1 or len(parts) > 2:
                 raise SourceError(usage)
-            yield from synthetic(count, seed, size)
+            yield from (synthetic(count, seed, size) if kind == "synthetic"
+                        else basic(count, seed))
         elif spec.endswith(".jsonl"):
             path = Path(spec)
             try:
