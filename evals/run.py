@@ -32,6 +32,7 @@ from tracekit.dataset import BuildError, load_rows, row_trace
 from tracekit.evals import baselines
 from tracekit.evals.compare import TraceComparison, compare
 from tracekit.killpoints import kill_point
+from tracekit.model.checkpoint import CheckpointError, checkpoint_fingerprint
 from tracekit.trace import COMPLETE_STATUSES, Trace
 
 PREDICTIONS, RUN = "predictions.jsonl", "run.json"
@@ -102,6 +103,12 @@ def start(out: Path, options: RunOptions, resume: bool) -> dict | None:
     described = {k: v for k, v in asdict(options).items() if k not in how_it_runs}
     manifest = json.loads((Path(options.dataset) / "manifest.json").read_text())
     described["dataset_fingerprint"] = manifest.get("fingerprint")  # the same rows
+    local = options.model not in (None, *baselines.BASELINES)
+    if local and not options.model.startswith("openai:"):
+        try:  # the same weights (a spec such as `bundled` outlives a retrained model)
+            described["model_fingerprint"] = checkpoint_fingerprint(options.model)
+        except (CheckpointError, OSError):
+            pass  # the model's load will say what is wrong with it
     if (out / RUN).exists():
         if not resume:
             raise EvalError(f"{out} already holds an eval: pass --resume to finish it, or "
@@ -111,6 +118,7 @@ def start(out: Path, options: RunOptions, resume: bool) -> dict | None:
                         if before.get(k) != described.get(k))
         if differ:
             said = ", ".join("another build of the dataset" if k == "dataset_fingerprint"
+                             else "other weights of the model" if k == "model_fingerprint"
                              else f"{k} {before.get(k)!r} there, {described.get(k)!r} now"
                              for k in differ)
             raise EvalError(f"{out} holds an eval with other options ({said}): resume with "

@@ -34,6 +34,23 @@ def checkpoint_directory(spec: str) -> Path:
     return BUNDLED
 
 
+def checkpoint_fingerprint(spec: str) -> str | None:
+    """A hash of a local checkpoint's config and weights (None when the spec names no local
+    directory with weights): two runs with the same spec but other weights differ here."""
+    import hashlib
+
+    directory = checkpoint_directory(spec.removeprefix("transformers:"))
+    weights = sorted(directory.glob("*.safetensors")) if directory.is_dir() else []
+    if not weights:
+        return None
+    digest = hashlib.sha256()
+    for path in [directory / "config.json", *weights]:
+        with open(path, "rb") as file:
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu",
                     dtype: torch.dtype | None = None) -> CwmForCausalLM:
     """Load a checkpoint directory into our model (dtype: the config's unless given)."""

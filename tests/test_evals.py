@@ -347,13 +347,13 @@ def test_a_garbage_prediction_file_is_scored_with_its_errors_counted(dataset, tm
         assert metrics["traces"] == len(ids)
 
 
-def tiny_checkpoint(directory: Path) -> Path:
+def tiny_checkpoint(directory: Path, seed: int = 0) -> Path:
     import torch
     import transformers
 
     from tests.test_predict import TINY_CWM
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     transformers.CwmForCausalLM(transformers.CwmConfig(**TINY_CWM)).save_pretrained(directory)
     return directory
 
@@ -553,3 +553,17 @@ def test_dots_after_a_frame_switch_refer_to_nothing():
     assert not judged.frames[5].state_exact and not judged.frames[5].state_match
     summary = summarize([judged])
     assert summary["metrics"]["state_exact"]["value"] == pytest.approx(100 * 5 / 6)  # 6 states
+
+
+def test_an_eval_resumed_with_other_weights_under_the_same_spec_is_refused(dataset, tmp_path):
+    """A spec outlives its weights (`bundled` after `make model`): resuming must not mix
+    the old model's predictions with the new one's."""
+    checkpoint = tiny_checkpoint(tmp_path / "tiny")
+    options = ["--limit", "1", "--max-frame-tokens", "8", "--budget-tokens", "40"]
+    run(["eval", str(dataset), "--model", str(checkpoint), *options, "-o", str(tmp_path / "a")])
+    run(["eval", str(dataset), "--model", str(checkpoint), *options, "--resume", "-o",
+         str(tmp_path / "a")])  # the same weights: resumes (nothing left to do)
+    tiny_checkpoint(checkpoint, seed=1)
+    refused = run(["eval", str(dataset), "--model", str(checkpoint), *options, "--resume", "-o",
+                   str(tmp_path / "a")], 8)
+    assert "other weights of the model" in refused.output
