@@ -34,10 +34,8 @@ model: $(BIN)/.installed
 	    -o $(MODEL_DATA)/size2 $$(test -e $(MODEL_DATA)/size2/manifest.json && echo --resume)
 	test -e $(MODEL_DATA)/size3/stats.json || $(BIN)/tracekit dataset build synthetic:25000:202 --synthetic-size 3 \
 	    -o $(MODEL_DATA)/size3 $$(test -e $(MODEL_DATA)/size3/manifest.json && echo --resume)
-	test -e $(MODEL_DATA)/basic/stats.json || $(BIN)/tracekit dataset build basic:30000:303 \
-	    -o $(MODEL_DATA)/basic $$(test -e $(MODEL_DATA)/basic/manifest.json && echo --resume)
-	$(BIN)/tracekit train $(MODEL_DATA)/size2 $(MODEL_DATA)/size3 $(MODEL_DATA)/basic -o $(MODEL_RUN) \
-	    --size small --steps 2400 --lr 3e-3 --val-traces 30 --compile \
+	$(BIN)/tracekit train $(MODEL_DATA)/size2 $(MODEL_DATA)/size3 -o $(MODEL_RUN) --size small \
+	    --steps 1600 --lr 3e-3 --val-traces 30 --compile \
 	    $$(test -e $(MODEL_RUN)/training_state.pt && echo --resume)
 	$(BIN)/python -c "from pathlib import Path; from tracekit.evals.train_run import bundle; \
 	    bundle(Path('$(MODEL_RUN)'), Path('model/bundled'))"

@@ -204,6 +204,22 @@ def bundled():
     return load_predictor("bundled")
 
 
+def test_back_over_a_set_compares_with_the_real_run_again(bundled):
+    """After `set` and `back` the track holds no edited frame, however many frames the model
+    writes next (a freed edited frame's id must not make a new frame look edited)."""
+    trace = run_trace(LOOP, "f(2)")
+    program = Program(trace.context)
+    track = Track(ModelStepper(bundled, trace.context, GREEDY), trace.frames[:1], program)
+    track.step()
+    track.save()
+    track.set_value("k", "5")
+    assert track.is_edited
+    track.back()
+    for _ in range(6):
+        track.step()
+        assert not track.is_edited
+
+
 def test_ctrl_c_during_a_prediction_stops_it_and_keeps_the_session(bundled, capsys):
     """Ctrl-C arrives as KeyboardInterrupt in the middle of the model's forward pass (here at
     its fifth forward, exactly where a person's Ctrl-C would land): the command stops, the

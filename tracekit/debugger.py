@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, replace
 
 from tracekit.cwm import frame_wire_text
+from tracekit.model.errors import BackendError
 from tracekit.predict import FramePrediction, Sampling, TracePredictor
 from tracekit.trace import DotsResolver, Frame
 from tracekit.tracer.constants import MARKER
@@ -140,7 +141,8 @@ class Track:
         self.frames = list(start)
         self.ended = False
         self.history: list[tuple[list[Frame], bool]] = []
-        self.edited: set[int] = set()  # ids of frames changed by `set`
+        self.edited: dict[int, Frame] = {}  # frames changed by `set`, by id (kept alive, so
+        # an id is never reused by a later frame)
 
     @property
     def current(self) -> Frame:
@@ -174,7 +176,7 @@ class Track:
         except KeyboardInterrupt:
             self.stepper.drop_cache()
             return Stop("interrupted")
-        except DebuggerError as exc:
+        except (DebuggerError, BackendError) as exc:  # the session stays; the user decides
             return Stop("refused", message=str(exc))
         if prediction.frame is None:
             self.ended = True
@@ -237,7 +239,7 @@ class Track:
             raise DebuggerError(f"no local named {name!r} here (locals: {have})")
         edited = replace(frame, locals={**frame.locals, name: rendered})
         self.frames[-1] = edited
-        self.edited.add(id(edited))
+        self.edited[id(edited)] = edited
 
     # what the frames say ---------------------------------------------------------------------
 

@@ -83,6 +83,9 @@ class DebugSession:
         stop = how(self.predicted)
         if self.real is not None and not self.predicted.is_edited:
             how(self.real)
+        if self.predicted.history[-1] == (self.predicted.frames, self.predicted.ended):
+            for track in tracks:  # nothing moved (a refusal, a malformed first frame): the
+                track.back()  # real track stays with it, and there is nothing to undo
         self.show_stop(stop)
 
     def do_step(self, rest: str) -> None:
@@ -359,7 +362,10 @@ def debug(file: Path, entry, call, spec, openai_model, real, temperature, seed, 
 def _interact(session: DebugSession) -> None:
     """Read commands with line editing and history until quit or Ctrl-D; an empty line
     repeats the last command; Ctrl-C at the prompt clears the line."""
-    import readline  # noqa: F401 - input() gains editing and history
+    try:
+        import readline  # noqa: F401 - input() gains editing and history
+    except ImportError:  # a Python built without it: plain input()
+        pass
 
     last = ""
     while True:
