@@ -4,8 +4,8 @@ Meta's cwmdbg (step, next, out) and the ones it lacks (run to a line, set a valu
 A stepper predicts the frame after a track's frames, optionally forced to start with an event
 token: `ModelStepper` asks a model through a cached session (each step runs only the new
 tokens); `ReplayStepper` answers with the real trace (the `oracle`). A `Track` keeps the frames
-and a history of them for `back`; `Debugger` runs every command on the predicted track and, when
-the real trace is shown beside it, on a real track too, so both stop where that command stops.
+and a history of them for `back`; the CLI's `DebugSession` runs every command on the predicted
+track and, when the real trace is shown beside it, on a real track too.
 """
 
 from __future__ import annotations

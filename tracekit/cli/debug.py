@@ -11,7 +11,15 @@ import click
 
 from tracekit.cli.common import Failure, exit_help, traced_for_a_model, tracing_options
 from tracekit.cli.models import MODEL_HELP
-from tracekit.debugger import MOVE_LIMIT, DebuggerError, Program, ReplayStepper, Stop, Track
+from tracekit.debugger import (
+    MOVE_LIMIT,
+    DebuggerError,
+    Program,
+    ReplayStepper,
+    Stop,
+    Track,
+    differences,
+)
 from tracekit.trace import EXIT_MODEL, Frame
 
 PROMPT = "(tracekit) "
@@ -235,8 +243,9 @@ class DebugSession:
     def show_frame(self, compare: bool = True) -> None:
         track = self.predicted
         frame = track.current
-        lineno = track.lineno()
-        tail = {"call": f"   [call {track.stack()[-1].name}]",
+        level = track.stack()[-1]
+        lineno = level.lineno
+        tail = {"call": f"   [call {level.name}]",
                 "return": f"   [return => {frame.arg}]",
                 "exception": f"   [exception: {frame.arg}]"}.get(frame.event, "")
         self.say(f"-> {lineno or '?':>3}  {frame.source.rstrip()}{tail}", fg="green")
@@ -254,8 +263,6 @@ class DebugSession:
             self.say("   real: not compared after set (back or reset to compare again)",
                      dim=True)
             return
-        from tracekit.debugger import differences
-
         found = differences(self.predicted, real)
         if found:
             self.say("   real: " + "; ".join(found), fg="red")
