@@ -24,21 +24,32 @@ test: $(BIN)/.installed
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/tracer.py
 
-# The bundled model (model/bundled/): build its synthetic training data, train it (about two
-# hours on 2 CPU cores; the log is build/model/run/training_log.jsonl). Killed, run it again:
-# the builds and the training resume where they stopped.
+# The bundled model (model/bundled/), in two stages on 2 CPU cores, each about 80 minutes of
+# training plus its data: (1) from scratch on synthetic programs; (2) from stage 1's weights
+# (--init) on synthetic programs with the names real code uses and on everyday functions.
+# Logs: build/model/run*/training_log.jsonl. Killed, run it again: the builds and the training
+# resume where they stopped.
 MODEL_DATA := build/model/data
 MODEL_RUN := build/model/run
+MODEL_RUN2 := build/model/run2
+# $(call dataset,DIR,SOURCE SPEC AND OPTIONS): build DIR unless it is built, resuming a killed build
+dataset = test -e $(1)/stats.json || $(BIN)/tracekit dataset build $(2) -o $(1) \
+	$$(test -e $(1)/manifest.json && echo --resume)
+# $(call train,RUN,DATASETS AND OPTIONS): train into RUN, resuming a killed run
+train = $(BIN)/tracekit train $(2) -o $(1) --val-traces 30 --compile \
+	$$(test -e $(1)/training_state.pt && echo --resume)
 model: $(BIN)/.installed
-	test -e $(MODEL_DATA)/size2/stats.json || $(BIN)/tracekit dataset build synthetic:40000:101 --synthetic-size 2 \
-	    -o $(MODEL_DATA)/size2 $$(test -e $(MODEL_DATA)/size2/manifest.json && echo --resume)
-	test -e $(MODEL_DATA)/size3/stats.json || $(BIN)/tracekit dataset build synthetic:25000:202 --synthetic-size 3 \
-	    -o $(MODEL_DATA)/size3 $$(test -e $(MODEL_DATA)/size3/manifest.json && echo --resume)
-	$(BIN)/tracekit train $(MODEL_DATA)/size2 $(MODEL_DATA)/size3 -o $(MODEL_RUN) --size small \
-	    --steps 1600 --lr 3e-3 --val-traces 30 --compile \
-	    $$(test -e $(MODEL_RUN)/training_state.pt && echo --resume)
+	$(call dataset,$(MODEL_DATA)/size2,synthetic:40000:101 --synthetic-size 2)
+	$(call dataset,$(MODEL_DATA)/size3,synthetic:25000:202 --synthetic-size 3)
+	test -e $(MODEL_RUN)/model.safetensors || $(call train,$(MODEL_RUN),$(MODEL_DATA)/size2 \
+	    $(MODEL_DATA)/size3 --size small --steps 1600 --lr 3e-3)
+	$(call dataset,$(MODEL_DATA)/names2,synthetic:30000:111 --synthetic-size 2)
+	$(call dataset,$(MODEL_DATA)/names3,synthetic:12000:222 --synthetic-size 3)
+	$(call dataset,$(MODEL_DATA)/basic,basic:30000:303)
+	$(call train,$(MODEL_RUN2),$(MODEL_DATA)/names2 $(MODEL_DATA)/names3 $(MODEL_DATA)/basic \
+	    --init $(MODEL_RUN) --steps 1600 --lr 2e-3)
 	$(BIN)/python -c "from pathlib import Path; from tracekit.evals.train_run import bundle; \
-	    bundle(Path('$(MODEL_RUN)'), Path('model/bundled'))"
+	    bundle(Path('$(MODEL_RUN2)'), Path('model/bundled'))"
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -6,12 +6,13 @@
   last state, unchanged) and moves to the next source line in file order (the next line that
   is neither blank nor a comment); the first frame is the entry's call frame with no
   arguments. Past the last line of the file it ends the trace. In output mode it predicts
-  that the entry returns its first argument unchanged (None without arguments).
+  that the entry returns its first argument unchanged (None without arguments); in reasoning
+  mode it answers that value with no reasoning.
 """
 
 from __future__ import annotations
 
-from tracekit.cwm import END_OF_TEXT, frame_wire_text
+from tracekit.cwm import END_OF_TEXT, frame_wire_text, parse_trace
 from tracekit.trace import DotsResolver, Frame, Trace
 from tracekit.tracer.constants import DOTS, MARKER
 from tracekit.tracer.context import marker_line
@@ -20,7 +21,12 @@ BASELINES = ("oracle", "copy")
 
 
 def predict(name: str, trace: Trace, mode: str) -> dict:
-    """The baseline's prediction record for one trace."""
+    """The baseline's prediction record for one trace (reasoning mode: the answer of the
+    output mode's frame, with no thinking)."""
+    if mode == "reasoning":
+        frames = parse_trace(predict(name, trace, "output")["text"]).frames
+        value = frames[0].arg if frames else None
+        return {"text": f"[OUTPUT]{value}[/OUTPUT]" if value is not None else ""}
     return (_oracle if name == "oracle" else _copy)(trace, mode)
 
 

@@ -17,6 +17,7 @@ counts where it could be read (its event token, its source line, its locals).
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
@@ -24,7 +25,7 @@ from tracekit.cwm import ParsedTrace, frame_wire_text, parse_segments, parse_tra
 from tracekit.trace import DotsResolver, Frame, resolve_dots
 from tracekit.tracer.constants import DOTS
 
-MODES = ("teacher-forced", "rollout", "output")
+MODES = ("teacher-forced", "rollout", "output", "reasoning")
 VALUE_TYPES = ("int", "float", "str", "list", "tuple", "dict", "set", "bool", "None", "other")
 NO_EVENT_ERRORS = ("bad event token", "empty output", "the model ended the trace here")
 GAP_COST, ALIGN_BAND, ALIGN_MAX_CELLS = 1.5, 8, 3_000_000
@@ -98,6 +99,7 @@ class TraceComparison:
     output_correct: bool
     truncated: bool  # cut off by the token budget
     first_divergence: int | None  # first wrong index; None for an exact trace
+    reasoning_tokens: int | None = None  # reasoning mode: tokens the reply took
 
     @property
     def exact(self) -> bool:
@@ -128,6 +130,9 @@ def compare(trace_id: str, real: list[Frame], record: dict) -> TraceComparison:
         return compare_teacher_forced(trace_id, real, record.get("texts") or [])
     if mode == "output":
         return compare_output(trace_id, real, record.get("text") or "")
+    if mode == "reasoning":
+        return compare_reasoning(trace_id, real, record.get("text") or "", record.get("stop"),
+                                 record.get("tokens"))
     return compare_rollout(trace_id, real, record.get("text") or "", record.get("stop"))
 
 
@@ -204,6 +209,59 @@ def compare_output(trace_id: str, real: list[Frame], text: Prediction) -> TraceC
     right = last.real.event == "return" and bool(last.value_match)
     return TraceComparison(trace_id, "output", real, [pred], [last], [last], 0, True,
                            pred.error is None, right, False, None if right else last.step)
+
+
+def compare_reasoning(trace_id: str, real: list[Frame], text: str, stop: str | None = None,
+                      tokens: int | None = None) -> TraceComparison:
+    """A chat reply (reasoning, then the answer) against the entry's real return value: right
+    when the [OUTPUT] literal equals it as a Python value (`same_value`)."""
+    answer, problem = reasoning_answer(text)
+    last_real = real[-1]
+    pred = (Frame("return", last_real.lineno, last_real.source, arg=answer) if problem is None
+            else Frame("return", None, "", error=problem))
+    right = (problem is None and last_real.event == "return"
+             and same_value(answer, last_real.arg or ""))
+    last = replace(_compare_frame(len(real) - 1, last_real, None, pred, None),
+                   value_match=right)
+    truncated = problem == THINKING_CUT and stop == "budget"
+    return TraceComparison(trace_id, "reasoning", real, [pred], [last], [last], 0, True,
+                           problem is None, right, truncated, None if right else last.step,
+                           tokens if type(tokens) is int else None)
+
+
+THINKING_CUT = "the reply ended inside <think>"
+
+
+def reasoning_answer(text: str) -> tuple[str | None, str | None]:
+    """(the [OUTPUT] literal after the reasoning, None) or (None, what is wrong). The reply
+    is the assistant's whole turn: `<think>` reasoning `</think>` answer, or the answer alone."""
+    body = text.lstrip()
+    if body.startswith("<think>"):
+        head, closed, body = body[len("<think>"):].partition("</think>")
+        if not closed:
+            return None, THINKING_CUT
+    found = OUTPUT_BLOCK.search(body)
+    if found is None:
+        return None, "no [OUTPUT] ... [/OUTPUT] in the answer"
+    return found.group(1).strip(), None
+
+
+OUTPUT_BLOCK = re.compile(r"\[OUTPUT\](.*?)\[/OUTPUT\]", re.DOTALL)
+
+
+def same_value(predicted: str, real: str) -> bool:
+    """Whether two renderings are the same Python value: equal as literals where both parse
+    (`ast.literal_eval`: 'a' and "a", 1.0 and 1 are equal), else equal as text."""
+    try:
+        return _literal(predicted) == _literal(real)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return predicted.strip() == real.strip()
+
+
+def _literal(text: str):
+    if len(text) > 100_000:  # literal_eval of huge text is slow and never needed here
+        raise ValueError("too long")
+    return ast.literal_eval(text.strip())
 
 
 def has_event(frame: Frame | None) -> bool:

@@ -78,7 +78,10 @@ MORE = (
            "traces with every frame right, no frame extra and (rollout) an <|end_of_text|> / "
            "traces"),
     Metric("truncated", "truncated by the token budget", "macro",
-           "traces whose prediction the token budget cut off / traces", lower_is_better=True),
+           "traces whose prediction the token budget cut off / traces (reasoning: inside "
+           "<think>)", lower_is_better=True),
+    Metric("reasoning_tokens", "avg reply length (tokens)", "mean",
+           "reasoning mode: tokens of the reply, thinking included / traces"),
     Metric("micro_event", "event match (frames)", "micro",
            "frames whose predicted event equals the real one / frames"),
     Metric("micro_action", "action match (frames)", "micro",
@@ -109,8 +112,19 @@ MORE = (
            "as avg action length, over the predicted frames"),
 )
 METRICS = CWM_TABLE + MORE
-# What a metric means in each mode: output mode scores only the return value.
-OUTPUT_MODE_METRICS = ("output_pass1", "valid_format")
+# What a metric means in each mode: output and reasoning modes score only the return value.
+OUTPUT_MODE_METRICS = ("output_pass1", "valid_format", "truncated", "reasoning_tokens")
+# In reasoning mode the format checked is the answer's: [OUTPUT] ... [/OUTPUT] after </think>.
+REASONING_LABELS = {"valid_format": "answer found ([OUTPUT] after the thinking)"}
+
+
+def shown_metrics(mode: str) -> list[tuple[Metric, str]]:
+    """(metric, label) of what a run's table shows: the CWM table, or in output and reasoning
+    modes the return-value metrics."""
+    if mode not in ("output", "reasoning"):
+        return [(m, m.label) for m in CWM_TABLE]
+    labels = REASONING_LABELS if mode == "reasoning" else {}
+    return [(m, labels.get(m.key, m.label)) for m in METRICS if m.key in OUTPUT_MODE_METRICS]
 # The CWM tech report's numbers on CRUXEval (spec section 10: full-trace prediction, greedy).
 PUBLISHED_CRUXEVAL = {"output_pass1": 88.0, "valid_format": 99.6, "state_exact": 96.9,
                       "action_exact": 96.5, "valid_json": 100.0, "key_match": 99.1,
@@ -132,7 +146,11 @@ def trace_counts(c: TraceComparison) -> dict[str, tuple[float, float]]:
     """Every metric's (numerator, denominator) for one trace."""
     one = lambda flag: (float(flag), 1.0)  # noqa: E731
     counts = {"output_pass1": one(c.output_correct), "valid_format": one(c.valid_format)}
-    if c.mode == "output":
+    if c.mode == "reasoning":
+        counts["truncated"] = one(c.truncated)
+        if c.reasoning_tokens is not None:
+            counts["reasoning_tokens"] = (float(c.reasoning_tokens), 1.0)
+    if c.mode in ("output", "reasoning"):
         return counts
     states = [f for f in c.frames if f.real.locals is not None]
     values = [f for f in c.frames if f.real.locals is None]
@@ -190,6 +208,7 @@ def summarize(comparisons: list[TraceComparison]) -> dict:
         "by_step": _by_step(comparisons),
         "step_curve": _step_curve(comparisons),
         "divergence": _divergence(comparisons),
+        "output_by_id": {c.id: c.output_correct for c in comparisons},
     }
 
 
@@ -323,12 +342,13 @@ def _step_curve(comparisons, min_frames: int = 5) -> dict:
 
 def _traced(comparisons: list[TraceComparison]) -> list[TraceComparison]:
     """Comparisons with frames by step (output mode has only the return frame)."""
-    return [c for c in comparisons if c.mode != "output"]
+    return [c for c in comparisons if c.mode not in ("output", "reasoning")]
 
 
 def _divergence(comparisons) -> dict:
     """Where predictions first go wrong: the index, and the index over the trace's length."""
-    inexact = [c for c in comparisons if c.first_divergence is not None and c.mode != "output"]
+    inexact = [c for c in comparisons
+               if c.first_divergence is not None and c.mode not in ("output", "reasoning")]
     return {"exact": sum(c.first_divergence is None for c in comparisons),
             "index": [c.first_divergence for c in inexact],
             "relative": [round(c.first_divergence / max(1, len(c.real)), 4) for c in inexact]}

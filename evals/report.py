@@ -80,3 +80,17 @@ def compare_runs(first: dict, second: dict) -> list[tuple[str, str, str, str]]:
         delta = f"{b['value'] - a['value']:+.1f}" if a is not None and b is not None else ""
         rows.append((metric.label, show(a), show(b), delta))
     return rows
+
+
+def output_agreement(first: dict, second: dict) -> dict[str, int] | None:
+    """Per program (the ids both runs scored): output right in both runs, in the first only,
+    in the second only, in neither. None when a run predates per-program outputs."""
+    a, b = first.get("output_by_id"), second.get("output_by_id")
+    if a is None or b is None:
+        return None
+    common = [i for i in a if i in b]
+    return {"programs": len(common),
+            "both": sum(a[i] and b[i] for i in common),
+            "first only": sum(a[i] and not b[i] for i in common),
+            "second only": sum(b[i] and not a[i] for i in common),
+            "neither": sum(not a[i] and not b[i] for i in common)}

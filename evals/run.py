@@ -239,6 +239,8 @@ def _clean(record: dict, mode: str, problems: Counter) -> dict:
             problems["malformed"] += 1
             text = ""
         clean["text"] = text or ""
+        if mode == "reasoning":
+            clean["tokens"] = record.get("tokens") if type(record.get("tokens")) is int else None
     return clean
 
 
@@ -272,6 +274,8 @@ def model_predictor(options: RunOptions) -> tuple[Callable[[Trace], dict], str, 
                                options.max_frame_tokens, options.compile_decode,
                                options.draft_tokens)
     sampling = Sampling(options.temperature, options.top_k, options.top_p, options.seed)
+    if options.mode == "reasoning":
+        return _reasoning_predictor(options, predictor, sampling), predictor.backend.name, None
 
     def predict_one(trace: Trace) -> dict:
         if options.mode == "teacher-forced":
@@ -288,6 +292,33 @@ def model_predictor(options: RunOptions) -> tuple[Callable[[Trace], dict], str, 
                 "tokens": rollout.tokens_used}
 
     return predict_one, predictor.backend.name, predictor.tokenizer
+
+
+def _reasoning_predictor(options: RunOptions, predictor, sampling) -> Callable[[Trace], dict]:
+    """Output prediction by reasoning: CWM's reasoning system prompt, the program and its call
+    as the user's turn, one reply of at most `budget_tokens`; the record holds the whole reply
+    (its opening <think> included), its length and whether the budget cut it off."""
+    from tracekit.chat import ChatError, ChatOptions, chat_turn, checkpoint_template
+    from tracekit.model.checkpoint import checkpoint_directory
+    from tracekit.prompts import output_prediction_question
+
+    spec = options.model
+    template = None if spec.startswith("openai:") else checkpoint_template(
+        checkpoint_directory(spec.removeprefix("transformers:")))
+
+    def predict_one(trace: Trace) -> dict:
+        messages = [{"role": "user", "content": output_prediction_question(trace.context,
+                                                                            trace.call)}]
+        try:
+            reply = chat_turn(predictor, messages, ChatOptions(), template,
+                              options.budget_tokens, sampling)
+        except ChatError as exc:  # the program does not fit the context: scored as no answer
+            return {"text": "", "stop": "context", "error": str(exc)}
+        opened = "<think>\n" if reply.thinking is not None else ""
+        return {"text": opened + reply.text, "tokens": reply.tokens,
+                "stop": None if reply.stopped else "budget"}
+
+    return predict_one
 
 
 def evaluate(options: RunOptions, out: Path, resume: bool = False, concurrency: int = 1,

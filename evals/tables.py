@@ -12,6 +12,7 @@ from tracekit.evals.metrics import (
     MORE,
     OUTPUT_MODE_METRICS,
     PUBLISHED_CRUXEVAL,
+    REASONING_LABELS,
 )
 
 WORST_SHOWN = 20
@@ -21,13 +22,15 @@ def metric_rows(summary: dict, metrics, mode: str) -> list[tuple[str, str, str, 
     """(label, value, 95% CI, n, published CWM on CRUXEval) per metric the run has."""
     rows = []
     for metric in metrics:
-        if mode == "output" and metric.key not in OUTPUT_MODE_METRICS:
+        if mode in ("output", "reasoning") and metric.key not in OUTPUT_MODE_METRICS:
             continue
         found = summary["metrics"].get(metric.key)
         if found is None:
             continue
         published = PUBLISHED_CRUXEVAL.get(metric.key) if mode == "rollout" else None
-        rows.append((metric.label, f"{found['value']:.1f}",
+        label = REASONING_LABELS.get(metric.key, metric.label) if mode == "reasoning" else \
+            metric.label
+        rows.append((label, f"{found['value']:.1f}",
                      f"{found['low']:.1f}–{found['high']:.1f}", str(found["n"]),
                      f"{published:.1f}" if published is not None else ""))
     return rows

@@ -32,6 +32,7 @@ class TrainOptions:
     val_traces: int = 100
     loss_on_context: bool = False
     device: str = "cpu"
+    init: str | None = None  # a checkpoint to start from: its weights, shape and tokenizer
 
 
 def traces_of(datasets: tuple[str, ...], split: str) -> list[tuple[str, Trace]]:
@@ -81,12 +82,7 @@ def run(options: TrainOptions, config: loop.TrainConfig, out: Path, resume: bool
     if not len(packed.rows):
         raise ValueError(f"every training trace is longer than --seq-len {options.seq_len}")
     torch.manual_seed(config.seed)
-    model_config = loop.model_config(options.size, tokenizer.vocab_size, options.seq_len,
-                                     tokenizer.special_ids, **dict(options.shape))
-    from tracekit.model.modeling import CwmForCausalLM
-
-    model = CwmForCausalLM(model_config).to(options.device)
-    loop.init_weights(model, model_config.initializer_range)
+    model = _start_model(options, tokenizer)
     model.fast = True
     checked = [t for _, t in validation
                if len(trace_ids(tokenizer, t)[0]) <= options.seq_len][:options.val_traces]
@@ -107,6 +103,31 @@ def run(options: TrainOptions, config: loop.TrainConfig, out: Path, resume: bool
     if rank == 0:
         _finish(out, model, log, options, config, packed, tokenizer, leaked)
     return log[-1]
+
+
+def _start_model(options: TrainOptions, tokenizer):
+    """Random weights of the preset's shape, or the --init checkpoint's weights in float32."""
+    from tracekit.model.modeling import CwmForCausalLM
+
+    if options.init is None:
+        config = loop.model_config(options.size, tokenizer.vocab_size, options.seq_len,
+                                   tokenizer.special_ids, **dict(options.shape))
+        model = CwmForCausalLM(config).to(options.device)
+        loop.init_weights(model, config.initializer_range)
+        return model
+    from tracekit.model.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        model = load_checkpoint(options.init, options.device, torch.float32)
+    except CheckpointError as exc:
+        raise ValueError(f"--init {options.init}: {exc}") from None
+    if model.config.vocab_size != tokenizer.vocab_size:
+        raise ValueError(f"--init {options.init}: its tokenizer.json has {tokenizer.vocab_size} "
+                         f"tokens and its model {model.config.vocab_size}: not one checkpoint")
+    if model.config.max_position_embeddings < options.seq_len:
+        raise ValueError(f"--seq-len {options.seq_len} is past --init {options.init}'s context "
+                         f"({model.config.max_position_embeddings}): use at most that")
+    return model
 
 
 def teacher_forced_accuracy(model, tokenizer, traces: list[Trace]) -> dict:
@@ -157,7 +178,15 @@ def _tokenizer(out: Path, training, options: TrainOptions, resume: bool, rank: i
     if not (resume and path.exists()):
         if rank == 0:
             temporary = out / (TOKENIZER + ".tmp")
-            train_tokenizer((trace_text(t) for _, t in training), options.vocab_size, temporary)
+            if options.init is None:
+                train_tokenizer((trace_text(t) for _, t in training), options.vocab_size,
+                                temporary)
+            else:  # the starting checkpoint's own: its embeddings index it
+                source = Path(options.init) / TOKENIZER
+                if not source.is_file():
+                    raise ValueError(f"--init {options.init} has no {TOKENIZER}: start from "
+                                     "a checkpoint `tracekit train` wrote")
+                shutil.copyfile(source, temporary)
             shutil.move(temporary, path)
         if distributed:
             torch.distributed.barrier()
@@ -176,14 +205,17 @@ def _finish(out: Path, model, log: list[dict], options: TrainOptions,
     parameters = sum(p.numel() for p in model.parameters())
     validation = {k: v for k, v in last.items() if k in ("val_loss", "state_exact",
                                                         "action_exact", "frame_match")}
+    origin = (f"from the weights of `{options.init}`" if options.init else "from scratch")
+    shape = (f"that of `{options.init}`" if options.init else f"`{options.size}` preset"
+             + (f" with {dict(options.shape)}" if options.shape else ""))
     (out / "README.md").write_text(f"""# {out.name}
 
-A CWM-architecture model trained from scratch by `tracekit train` to predict Python execution
+A CWM-architecture model trained {origin} by `tracekit train` to predict Python execution
 traces in CWM's format.
 
-- Shape: `{options.size}` preset{' with ' + str(dict(options.shape)) if options.shape else ''},
-  {parameters:,} parameters, {model.config.num_hidden_layers} layers, context {options.seq_len}
-  tokens; tokenizer: byte-level BPE of {tokenizer.vocab_size} tokens (`tokenizer.json`).
+- Shape: {shape}, {parameters:,} parameters, {model.config.num_hidden_layers} layers,
+  context {options.seq_len} tokens; tokenizer: byte-level BPE of {tokenizer.vocab_size} tokens
+  (`tokenizer.json`).
 - Data: the train split of {', '.join(options.datasets)}: {packed.traces} traces packed into
   {len(packed.rows)} rows ({packed.dropped} longer than a row left out), {packed.tokens:,} tokens.
   Left out as equal to a held-out test program (CRUXEval, HumanEval) up to names:

@@ -34,9 +34,10 @@ class Backend:
     name = "backend"
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int, stop_ids,
-                 sampling) -> list[Generation]:
+                 sampling, on_tokens=None) -> list[Generation]:
         """One generation per prompt, each ending at the first of `stop_ids` (kept) or after
-        `max_new_tokens`."""
+        `max_new_tokens`. `on_tokens` (one prompt only): called with new tokens as they come
+        (a backend that cannot stream calls it once, at the end)."""
         raise NotImplementedError
 
     def teacher_forced(self, ids: list[int], starts: list[int], max_new_tokens: int, stop_ids,
@@ -64,9 +65,10 @@ class RuntimeBackend(Backend):
         self.prefill_chunk = prefill_chunk
         self.draft_tokens = draft_tokens
 
-    def generate(self, prompts, max_new_tokens, stop_ids, sampling) -> list[Generation]:
+    def generate(self, prompts, max_new_tokens, stop_ids, sampling,
+                 on_tokens=None) -> list[Generation]:
         return generate(self.model, prompts, max_new_tokens, stop_ids,
-                        draft_tokens=self.draft_tokens, **vars(sampling))
+                        draft_tokens=self.draft_tokens, on_tokens=on_tokens, **vars(sampling))
 
     @torch.inference_mode()
     def teacher_forced(self, ids, starts, max_new_tokens, stop_ids, sampling):
@@ -145,7 +147,8 @@ class TransformersBackend(Backend):
         self.model = model.eval()
 
     @torch.no_grad()
-    def generate(self, prompts, max_new_tokens, stop_ids, sampling) -> list[Generation]:
+    def generate(self, prompts, max_new_tokens, stop_ids, sampling,
+                 on_tokens=None) -> list[Generation]:
         device = self.model.device
         width = max(len(p) for p in prompts)
         pad = 0
@@ -171,12 +174,15 @@ class TransformersBackend(Backend):
             stop = next((i + 1 for i, t in enumerate(tokens) if t in stop_ids), None)
             end = stop or len(tokens)
             results.append(Generation(tokens[:end], lps[:end], stop is not None))
+        if on_tokens is not None:
+            on_tokens(results[0].tokens)
         return results
 
 
 class OpenAIBackend(Backend):
     """An OpenAI-compatible `/v1/completions` server, prompts sent as token ids (vLLM's
-    `stop_token_ids` and `return_tokens_as_token_ids` extensions; `tracekit serve` has both)."""
+    `stop_token_ids` and `return_tokens_as_token_ids` extensions; `tracekit serve` has both);
+    `chat` uses its `/v1/chat/completions`."""
 
     name = "openai"
 
@@ -188,10 +194,14 @@ class OpenAIBackend(Backend):
         self.concurrency = concurrency
         self.timeout = timeout
 
-    def generate(self, prompts, max_new_tokens, stop_ids, sampling) -> list[Generation]:
+    def generate(self, prompts, max_new_tokens, stop_ids, sampling,
+                 on_tokens=None) -> list[Generation]:
         with ThreadPoolExecutor(min(self.concurrency, len(prompts))) as pool:
-            return list(pool.map(lambda p: self._one(p, max_new_tokens, stop_ids, sampling),
-                                 prompts))
+            results = list(pool.map(lambda p: self._one(p, max_new_tokens, stop_ids, sampling),
+                                    prompts))
+        if on_tokens is not None:
+            on_tokens(results[0].tokens)
+        return results
 
     def _one(self, prompt, max_new_tokens, stop_ids, sampling) -> Generation:
         body = {"model": self.model, "prompt": prompt, "max_tokens": max_new_tokens,
@@ -212,6 +222,54 @@ class OpenAIBackend(Backend):
             tokens.append(stop)
             values.append(0.0)  # its log-prob was not reported
         return Generation(tokens, values, choice.get("finish_reason") == "stop")
+
+    def chat(self, messages: list[dict], max_tokens: int, sampling, template_kwargs: dict,
+             on_text=None) -> tuple[str, bool, int | None]:
+        """One reply from the server's `/v1/chat/completions` (its own chat template renders
+        the messages; vLLM's `chat_template_kwargs`): (text, ended on its own, tokens; None
+        when streamed). `on_text` streams the text (server-sent events) as it comes."""
+        body = {"model": self.model, "messages": messages, "max_tokens": max_tokens,
+                "temperature": sampling.temperature, "top_p": sampling.top_p,
+                "chat_template_kwargs": template_kwargs, "skip_special_tokens": False}
+        if sampling.top_k:
+            body["top_k"] = sampling.top_k
+        if sampling.seed is not None:
+            body["seed"] = sampling.seed
+        if on_text is None:
+            answer = self._post("/chat/completions", body)
+            choice = answer["choices"][0]
+            return (choice["message"].get("content") or "", choice.get("finish_reason") == "stop",
+                    answer.get("usage", {}).get("completion_tokens", 0))
+        parts, finish = [], None
+        for event in self._events("/chat/completions", {**body, "stream": True}):
+            if "error" in event:
+                raise BackendError(f"{self.url}/chat/completions: {event['error'].get('message')}")
+            for choice in event.get("choices", []):
+                piece = (choice.get("delta") or {}).get("content") or ""
+                if piece:
+                    parts.append(piece)
+                    on_text(piece)
+                finish = choice.get("finish_reason") or finish
+        return "".join(parts), finish == "stop", None  # (chunks are not tokens)
+
+    def _events(self, path: str, body: dict):
+        """The JSON events of a server-sent-event response, until `data: [DONE]`."""
+        request = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                for line in response:
+                    line = line.decode().strip()
+                    if line == "data: [DONE]":
+                        return
+                    if line.startswith("data: "):
+                        yield json.loads(line[6:])
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")[:300]
+            raise BackendError(f"{self.url}{path}: HTTP {exc.code}: {detail}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise BackendError(f"{self.url}: cannot reach the server ({exc}); is it running?"
+                               ) from None
 
     def _post(self, path: str, body: dict) -> dict:
         request = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),

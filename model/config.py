@@ -114,7 +114,8 @@ class CwmConfig:
                               f"{self.num_hidden_layers} layers")
         bad = [t for t in self.layer_types if t not in LAYER_TYPES]
         if bad:
-            raise ConfigError(f"layer_types: unknown type {bad[0]!r} (use {', '.join(LAYER_TYPES)})")
+            raise ConfigError(f"layer_types: unknown type {bad[0]!r} "
+                              f"(use {', '.join(LAYER_TYPES)})")
         if "sliding_attention" in self.layer_types and not (
                 isinstance(self.sliding_window, int) and self.sliding_window > 0):
             raise ConfigError(f"sliding_window: must be a positive integer with sliding layers, "

@@ -4,6 +4,7 @@ transformers does), returning each sequence's new tokens and their log-probabili
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +27,8 @@ def generate(model: CwmForCausalLM, prompts: list[list[int]], max_new_tokens: in
              stop_ids: tuple[int, ...] = (), temperature: float = 0.0, top_k: int = 0,
              top_p: float = 1.0, seed: int | None = None,
              cache: KVCache | PrefixForks | None = None, draft_tokens: int = 0,
-             lookup: PromptLookup | None = None) -> list[Generation]:
+             lookup: PromptLookup | None = None,
+             on_tokens: Callable[[list[int]], None] | None = None) -> list[Generation]:
     """Continue each prompt. temperature 0 is greedy; the stop token is kept in `tokens`.
 
     With `cache` (holding a prefix already run, e.g. a trace so far), `prompts` are the tokens
@@ -39,7 +41,10 @@ def generate(model: CwmForCausalLM, prompts: list[list[int]], max_new_tokens: in
     in fewer forwards (a forward of several tokens rounds differently from one-token forwards,
     so a near-tie could flip, as in any batched decode). `lookup`: the tokens the cache holds
     before `prompts`, to guess from too; it is extended with the prompt and every token chosen
-    (a session keeps one from step to step)."""
+    (a session keeps one from step to step).
+
+    `on_tokens` (one prompt): called after each forward with the tokens it chose, for
+    streaming; the last call ends with the stop token when there is one."""
     device, dtype = model.device, model.dtype
     batch = len(prompts)
     width = max(len(p) for p in prompts)
@@ -68,8 +73,8 @@ def generate(model: CwmForCausalLM, prompts: list[list[int]], max_new_tokens: in
         draft_tokens = 0
     elif not cache.windows_reach_all:
         draft_tokens = min(draft_tokens, cache.rewind_margin)
-    if lookup is not None and batch != 1:
-        raise ValueError("a PromptLookup follows one sequence: give one prompt")
+    if (lookup is not None or on_tokens is not None) and batch != 1:
+        raise ValueError("a PromptLookup or on_tokens follows one sequence: give one prompt")
     if lookup is None and draft_tokens > 0:
         lookup = PromptLookup()
     if lookup is not None:
@@ -112,6 +117,8 @@ def generate(model: CwmForCausalLM, prompts: list[list[int]], max_new_tokens: in
                 break
         if lookup is not None:
             lookup.extend(t.item() for t in chosen_tokens[before:])
+        if on_tokens is not None:
+            on_tokens([t[0].item() for t in chosen_tokens[before:]])
         if produced == max_new_tokens or bool(done.all()):
             break
         if len(guessed) > agreed:  # forget the rejected guesses' keys/values
@@ -141,7 +148,8 @@ def generate(model: CwmForCausalLM, prompts: list[list[int]], max_new_tokens: in
     logprobs = torch.stack(chosen_logprobs, 1).tolist()
     ends = finished_at.tolist()
     stopped = done.tolist()
-    return [Generation(t[:end], lp[:end], s) for t, lp, end, s in zip(tokens, logprobs, ends, stopped)]
+    return [Generation(t[:end], lp[:end], s)
+            for t, lp, end, s in zip(tokens, logprobs, ends, stopped)]
 
 
 def _choose(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,

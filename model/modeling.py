@@ -204,7 +204,8 @@ class Backbone(nn.Module):
 
 
 class CwmForCausalLM(nn.Module):
-    """Weight names match Hugging Face checkpoints (`model.layers.{i}.self_attn.q_proj.weight`, ...)."""
+    """Weight names match Hugging Face checkpoints (`model.layers.{i}.self_attn.q_proj.weight`,
+    ...)."""
 
     def __init__(self, config: CwmConfig):
         super().__init__()

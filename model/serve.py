@@ -2,11 +2,15 @@
 
 Endpoints: GET /health, GET /v1/models, POST /v1/completions (prompt as text or token ids,
 max_tokens, temperature, top_p, top_k, seed, stop, stop_token_ids, logprobs; vLLM's
-`return_tokens_as_token_ids`; stream, n > 1, echo and the penalties are refused with a 400).
+`return_tokens_as_token_ids`; n > 1, echo and the penalties are refused with a 400), and POST
+/v1/chat/completions (messages rendered by the caller's `chat` function with vLLM's
+`chat_template_kwargs`, e.g. {"enable_thinking": false}; the reply ends at an end-of-turn token,
+left out of its content). `stream: true` on either sends server-sent events as OpenAI does,
+each chunk as its tokens are chosen, then `data: [DONE]`.
 Requests arriving together are decoded as one batch: a worker thread takes whatever is queued
-(same sampling settings) and runs one batched `generate`. Bad requests get a 4xx with a
-one-line message (bodies over MAX_BODY a 413); a client silent for SOCKET_TIMEOUT is dropped;
-the server keeps serving.
+(same sampling settings) and runs one batched `generate`; a streamed request runs alone. Bad
+requests get a 4xx with a one-line message (bodies over MAX_BODY a 413); a client silent for
+SOCKET_TIMEOUT is dropped; the server keeps serving.
 """
 
 from __future__ import annotations
@@ -29,8 +33,10 @@ class RequestError(Exception):
         self.status = status
 
 
-UNSUPPORTED = {"stream": False, "n": 1, "best_of": 1, "echo": False, "suffix": None,
+UNSUPPORTED = {"n": 1, "best_of": 1, "echo": False, "suffix": None,
                "logit_bias": None, "presence_penalty": 0, "frequency_penalty": 0}
+CHAT_UNSUPPORTED = {"logprobs": False, "top_logprobs": None, "tools": None,
+                    "tool_choice": None, "response_format": None}
 MAX_BODY = 8 << 20  # bytes: a full-context prompt of token ids is well under this
 SOCKET_TIMEOUT = 30.0  # seconds a client may take to send its request
 
@@ -60,45 +66,74 @@ class Engine:
 
     def __init__(self, model, encode: Callable[[str], list[int]],
                  decode: Callable[[list[int]], str], name: str, max_batch: int = 16,
-                 draft_tokens: int = DRAFT_TOKENS):
+                 draft_tokens: int = DRAFT_TOKENS,
+                 chat: Callable[[list, dict], list[int]] | None = None,
+                 end_of_turn: tuple[int, ...] = ()):
+        """`chat(messages, chat_template_kwargs)`: the prompt's ids, or ValueError naming what
+        is wrong (None: no chat endpoint); `end_of_turn`: ids that end a chat reply."""
         self.model, self.encode, self.decode, self.name = model, encode, decode, name
+        self.chat, self.end_of_turn = chat, end_of_turn
         self.max_batch = max_batch
         self.draft_tokens = draft_tokens
         self.context = model.config.max_position_embeddings
         self.queue: queue.Queue = queue.Queue()
         threading.Thread(target=self._worker, daemon=True).start()
 
-    def submit(self, request: dict) -> Future:
-        job = self._validate(request)
+    def submit(self, request: dict, chat: bool = False) -> dict:
+        """Queue a request; the job's "future" gets the response, or, for `stream: true`, its
+        "events" queue gets each chunk's dict, then None."""
+        job = self._validate(request, chat)
         job["future"] = Future()
+        if job["stream"]:
+            job["events"] = queue.Queue()
         self.queue.put(job)
-        return job["future"]
+        return job
 
-    def _validate(self, body: dict) -> dict:
+    def _validate(self, body: dict, chat: bool = False) -> dict:
         if not isinstance(body, dict):
             raise RequestError(400, "the body must be a JSON object")
         if body.get("model", self.name) != self.name:
             raise RequestError(404, f"model {body.get('model')!r} is not served here; "
                                     f"GET /v1/models lists {self.name!r}")
-        for key, default in UNSUPPORTED.items():
+        refused = {**UNSUPPORTED, **CHAT_UNSUPPORTED} if chat else UNSUPPORTED
+        for key, default in refused.items():
             if body.get(key, default) not in (default, None):
                 raise RequestError(400, f"{key}={body[key]!r} is not supported by this server "
                                         f"(leave it out, or {default!r})")
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
-            prompt = prompt[0]  # a batch of one
-        if isinstance(prompt, str) and prompt:
-            ids = self.encode(prompt)
-        elif isinstance(prompt, list) and prompt and all(type(t) is int for t in prompt):
-            ids = prompt
-        else:
-            raise RequestError(400, "prompt must be a non-empty string or list of token ids "
-                                    "(one prompt per request)")
+        if not isinstance(body.get("stream", False), bool):
+            raise RequestError(400, f"stream must be true or false, got {body['stream']!r}")
+        ids = self._chat_ids(body) if chat else self._prompt_ids(body)
         vocab = self.model.config.vocab_size
         if not ids or any(not 0 <= t < vocab for t in ids):
             raise RequestError(400, f"prompt has token ids outside the vocabulary "
                                     f"(0..{vocab - 1})" if ids else "prompt encodes to no tokens")
-        max_tokens = _number(body, "max_tokens", 16, int, minimum=0)
+        max_tokens = _number(body, "max_completion_tokens" if chat and "max_completion_tokens"
+                             in body else "max_tokens", 16, int, minimum=0)
+        return self._rest(body, ids, max_tokens, chat)
+
+    def _prompt_ids(self, body: dict) -> list[int]:
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+            prompt = prompt[0]  # a batch of one
+        if isinstance(prompt, str) and prompt:
+            return self.encode(prompt)
+        if isinstance(prompt, list) and prompt and all(type(t) is int for t in prompt):
+            return prompt
+        raise RequestError(400, "prompt must be a non-empty string or list of token ids "
+                                "(one prompt per request)")
+
+    def _chat_ids(self, body: dict) -> list[int]:
+        if self.chat is None:
+            raise RequestError(404, "this server has no chat endpoint")
+        options = body.get("chat_template_kwargs") or {}
+        if not isinstance(options, dict):
+            raise RequestError(400, "chat_template_kwargs must be an object")
+        try:
+            return self.chat(body.get("messages"), options)
+        except ValueError as exc:
+            raise RequestError(400, str(exc)) from None
+
+    def _rest(self, body: dict, ids: list[int], max_tokens: int, chat: bool) -> dict:
         if len(ids) + max_tokens > self.context:
             raise RequestError(400, f"prompt of {len(ids)} tokens + max_tokens {max_tokens} "
                                     f"exceed the model's context of {self.context} tokens")
@@ -118,10 +153,13 @@ class Engine:
         if not isinstance(stop_ids, list) or not all(type(t) is int for t in stop_ids):
             raise RequestError(400, f"stop_token_ids must be a list of integers, got "
                                     f"{body.get('stop_token_ids')!r}")
-        logprobs = _number(body, "logprobs", None, int, minimum=0)
+        logprobs = None if chat else _number(body, "logprobs", None, int, minimum=0)
+        if chat:  # a reply ends with its turn (the stop token then left out of the content)
+            stop_ids = [*stop_ids, *(t for t in self.end_of_turn if t not in stop_ids)]
         return {"ids": ids, "max_tokens": max_tokens, "sampling": sampling, "stop": stop,
                 "stop_ids": tuple(stop_ids), "logprobs": logprobs is not None,
-                "as_ids": bool(body.get("return_tokens_as_token_ids"))}
+                "as_ids": bool(body.get("return_tokens_as_token_ids")), "chat": chat,
+                "stream": body.get("stream", False)}
 
     def _worker(self) -> None:
         while True:
@@ -133,8 +171,9 @@ class Engine:
                 except queue.Empty:
                     break
             groups: dict = {}
-            for job in jobs:
-                key = (tuple(sorted(job["sampling"].items())), job["stop_ids"])
+            for job in jobs:  # a streamed job runs alone: its chunks follow its own tokens
+                key = (tuple(sorted(job["sampling"].items())), job["stop_ids"],
+                       id(job) if job["stream"] else None)
                 groups.setdefault(key, []).append(job)
             for group in groups.values():
                 try:
@@ -143,12 +182,15 @@ class Engine:
                     for job in group:
                         if not job["future"].done():
                             job["future"].set_exception(exc)
+                        if job["stream"]:
+                            job["events"].put(None)
 
     def _run(self, jobs: list[dict]) -> None:
         new = max(job["max_tokens"] for job in jobs)
+        on_tokens = self._streamer(jobs[0]) if jobs[0]["stream"] else None
         results = generate(self.model, [job["ids"] for job in jobs], max(new, 1),
                            jobs[0]["stop_ids"], draft_tokens=self.draft_tokens,
-                           **jobs[0]["sampling"]) if new else None
+                           on_tokens=on_tokens, **jobs[0]["sampling"]) if new else None
         for i, job in enumerate(jobs):
             tokens, logprobs, finish, reason = [], [], "length", None
             if results is not None:
@@ -157,24 +199,44 @@ class Engine:
                 tokens, logprobs = g.tokens[:cut], g.logprobs[:cut]
                 if g.stopped and cut == len(g.tokens):
                     finish, reason = "stop", tokens[-1]
-            text = self.decode(tokens)
+            text = self._text(job, tokens)
             if job["stop"]:
                 tokens, logprobs, text, finish, reason = self._stop_at_strings(
-                    job["stop"], tokens, logprobs, text, finish, reason)
-            job["future"].set_result(self._choice(job, tokens, logprobs, text, finish, reason))
+                    job, tokens, logprobs, text, finish, reason)
+            response = self._choice(job, tokens, logprobs, text, finish, reason)
+            if job["stream"]:
+                on_tokens.finish(text, finish, reason)
+            job["future"].set_result(response)
 
-    def _stop_at_strings(self, stops, tokens, logprobs, text, finish, reason):
+    def _text(self, job: dict, tokens: list[int]) -> str:
+        """The text of `tokens`; a chat reply's end-of-turn token is not part of it."""
+        if job["chat"] and tokens and tokens[-1] in job["stop_ids"]:
+            tokens = tokens[:-1]
+        return self.decode(tokens)
+
+    def _streamer(self, job: dict) -> _Streamer:
+        return _Streamer(self, job)
+
+    def _stop_at_strings(self, job, tokens, logprobs, text, finish, reason):
         """vLLM's stop strings: the text ends where the first stop string begins; the tokens
         (and usage) run to the one that completed it."""
-        found = [(at, s) for s in stops if (at := text.find(s)) >= 0]
+        found = [(at, s) for s in job["stop"] if (at := text.find(s)) >= 0]
         if not found:
             return tokens, logprobs, text, finish, reason
         at, stop = min(found)
         keep = next(k for k in range(1, len(tokens) + 1)
-                    if len(self.decode(tokens[:k])) >= at + len(stop))
+                    if len(self._text(job, tokens[:k])) >= at + len(stop))
         return tokens[:keep], logprobs[:keep], text[:at], "stop", stop
 
     def _choice(self, job, tokens, logprobs, text, finish, reason) -> dict:
+        usage = {"prompt_tokens": len(job["ids"]), "completion_tokens": len(tokens),
+                 "total_tokens": len(job["ids"]) + len(tokens)}
+        if job["chat"]:
+            return {"id": f"chatcmpl-{id(job):x}", "object": "chat.completion",
+                    "created": int(time.time()), "model": self.name, "choices": [{
+                        "index": 0, "message": {"role": "assistant", "content": text},
+                        "finish_reason": finish, "stop_reason": reason, "logprobs": None}],
+                    "usage": usage}
         choice = {"index": 0, "text": text, "finish_reason": finish, "stop_reason": reason,
                   "logprobs": None}
         if job["logprobs"]:
@@ -184,8 +246,57 @@ class Engine:
                                   "top_logprobs": None, "text_offset": None}
         return {"id": f"cmpl-{id(job):x}", "object": "text_completion",
                 "created": int(time.time()), "model": self.name, "choices": [choice],
-                "usage": {"prompt_tokens": len(job["ids"]), "completion_tokens": len(tokens),
-                          "total_tokens": len(job["ids"]) + len(tokens)}}
+                "usage": usage}
+
+
+class _Streamer:
+    """A streamed job's chunks: text as its tokens are chosen, held back where it could still
+    turn out to start a stop string (or ends inside a character), so the chunks join into
+    exactly the text the same request gets unstreamed."""
+
+    def __init__(self, engine: Engine, job: dict):
+        self.engine, self.job = engine, job
+        self.tokens: list[int] = []
+        self.sent = 0  # characters already sent
+        self.hold = max((len(s) for s in job["stop"]), default=1) - 1
+        self.id = f"{'chatcmpl' if job['chat'] else 'cmpl'}-{id(job):x}"
+        if job["chat"]:
+            self._put({"role": "assistant", "content": ""}, None)
+
+    def __call__(self, new: list[int]) -> None:
+        self.tokens.extend(new)
+        tokens = self.tokens[:self.job["max_tokens"]]
+        text = self.engine._text(self.job, tokens)
+        found = [at for s in self.job["stop"] if (at := text.find(s)) >= 0]
+        safe = min(found) if found else len(text) - self.hold
+        while 0 < safe <= len(text) and text[safe - 1] == "\ufffd":
+            safe -= 1  # half of a multi-byte character: wait for the rest
+        if safe > self.sent:
+            self._send(text[self.sent:safe], None)
+            self.sent = safe
+
+    def finish(self, text: str, finish: str, reason) -> None:
+        self._send(text[self.sent:], finish, reason)
+        self.job["events"].put(None)
+
+    def _send(self, text: str, finish: str | None, reason=None) -> None:
+        if self.job["chat"]:
+            self._put({"content": text} if text else {}, finish, reason)
+        else:
+            self._put(text, finish, reason)
+
+    def _put(self, delta, finish: str | None, reason=None) -> None:
+        choice = {"index": 0, "finish_reason": finish, "logprobs": None}
+        if finish is not None:
+            choice["stop_reason"] = reason
+        if self.job["chat"]:
+            choice["delta"] = delta
+            kind = "chat.completion.chunk"
+        else:
+            choice["text"] = delta
+            kind = "text_completion"
+        self.job["events"].put({"id": self.id, "object": kind, "created": int(time.time()),
+                                "model": self.engine.name, "choices": [choice]})
 
 
 def make_server(engine: Engine, host: str = "127.0.0.1", port: int = 8000,
@@ -230,19 +341,40 @@ def make_server(engine: Engine, host: str = "127.0.0.1", port: int = 8000,
                                    f"Content-Length must be 0..{MAX_BODY} bytes, got "
                                    f"{self.headers.get('Content-Length')}")
             raw = self.rfile.read(length)
-            if self.path != "/v1/completions":
+            if self.path not in ("/v1/completions", "/v1/chat/completions"):
                 return self._error(404, f"no such endpoint: POST {self.path}")
             try:
                 body = json.loads(raw)
             except ValueError as exc:
                 return self._error(400, f"the body is not valid JSON ({exc})")
             try:
-                future = engine.submit(body)
-                self._send(200, future.result())
+                job = engine.submit(body, chat=self.path == "/v1/chat/completions")
+                if job["stream"]:
+                    return self._stream(job)
+                self._send(200, job["future"].result())
             except RequestError as exc:
                 self._error(exc.status, str(exc))
             except Exception as exc:  # noqa: BLE001 - the server keeps serving
                 self._error(500, f"generation failed: {type(exc).__name__}: {exc}")
+
+        def _stream(self, job: dict) -> None:
+            """Server-sent events until `data: [DONE]`; the connection then closes (no
+            length is known in advance). A failure mid-stream is sent as an error event."""
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            while (event := job["events"].get()) is not None:
+                self.wfile.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+                self.wfile.flush()
+            error = job["future"].exception()
+            if error is not None:
+                self.wfile.write(b"data: " + json.dumps({"error": {
+                    "message": f"generation failed: {type(error).__name__}: {error}",
+                    "type": "server_error", "code": 500}}).encode() + b"\n\n")
+            self.wfile.write(b"data: [DONE]\n\n")
 
     return Server((host, port), Handler)
 

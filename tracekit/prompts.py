@@ -78,11 +78,18 @@ def chat_prompt(messages: list[dict], add_generation_prompt: bool = True,
                   enable_thinking=enable_thinking)
 
 
+def output_prediction_question(code: str, call: str) -> str:
+    """The user turn of an output-prediction chat: given code and a call, reason, then answer
+    the value between [OUTPUT] and [/OUTPUT]. A trace's entry marker is left out."""
+    from tracekit.tracer.constants import MARKER
+
+    return render("output_prediction", code=code.replace(MARKER, "").rstrip("\n"), call=call)
+
+
 def output_prediction_prompt(code: str, call: str, **chat_options) -> str:
-    """A CRUXEval-O style chat prompt: given code and a call, reason, then answer the value
-    between [OUTPUT] and [/OUTPUT]."""
-    user = render("output_prediction", code=code.rstrip("\n"), call=call)
-    return chat_prompt([{"role": "user", "content": user}], **chat_options)
+    """A CRUXEval-O style chat prompt (`output_prediction_question` as the user's turn)."""
+    return chat_prompt([{"role": "user", "content": output_prediction_question(code, call)}],
+                       **chat_options)
 
 
 def plain_trace(trace: Trace) -> str:

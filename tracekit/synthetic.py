@@ -12,8 +12,9 @@ The "methods" feature adds the builtins and methods of str, list, dict and set (
 sorting with keys, formatting, comprehensions over them), "raise" exceptions raised and caught,
 "generators" a generator helper consumed by the function; "harness" writes half of the programs
 as CRUXEval does, `def main():  # << START_OF_TRACE` / `    return f(ARGS)`, so that shape is
-not foreign to a model trained on these. Parameter names come from a pool of the names real
-code uses (text, nums, d, ...). Operations that can raise sit in try/except or behind a guard.
+not foreign to a model trained on these. Parameter and local names come from pools of the names
+real code uses (text, nums, d, total, seen, ...), so a model must read them off the program.
+Operations that can raise sit in try/except or behind a guard.
 
 Knobs: `size` (statements per body, roughly) and `features` (which constructs may appear).
 """
@@ -26,10 +27,33 @@ from dataclasses import dataclass, field
 FEATURES = ("loops", "while", "branches", "helpers", "comprehensions", "exceptions",
             "early_return", "dicts", "tuples", "strings", "methods", "raise", "generators",
             "harness")
-PARAMETERS = {"int": ("n", "k", "x", "num", "target"), "str": ("text", "s", "word", "name"),
-              "list": ("nums", "items", "arr", "values"), "bool": ("flag", "strict"),
-              "dict": ("d", "counts", "mapping")}
-WORDS = ("a", "ab", "abc", "hello", "x", "data", "trace", "py", "Zed", "q1", "", "level")
+PARAMETERS = {"int": ("n", "k", "x", "num", "target", "count", "limit", "size", "start"),
+              "str": ("text", "s", "word", "name", "line", "sentence", "prefix", "string", "st"),
+              "list": ("nums", "items", "arr", "values", "lst", "numbers", "data", "array"),
+              "bool": ("flag", "strict", "reverse", "verbose"),
+              "dict": ("d", "counts", "mapping", "dic", "table", "scores")}
+# Locals are named as people name them, so that a model has to read a name off the program
+# rather than recall it: by the stem `fresh` is asked for (a type's initial, or a role).
+LOCALS = {
+    "i": ("total", "idx", "best", "score", "length", "res", "cnt", "diff", "start", "end",
+          "mid", "carry", "last", "acc", "pos", "offset", "left", "right", "low", "high",
+          "depth", "width", "num_items", "steps", "delta"),
+    "s": ("result", "word", "prefix", "suffix", "label", "part", "token", "head", "tail",
+          "joined", "clean", "new_text", "letters", "chunk", "sep", "title", "code", "out_str"),
+    "l": ("out", "parts", "chars", "stack", "queue", "buf", "row", "odds", "keep", "picked",
+          "vals", "merged", "tmp", "res_list", "sorted_nums", "result_list", "digits"),
+    "b": ("found", "ok", "done", "valid", "is_even", "matched", "changed", "empty", "flag2"),
+    "d": ("seen", "freq", "lookup", "groups", "cache", "totals", "by_len", "memo", "counter",
+          "index_of"),
+    "t": ("pair", "span", "bounds", "point", "entry", "triple", "coords"),
+    "msg": ("msg", "message", "error", "note", "reason", "status"),
+    "v": ("j", "m", "e", "u", "item", "elem", "value", "ch", "letter", "el"),
+    "n": ("parsed", "number", "got", "val", "as_int", "num_val", "digit"),
+}
+WORDS = ("a", "ab", "abc", "hello", "x", "data", "trace", "py", "Zed", "q1", "", "level",
+         "apple", "banana", "world", "code", "noon", "racecar", "Hello World", "foo", "bar",
+         "test", "key", "A1b2", "  pad  ", "a-b-c", "one two", "CamelCase", "snake_case", "42",
+         "7", "UPPER", "lower", "12ab", "a,b,c", "hello world", "dog", "cat", "sun", "red")
 TYPES = ("int", "str", "list", "bool", "dict")
 STR_METHODS = ("lower", "upper", "strip", "title", "swapcase", "capitalize", "lstrip", "rstrip",
                "casefold")
@@ -50,13 +74,22 @@ class _Writer:
     def __init__(self, rng: random.Random, size: int, features: frozenset[str]):
         self.rng, self.size, self.features = rng, size, features
         self.counter = 0
+        self.used: set[str] = set()  # every variable name the program has (parameters too)
         self.helpers: list[tuple[str, list[str], str]] = []  # name, param types, return type
         self.returns = "int"  # the return type of the function being written
         self.generator: str | None = None  # a generator helper the function may consume
 
     def fresh(self, stem: str) -> str:
-        self.counter += 1
-        return f"{stem}{self.counter}"
+        """A name no other variable of the program has: a real-looking one for the stem while
+        any is free, else the stem and a counter."""
+        free = [n for n in LOCALS.get(stem, ()) if n not in self.used]
+        if free:
+            name = self.rng.choice(free)
+        else:
+            self.counter += 1
+            name = f"{stem}{self.counter}"
+        self.used.add(name)
+        return name
 
     def has(self, feature: str) -> bool:
         return feature in self.features
@@ -381,6 +414,7 @@ def generate_program(seed: int, index: int, size: int = 4,
     for kind in kinds:  # names real code uses, each once
         pool = [n for n in PARAMETERS[kind] if n not in names] if writer.has("methods") else []
         names.append(rng.choice(pool) if pool else f"a{len(names)}")
+    writer.used.update(names)
     params = list(zip(names, kinds))
     body, _ = writer.function("f", params, rng.randint(max(1, size - 2), size + 2))
     call = f"f({', '.join(writer.literal(t) for _, t in params)})"

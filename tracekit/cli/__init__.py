@@ -10,7 +10,7 @@ import warnings
 import click
 
 from tracekit import sandbox
-from tracekit.cli import datasets, debug, demo, evaluation, models, tracing, training
+from tracekit.cli import chat, datasets, debug, demo, evaluation, models, tracing, training
 from tracekit.cli.common import exit_help, print_error
 from tracekit.trace import EXIT_BUG, EXIT_DATA, EXIT_MEANINGS
 
@@ -76,7 +76,7 @@ def _show_warning(message, category, *args, **kwargs) -> None:
 
 
 for command in (tracing.trace, tracing.prompt, models.predict, models.serve, datasets.dataset,
-                evaluation.eval_group, demo.demo, training.train, debug.debug):
+                evaluation.eval_group, demo.demo, training.train, debug.debug, chat.chat):
     main.add_command(command)
 
 

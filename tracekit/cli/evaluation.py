@@ -46,11 +46,14 @@ EVAL_EXIT = (exit_help(0, 2, 7, 8) + " After 7 the predictions made so far are k
               help="Score a JSONL of predictions made elsewhere instead: one {\"id\", "
                    "\"text\"} per trace (rollout/output), or {\"id\", \"texts\": [one per "
                    "frame]} (teacher-forced).")
-@click.option("--mode", type=click.Choice(["rollout", "teacher-forced", "output"]),
+@click.option("--mode", type=click.Choice(["rollout", "teacher-forced", "output",
+                                          "reasoning"]),
               default="rollout", show_default=True,
               help="rollout: the whole trace free-running from the prompt (the CWM table's "
                    "setting); teacher-forced: every frame from the real frames before it; "
-                   "output: the entry's return frame straight after its call frame.")
+                   "output: the entry's return frame straight after its call frame; "
+                   "reasoning: the return value by CWM's chat (think, then answer "
+                   "[OUTPUT]value[/OUTPUT]; --budget-tokens per reply), no trace.")
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
               help="Directory for report.html, report.md, metrics.json, frames.parquet and "
                    "predictions.jsonl.")
@@ -69,8 +72,8 @@ EVAL_EXIT = (exit_help(0, 2, 7, 8) + " After 7 the predictions made so far are k
 @click.option("--max-frame-tokens", type=click.IntRange(min=1), default=256, show_default=True,
               help="Tokens one predicted frame may take before it counts as malformed.")
 @click.option("--budget-tokens", type=click.IntRange(min=1), default=32768, show_default=True,
-              help="rollout: tokens for the whole trace; a prediction cut off here counts as "
-                   "truncated.")
+              help="rollout: tokens for the whole trace; reasoning: tokens for the reply. A "
+                   "prediction cut off here counts as truncated.")
 @click.option("--openai-model", metavar="NAME", help="The served model's name, for openai:URL.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
 @click.option("--compile", "compile_decode", is_flag=True, help=COMPILE_HELP)
@@ -141,17 +144,17 @@ def print_eval(summary: dict, info: dict, out: Path, console: Console) -> None:
     """The CWM table of a finished eval, its prediction problems, and where the report is."""
     from rich.table import Table
 
-    from tracekit.evals.metrics import CWM_TABLE, OUTPUT_MODE_METRICS
+    from tracekit.evals.metrics import shown_metrics
 
     mode = info["mode"]
     table = Table(title=f"{info['predictor']} · {mode} · {summary['traces']} traces",
                   title_justify="left")
     for column in ("metric", "value", "95% CI"):
         table.add_column(column, justify="left" if column == "metric" else "right")
-    for metric in CWM_TABLE:
+    for metric, label in shown_metrics(mode):
         found = summary["metrics"].get(metric.key)
-        if found and (mode != "output" or metric.key in OUTPUT_MODE_METRICS):
-            table.add_row(metric.label, f"{found['value']:.1f}",
+        if found:
+            table.add_row(label, f"{found['value']:.1f}",
                           f"{found['low']:.1f}-{found['high']:.1f}")
     console.print(table)
     problems = info["problems"]
@@ -168,7 +171,7 @@ def eval_compare(first: Path, second: Path) -> None:
     """Show two eval runs' metrics side by side, with the difference."""
     from rich.table import Table
 
-    from tracekit.evals.report import compare_runs, load_metrics
+    from tracekit.evals.report import compare_runs, load_metrics, output_agreement
 
     runs = []
     for directory in (first, second):
@@ -185,7 +188,15 @@ def eval_compare(first: Path, second: Path) -> None:
     table.add_column("difference", justify="right")
     for row in compare_runs(*runs):
         table.add_row(*row)
-    make_console().print(table)
+    console = make_console()
+    console.print(table)
+    agreement = output_agreement(*runs)
+    if agreement is not None and agreement["programs"]:
+        names = [f"{d.name} ({r['run']['mode']})" for d, r in zip((first, second), runs)]
+        console.print(f"output right, per program ({agreement['programs']} in both runs): "
+                      f"both {agreement['both']}, only {names[0]} {agreement['first only']}, "
+                      f"only {names[1]} {agreement['second only']}, neither "
+                      f"{agreement['neither']}", highlight=False, soft_wrap=True)
     differ = [field for field in ("dataset", "mode", "split")
               if runs[0]["run"].get(field) != runs[1]["run"].get(field)]
     if differ or runs[0]["traces"] != runs[1]["traces"]:

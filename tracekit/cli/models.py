@@ -105,7 +105,9 @@ def predict(file: Path, spec, openai_model, mode, k, entry, call, max_frame_toke
               help="Requests decoded together at most.")
 def serve(checkpoint: str, host, port, name, device, max_batch) -> None:
     """Serve CHECKPOINT (a directory; default: the bundled model) with our runtime behind an
-    OpenAI-compatible API (/v1/completions, /v1/models, /health) until interrupted.
+    OpenAI-compatible API until interrupted: /v1/completions, /v1/chat/completions (CWM's chat,
+    by the checkpoint's own template when it ships one; vLLM's chat_template_kwargs), both
+    streaming with "stream": true, /v1/models, /health.
 
     \b
     tracekit serve                           (the bundled model, as "bundled")
@@ -114,7 +116,9 @@ def serve(checkpoint: str, host, port, name, device, max_batch) -> None:
     """
     from functools import partial
 
+    from tracekit.chat import END_OF_TURN, ChatError, checkpoint_template, server_prompt
     from tracekit.model.backends import RuntimeBackend
+    from tracekit.model.checkpoint import checkpoint_directory
     from tracekit.model.errors import BackendError
     from tracekit.model.serve import Engine, make_server
     from tracekit.predict import load_predictor
@@ -131,8 +135,14 @@ def serve(checkpoint: str, host, port, name, device, max_batch) -> None:
     tokenizer = predictor.tokenizer
     name = name or ("bundled" if checkpoint == "bundled" else Path(checkpoint).resolve().name)
     try:
+        template = checkpoint_template(checkpoint_directory(checkpoint))
+    except ChatError as exc:
+        raise Failure("model", str(exc), EXIT_MODEL) from None
+    stops = tuple(tokenizer.special_ids[t] for t in END_OF_TURN if t in tokenizer.special_ids)
+    try:
         engine = Engine(predictor.backend.model, partial(encode, tokenizer),
-                        partial(decode, tokenizer), name, max_batch)
+                        partial(decode, tokenizer), name, max_batch,
+                        chat=server_prompt(tokenizer, template), end_of_turn=stops)
         httpd = make_server(engine, host, port)
     except OSError as exc:
         raise Failure("serve", f"cannot listen on {host}:{port} ({exc.strerror}): pick another "

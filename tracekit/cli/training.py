@@ -49,17 +49,24 @@ from tracekit.trace import EXIT_DATA
 @click.option("--compile", "compile_model", is_flag=True, help="Run the training step through "
               "torch.compile: about a minute of compiling first, then faster steps (1.7x on "
               "a 2-core CPU, small preset: benchmarks/train.py --compile).")
+@click.option("--init", "init", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Start from this checkpoint's weights, shape and tokenizer (one `tracekit "
+                   "train` wrote, e.g. model/bundled) instead of random ones: to continue "
+                   "training on more or other data with a new schedule. --size, --set and "
+                   "--vocab-size then do not apply.")
 @click.option("--resume", is_flag=True, help="Continue a run killed or stopped in OUT (the same "
               "datasets and options): it ends with the weights the whole run would have.")
 def train(datasets, out: Path, size, overrides, steps, batch_rows, accumulation, seq_len,
           vocab_size, lr, warmup, seed, eval_every, save_every, val_traces, loss_on_context,
-          bf16, device, compile_model, resume) -> None:
-    """Train a CWM-architecture model from scratch on DATASET... (`tracekit dataset build`
-    directories: their train split trains, their validation split validates).
+          bf16, device, compile_model, init, resume) -> None:
+    """Train a CWM-architecture model from scratch (or from --init's weights) on DATASET...
+    (`tracekit dataset build` directories: their train split trains, their validation split
+    validates).
 
     \b
     tracekit train traces/ -o my-model/ --size small --steps 3000
     tracekit train traces/ -o my-model/ --resume          # after a crash or kill
+    tracekit train more/ -o tuned/ --init model/bundled --steps 500 --lr 1e-3
     torchrun --nproc_per_node 2 -m tracekit.cli train traces/ -o my-model/   # several processes
     """
     import torch
@@ -74,8 +81,11 @@ def train(datasets, out: Path, size, overrides, steps, batch_rows, accumulation,
         if not value.isdigit():
             raise click.BadParameter(f"{item!r}: write FIELD=INTEGER", param_hint="--set")
         shape.append((field, int(value)))
+    if init is not None and shape:
+        raise click.UsageError("--set changes a new model's shape; --init keeps the checkpoint's")
     options = TrainOptions(tuple(str(d) for d in datasets), size, tuple(shape), seq_len,
-                           vocab_size, val_traces, loss_on_context, device)
+                           vocab_size, val_traces, loss_on_context, device,
+                           str(init) if init is not None else None)
     config = TrainConfig(steps=steps, batch_rows=batch_rows, accumulation=accumulation, lr=lr,
                          min_lr=lr / 10, warmup=min(warmup, steps), seed=seed,
                          eval_every=eval_every, save_every=save_every,
