@@ -51,3 +51,20 @@ def benchmark_module(name: str) -> ModuleType:
 def python(request) -> str:
     """Each CPython 3.10-3.13 found on PATH or under pyenv; absent ones skip with a reason."""
     return python_or_skip(request.param)
+
+
+@pytest.fixture(scope="session")
+def converted_tokenizer_dir(tmp_path_factory) -> Path:
+    """A directory holding CWM's BPE (the Llama 3 ranks plus CWM's special tokens) converted to
+    a tokenizer.json by transformers' tiktoken converter."""
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    from tracekit.cwm import SPECIAL_TOKENS
+    from tracekit.tokenizer import LLAMA3_PATTERN, _llama3_bpe_file
+
+    converter = TikTokenConverter(
+        vocab_file=str(_llama3_bpe_file()), pattern=LLAMA3_PATTERN,
+        extra_special_tokens=sorted(SPECIAL_TOKENS, key=SPECIAL_TOKENS.get))
+    directory = tmp_path_factory.mktemp("converted")
+    converter.converted().save(str(directory / "tokenizer.json"))
+    return directory

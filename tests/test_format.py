@@ -320,18 +320,8 @@ def test_prompt_command_text_ids_and_count(tok):
 
 
 @pytest.fixture(scope="module")
-def converted_tokenizer(tmp_path_factory):
-    """CWM's BPE converted to a tokenizer.json by transformers' tiktoken converter."""
-    from transformers.convert_slow_tokenizer import TikTokenConverter
-
-    from tracekit.tokenizer import LLAMA3_PATTERN, _llama3_bpe_file
-
-    converter = TikTokenConverter(
-        vocab_file=str(_llama3_bpe_file()), pattern=LLAMA3_PATTERN,
-        extra_special_tokens=sorted(SPECIAL_TOKENS, key=SPECIAL_TOKENS.get))
-    directory = tmp_path_factory.mktemp("converted")
-    converter.converted().save(str(directory / "tokenizer.json"))
-    return load_tokenizer(directory)
+def converted_tokenizer(converted_tokenizer_dir):
+    return load_tokenizer(converted_tokenizer_dir)
 
 
 def varied_documents(megabytes: float = 3.0) -> list[str]:
