@@ -329,3 +329,19 @@ def test_tracekit_chat_one_message_and_a_piped_session(tiny):
     assert session.stderr.count("reached its token budget") == 2  # two messages were sent
     missing = chat("--model", "openai:http://127.0.0.1:9")
     assert missing.returncode == 2 and "--openai-model" in missing.stderr
+
+
+def test_at_a_terminal_the_thinking_is_dim_and_the_answer_plain(tiny):
+    pexpect = pytest.importorskip("pexpect")
+    child = pexpect.spawn(sys.executable, ["-m", "tracekit.cli", "chat", "--model", str(tiny),
+                                           "--max-tokens", "8"], cwd=ROOT, encoding="utf-8",
+                          timeout=180, env={"TERM": "xterm", "PATH": "/usr/bin:/bin"})
+    child.expect_exact("you> ")
+    child.sendline("hi")
+    child.expect_exact("you> ")
+    shown = child.before
+    child.sendeof()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert "\x1b[2m" in shown  # the reply (all thinking: 8 tokens never close it) is dimmed

@@ -273,7 +273,7 @@ def test_a_person_at_a_terminal_and_the_same_commands_as_a_script(tmp_path):
     program.write_text(PROGRAM)
     command = [sys.executable, "-m", "tracekit.cli", "debug", str(program), "--model", "oracle",
                "--real"]
-    child = pexpect.spawn(command[0], command[1:], cwd=ROOT, encoding="utf-8", timeout=60,
+    child = pexpect.spawn(command[0], command[1:], cwd=ROOT, encoding="utf-8", timeout=180,
                           dimensions=(50, 200), env={"TERM": "xterm", "PATH": "/usr/bin:/bin"})
     shown: list[str] = []
     child.logfile_read = _Collect(shown)
