@@ -567,3 +567,34 @@ def test_an_eval_resumed_with_other_weights_under_the_same_spec_is_refused(datas
     refused = run(["eval", str(dataset), "--model", str(checkpoint), *options, "--resume", "-o",
                    str(tmp_path / "a")], 8)
     assert "other weights of the model" in refused.output
+
+
+def test_a_large_checkpoints_fingerprint_reads_spread_blocks_not_every_byte(tmp_path):
+    """Past 4 MB of weights the fingerprint reads 64 blocks spread over each file: a change in
+    any of them (as retraining makes everywhere) or in the size changes it; a byte between the
+    blocks does not (the price of reading 4 MB of a 60 GB checkpoint)."""
+    import random
+
+    from tracekit.model.checkpoint import (
+        FINGERPRINT_BLOCK,
+        FINGERPRINT_BLOCKS,
+        checkpoint_fingerprint,
+    )
+
+    (tmp_path / "config.json").write_text("{}")
+    weights = tmp_path / "model.safetensors"
+    data = bytearray(random.Random(0).randbytes(9 << 20))
+    weights.write_bytes(data)
+    first = checkpoint_fingerprint(str(tmp_path))
+    start = [i * (len(data) - FINGERPRINT_BLOCK) // (FINGERPRINT_BLOCKS - 1)
+             for i in range(FINGERPRINT_BLOCKS)]
+    for where, changes in ((0, True), (start[5] + 100, True), (len(data) - 1, True),
+                           (start[1] - 10, False)):
+        edited = bytearray(data)
+        edited[where] ^= 0xFF
+        weights.write_bytes(edited)
+        assert (checkpoint_fingerprint(str(tmp_path)) != first) is changes, where
+    weights.write_bytes(data + b"\0")
+    assert checkpoint_fingerprint(str(tmp_path)) != first
+    weights.write_bytes(data)
+    assert checkpoint_fingerprint(str(tmp_path)) == first
