@@ -300,11 +300,15 @@ def _reasoning_predictor(options: RunOptions, predictor, sampling) -> Callable[[
     (its opening <think> included), its length and whether the budget cut it off."""
     from tracekit.chat import ChatError, ChatOptions, chat_turn, checkpoint_template
     from tracekit.model.checkpoint import checkpoint_directory
+    from tracekit.model.errors import BackendError
     from tracekit.prompts import output_prediction_question
 
     spec = options.model
-    template = None if spec.startswith("openai:") else checkpoint_template(
-        checkpoint_directory(spec.removeprefix("transformers:")))
+    try:
+        template = None if spec.startswith("openai:") else checkpoint_template(
+            checkpoint_directory(spec.removeprefix("transformers:")))
+    except ChatError as exc:  # a checkpoint whose template is broken: the model's fault
+        raise BackendError(str(exc)) from None
 
     def predict_one(trace: Trace) -> dict:
         messages = [{"role": "user", "content": output_prediction_question(trace.context,
