@@ -154,6 +154,9 @@ class Engine:
             raise RequestError(400, f"stop_token_ids must be a list of integers, got "
                                     f"{body.get('stop_token_ids')!r}")
         logprobs = None if chat else _number(body, "logprobs", None, int, minimum=0)
+        if logprobs is not None and body.get("stream"):
+            raise RequestError(400, "logprobs with stream=true is not supported (streamed "
+                                    "chunks carry text only): leave one of them out")
         if chat:  # a reply ends with its turn (the stop token then left out of the content)
             stop_ids = [*stop_ids, *(t for t in self.end_of_turn if t not in stop_ids)]
         return {"ids": ids, "max_tokens": max_tokens, "sampling": sampling, "stop": stop,
