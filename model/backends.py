@@ -13,6 +13,7 @@ a model name.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import urllib.error
 import urllib.request
@@ -254,29 +255,27 @@ class OpenAIBackend(Backend):
 
     def _events(self, path: str, body: dict):
         """The JSON events of a server-sent-event response, until `data: [DONE]`."""
-        request = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                for line in response:
-                    line = line.decode().strip()
-                    if line == "data: [DONE]":
-                        return
-                    if line.startswith("data: "):
-                        yield json.loads(line[6:])
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")[:300]
-            raise BackendError(f"{self.url}{path}: HTTP {exc.code}: {detail}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise BackendError(f"{self.url}: cannot reach the server ({exc}); is it running?"
-                               ) from None
+        with self._open(path, body) as response:
+            for line in response:
+                line = line.decode().strip()
+                if line == "data: [DONE]":
+                    return
+                if line.startswith("data: "):
+                    yield json.loads(line[6:])
 
     def _post(self, path: str, body: dict) -> dict:
+        with self._open(path, body) as response:
+            return json.loads(response.read())
+
+    @contextlib.contextmanager
+    def _open(self, path: str, body: dict):
+        """POST `body` as JSON; the response, open. An HTTP error or an unreachable server
+        (also while the response is read) is a BackendError in one line."""
         request = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
                                          headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return json.loads(response.read())
+                yield response
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")[:300]
             raise BackendError(f"{self.url}{path}: HTTP {exc.code}: {detail}") from None

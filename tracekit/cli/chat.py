@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from tracekit.cli.common import Failure, exit_help, print_error, stderr
+from tracekit.cli.common import Failure, exit_help, print_error, stderr, typed_lines
 from tracekit.cli.models import MODEL_HELP
 from tracekit.trace import EXIT_MODEL
 
@@ -162,19 +162,7 @@ class _Printer:
 
 
 def _interact(conversation: Conversation) -> None:
-    try:
-        import readline  # noqa: F401 - input() gains editing and history
-    except ImportError:
-        pass
-    while True:
-        try:
-            line = input(PROMPT)
-        except EOFError:
-            click.echo()
-            return
-        except KeyboardInterrupt:
-            click.echo()
-            continue
+    for line in typed_lines(PROMPT):
         command = line.strip()
         if command in ("/quit", "/exit"):
             return

@@ -142,3 +142,20 @@ def exit_for(result: Trace) -> None:
     if code:
         what = " (the trace is complete)" if result.complete else ""
         raise Failure(result.status, f"{result.error}{what}", code)
+
+
+def typed_lines(prompt: str):
+    """Lines a person types at `prompt`, with readline's editing and history, until Ctrl-D;
+    Ctrl-C at the prompt clears the line and asks again."""
+    try:
+        import readline  # noqa: F401 - input() gains editing and history
+    except ImportError:  # a Python built without it: plain input()
+        pass
+    while True:
+        try:
+            yield input(prompt)
+        except EOFError:
+            click.echo()
+            return
+        except KeyboardInterrupt:
+            click.echo()

@@ -9,7 +9,13 @@ from pathlib import Path
 
 import click
 
-from tracekit.cli.common import Failure, exit_help, traced_for_a_model, tracing_options
+from tracekit.cli.common import (
+    Failure,
+    exit_help,
+    traced_for_a_model,
+    tracing_options,
+    typed_lines,
+)
 from tracekit.cli.models import MODEL_HELP
 from tracekit.debugger import (
     MOVE_LIMIT,
@@ -369,21 +375,8 @@ def debug(file: Path, entry, call, spec, openai_model, real, temperature, seed, 
 def _interact(session: DebugSession) -> None:
     """Read commands with line editing and history until quit or Ctrl-D; an empty line
     repeats the last command; Ctrl-C at the prompt clears the line."""
-    try:
-        import readline  # noqa: F401 - input() gains editing and history
-    except ImportError:  # a Python built without it: plain input()
-        pass
-
     last = ""
-    while True:
-        try:
-            line = input(PROMPT)
-        except EOFError:
-            click.echo()
-            return
-        except KeyboardInterrupt:
-            click.echo()
-            continue
+    for line in typed_lines(PROMPT):
         line = line.strip() or last
         last = line
         if not session.run(line):
