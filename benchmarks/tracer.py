@@ -1,8 +1,9 @@
 """Tracer speed on the 800 CRUXEval programs: tracekit vs a minimal settrace loop vs PySnooper.
 
-All three run in this process, on the same interpreter, over the same programs, interleaved,
-for several rounds; the figure is the median round, in microseconds per trace event (events
-counted by the minimal loop: call, line, return and exception events of the program's code).
+All three run in this process, on the same interpreter, over the same programs, interleaved
+program by program (in an order that rotates), for several rounds; the figure is the median
+round, in microseconds per trace event (events counted by the minimal loop: call, line, return
+and exception events of the program's code).
 
     python benchmarks/tracer.py [--data data/cruxeval/cruxeval.jsonl] [--rounds 5]
 
@@ -118,14 +119,19 @@ TRACERS = {
 }
 
 
-def time_round(programs: list[dict], runner) -> float:
-    total = 0.0
-    for program in programs:
-        namespace = fresh_namespace(program)
-        start = time.perf_counter()
-        runner(program, namespace)
-        total += time.perf_counter() - start
-    return total
+def time_round(programs: list[dict], runners: dict) -> dict[str, float]:
+    """Seconds per tracer over all programs, the tracers interleaved program by program, in an
+    order that rotates from program to program (so that a slower moment of the machine, and
+    the caches the previous tracer left, fall on all of them alike)."""
+    totals = dict.fromkeys(runners, 0.0)
+    order = list(runners.items())
+    for i, program in enumerate(programs):
+        for name, runner in order[i % len(order):] + order[:i % len(order)]:
+            namespace = fresh_namespace(program)
+            start = time.perf_counter()
+            runner(program, namespace)
+            totals[name] += time.perf_counter() - start
+    return totals
 
 
 def main() -> None:
@@ -154,21 +160,22 @@ def main() -> None:
     events = sum(run_minimal(p, fresh_namespace(p)) for p in programs)
     frames = sum(run_tracekit(p, fresh_namespace(p)) for p in programs)
     assert frames == events, f"tracekit recorded {frames} frames for {events} events"
-    for runner in TRACERS.values():  # warm up
-        time_round(programs[:50], runner)
+    time_round(programs[:50], TRACERS)  # warm up
     rounds: dict[str, list[float]] = {name: [] for name in TRACERS}
     for _ in range(args.rounds):
-        for name, runner in TRACERS.items():
-            rounds[name].append(time_round(programs, runner))
+        for name, seconds in time_round(programs, TRACERS).items():
+            rounds[name].append(seconds)
 
     per_event = {name: statistics.median(t) / events * 1e6 for name, t in rounds.items()}
     base = per_event["minimal settrace loop"]
     print(f"{len(programs)} CRUXEval programs, {events} events, median of {args.rounds} rounds; "
-          f"Python {platform.python_version()} on {platform.machine()}, {time.strftime('%Y-%m-%d')}")
+          f"Python {platform.python_version()} on {platform.machine()}, "
+          f"{time.strftime('%Y-%m-%d')}")
     print(f"{'tracer':28s} {'us/event':>9s} {'vs minimal':>11s}")
     for name, us in per_event.items():
         print(f"{name:28s} {us:9.2f} {us / base:10.2f}x")
-    print(f"tracekit is {per_event['PySnooper'] / per_event['tracekit']:.1f}x faster than PySnooper")
+    faster = per_event["PySnooper"] / per_event["tracekit"]
+    print(f"tracekit is {faster:.1f}x faster than PySnooper")
 
 
 if __name__ == "__main__":

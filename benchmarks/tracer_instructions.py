@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-NAMES = ["none", "minimal settrace loop", "PySnooper", "tracekit"]
+NAMES = ["none", "minimal settrace loop", "PySnooper", "tracekit", "tracekit + CWM wire text"]
 
 
 def instructions(name: str, data: Path) -> int:
@@ -40,10 +40,10 @@ def main() -> None:
     with ThreadPoolExecutor(2) as pool:
         counts = dict(zip(NAMES, pool.map(lambda n: instructions(n, args.data), NAMES)))
     base = counts["minimal settrace loop"] - counts["none"]
-    print(f"{'tracer':24s} {'instructions':>14s} {'vs minimal':>11s}")
+    print(f"{'tracer':26s} {'instructions':>14s} {'vs minimal':>11s}")
     for name in NAMES[1:]:
         extra = counts[name] - counts["none"]
-        print(f"{name:24s} {extra:14,d} {extra / base:10.2f}x")
+        print(f"{name:26s} {extra:14,d} {extra / base:10.2f}x")
 
 
 if __name__ == "__main__":

@@ -63,13 +63,28 @@ TOKEN_EVENTS = {token: event for event, token in EVENT_TOKENS.items()}
 
 def frame_segments(frame: Frame) -> list[str]:
     """A frame as alternating special tokens and plain-text segments (what gets encoded)."""
-    event = frame.event
-    if event == "line" or event == "call":
-        return [EVENT_TOKENS[event], state_json(frame.locals), ACTION_SEP, frame.source,
-                FRAME_SEP]
-    arg = frame.arg
-    return [EVENT_TOKENS[event], ACTION_SEP, frame.source, ARG_SEP,
-            _quote(arg) if isinstance(arg, str) else json.dumps(arg), FRAME_SEP]
+    segments: list[str] = []
+    _write_frames(segments.append, (frame,))
+    return segments
+
+
+def _write_frames(append, frames) -> None:
+    """The one writer of frames: each frame's segments, passed to `append` one by one (no list
+    per frame: this loop is most of the cost of turning a trace into text)."""
+    for frame in frames:
+        event = frame.event
+        append(EVENT_TOKENS[event])
+        if event == "line" or event == "call":
+            append(state_json(frame.locals))
+            append(ACTION_SEP)
+            append(frame.source)
+        else:
+            append(ACTION_SEP)
+            append(frame.source)
+            append(ARG_SEP)
+            arg = frame.arg
+            append(_quote(arg) if isinstance(arg, str) else json.dumps(arg))
+        append(FRAME_SEP)
 
 
 _quote = json.encoder.encode_basestring_ascii  # what json.dumps uses (ensure_ascii), in C
@@ -106,9 +121,7 @@ def prompt_segments(context: str, frames: list[Frame] = (), force_event: str | N
     if force_event is not None and force_event not in EVENT_TOKENS:
         raise ValueError(f"unknown event {force_event!r}: use one of {', '.join(EVENT_TOKENS)}")
     segments = [BEGIN_OF_TEXT, TRACE_CONTEXT_START, context, FRAME_SEP]
-    extend = segments.extend
-    for frame in frames:
-        extend(frame_segments(frame))
+    _write_frames(segments.append, frames)
     if force_event is not None:
         segments.append(EVENT_TOKENS[force_event])
     elif end:
