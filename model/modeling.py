@@ -124,6 +124,28 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> 
     return x * cos + torch.roll(x, x.shape[-1] // 2, dims=-1) * signed_sin
 
 
+ATTENTION_BLOCK = 256  # queries per SDPA call in `blocked_attention`
+
+
+def blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                      window: int | None, scale: float) -> torch.Tensor:
+    """Masked attention of a whole sequence to itself (no cache: training, a prefill with
+    documents or padding), ATTENTION_BLOCK queries at a time, each block given only the keys it
+    can reach: none after its last query (causal) and, on a sliding layer, none before its
+    first query's window. The keys left out are masked anyway, so this equals one SDPA call
+    over everything up to rounding, with less work: at 1,024 tokens 62% of it on a full layer,
+    44% on a sliding layer of window 256 (SDPA's CPU kernel does not skip masked blocks)."""
+    length = q.shape[2]
+    blocks = []
+    for start in range(0, length, ATTENTION_BLOCK):
+        end = min(start + ATTENTION_BLOCK, length)
+        first = max(0, start - window + 1) if window is not None else 0
+        blocks.append(F.scaled_dot_product_attention(
+            q[:, :, start:end], k[:, :, first:end], v[:, :, first:end],
+            attn_mask=mask[..., start:end, first:end], enable_gqa=True, scale=scale))
+    return torch.cat(blocks, dim=2)
+
+
 class Attention(nn.Module):
     def __init__(self, config: CwmConfig, layer: int):
         super().__init__()
@@ -151,7 +173,9 @@ class Attention(nn.Module):
             return linear(out.transpose(1, 2).reshape(batch, length, -1), self.o_proj, fast)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
-        if fast:  # grouped-query attention without copying keys/values
+        if fast and cache is None and isinstance(mask, torch.Tensor) and length > ATTENTION_BLOCK:
+            out = blocked_attention(q, k, v, mask, self.window, self.head_dim ** -0.5)
+        elif fast:  # grouped-query attention without copying keys/values
             causal = mask is CAUSAL
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if causal else mask,
                                                  is_causal=causal, enable_gqa=True,

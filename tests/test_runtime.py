@@ -110,6 +110,62 @@ def test_a_cache_within_the_window_reads_sliding_layers_as_full_ones(fast):
     assert cache.keys[1].shape[2] == 16 and cache.positions_held(1) == 16
 
 
+@pytest.mark.parametrize("window", [None, 5, 300])
+def test_blocked_attention_equals_one_call_over_everything(window):
+    """A long masked sequence (packed documents, left padding) attended block by block, each
+    block given only the keys it can reach, gives the outputs and gradients of one SDPA call
+    over every key, on full and sliding layers, at a length that is no multiple of the block."""
+    import torch.nn.functional as F
+
+    from tracekit.model.modeling import ATTENTION_BLOCK, blocked_attention
+
+    torch.manual_seed(0)
+    length = 2 * ATTENTION_BLOCK + 37
+    q = torch.randn(2, 4, length, 8, requires_grad=True)
+    k, v = (torch.randn(2, 2, length, 8, requires_grad=True) for _ in range(2))
+    documents = torch.sort(torch.randint(0, 4, (2, length)), dim=1).values
+    position = torch.arange(length)
+    allowed = (position[None, :] <= position[:, None])[None] & (
+        documents[:, :, None] == documents[:, None, :])
+    if window is not None:
+        allowed = allowed & (position[None, :] > position[:, None] - window)[None]
+    allowed[1, :, :20] = False  # row 1 starts with padding: its first queries see nothing real
+    allowed[1, :20, :20] = torch.eye(20, dtype=torch.bool)
+    mask = torch.zeros(allowed.shape).masked_fill_(~allowed, torch.finfo(torch.float32).min)
+    mask = mask[:, None]
+    outputs, gradients = [], []
+    for attend in (lambda: blocked_attention(q, k, v, mask, window, 8 ** -0.5),
+                   lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                                          enable_gqa=True, scale=8 ** -0.5)):
+        out = attend()
+        out.pow(2).sum().backward()
+        outputs.append(out.detach())
+        gradients.append([t.grad.clone() for t in (q, k, v)])
+        for t in (q, k, v):
+            t.grad = None
+    assert (outputs[0] - outputs[1]).abs().max() <= 1e-5
+    for blocked, whole in zip(*gradients):
+        assert (blocked - whole).abs().max() <= 1e-4
+
+
+def test_the_fast_path_on_long_packed_rows_matches_the_exact_one():
+    """A model on two packed rows longer than an attention block (the training path, blocked)
+    gives the logits of the exact path (one masked product over every key)."""
+    _, ours = pair(9, sliding_window=40)
+    ids = torch.randint(3, 300, (2, 600))
+    documents = torch.sort(torch.randint(0, 3, (2, 600)), dim=1).values
+    starts = torch.ones_like(documents, dtype=torch.bool)
+    starts[:, 1:] = documents[:, 1:] != documents[:, :-1]
+    index = torch.arange(600).expand(2, -1)
+    positions = index - torch.where(starts, index, 0).cummax(dim=1).values
+    logits = []
+    with torch.no_grad():
+        for fast in (False, True):
+            ours.fast = fast
+            logits.append(ours(ids, position_ids=positions, document_ids=documents).logits)
+    assert (logits[0] - logits[1]).abs().max() <= 1e-4
+
+
 def test_compiled_decode_steps_follow_the_eager_ones(monkeypatch):
     """generate with model.compile_decode: the same tokens and log-probs (to rounding) as the
     eager fast path, on a cache whose sliding layers wrap their ring, one whose window reaches
