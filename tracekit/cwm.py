@@ -70,7 +70,7 @@ def frame_segments(frame: Frame) -> list[str]:
 
 def _write_frames(append, frames) -> None:
     """The one writer of frames: each frame's segments, passed to `append` one by one (no list
-    per frame: this loop is most of the cost of turning a trace into text)."""
+    per frame)."""
     for frame in frames:
         event = frame.event
         append(EVENT_TOKENS[event])
