@@ -4,8 +4,9 @@ every step (what Meta's cwmdbg does against its server), both on our runtime, sa
 
 A scripted session of --steps `step` commands (with a `back` and a re-step every --back-every
 steps; a `reset` when the trace ends or fills the model's context) runs through the
-debugger's own Track both ways; the predicted frames are asserted identical (greedy), then
-steps per second are printed with the ratio.
+debugger's own Track both ways, in lockstep (command by command, each way's own work timed, the
+first to run alternating, so the VM's slower moments fall on both alike); the predicted frames
+are asserted identical (greedy), then steps per second are printed with the ratio.
 
     python benchmarks/debugger.py [--steps 100] [--model bundled] [--threads 2]
 """
@@ -39,32 +40,51 @@ def f(nums):  # << START_OF_TRACE
 
 
 class ResendingStepper(ModelStepper):
-    """Every step sends the context and every frame so far (no cache kept)."""
+    """Every step sends the context and every frame so far (no cache kept); the same context
+    limit as ours."""
 
-    def predict(self, frames, force_event):
-        return self.predictor.next_frame(self.context, frames, force_event, self.sampling)
+    def generate(self, frames, force_event, budget):
+        return self.predictor.next_frame(self.context, frames, force_event, self.sampling, budget)
 
 
-def session(track: Track, steps: int, back_every: int) -> tuple[float, list]:
-    """Run the scripted session; seconds taken and every frame the steps landed on."""
-    seen = []
-    start = time.perf_counter()
+def lockstep(tracks: dict[str, Track], steps: int, back_every: int) -> tuple[dict, dict]:
+    """Run the scripted session on every track, command by command (the first track to run
+    alternating), timing each track's own work; seconds taken and the frames each landed on."""
+    seconds = dict.fromkeys(tracks, 0.0)
+    seen: dict[str, list] = {name: [] for name in tracks}
+    turn = 0
+
+    def each(command) -> list:
+        nonlocal turn
+        names = list(tracks)
+        turn += 1
+        results = []
+        for name in names[turn % len(names):] + names[:turn % len(names)]:
+            start = time.perf_counter()
+            results.append(command(tracks[name]))
+            seconds[name] += time.perf_counter() - start
+        return results
+
+    def step(track: Track):
+        track.save()
+        return track.step().reason
+
     done = 0
     while done < steps:
-        track.save()
-        stop = track.step()
+        reasons = set(each(step))
         done += 1
-        if stop.reason:  # ended, or the context is full: start again
-            track.reset()
+        assert len(reasons) == 1, f"the two ways stopped differently: {reasons}"
+        if reasons.pop():  # ended, or the context is full: start again
+            each(Track.reset)
             continue
-        seen.append(track.current)
+        for name, track in tracks.items():
+            seen[name].append(track.current)
         if back_every and done % back_every == 0 and done < steps:
-            track.back()
-            track.save()
-            track.step()
+            each(lambda track: (track.back(), step(track)))
             done += 1
-            seen.append(track.current)
-    return time.perf_counter() - start, seen
+            for name, track in tracks.items():
+                seen[name].append(track.current)
+    return seconds, seen
 
 
 def main() -> None:
@@ -81,18 +101,19 @@ def main() -> None:
     print(f"# {platform.processor() or platform.machine()}, {args.threads} threads, torch "
           f"{torch.__version__}, model {args.model}, {args.steps} steps "
           f"(back and re-step every {args.back_every})")
-    results = {}
-    for name, stepper in [("ours (cached session)", ModelStepper), ("re-sending the prompt",
-                                                                    ResendingStepper)]:
-        track = Track(stepper(predictor, trace.context, GREEDY), trace.frames[:1], program)
-        session(track, 5, 0)  # warm up
-        track = Track(stepper(predictor, trace.context, GREEDY), trace.frames[:1], program)
-        seconds, seen = session(track, args.steps, args.back_every)
-        results[name] = (seconds, seen)
-        print(f"{name:<24} {args.steps / seconds:7.1f} steps/s  ({seconds * 1000 / args.steps:.0f} "
+    steppers = {"ours (cached session)": ModelStepper, "re-sending the prompt": ResendingStepper}
+    warm = {name: Track(stepper(predictor, trace.context, GREEDY), trace.frames[:1], program)
+            for name, stepper in steppers.items()}
+    lockstep(warm, 5, 0)
+    tracks = {name: Track(stepper(predictor, trace.context, GREEDY), trace.frames[:1], program)
+              for name, stepper in steppers.items()}
+    seconds, seen = lockstep(tracks, args.steps, args.back_every)
+    for name, taken in seconds.items():
+        print(f"{name:<24} {args.steps / taken:7.1f} steps/s  ({taken * 1000 / args.steps:.0f} "
               "ms a step)")
-    (ours, ours_seen), (theirs, theirs_seen) = results.values()
+    ours, theirs = seconds.values()
     print(f"ratio: ours {theirs / ours:.2f}x the steps/s of re-sending the prompt")
+    ours_seen, theirs_seen = seen.values()
     same = [(a.event, a.source, a.locals, a.arg) for a in ours_seen] == \
         [(b.event, b.source, b.locals, b.arg) for b in theirs_seen]
     assert same, "the two ways predicted different frames"

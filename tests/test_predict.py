@@ -15,6 +15,7 @@ from tracekit.model.backends import RuntimeBackend, TransformersBackend
 from tracekit.model.config import CwmConfig
 from tracekit.model.modeling import CwmForCausalLM
 from tracekit.predict import Sampling, TracePredictor
+from tracekit.prompts import trace_prompt_ids
 from tracekit.trace import Frame, Trace
 from tracekit.tracer.run import trace_source
 
@@ -129,6 +130,38 @@ def test_a_session_runs_only_the_new_tokens(trace, models):
                                                              trace.frames[:1]).tokens
     finally:
         hook.remove()
+
+
+def test_a_session_prompt_is_the_predictor_prompt_with_each_frame_encoded_once(trace, models):
+    """Session.prompt (the context and each frame encoded once per session) gives exactly the
+    ids of predictor.prompt, through appends, a step back, an edited frame and forced events;
+    a frame already seen is not encoded again."""
+    from dataclasses import replace
+
+    _, ours = models
+    predictor = TracePredictor(RuntimeBackend(ours), max_frame_tokens=8)
+    session = predictor.session(trace.context)
+    encoded = []
+    frame_ids = predictor.frame_ids
+    predictor.frame_ids = lambda frame: encoded.append(frame) or frame_ids(frame)
+
+    def same(force_event=None):
+        assert session.prompt(force_event) == trace_prompt_ids(
+            predictor.tokenizer, trace.context, session.frames, force_event)
+
+    same()
+    for frame in trace.frames[:6]:
+        session.append(frame)
+        same()
+        same("return")
+    assert encoded == trace.frames[:6]  # each once, though the prompt was asked for 13 times
+    session.back(2)
+    same("line")
+    edited = replace(trace.frames[3], locals={**trace.frames[3].locals, "x": "99"})
+    session.back(1)
+    session.append(edited)
+    same()
+    assert encoded[-1] is edited and len(encoded) == 7
 
 
 @pytest.mark.parametrize("draft", [0, 4])

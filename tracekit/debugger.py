@@ -49,16 +49,21 @@ class ModelStepper:
         self.session = predictor.session(context)
 
     def predict(self, frames: list[Frame], force_event: str | None) -> FramePrediction:
-        session = self.session
-        session.frames = list(frames)
         budget = None
         if self.max_positions is not None:
-            used = len(self.predictor.prompt(self.context, frames, force_event))
+            self.session.frames = list(frames)
+            used = len(self.session.prompt(force_event))
             budget = self.max_positions - used
             if budget < 8:
                 raise DebuggerError(f"the prompt fills the model's context ({used} of "
                                     f"{self.max_positions} tokens): go back or reset")
-        return session.step(force_event, self.sampling, budget)
+        return self.generate(frames, force_event, budget)
+
+    def generate(self, frames: list[Frame], force_event: str | None,
+                 budget: int | None) -> FramePrediction:
+        """The next frame in at most `budget` tokens, from the session's cache."""
+        self.session.frames = list(frames)
+        return self.session.step(force_event, self.sampling, budget)
 
     def drop_cache(self) -> None:
         """Start the cache again (after a prediction was interrupted half way)."""

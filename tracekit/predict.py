@@ -197,6 +197,28 @@ class Session:
         # the cache can step back over about two frames without running the prompt again
         margin = max(512, 4 * predictor.max_frame_tokens)
         self.state = predictor.backend.new_session(margin)
+        self._context_ids: list[int] | None = None
+        self._frame_ids: dict[int, tuple[Frame, list[int]]] = {}  # id(frame) -> (frame, ids)
+
+    def prompt(self, force_event: str | None = None) -> list[int]:
+        """The prompt's ids for the frames so far, as `predictor.prompt` gives them, with the
+        context and each frame encoded once per session (a prompt is encoded frame by frame,
+        so it is their concatenation)."""
+        p = self.predictor
+        if self._context_ids is None:
+            self._context_ids = p.prompt(self.context)
+        ids = list(self._context_ids)
+        known, kept = self._frame_ids, {}
+        for frame in self.frames:
+            entry = known.get(id(frame))
+            if entry is None or entry[0] is not frame:
+                entry = (frame, p.frame_ids(frame))
+            kept[id(frame)] = entry
+            ids += entry[1]
+        self._frame_ids = kept
+        if force_event is not None:
+            ids.append(p.tokenizer.special_ids[EVENT_TOKENS[force_event]])
+        return ids
 
     def step(self, force_event: str | None = None, sampling: Sampling = GREEDY,
              max_tokens: int | None = None) -> FramePrediction:
@@ -204,8 +226,8 @@ class Session:
         p = self.predictor
         if self.state is None:  # a backend without a cache: the whole prompt each time
             return p.next_frame(self.context, self.frames, force_event, sampling, max_tokens)
-        prompt = p.prompt(self.context, self.frames, force_event)
-        generation = self.state.generate(prompt, p._budget(max_tokens), p.stop_ids, sampling)
+        generation = self.state.generate(self.prompt(force_event), p._budget(max_tokens),
+                                         p.stop_ids, sampling)
         return p.read(generation.tokens, generation.logprobs, force_event)
 
     def append(self, frame: Frame) -> None:
