@@ -96,8 +96,8 @@ class Trace:
 
     @classmethod
     def from_dict(cls, data: dict) -> Trace:
-        frames = [Frame(*f) if type(f) is tuple  # the tracer's compact form: fields in order
-                  else f if type(f) is Frame else Frame(**f) if type(f) is dict else Frame(*f)
+        frames = [f if type(f) is Frame else Frame(**f) if type(f) is dict
+                  else Frame(*f)  # the tracer's compact form: the first seven fields in order
                   for f in data.get("frames", [])]
         fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "frames"}
         return cls(frames=frames, **fields)
