@@ -89,9 +89,10 @@ def main() -> None:
         save_checkpoint(ours, tmp)
         reference = transformers.CwmForCausalLM.from_pretrained(tmp, attn_implementation="sdpa")
     autocast = "bfloat16" if args.bf16 else None
-    runs = {"ours": (ours, loop.optimizer_for(ours, loop.TrainConfig()), ours_step),
-            "transformers": (reference, loop.optimizer_for(reference, loop.TrainConfig()),
-                             reference_step)}
+    (ours_adamw,) = loop.optimizer_for(ours, loop.TrainConfig())
+    (reference_adamw,) = loop.optimizer_for(reference, loop.TrainConfig())
+    runs = {"ours": (ours, ours_adamw, ours_step),
+            "transformers": (reference, reference_adamw, reference_step)}
     if args.compile:
         compiled = torch.compile(ours)
         runs["ours compiled"] = (compiled, runs["ours"][1], ours_step)

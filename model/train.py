@@ -3,10 +3,11 @@
 The rows come from the caller (tracekit turns traces into them): `Rows.tokens` (n, length),
 `Rows.documents` (which document each position belongs to; attention stays inside it) and
 `Rows.targets` (the next-token labels, -100 where no loss is taken). The loop: AdamW (no decay
-on norms and embeddings), linear warmup then cosine to `min_lr`, gradient clipping, gradient
-accumulation, bf16 autocast where asked, and a data order that is a function of the seed and
-the step alone. Its whole state (weights, optimizer, step, RNG) is one file written by rename,
-so a run killed at any moment and resumed ends with exactly the weights of an uninterrupted run.
+on norms and embeddings; or Muon on the hidden matrices), linear warmup then cosine to
+`min_lr`, gradient clipping, gradient accumulation, bf16 autocast where asked, and a data
+order that is a function of the seed and the step alone. Its whole state (weights, optimizer,
+step, RNG) is one file written by rename, so a run killed at any moment and resumed ends with
+exactly the weights of an uninterrupted run.
 `torchrun` runs it under DistributedDataParallel: each rank takes its share of every batch.
 """
 
@@ -45,6 +46,7 @@ class TrainConfig:
     eval_every: int = 200  # steps between validations (0: only at the end)
     save_every: int = 100  # steps between saved states (each is one atomic file)
     autocast: str | None = None  # "bfloat16" to train under autocast; None: the weights' dtype
+    optimizer: str = "adamw"  # "muon": Muon on attention and MLP matrices, AdamW on the rest
 
 
 @dataclass
@@ -138,17 +140,25 @@ def validation_loss(model: CwmForCausalLM, rows: Rows, batch_rows: int,
     return total / max(count, 1)
 
 
-def optimizer_for(model: CwmForCausalLM, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; weight decay on the matrices of attention and MLP only."""
-    decay, rest = [], []
+def optimizer_for(model: CwmForCausalLM, config: TrainConfig) -> list[torch.optim.Optimizer]:
+    """AdamW with weight decay on the matrices of attention and MLP only; with
+    `config.optimizer == "muon"`, those matrices go to Muon instead (its update scaled to
+    AdamW's RMS, so the same learning rate applies) and AdamW keeps embeddings and norms."""
+    matrices, rest = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (decay if param.dim() == 2 and "embed" not in name and "lm_head" not in name
+        (matrices if param.dim() == 2 and "embed" not in name and "lm_head" not in name
          else rest).append(param)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                              {"params": rest, "weight_decay": 0.0}],
-                             lr=config.lr, betas=(0.9, 0.95), eps=1e-8)
+    if config.optimizer not in ("adamw", "muon"):
+        raise ValueError(f"unknown optimizer {config.optimizer!r}: use adamw or muon")
+    adamw = dict(lr=config.lr, betas=(0.9, 0.95), eps=1e-8)
+    if config.optimizer == "muon":
+        return [torch.optim.Muon(matrices, lr=config.lr, weight_decay=config.weight_decay,
+                                 adjust_lr_fn="match_rms_adamw"),
+                torch.optim.AdamW(rest, weight_decay=0.0, **adamw)]
+    return [torch.optim.AdamW([{"params": matrices, "weight_decay": config.weight_decay},
+                               {"params": rest, "weight_decay": 0.0}], **adamw)]
 
 
 def train(model: CwmForCausalLM, rows: Rows, config: TrainConfig, out: Path,
@@ -170,7 +180,7 @@ def train(model: CwmForCausalLM, rows: Rows, config: TrainConfig, out: Path,
         raise ValueError(f"batch_rows {config.batch_rows} is not a multiple of ranks x "
                          f"accumulation ({world} x {config.accumulation})")
     device = next(model.parameters()).device
-    optimizer = optimizer_for(model, config)
+    optimizers = optimizer_for(model, config)
     step, log = 0, []
     if resume and (out / STATE).exists():
         state = torch.load(out / STATE, map_location=device, weights_only=False)
@@ -178,7 +188,8 @@ def train(model: CwmForCausalLM, rows: Rows, config: TrainConfig, out: Path,
             raise ValueError(f"{out / STATE} was made with other training settings: resume "
                              "with the same ones, or train into another directory")
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        for optimizer, saved in zip(optimizers, state["optimizers"], strict=True):
+            optimizer.load_state_dict(saved)
         torch.set_rng_state(state["rng"])
         step, log = state["step"], state["log"]
     wrapped = (torch.nn.parallel.DistributedDataParallel(model) if distributed else model)
@@ -188,7 +199,7 @@ def train(model: CwmForCausalLM, rows: Rows, config: TrainConfig, out: Path,
     micro = per_rank // config.accumulation
     started, tokens_seen = time.monotonic(), 0
     while step < config.steps:
-        for group in optimizer.param_groups:
+        for group in (g for optimizer in optimizers for g in optimizer.param_groups):
             group["lr"] = learning_rate(config, step)
         mine = step_rows(config, step, len(rows))[rank * per_rank:(rank + 1) * per_rank]
         batches = [rows.batch(mine[i:i + micro], device) for i in range(0, per_rank, micro)]
@@ -205,8 +216,9 @@ def train(model: CwmForCausalLM, rows: Rows, config: TrainConfig, out: Path,
                 (loss / max(targets, 1) * world).backward()
             total += float(loss.detach())
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        for optimizer in optimizers:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         if distributed:
             summed = torch.tensor(total, device=device)
             torch.distributed.all_reduce(summed)
@@ -224,7 +236,7 @@ def train(model: CwmForCausalLM, rows: Rows, config: TrainConfig, out: Path,
             if progress:
                 progress(entry)
             if step % config.save_every == 0 or step == config.steps:
-                _save_state(out, model, optimizer, step, log, config)
+                _save_state(out, model, optimizers, step, log, config)
                 with (out / LOG).open("w", encoding="utf-8") as file:
                     file.writelines(json.dumps(e) + "\n" for e in log)
                 if after_save:
@@ -232,11 +244,12 @@ def train(model: CwmForCausalLM, rows: Rows, config: TrainConfig, out: Path,
     return log
 
 
-def _save_state(out: Path, model, optimizer, step: int, log: list[dict],
+def _save_state(out: Path, model, optimizers: list, step: int, log: list[dict],
                 config: TrainConfig) -> None:
     """Everything a resume needs, in one file written whole and then renamed into place."""
     temporary = out / (STATE + ".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+    torch.save({"model": model.state_dict(),
+                "optimizers": [optimizer.state_dict() for optimizer in optimizers],
                 "rng": torch.get_rng_state(), "step": step, "log": log,
                 "config": asdict(config)}, temporary)
     with open(temporary, "rb") as file:

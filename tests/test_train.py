@@ -125,6 +125,49 @@ def test_a_compiled_training_step_computes_what_the_eager_one_does(tokenizer, tr
         assert torch.allclose(weight, compiled_weights[name], atol=1e-4), name
 
 
+def test_muon_trains_the_matrices_and_a_stopped_run_resumes_to_the_same_weights(tokenizer,
+                                                                                traces, tmp_path):
+    """--optimizer muon: Muon holds the attention and MLP matrices (AdamW the embeddings and
+    norms), the loss falls, and a run stopped right after a save resumes, both optimizers'
+    states restored, to the uninterrupted run's weights bit for bit."""
+    from tracekit.model import train as loop
+    from tracekit.model.modeling import CwmForCausalLM
+
+    rows = pack(traces, tokenizer, 512).rows
+    config = loop.TrainConfig(steps=12, batch_rows=2, warmup=2, eval_every=0, save_every=6,
+                              lr=3e-3, optimizer="muon")
+
+    def fresh() -> CwmForCausalLM:
+        torch.manual_seed(0)
+        model = CwmForCausalLM(loop.model_config("tiny", tokenizer.vocab_size, 512,
+                                                 tokenizer.special_ids))
+        loop.init_weights(model)
+        model.fast = True
+        return model
+
+    muon, adamw = loop.optimizer_for(fresh(), config)
+    assert type(muon) is torch.optim.Muon and type(adamw) is torch.optim.AdamW
+    assert all(p.dim() == 2 for group in muon.param_groups for p in group["params"])
+    assert sum(len(g["params"]) for g in muon.param_groups) == 2 * 4 + 3 * 2  # q k v o, MLP
+    whole = fresh()
+    log = loop.train(whole, rows, config, tmp_path / "whole")
+    assert log[-1]["loss"] < 0.8 * log[0]["loss"]
+
+    class Stopped(Exception):
+        pass
+
+    def stop_at_six(step: int) -> None:
+        if step == 6:
+            raise Stopped
+
+    with pytest.raises(Stopped):
+        loop.train(fresh(), rows, config, tmp_path / "stopped", after_save=stop_at_six)
+    resumed = fresh()
+    loop.train(resumed, rows, config, tmp_path / "stopped", resume=True)
+    for name, weight in whole.state_dict().items():
+        assert torch.equal(weight, resumed.state_dict()[name]), name
+
+
 def test_training_lowers_the_loss_and_writes_a_checkpoint_both_runtimes_load(dataset, tmp_path):
     import transformers
 

@@ -10,6 +10,7 @@ row is dropped, never split; attention and positions restart with each trace in 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +22,15 @@ from tracekit.model.train import Rows
 from tracekit.tokenizer import HFTokenizer, Tokenizer, encode_segments
 from tracekit.trace import Trace
 
+TOKENIZER_SAMPLE_CHARS = 16_000_000  # BPE training time grows faster than the text it reads
+
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, path: Path) -> HFTokenizer:
     """Learn a byte-level BPE of `vocab_size` (CWM's special tokens included) from `texts`
-    (wire text: the special tokens in it are not learned from) and write it to `path`."""
+    (wire text: the special tokens in it are not learned from) and write it to `path`. Of
+    more than `TOKENIZER_SAMPLE_CHARS` characters it reads every k-th text, spread evenly:
+    on stage 2's 70,588 traces (373M characters, 2 busy cores) 15 s instead of 255 s, for
+    1.5% more tokens per trace (6.93 characters a token instead of 7.03)."""
     from tokenizers import Tokenizer as HFBackend
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
@@ -37,7 +43,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, path: Path) -> HFToke
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
-    backend.train_from_iterator(_plain_parts(texts), trainer=trainer)
+    texts = list(texts)
+    stride = math.ceil(sum(map(len, texts)) / TOKENIZER_SAMPLE_CHARS) or 1
+    backend.train_from_iterator(_plain_parts(texts[::stride]), trainer=trainer)
     path.parent.mkdir(parents=True, exist_ok=True)
     backend.save(str(path))
     return HFTokenizer(path)

@@ -34,6 +34,9 @@ from tracekit.trace import EXIT_DATA
                    "included).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3,
               show_default=True)
+@click.option("--optimizer", type=click.Choice(["adamw", "muon"]), default="adamw",
+              show_default=True, help="muon: Muon on the attention and MLP matrices (AdamW "
+              "keeps embeddings and norms), at the same --lr.")
 @click.option("--warmup", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--eval-every", type=click.IntRange(min=0), default=500, show_default=True,
@@ -57,8 +60,8 @@ from tracekit.trace import EXIT_DATA
 @click.option("--resume", is_flag=True, help="Continue a run killed or stopped in OUT (the same "
               "datasets and options): it ends with the weights the whole run would have.")
 def train(datasets, out: Path, size, overrides, steps, batch_rows, accumulation, seq_len,
-          vocab_size, lr, warmup, seed, eval_every, save_every, val_traces, loss_on_context,
-          bf16, device, compile_model, init, resume) -> None:
+          vocab_size, lr, optimizer, warmup, seed, eval_every, save_every, val_traces,
+          loss_on_context, bf16, device, compile_model, init, resume) -> None:
     """Train a CWM-architecture model from scratch (or from --init's weights) on DATASET...
     (`tracekit dataset build` directories: their train split trains, their validation split
     validates).
@@ -88,6 +91,7 @@ def train(datasets, out: Path, size, overrides, steps, batch_rows, accumulation,
                            str(init) if init is not None else None)
     config = TrainConfig(steps=steps, batch_rows=batch_rows, accumulation=accumulation, lr=lr,
                          min_lr=lr / 10, warmup=min(warmup, steps), seed=seed,
+                         optimizer=optimizer,
                          eval_every=eval_every, save_every=save_every,
                          autocast="bfloat16" if bf16 else None)
     distributed = "RANK" in os.environ
