@@ -22,7 +22,7 @@ from tracekit.model.train import Rows
 from tracekit.tokenizer import HFTokenizer, Tokenizer, encode_segments
 from tracekit.trace import Trace
 
-TOKENIZER_SAMPLE_CHARS = 16_000_000  # BPE training time grows faster than the text it reads
+TOKENIZER_SAMPLE_CHARS = 16_000_000  # a sample this size learns nearly the same merges
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, path: Path) -> HFTokenizer:
