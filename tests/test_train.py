@@ -125,6 +125,34 @@ def test_a_compiled_training_step_computes_what_the_eager_one_does(tokenizer, tr
         assert torch.allclose(weight, compiled_weights[name], atol=1e-4), name
 
 
+def test_our_muon_is_torchs_with_a_float32_orthogonalization_on_cpu():
+    """In bfloat16 the orthogonalization is torch.optim.Muon's bit for bit; a whole step in
+    float32 (ours, on a CPU) lands within bfloat16's rounding of torch's step."""
+    from torch.optim._muon import _zeropower_via_newtonschulz
+
+    from tracekit.model import train as loop
+
+    torch.manual_seed(0)
+    for shape in ((48, 80), (80, 48)):
+        grad = torch.randn(shape)
+        ours = loop.orthogonalize(grad, (3.4445, -4.775, 2.0315), 5, 1e-7, torch.bfloat16)
+        assert torch.equal(ours, _zeropower_via_newtonschulz(grad, (3.4445, -4.775, 2.0315),
+                                                             5, 1e-7))
+    starts = [torch.randn(48, 80), torch.randn(80, 48)]
+    weights = [torch.nn.Parameter(w.clone()) for w in starts]
+    copies = [torch.nn.Parameter(w.clone()) for w in starts]
+    options = dict(lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    optimizers = (loop.Muon(weights, **options), torch.optim.Muon(copies, **options))
+    for _ in range(3):
+        for params, optimizer in zip((weights, copies), optimizers):
+            for param in params:
+                param.grad = torch.sin(param.detach() * 3)  # the same function of the weights
+            optimizer.step()
+    for ours, theirs, start in zip(weights, copies, starts):
+        moved = (theirs.detach() - start).abs().max()
+        assert moved > 0.02 and (ours.detach() - theirs.detach()).abs().max() < 0.03 * moved
+
+
 def test_muon_trains_the_matrices_and_a_stopped_run_resumes_to_the_same_weights(tokenizer,
                                                                                 traces, tmp_path):
     """--optimizer muon: Muon holds the attention and MLP matrices (AdamW the embeddings and
@@ -146,7 +174,7 @@ def test_muon_trains_the_matrices_and_a_stopped_run_resumes_to_the_same_weights(
         return model
 
     muon, adamw = loop.optimizer_for(fresh(), config)
-    assert type(muon) is torch.optim.Muon and type(adamw) is torch.optim.AdamW
+    assert type(muon) is loop.Muon and type(adamw) is torch.optim.AdamW
     assert all(p.dim() == 2 for group in muon.param_groups for p in group["params"])
     assert sum(len(g["params"]) for g in muon.param_groups) == 2 * 4 + 3 * 2  # q k v o, MLP
     whole = fresh()
