@@ -64,32 +64,29 @@ TOKEN_EVENTS = {token: event for event, token in EVENT_TOKENS.items()}
 def frame_segments(frame: Frame) -> list[str]:
     """A frame as alternating special tokens and plain-text segments (what gets encoded)."""
     segments: list[str] = []
-    _write_frames(segments.append, (frame,))
+    _write_frames(segments.extend, (frame,))
     return segments
 
 
-def _write_frames(append, frames) -> None:
-    """The one writer of frames: each frame's segments, passed to `append` one by one (no list
-    per frame)."""
+def _write_frames(extend, frames) -> None:
+    """The one writer of frames: each frame's segments, passed to `extend` as one tuple (one
+    call per frame, no list per frame)."""
     for frame in frames:
         event = frame.event
-        append(EVENT_TOKENS[event])
         if event == "line" or event == "call":
-            append(state_json(frame.locals))
-            append(ACTION_SEP)
-            append(frame.source)
+            extend((EVENT_TOKENS[event], state_json(frame.locals), ACTION_SEP, frame.source,
+                    FRAME_SEP))
         else:
-            append(ACTION_SEP)
-            append(frame.source)
-            append(ARG_SEP)
             arg = frame.arg
-            append(_quote(arg) if isinstance(arg, str) else json.dumps(arg))
-        append(FRAME_SEP)
+            extend((EVENT_TOKENS[event], ACTION_SEP, frame.source, ARG_SEP,
+                    _quote(arg) if isinstance(arg, str) else json.dumps(arg), FRAME_SEP))
 
 
 _quote = json.encoder.encode_basestring_ascii  # what json.dumps uses (ensure_ascii), in C
-_KEYS: dict[str, str] = {}  # a name, quoted, with its ": " (names repeat from frame to frame)
-_DOTS = _quote(DOTS)
+# A name's part of a state, cached (names repeat from frame to frame): `"name": ` before a
+# value, and the whole `"name": ".."` of an unchanged one (most of a line frame's).
+_KEYS: dict[str, str] = {}
+_UNCHANGED: dict[str, str] = {}
 
 
 def state_json(state: dict[str, str] | None) -> str:
@@ -98,12 +95,20 @@ def state_json(state: dict[str, str] | None) -> str:
     try:
         parts = []
         for name, value in state.items():
-            key = _KEYS.get(name)
-            if key is None:
-                key = _quote(name) + ": "
-                if len(_KEYS) < 65536:
-                    _KEYS[name] = key
-            parts.append(key + (_DOTS if value == DOTS else _quote(value)))
+            if value == DOTS:
+                part = _UNCHANGED.get(name)
+                if part is None:
+                    part = _quote(name) + ": " + _quote(DOTS)
+                    if len(_UNCHANGED) < 65536:
+                        _UNCHANGED[name] = part
+            else:
+                key = _KEYS.get(name)
+                if key is None:
+                    key = _quote(name) + ": "
+                    if len(_KEYS) < 65536:
+                        _KEYS[name] = key
+                part = key + _quote(value)
+            parts.append(part)
         return "{" + ", ".join(parts) + "}"
     except (TypeError, AttributeError):  # not a dict of strings
         return json.dumps(state)
@@ -121,7 +126,7 @@ def prompt_segments(context: str, frames: list[Frame] = (), force_event: str | N
     if force_event is not None and force_event not in EVENT_TOKENS:
         raise ValueError(f"unknown event {force_event!r}: use one of {', '.join(EVENT_TOKENS)}")
     segments = [BEGIN_OF_TEXT, TRACE_CONTEXT_START, context, FRAME_SEP]
-    _write_frames(segments.append, frames)
+    _write_frames(segments.extend, frames)
     if force_event is not None:
         segments.append(EVENT_TOKENS[force_event])
     elif end:
