@@ -78,29 +78,6 @@ def _counting(p: _Program) -> tuple[list[str], list[str]]:
             [str(p.small(0, 7))])
 
 
-def _bounded(p: _Program) -> tuple[list[str], list[str]]:
-    """A loop whose round count only the argument decides: up or down, by 1 or 2, < or <=."""
-    n, i, acc = p.name(INTS), p.name(INDEXES), p.name(ACCUMULATORS)
-    body = f"        {acc} += {p.int_expr(i)}"
-    kind = p.rng.randrange(5)
-    if kind == 0:  # the argument counts itself down
-        body = f"        {acc} += {p.int_expr(n)}"
-        loop = [f"    while {n} > 0:", body, f"        {n} -= 1"]
-    elif kind == 1:
-        loop = [f"    {i} = {p.small(0, 1)}", f"    while {i} <= {n}:", body,
-                f"        {i} += 1"]
-    elif kind == 2:
-        loop = [f"    {i} = 0", f"    while {i} < {n}:", body, f"        {i} += 2"]
-    elif kind == 3:
-        loop = [f"    {i} = {n}", f"    while {i} > {p.small(0, 1)}:", body, f"        {i} -= 1"]
-    else:
-        loop = [f"    for {i} in range({n}, 0, -1):" if p.rng.random() < 0.5 else
-                f"    for {i} in range(0, {n}, 2):", body]
-    last = acc if kind == 4 else p.rng.choice([acc, acc, i if kind else n])
-    return ([f"def f({n}):", f"    {acc} = 0", *loop, f"    return {last}"],
-            [str(p.small(0, 6))])
-
-
 def _filtering(p: _Program) -> tuple[list[str], list[str]]:
     items, out, x = p.name(LISTS), p.name(("out", "result", "kept", "evens", "found")), \
         p.name(ELEMENTS)
@@ -218,8 +195,8 @@ def _string_methods(p: _Program) -> tuple[list[str], list[str]]:
              f"    return {out}"], [p.text()])
 
 
-TEMPLATES = (_counting, _bounded, _filtering, _searching, _text_loop, _counting_words, _nested,
-             _branches, _with_helper, _breaking, _swapping, _list_methods, _string_methods)
+TEMPLATES = (_counting, _filtering, _searching, _text_loop, _counting_words, _nested, _branches,
+             _with_helper, _breaking, _swapping, _list_methods, _string_methods)
 
 
 def generate_basic_program(seed: int, index: int) -> tuple[str, str]:
