@@ -50,8 +50,8 @@ from tracekit.trace import EXIT_DATA
               "2-core CPUs here the small preset ran ~25x slower than fp32).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--compile", "compile_model", is_flag=True, help="Run the training step through "
-              "torch.compile: about a minute of compiling first, then faster steps (1.7x on "
-              "a 2-core CPU, small preset: benchmarks/train.py --compile).")
+              "torch.compile: about a minute of compiling first, then faster steps (1.0-1.3x "
+              "on a quiet 2-core CPU, small preset: benchmarks/train.py --compile).")
 @click.option("--init", "init", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Start from this checkpoint's weights, shape and tokenizer (one `tracekit "
                    "train` wrote, e.g. model/bundled) instead of random ones: to continue "
