@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -265,6 +266,22 @@ def _plain(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "")
 
 
+def _as_a_shell_starts_it() -> None:
+    """In the child before exec: SIGINT at its default and no signal blocked, as a person's
+    shell starts a program. A SIGINT the test process ignores would be ignored by the child
+    too (exec keeps ignored signals): then Ctrl-C did nothing and the test waited 180 s."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _signal_state(pid: int) -> str:
+    """The child's ignored, blocked and caught signal masks, for a failure message."""
+    status = Path(f"/proc/{pid}/status")
+    lines = status.read_text().splitlines() if status.exists() else []
+    return "no prompt after two Ctrl-C: " + "; ".join(
+        line for line in lines if line.startswith(("SigBlk", "SigIgn", "SigCgt", "State")))
+
+
 def test_a_person_at_a_terminal_and_the_same_commands_as_a_script(tmp_path):
     """A person types 27 commands (with an empty line, Ctrl-C at the prompt and the up arrow);
     the terminal shows the real debugger's answers in colour, and --commands or a pipe with the
@@ -275,7 +292,8 @@ def test_a_person_at_a_terminal_and_the_same_commands_as_a_script(tmp_path):
     command = [sys.executable, "-m", "tracekit.cli", "debug", str(program), "--model", "oracle",
                "--real"]
     child = pexpect.spawn(command[0], command[1:], cwd=ROOT, encoding="utf-8", timeout=180,
-                          dimensions=(50, 200), env={"TERM": "xterm", "PATH": "/usr/bin:/bin"})
+                          dimensions=(50, 200), env={"TERM": "xterm", "PATH": "/usr/bin:/bin"},
+                          preexec_fn=_as_a_shell_starts_it)
     shown: list[str] = []
     child.logfile_read = _Collect(shown)
     child.expect_exact("(tracekit) ")
@@ -288,7 +306,8 @@ def test_a_person_at_a_terminal_and_the_same_commands_as_a_script(tmp_path):
     child.sendintr()
     if child.expect_exact(["(tracekit) ", pexpect.TIMEOUT], timeout=15) == 1:
         child.sendintr()
-        child.expect_exact("(tracekit) ")
+        assert child.expect_exact(["(tracekit) ", pexpect.TIMEOUT], timeout=15) == 0, \
+            _signal_state(child.pid)
     child.send("\x1b[A\r")  # the up arrow: readline's history gives "s" again
     child.expect_exact("(tracekit) ")
     typed = ["s", "s"]
