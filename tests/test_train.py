@@ -3,6 +3,7 @@ kill -9, two processes under torchrun equal to one, checkpoints transformers loa
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -157,7 +158,8 @@ def test_muon_trains_the_matrices_and_a_stopped_run_resumes_to_the_same_weights(
                                                                                 traces, tmp_path):
     """--optimizer muon: Muon holds the attention and MLP matrices (AdamW the embeddings and
     norms), the loss falls, and a run stopped right after a save resumes, both optimizers'
-    states restored, to the uninterrupted run's weights bit for bit."""
+    states restored, to the uninterrupted run's weights bit for bit; so does an AdamW run
+    from a state file written before Muon existed."""
     from tracekit.model import train as loop
     from tracekit.model.modeling import CwmForCausalLM
 
@@ -192,6 +194,21 @@ def test_muon_trains_the_matrices_and_a_stopped_run_resumes_to_the_same_weights(
         loop.train(fresh(), rows, config, tmp_path / "stopped", after_save=stop_at_six)
     resumed = fresh()
     loop.train(resumed, rows, config, tmp_path / "stopped", resume=True)
+    for name, weight in whole.state_dict().items():
+        assert torch.equal(weight, resumed.state_dict()[name]), name
+
+    # a state saved before Muon existed (one "optimizer", no "optimizer" setting) resumes too
+    adamw = dataclasses.replace(config, optimizer="adamw")
+    whole = fresh()
+    loop.train(whole, rows, adamw, tmp_path / "adamw")
+    with pytest.raises(Stopped):
+        loop.train(fresh(), rows, adamw, tmp_path / "old", after_save=stop_at_six)
+    state = torch.load(tmp_path / "old" / loop.STATE, weights_only=False)
+    (state["optimizer"],) = state.pop("optimizers")
+    del state["config"]["optimizer"]
+    torch.save(state, tmp_path / "old" / loop.STATE)
+    resumed = fresh()
+    loop.train(resumed, rows, adamw, tmp_path / "old", resume=True)
     for name, weight in whole.state_dict().items():
         assert torch.equal(weight, resumed.state_dict()[name]), name
 
