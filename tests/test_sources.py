@@ -45,6 +45,9 @@ def test_source_specs_name_the_shipped_cruxeval_and_read_files(tmp_path):
     assert basic[0].origin == "basic:seed=5"
     with pytest.raises(sources.SourceError, match="basic:COUNT or basic:COUNT:SEED"):
         list(sources.from_specs(["basic:0"]))
+    loops = list(sources.from_specs(["loops:2:5"]))
+    assert [(p.id, p.origin) for p in loops] == [("loops-5-0", "loops:seed=5"),
+                                                 ("loops-5-1", "loops:seed=5")]
 
 
 def crux_file(tmp_path: Path) -> Path:

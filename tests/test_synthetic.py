@@ -89,3 +89,27 @@ def test_basic_programs_are_distinct_repeatable_everyday_functions_that_all_run(
         assert shapes[construct] > 0, construct
     assert 800 < sum(call == "main()" for _, _, call in programs) < 1_200
     assert len(TEMPLATES) >= 10
+
+
+def test_loop_programs_run_as_many_rounds_as_their_arguments_say():
+    from tracekit.basic_programs import generate_basic_programs
+
+    programs = list(generate_basic_programs(500, seed=3, loops=True))
+    assert len({(source, call) for _, source, call in programs}) == 500
+    assert programs[0][0] == "loops-3-0"
+    assert len({p[1:] for p in programs} & {
+        p[1:] for p in generate_basic_programs(500, seed=3)}) < 10  # another stream
+    rounds = collections.defaultdict(set)  # loop shape -> the round counts its calls give
+    for _, source, call in programs:
+        tree = ast.parse(source)
+        loops = [n for n in ast.walk(tree) if isinstance(n, (ast.For, ast.While))]
+        assert loops, source
+        trace = trace_source(source, call=call)
+        assert trace["status"] == "ok"
+        header = ast.unparse(loops[0]).splitlines()[0]
+        first_body_line = loops[0].body[0].lineno
+        rounds[header].add(sum(event == "line" and line == first_body_line
+                               for event, line, *_ in trace["frames"]))
+    # the same loop header runs different numbers of rounds: the arguments bound it
+    assert sum(len(counts) >= 3 for counts in rounds.values()) >= 10
+    assert any(h.startswith("while") and "<=" in h for h in rounds)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -222,6 +223,9 @@ def test_training_lowers_the_loss_and_writes_a_checkpoint_both_runtimes_load(dat
     result = train(str(dataset), "-o", str(out), *TINY, "--steps", "40", "--eval-every", "20",
                    "--save-every", "20")
     assert result.returncode == 0, result.stderr[-2000:]
+    # stderr is a pipe here, as in a background job's log: a line at each save, no live bar
+    assert re.findall(r"step (\d+)/40: loss [\d.]+, \d+ tokens/s, \d+ min left",
+                      result.stderr) == ["20", "40"]
     log = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
     assert len(log) == 40 and log[-1]["loss"] < 0.6 * log[0]["loss"]
     assert log[19]["val_loss"] > log[39]["val_loss"] and "state_exact" in log[39]

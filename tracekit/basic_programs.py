@@ -78,6 +78,29 @@ def _counting(p: _Program) -> tuple[list[str], list[str]]:
             [str(p.small(0, 7))])
 
 
+def _bounded(p: _Program) -> tuple[list[str], list[str]]:
+    """A loop whose round count only the argument decides: up or down, by 1 or 2, < or <=."""
+    n, i, acc = p.name(INTS), p.name(INDEXES), p.name(ACCUMULATORS)
+    body = f"        {acc} += {p.int_expr(i)}"
+    kind = p.rng.randrange(5)
+    if kind == 0:  # the argument counts itself down
+        body = f"        {acc} += {p.int_expr(n)}"
+        loop = [f"    while {n} > 0:", body, f"        {n} -= 1"]
+    elif kind == 1:
+        loop = [f"    {i} = {p.small(0, 1)}", f"    while {i} <= {n}:", body,
+                f"        {i} += 1"]
+    elif kind == 2:
+        loop = [f"    {i} = 0", f"    while {i} < {n}:", body, f"        {i} += 2"]
+    elif kind == 3:
+        loop = [f"    {i} = {n}", f"    while {i} > {p.small(0, 1)}:", body, f"        {i} -= 1"]
+    else:
+        loop = [f"    for {i} in range({n}, 0, -1):" if p.rng.random() < 0.5 else
+                f"    for {i} in range(0, {n}, 2):", body]
+    last = acc if kind == 4 else p.rng.choice([acc, acc, i if kind else n])
+    return ([f"def f({n}):", f"    {acc} = 0", *loop, f"    return {last}"],
+            [str(p.small(0, 8))])
+
+
 def _filtering(p: _Program) -> tuple[list[str], list[str]]:
     items, out, x = p.name(LISTS), p.name(("out", "result", "kept", "evens", "found")), \
         p.name(ELEMENTS)
@@ -197,13 +220,17 @@ def _string_methods(p: _Program) -> tuple[list[str], list[str]]:
 
 TEMPLATES = (_counting, _filtering, _searching, _text_loop, _counting_words, _nested, _branches,
              _with_helper, _breaking, _swapping, _list_methods, _string_methods)
+# `loops:`: programs whose loops run as many rounds as the arguments say, and nothing else
+LOOP_TEMPLATES = (_counting, _bounded, _filtering, _searching, _text_loop, _nested, _breaking,
+                  _swapping)
 
 
-def generate_basic_program(seed: int, index: int) -> tuple[str, str]:
-    """Program `index` of stream `seed`: (source with the entry marked, call expression)."""
-    rng = random.Random(f"tracekit-basic:{seed}:{index}")
+def generate_basic_program(seed: int, index: int, loops: bool = False) -> tuple[str, str]:
+    """Program `index` of stream `seed` (of LOOP_TEMPLATES only with `loops`): (source with the
+    entry marked, call expression)."""
+    rng = random.Random(f"tracekit-{'loops' if loops else 'basic'}:{seed}:{index}")
     p = _Program(rng)
-    lines, args = rng.choice(TEMPLATES)(p)
+    lines, args = rng.choice(LOOP_TEMPLATES if loops else TEMPLATES)(p)
     call = f"f({', '.join(args)})"
     entry = next(k for k, line in enumerate(lines) if line.startswith("def f("))
     if rng.random() < 0.5:  # as CRUXEval runs a program
@@ -213,14 +240,14 @@ def generate_basic_program(seed: int, index: int) -> tuple[str, str]:
     return "\n".join(lines) + "\n", call
 
 
-def generate_basic_programs(count: int, seed: int = 0):
+def generate_basic_programs(count: int, seed: int = 0, loops: bool = False):
     """`count` distinct programs (duplicates are skipped), as (id, source, call); fewer only
     if the stream repeats itself for 50 programs per one asked for."""
     seen: set[tuple[str, str]] = set()
     index = 0
     while len(seen) < count and index < 50 * count:
-        program = generate_basic_program(seed, index)
+        program = generate_basic_program(seed, index, loops)
         index += 1
         if program not in seen:
             seen.add(program)
-            yield f"basic-{seed}-{index - 1}", *program
+            yield f"{'loops' if loops else 'basic'}-{seed}-{index - 1}", *program

@@ -187,11 +187,12 @@ def synthetic(count: int, seed: int = 0, size: int = 4,
         yield Program(program_id, source, call, None, f"synthetic:seed={seed},size={size}")
 
 
-def basic(count: int, seed: int = 0) -> Iterator[Program]:
+def basic(count: int, seed: int = 0, loops: bool = False) -> Iterator[Program]:
     from tracekit.basic_programs import generate_basic_programs
 
-    for program_id, source, call in generate_basic_programs(count, seed):
-        yield Program(program_id, source, call, None, f"basic:seed={seed}")
+    kind = "loops" if loops else "basic"
+    for program_id, source, call in generate_basic_programs(count, seed, loops):
+        yield Program(program_id, source, call, None, f"{kind}:seed={seed}")
 
 
 def from_specs(specs: list[str] | tuple[str, ...], call: str | None = None,
@@ -200,13 +201,14 @@ def from_specs(specs: list[str] | tuple[str, ...], call: str | None = None,
     """Programs from command-line source specs: FILE.py or DIR (`call` for their entries),
     FILE.jsonl (CRUXEval rows recognised by their fields; bad rows as `jsonl` says),
     `cruxeval`, `humaneval`, `synthetic:COUNT[:SEED]` (programs of `size`),
-    `basic:COUNT[:SEED]` (short everyday functions, tracekit.basic_programs)."""
+    `basic:COUNT[:SEED]` (short everyday functions, tracekit.basic_programs),
+    `loops:COUNT[:SEED]` (those of them whose loops the arguments bound)."""
     for spec in specs:
         if spec == "humaneval":
             yield from humaneval()
         elif spec == "cruxeval":
             yield from cruxeval()
-        elif spec.startswith(("synthetic:", "basic:")):
+        elif spec.startswith(("synthetic:", "basic:", "loops:")):
             kind, *parts = spec.split(":")
             usage = f"{spec}: write {kind}:COUNT or {kind}:COUNT:SEED (COUNT >= 1)"
             try:
@@ -216,7 +218,7 @@ def from_specs(specs: list[str] | tuple[str, ...], call: str | None = None,
             if count < 1 or len(parts) > 2:
                 raise SourceError(usage)
             yield from (synthetic(count, seed, size) if kind == "synthetic"
-                        else basic(count, seed))
+                        else basic(count, seed, loops=kind == "loops"))
         elif spec.endswith(".jsonl"):
             path = Path(spec)
             try:

@@ -55,7 +55,8 @@ def build(specs, out, resume, workers, call, max_tokens, drop_failed, skip_bad_r
     \b
     SOURCE: a .py file or a directory of them, a .jsonl file (rows with code and call, or
     code, entry and args; or CRUXEval rows), cruxeval (the 800 rows shipped in
-    data/cruxeval/), humaneval, or synthetic:COUNT[:SEED].
+    data/cruxeval/), humaneval, synthetic:COUNT[:SEED], basic:COUNT[:SEED] (short everyday
+    functions) or loops:COUNT[:SEED] (their loops).
 
     \b
     tracekit dataset build data/programs -o traces/
@@ -87,8 +88,9 @@ def build(specs, out, resume, workers, call, max_tokens, drop_failed, skip_bad_r
                    ) if skip_bad_rows else None
         programs = list(sources.from_specs(specs, call, synthetic_size, skipped))
         if not programs:
-            raise sources.SourceError(f"nothing to trace in {' '.join(specs)}: give programs "
-                                      "(FILE.py, DIR, FILE.jsonl, cruxeval, synthetic:N)")
+            raise sources.SourceError(
+                f"nothing to trace in {' '.join(specs)}: give programs (FILE.py, DIR, "
+                "FILE.jsonl, cruxeval, humaneval, synthetic:N, basic:N, loops:N)")
         with Progress(TextColumn("tracing"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("{task.fields[rate]} programs/s  {task.fields[statuses]}"),
                       TimeRemainingColumn(), console=stderr, transient=False) as bar:

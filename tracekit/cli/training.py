@@ -108,6 +108,12 @@ def train(datasets, out: Path, size, overrides, steps, batch_rows, accumulation,
             def progress(entry: dict) -> None:
                 bar.update(task, completed=entry["step"], loss=f"{entry['loss']:.3f}",
                            rate=f"{entry['tokens_per_s']:.0f}")
+                if not bar.console.is_terminal and entry["step"] % save_every == 0:
+                    # no live bar in a log file: a line at each save instead
+                    left = (steps - entry["step"]) * batch_rows * seq_len / entry["tokens_per_s"]
+                    bar.console.print(f"step {entry['step']}/{steps}: loss {entry['loss']:.3f}, "
+                                      f"{entry['tokens_per_s']:.0f} tokens/s, "
+                                      f"{left / 60:.0f} min left", highlight=False)
                 if "state_exact" in entry or "val_loss" in entry:
                     shown = {k: round(v, 3) for k, v in entry.items()
                              if k in ("val_loss", "state_exact", "action_exact") and v is not None}
