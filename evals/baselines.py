@@ -5,7 +5,8 @@
 - `copy`: no model at all. Each frame repeats the previous state as `".."` (every name of the
   last state, unchanged) and moves to the next source line in file order (the next line that
   is neither blank nor a comment); the first frame is the entry's call frame with no
-  arguments. Past the last line of the file it ends the trace. In output mode it predicts
+  arguments (a rollout, like a model's, starts from the real one). Past the last line of the
+  file it ends the trace. In output mode it predicts
   that the entry returns its first argument unchanged (None without arguments); in reasoning
   mode it answers that value with no reasoning.
 """
@@ -55,15 +56,18 @@ def _copy(trace: Trace, mode: str) -> dict:
             texts.append(frame_wire_text(guess) if guess is not None else END_OF_TEXT)
             resolver.add(real)
         return {"texts": texts}
-    resolver, frames = DotsResolver(), []
+    resolver, frames = DotsResolver(), trace.frames[:1]  # a rollout starts from the real call
+    if frames:
+        resolver.add(frames[0])
     while len(frames) < 10 * len(trace.frames) + 10:
         guess = _next(lines, frames[-1] if frames else None, resolver.previous)
         if guess is None:
             return {"text": "".join(map(frame_wire_text, frames)) + END_OF_TEXT,
-                    "stop": "end_of_text"}
+                    "given": min(1, len(trace.frames)), "stop": "end_of_text"}
         resolver.add(guess)
         frames.append(guess)
-    return {"text": "".join(map(frame_wire_text, frames)), "stop": "max_frames"}
+    return {"text": "".join(map(frame_wire_text, frames)), "given": min(1, len(trace.frames)),
+            "stop": "max_frames"}
 
 
 def _next(lines: list[str], previous: Frame | None, state: dict | None) -> Frame | None:

@@ -133,12 +133,14 @@ def compare(trace_id: str, real: list[Frame], record: dict) -> TraceComparison:
     if mode == "reasoning":
         return compare_reasoning(trace_id, real, record.get("text") or "", record.get("stop"),
                                  record.get("tokens"))
-    return compare_rollout(trace_id, real, record.get("text") or "", record.get("stop"))
+    return compare_rollout(trace_id, real, record.get("text") or "", record.get("stop"),
+                           record.get("given") or 0)
 
 
 def compare_rollout(trace_id: str, real: list[Frame], text: Prediction,
-                    stop: str | None = None) -> TraceComparison:
-    """A free-running prediction of the whole trace (text after the prompt)."""
+                    stop: str | None = None, given: int = 0) -> TraceComparison:
+    """A free-running prediction of the whole trace (text after the prompt) whose first
+    `given` frames are the real ones it started from: written in the text, scored for none."""
     parsed = _parse(text)
     predicted = parsed.frames
     real_states, pred_states = resolve_dots(real), resolve_dots(predicted)
@@ -162,9 +164,9 @@ def compare_rollout(trace_id: str, real: list[Frame], text: Prediction,
     output = (parsed.ended and last is not None and last.error is None and last.event == "return"
               and bool(real) and real[-1].event == "return" and last.arg == real[-1].arg)
     truncated = stop == "budget" if stop else not parsed.ended
-    return TraceComparison(trace_id, "rollout", real, predicted, frames, aligned, inserted,
-                           parsed.ended, parsed.ended and parsed.valid, output, truncated,
-                           divergence)
+    return TraceComparison(trace_id, "rollout", real, predicted[given:], frames[given:],
+                           [a for a in aligned if a.step >= given], inserted, parsed.ended,
+                           parsed.ended and parsed.valid, output, truncated, divergence)
 
 
 def compare_teacher_forced(trace_id: str, real: list[Frame],
@@ -196,9 +198,9 @@ def judge_predicted_frames(real: list[Frame], texts: list[str], start: int,
     (stopped for `stop`), else each from the real frames before it."""
     seeds = [frame_wire_text(frame) for frame in real[:start]]
     if rollout:
-        judged = compare_rollout("", real, "".join(seeds + texts), stop)
-    else:
-        judged = compare_teacher_forced("", real[:start + len(texts)], seeds + texts)
+        return [frame.match for frame in
+                compare_rollout("", real, "".join(seeds + texts), stop, start).frames]
+    judged = compare_teacher_forced("", real[:start + len(texts)], seeds + texts)
     return [frame.match for frame in judged.frames[start:]]
 
 

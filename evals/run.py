@@ -9,13 +9,16 @@ A prediction record is one JSON line; the same format scores predictions made an
     {"id": "sample_0", "texts": ["<|call_sep|>...<|frame_sep|>", ...]}
 
 `text` is the raw model output after the trace prompt (rollout: the whole trace, ended by
-<|end_of_text|>; output: the return frame written after the call frame, starting with its
-<|return_sep|>). `texts` (teacher-forced) holds one raw output per real frame, each made after
-the real frames before it. Optional: `stop` (why a rollout stopped; "budget" marks it cut off
-by the token budget), `tokens` (tokens generated), `ids` (the generated token ids, shaped as
-`text` or `texts`). A run that made its predictions with a model scores them from `ids`, parsed
-with the model's tokenizer (exact: text cannot tell a value that spells a special token from
-the token); records without ids, and prediction files from elsewhere, are scored from text.
+<|end_of_text|>; a model run here predicts it from the entry's real call frame on, which holds
+the arguments: it writes that frame first and scores from the next, `given`: 1; output: the
+return frame written after the call frame, starting with its <|return_sep|>). `texts`
+(teacher-forced) holds one raw output per real frame, each made after the real frames before
+it. Optional: `stop` (why a rollout stopped; "budget" marks it cut off by the token budget),
+`tokens` (tokens generated), `given` (rollout: leading real frames the text repeats, not
+scored), `ids` (the generated token ids, shaped as `text` or `texts`). A run that made its
+predictions with a model scores them from `ids`, parsed with the model's tokenizer (exact: text
+cannot tell a value that spells a special token from the token); records without ids, and
+prediction files from elsewhere, are scored from text.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tracekit.cwm import frame_wire_text
 from tracekit.dataset import BuildError, load_rows, row_trace
 from tracekit.evals import baselines
 from tracekit.evals.compare import TraceComparison, compare
@@ -239,6 +243,8 @@ def _clean(record: dict, mode: str, problems: Counter) -> dict:
             problems["malformed"] += 1
             text = ""
         clean["text"] = text or ""
+        given = record.get("given")
+        clean["given"] = given if type(given) is int and given >= 0 else 0
         if mode == "reasoning":
             clean["tokens"] = record.get("tokens") if type(record.get("tokens")) is int else None
     return clean
@@ -285,11 +291,15 @@ def model_predictor(options: RunOptions) -> tuple[Callable[[Trace], dict], str, 
         if options.mode == "output":
             step = predictor.next_frame(trace.context, trace.frames[:1], "return", sampling)
             return {"text": step.text, "ids": step.tokens, "tokens": len(step.logprobs)}
-        rollout = predictor.rollout(trace.context, [], max_frames=100_000,
+        # From the entry's real call frame, which holds the arguments: a program traced with
+        # a call of its own (`--call`, half the synthetic ones) has them nowhere else.
+        given = trace.frames[:1]
+        rollout = predictor.rollout(trace.context, given, max_frames=100_000,
                                     budget_tokens=options.budget_tokens, sampling=sampling)
-        return {"text": "".join(s.text for s in rollout.steps),
-                "ids": [t for s in rollout.steps for t in s.tokens], "stop": rollout.stop,
-                "tokens": rollout.tokens_used}
+        return {"text": "".join([*map(frame_wire_text, given), *(s.text for s in rollout.steps)]),
+                "ids": [*(t for f in given for t in predictor.frame_ids(f)),
+                        *(t for s in rollout.steps for t in s.tokens)],
+                "given": len(given), "stop": rollout.stop, "tokens": rollout.tokens_used}
 
     return predict_one, predictor.backend.name, predictor.tokenizer
 

@@ -413,6 +413,12 @@ def test_a_model_run_shows_rollouts_cut_off_by_the_budget(dataset, tmp_path):
     assert "Truncated by the token budget" in page and "3 of 3 traces" in page
     records = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert all(r["stop"] == "budget" and r["tokens"] == 3 * len(cycle) + 2 for r in records)
+    # each rollout started from the real call frame (this model never writes one), which is
+    # in the text and scored for none: the step-0 frames are not among the compared ones
+    assert all(r["given"] == 1 and r["text"].startswith("<|call_sep|>") for r in records)
+    import pandas as pd
+
+    assert pd.read_parquet(out / "frames.parquet")["step"].min() == 1
 
 
 def test_the_oracle_scores_exactly_100_on_cruxeval(tmp_path):
