@@ -120,6 +120,8 @@ def train(datasets, out: Path, size, overrides, steps, batch_rows, accumulation,
                     bar.console.print(f"step {entry['step']}: {shown}", highlight=False)
 
             last = run(options, config, out, resume, progress, compile_model)
+        if distributed:  # the ranks shut down together, after rank 0 wrote the checkpoint (a
+            torch.distributed.barrier()  # rank that left first once aborted in gloo's exit)
     except (ValueError, BuildError) as exc:
         raise Failure("train", str(exc), EXIT_DATA) from None
     finally:
