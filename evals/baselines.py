@@ -57,17 +57,17 @@ def _copy(trace: Trace, mode: str) -> dict:
             resolver.add(real)
         return {"texts": texts}
     resolver, frames = DotsResolver(), trace.frames[:1]  # a rollout starts from the real call
+    given = len(frames)
     if frames:
         resolver.add(frames[0])
     while len(frames) < 10 * len(trace.frames) + 10:
         guess = _next(lines, frames[-1] if frames else None, resolver.previous)
         if guess is None:
             return {"text": "".join(map(frame_wire_text, frames)) + END_OF_TEXT,
-                    "given": min(1, len(trace.frames)), "stop": "end_of_text"}
+                    "given": given, "stop": "end_of_text"}
         resolver.add(guess)
         frames.append(guess)
-    return {"text": "".join(map(frame_wire_text, frames)), "given": min(1, len(trace.frames)),
-            "stop": "max_frames"}
+    return {"text": "".join(map(frame_wire_text, frames)), "given": given, "stop": "max_frames"}
 
 
 def _next(lines: list[str], previous: Frame | None, state: dict | None) -> Frame | None:

@@ -94,7 +94,7 @@ def test_basic_programs_are_distinct_repeatable_everyday_functions_that_all_run(
 def test_loop_programs_run_as_many_rounds_as_their_arguments_say():
     from tracekit.basic_programs import generate_basic_programs
 
-    programs = list(generate_basic_programs(500, seed=3, loops=True))
+    programs = list(generate_basic_programs(500, seed=3, kind="loops"))
     assert len({(source, call) for _, source, call in programs}) == 500
     assert programs[0][0] == "loops-3-0"
     assert len({p[1:] for p in programs} & {

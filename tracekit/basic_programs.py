@@ -223,14 +223,15 @@ TEMPLATES = (_counting, _filtering, _searching, _text_loop, _counting_words, _ne
 # `loops:`: programs whose loops run as many rounds as the arguments say, and nothing else
 LOOP_TEMPLATES = (_counting, _bounded, _filtering, _searching, _text_loop, _nested, _breaking,
                   _swapping)
+KINDS = {"basic": TEMPLATES, "loops": LOOP_TEMPLATES}  # a source's name: its templates
 
 
-def generate_basic_program(seed: int, index: int, loops: bool = False) -> tuple[str, str]:
-    """Program `index` of stream `seed` (of LOOP_TEMPLATES only with `loops`): (source with the
-    entry marked, call expression)."""
-    rng = random.Random(f"tracekit-{'loops' if loops else 'basic'}:{seed}:{index}")
+def generate_basic_program(seed: int, index: int, kind: str = "basic") -> tuple[str, str]:
+    """Program `index` of stream `seed` of `kind` (KINDS): (source with the entry marked, call
+    expression)."""
+    rng = random.Random(f"tracekit-{kind}:{seed}:{index}")
     p = _Program(rng)
-    lines, args = rng.choice(LOOP_TEMPLATES if loops else TEMPLATES)(p)
+    lines, args = rng.choice(KINDS[kind])(p)
     call = f"f({', '.join(args)})"
     entry = next(k for k, line in enumerate(lines) if line.startswith("def f("))
     if rng.random() < 0.5:  # as CRUXEval runs a program
@@ -240,14 +241,14 @@ def generate_basic_program(seed: int, index: int, loops: bool = False) -> tuple[
     return "\n".join(lines) + "\n", call
 
 
-def generate_basic_programs(count: int, seed: int = 0, loops: bool = False):
+def generate_basic_programs(count: int, seed: int = 0, kind: str = "basic"):
     """`count` distinct programs (duplicates are skipped), as (id, source, call); fewer only
     if the stream repeats itself for 50 programs per one asked for."""
     seen: set[tuple[str, str]] = set()
     index = 0
     while len(seen) < count and index < 50 * count:
-        program = generate_basic_program(seed, index, loops)
+        program = generate_basic_program(seed, index, kind)
         index += 1
         if program not in seen:
             seen.add(program)
-            yield f"{'loops' if loops else 'basic'}-{seed}-{index - 1}", *program
+            yield f"{kind}-{seed}-{index - 1}", *program

@@ -187,11 +187,10 @@ def synthetic(count: int, seed: int = 0, size: int = 4,
         yield Program(program_id, source, call, None, f"synthetic:seed={seed},size={size}")
 
 
-def basic(count: int, seed: int = 0, loops: bool = False) -> Iterator[Program]:
+def basic(count: int, seed: int = 0, kind: str = "basic") -> Iterator[Program]:
     from tracekit.basic_programs import generate_basic_programs
 
-    kind = "loops" if loops else "basic"
-    for program_id, source, call in generate_basic_programs(count, seed, loops):
+    for program_id, source, call in generate_basic_programs(count, seed, kind):
         yield Program(program_id, source, call, None, f"{kind}:seed={seed}")
 
 
@@ -218,7 +217,7 @@ def from_specs(specs: list[str] | tuple[str, ...], call: str | None = None,
             if count < 1 or len(parts) > 2:
                 raise SourceError(usage)
             yield from (synthetic(count, seed, size) if kind == "synthetic"
-                        else basic(count, seed, loops=kind == "loops"))
+                        else basic(count, seed, kind))
         elif spec.endswith(".jsonl"):
             path = Path(spec)
             try:
