@@ -94,3 +94,40 @@ def test_the_check_sees_wrong_imports(tmp_path):
                                         "model/probe.py:4 imports tracekit",
                                         "model/probe.py:5 imports tracekit.evals.run",
                                         "tracekit/probe.py:1 imports tracekit.evals"]
+
+
+def unlisted_files(readme: str, root: Path = ROOT) -> list[str]:
+    """Modules and benchmarks that the README's Layout block does not name, each looked for
+    on the line of its directory's entry (`tracer/ (... values, recorder ...)` names its
+    modules without `.py`)."""
+    block = readme.split("## Layout", 1)[1].split("```")[1]
+    entries: dict[str, str] = {}  # directory -> its entry's text
+    directory = None
+    for line in block.splitlines():
+        if line and not line[0].isspace():
+            directory = line.split()[0].rstrip("/")
+            entries[directory] = ""
+        if directory is not None:
+            entries[directory] += " " + line
+    missing = []
+    for folder in ("model", "tracekit", "tracekit/cli", "evals", "benchmarks"):
+        for path in sorted((root / folder).glob("*.py")):
+            if path.name != "__init__.py" and path.name not in entries.get(folder, ""):
+                missing.append(f"{folder}/{path.name}")
+    tracer = entries.get("tracekit", "")
+    for path in sorted((root / "tracekit" / "tracer").glob("*.py")):
+        if path.name != "__init__.py" and path.stem not in tracer:
+            missing.append(f"tracekit/tracer/{path.name}")
+    return missing
+
+
+def test_the_readme_layout_names_every_module_and_benchmark():
+    missing = unlisted_files((ROOT / "README.md").read_text(encoding="utf-8"))
+    assert not missing, "README.md's Layout does not name: " + ", ".join(missing)
+
+
+def test_the_layout_check_sees_a_missing_file():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "debugger.py" in readme
+    without = readme.replace("debugger.py (the neural", "(the neural")
+    assert "tracekit/debugger.py" in unlisted_files(without)
