@@ -1,9 +1,10 @@
 """Tracer speed on the 800 CRUXEval programs: tracekit vs a minimal settrace loop vs PySnooper.
 
 All three run in this process, on the same interpreter, over the same programs, interleaved
-program by program (in an order that rotates), for several rounds; the figure is the median
-round, in microseconds per trace event (events counted by the minimal loop: call, line, return
-and exception events of the program's code).
+program by program (in an order that rotates), for several rounds. Printed: the median
+round in microseconds per trace event (events counted by the minimal loop: call, line, return
+and exception events of the program's code), and the ratio to the minimal loop as the median
+of each round's ratio, with their range.
 
     python benchmarks/tracer.py [--data data/cruxeval/cruxeval.jsonl] [--rounds 5]
 
@@ -167,13 +168,19 @@ def main() -> None:
             rounds[name].append(seconds)
 
     per_event = {name: statistics.median(t) / events * 1e6 for name, t in rounds.items()}
-    base = per_event["minimal settrace loop"]
+    # A tracer's ratio to the minimal loop is taken round by round (the two ran interleaved,
+    # under the same machine load), then the median of those: a slow moment of the VM falls on
+    # both sides of each ratio, where two independent medians can come from different rounds.
+    minimal = rounds["minimal settrace loop"]
+    ratios = {name: sorted(t / m for t, m in zip(times, minimal)) for name, times in rounds.items()}
     print(f"{len(programs)} CRUXEval programs, {events} events, median of {args.rounds} rounds; "
           f"Python {platform.python_version()} on {platform.machine()}, "
           f"{time.strftime('%Y-%m-%d')}")
-    print(f"{'tracer':28s} {'us/event':>9s} {'vs minimal':>11s}")
+    print(f"{'tracer':28s} {'us/event':>9s} {'vs minimal':>11s}  {'rounds range':>13s}")
     for name, us in per_event.items():
-        print(f"{name:28s} {us:9.2f} {us / base:10.2f}x")
+        low, high = ratios[name][0], ratios[name][-1]
+        print(f"{name:28s} {us:9.2f} {statistics.median(ratios[name]):10.2f}x  "
+              f"{low:5.2f}-{high:.2f}x")
     faster = per_event["PySnooper"] / per_event["tracekit"]
     print(f"tracekit is {faster:.1f}x faster than PySnooper")
 

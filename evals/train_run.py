@@ -206,6 +206,8 @@ def _finish(out: Path, model, log: list[dict], options: TrainOptions,
     validation = {k: v for k, v in last.items() if k in ("val_loss", "state_exact",
                                                         "action_exact", "frame_match")}
     origin = (f"from the weights of `{options.init}`" if options.init else "from scratch")
+    optimizer = ("Muon on the attention and MLP matrices, AdamW on the rest,"
+                 if config.optimizer == "muon" else "AdamW")
     shape = (f"that of `{options.init}`" if options.init else f"`{options.size}` preset"
              + (f" with {dict(options.shape)}" if options.shape else ""))
     (out / "README.md").write_text(f"""# {out.name}
@@ -221,8 +223,8 @@ traces in CWM's format.
   Left out as equal to a held-out test program (CRUXEval, HumanEval) up to names:
   {len(leaked)}{' (' + '; '.join(leaked[:5]) + ')' if leaked else ''}.
 - Training: {config.steps} steps of {config.batch_rows} rows ({rows_seen * options.seq_len:,}
-  token positions seen), AdamW lr {config.lr} (warmup {config.warmup}, cosine to
-  {config.min_lr}), seed {config.seed}; final training loss {last['loss']:.3f}.
+  token positions seen), {optimizer} lr {config.lr:g} (warmup {config.warmup}, cosine to
+  {config.min_lr:g}), seed {config.seed}; final training loss {last['loss']:.3f}.
 - Last validation (teacher-forced, validation split): {json.dumps(validation)}.
   These are the training run's own checks; measure the model with `tracekit eval`.
 
