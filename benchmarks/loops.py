@@ -27,6 +27,7 @@ from tracekit.debugger import ModelStepper, Program, Track  # noqa: E402
 from tracekit.predict import GREEDY, load_predictor  # noqa: E402
 from tracekit.sandbox import run_trace  # noqa: E402
 from tracekit.sources import basic  # noqa: E402
+from tracekit.trace import Trace  # noqa: E402
 
 MAX_FRAMES = 60  # longer traces are left out of the stay-or-leave count (time on 2 cores)
 # name: (source, the body's line, the bound's name, the traced call's bound, the bounds set)
@@ -71,12 +72,11 @@ def stay_or_leave(predictor, programs: int, seed: int) -> tuple[int, int, int]:
     return frames, right, into_body
 
 
-def set_probe(predictor, source: str, body: str, bound: str, start_value: str,
+def set_probe(predictor, start: Trace, source: str, body: str, bound: str,
               value: str) -> tuple[int, int, bool]:
-    """(rounds predicted, real rounds, return value right): the call traced with
-    `start_value`, `set bound = value` at its call frame, then greedy to the end."""
+    """(rounds predicted, real rounds, return value right): `set bound = value` at the call
+    frame of `start` (the traced call), then greedy to the end."""
     real = run_trace(source, f"f({value})")
-    start = run_trace(source, f"f({start_value})")
     track = Track(ModelStepper(predictor, start.context, GREEDY), start.frames[:1],
                   Program(start.context))
     track.set_value(bound, value)
@@ -84,7 +84,6 @@ def set_probe(predictor, source: str, body: str, bound: str, start_value: str,
     rounds = sum(frame.source.strip() == body for frame in track.frames)
     real_rounds = sum(frame.source.strip() == body for frame in real.frames)
     return rounds, real_rounds, track.frames[-1].arg == real.frames[-1].arg
-
 
 
 def main() -> None:
@@ -107,9 +106,10 @@ def main() -> None:
     total = correct = 0
     for name, (source, body, bound, start_value, values) in SET_PROBES.items():
         cells = []
+        start = run_trace(source, f"f({start_value})")
         for value in values:
-            rounds, real_rounds, returned = set_probe(predictor, source, body, bound,
-                                                      start_value, value)
+            rounds, real_rounds, returned = set_probe(predictor, start, source, body, bound,
+                                                      value)
             ok = rounds == real_rounds and returned
             total += 1
             correct += ok
