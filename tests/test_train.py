@@ -301,7 +301,9 @@ def test_two_processes_train_as_one_with_the_same_global_batch(dataset, tmp_path
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                           "-m", "tracekit.cli", "train", *args, "-o", str(tmp_path / "two")],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert two.returncode == 0, two.stderr[-3000:]
+    # torchrun prints each rank's output, then its own summary: keep the start (the failing
+    # rank's traceback) as well as the end.
+    assert two.returncode == 0, two.stderr[:6000] + "\n...\n" + two.stderr[-3000:]
 
     def losses(name):
         lines = (tmp_path / name / "training_log.jsonl").read_text().splitlines()
@@ -320,6 +322,12 @@ def test_no_training_program_may_equal_a_test_program(tmp_path):
     assert leaks([("mine", code)], [("cruxeval/sample_0", crux.source)]) == [
         "mine ~ cruxeval/sample_0"]
     assert leaks([("mine", "def g(x):\n    return x * 3\n")], [("t", crux.source)]) == []
+    # Nested in another function (with a docstring, under other names again), still found.
+    nested = "def outer(items):\n    \"\"\"doc\"\"\"\n" + "".join(
+        "    " + line + "\n" for line in code.replace("nums", "xs").splitlines()) + (
+        "    return renamed(items)\n")
+    assert function_shapes(nested)["renamed"] == function_shapes(crux.source)["f"]
+    assert leaks([("nested", nested)], [("c", crux.source)]) == ["nested ~ c"]
     rows = tmp_path / "rows.jsonl"
     body = "def main():  # << START_OF_TRACE\n    return renamed([1, 1, 3, 1, 3, 1])\n"
     rows.write_text(json.dumps({"id": "leak", "code": code + "\n" + body, "call": "main()"}) +

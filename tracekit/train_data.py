@@ -134,7 +134,10 @@ def function_shapes(source: str) -> dict[str, str]:
         def rename(name: str) -> str:
             return names.setdefault(name, f"v{len(names)}")
 
-        copy = ast.parse(ast.unparse(node)).body[0]
+        # The tree is this call's own, so it is changed in place: a function nested in this
+        # one is visited later with its names already renamed, which renaming again in order
+        # of appearance maps to the same shape as the original names.
+        copy, name = node, node.name
         body = copy.body
         if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
                 and isinstance(body[0].value.value, str):
@@ -148,7 +151,7 @@ def function_shapes(source: str) -> dict[str, str]:
                 sub.arg = rename(sub.arg)
             elif isinstance(sub, ast.Name):
                 sub.id = rename(sub.id)
-        shapes[node.name] = ast.dump(copy, annotate_fields=False)
+        shapes[name] = ast.dump(copy, annotate_fields=False)
     return shapes
 
 
