@@ -24,10 +24,10 @@ test: $(BIN)/.installed
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/tracer.py
 
-# The bundled model (model/bundled/), in two stages on 2 CPU cores with Muon, about two hours
-# in all with the data: (1) from scratch on synthetic programs (~45 min of training); (2) from
-# stage 1's weights (--init) on synthetic programs with the names real code uses and on
-# everyday functions (~50 min).
+# The bundled model (model/bundled/), in two stages on 2 CPU cores with Muon under bf16
+# autocast: (1) from scratch on synthetic programs; (2) from stage 1's weights (--init) on
+# more synthetic programs and on everyday functions. 1 h 38 min end to end on a 2-core VM
+# (2026-11-30): the five data builds 50 min, stage 1 22 min, stage 2 25 min.
 # Logs: build/model/run*/training_log.jsonl. Killed, run it again: the builds and the training
 # resume where they stopped.
 MODEL_DATA := build/model/data
@@ -37,7 +37,7 @@ MODEL_RUN2 := build/model/run2
 dataset = test -e $(1)/stats.json || $(BIN)/tracekit dataset build $(2) -o $(1) \
 	$$(test -e $(1)/manifest.json && echo --resume)
 # $(call train,RUN,DATASETS AND OPTIONS): train into RUN, resuming a killed run
-train = $(BIN)/tracekit train $(2) -o $(1) --val-traces 30 --compile \
+train = $(BIN)/tracekit train $(2) -o $(1) --val-traces 30 --compile --bf16 \
 	$$(test -e $(1)/training_state.pt && echo --resume)
 model: $(BIN)/.installed
 	$(call dataset,$(MODEL_DATA)/size2,synthetic:40000:101 --synthetic-size 2)

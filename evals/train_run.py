@@ -208,6 +208,7 @@ def _finish(out: Path, model, log: list[dict], options: TrainOptions,
     origin = (f"from the weights of `{options.init}`" if options.init else "from scratch")
     optimizer = ("Muon on the attention and MLP matrices, AdamW on the rest,"
                  if config.optimizer == "muon" else "AdamW")
+    precision = f"under {config.autocast} autocast" if config.autocast else "float32"
     shape = (f"that of `{options.init}`" if options.init else f"`{options.size}` preset"
              + (f" with {dict(options.shape)}" if options.shape else ""))
     (out / "README.md").write_text(f"""# {out.name}
@@ -224,7 +225,7 @@ traces in CWM's format.
   {len(leaked)}{' (' + '; '.join(leaked[:5]) + ')' if leaked else ''}.
 - Training: {config.steps} steps of {config.batch_rows} rows ({rows_seen * options.seq_len:,}
   token positions seen), {optimizer} lr {config.lr:g} (warmup {config.warmup}, cosine to
-  {config.min_lr:g}), seed {config.seed}; final training loss {last['loss']:.3f}.
+  {config.min_lr:g}), seed {config.seed}, {precision}; final training loss {last['loss']:.3f}.
 - Last validation (teacher-forced, validation split): {json.dumps(validation)}.
   These are the training run's own checks; measure the model with `tracekit eval`.
 

@@ -285,8 +285,8 @@ class OpenAIBackend(Backend):
 
 
 def _cpu_compute_dtype(directory: Path, device: str) -> torch.dtype | None:
-    """float32 for a bfloat16 checkpoint on the CPU (the bundled model is one): bf16 matrix
-    products ran ~25x slower than fp32 on the CPUs tracekit is tested on. None: the config's."""
+    """float32 for a bfloat16 checkpoint on the CPU (the bundled model is one): its measured
+    figures were computed so (docs/model.md). None: the config's."""
     from .config import CwmConfig
 
     if torch.device(device).type == "cpu" and CwmConfig.from_file(directory).dtype == "bfloat16":

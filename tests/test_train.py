@@ -264,15 +264,17 @@ def test_a_run_killed_after_a_save_resumes_to_the_same_weights(dataset, tmp_path
 
 def test_init_starts_from_a_checkpoint_with_its_tokenizer_and_shape(dataset, tmp_path):
     """--init: the new run's first loss is the trained model's, not a random one's; at a
-    vanishing learning rate its weights stay the checkpoint's (Muon's here); its tokenizer is
-    the same file; the card names the optimizer."""
+    vanishing learning rate its weights stay the checkpoint's (Muon under bf16 autocast here,
+    as `make model`'s stage 2 trains); its tokenizer is the same file; the card names the
+    optimizer and the autocast."""
     from safetensors.torch import load_file
 
     args = [str(dataset), *TINY, "--eval-every", "0", "--save-every", "10"]
     assert train(*args, "--steps", "30", "-o", str(tmp_path / "first")).returncode == 0
     first_log = [json.loads(x) for x in (tmp_path / "first" / "training_log.jsonl").open()]
     tuned = train(*args, "--steps", "3", "--lr", "1e-12", "--warmup", "1", "--init",
-                  str(tmp_path / "first"), "-o", str(tmp_path / "tuned"), "--optimizer", "muon")
+                  str(tmp_path / "first"), "-o", str(tmp_path / "tuned"), "--optimizer", "muon",
+                  "--bf16")
     assert tuned.returncode == 0, tuned.stderr[-2000:]
     log = [json.loads(x) for x in (tmp_path / "tuned" / "training_log.jsonl").open()]
     assert log[0]["loss"] < 0.8 * first_log[0]["loss"]
@@ -284,7 +286,9 @@ def test_init_starts_from_a_checkpoint_with_its_tokenizer_and_shape(dataset, tmp
             == (tmp_path / "first" / "tokenizer.json").read_bytes())
     card = (tmp_path / "tuned" / "README.md").read_text()
     assert "from the weights of" in card and "Muon on the attention and MLP matrices" in card
-    assert "AdamW lr" in (tmp_path / "first" / "README.md").read_text()
+    assert "under bfloat16 autocast" in card
+    first_card = (tmp_path / "first" / "README.md").read_text()
+    assert "AdamW lr" in first_card and "float32" in first_card
     shaped = train(*args, "--set", "num_hidden_layers=3", "--init", str(tmp_path / "first"),
                    "-o", str(tmp_path / "other"))
     assert shaped.returncode == 2 and "--init keeps" in shaped.stderr

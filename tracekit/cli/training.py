@@ -47,8 +47,9 @@ from tracekit.trace import EXIT_DATA
               help="Validation traces predicted teacher-forced at each validation.")
 @click.option("--loss-on-context", is_flag=True, help="Also learn to write the program text "
               "(by default the loss is on the trace's frames only).")
-@click.option("--bf16", is_flag=True, help="Train under bfloat16 autocast: for GPUs (on the "
-              "2-core CPUs here the small preset ran ~25x slower than fp32).")
+@click.option("--bf16", is_flag=True, help="Train under bfloat16 autocast (weights and "
+              "optimizer stay float32): on GPUs, and on CPUs with bf16 instructions (1.5x "
+              "the small preset's tokens/s on the 2-core CPU here: benchmarks/train.py --bf16).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--compile", "compile_model", is_flag=True, help="Run the training step through "
               "torch.compile: about a minute of compiling first, then faster steps (1.0-1.3x "
