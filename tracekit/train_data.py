@@ -137,21 +137,21 @@ def function_shapes(source: str) -> dict[str, str]:
         # The tree is this call's own, so it is changed in place: a function nested in this
         # one is visited later with its names already renamed, which renaming again in order
         # of appearance maps to the same shape as the original names.
-        function, name = node, node.name
-        body = function.body
+        name = node.name
+        body = node.body
         if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
                 and isinstance(body[0].value.value, str):
             body = body[1:] or [ast.Pass()]
         if len(body) == 1 and isinstance(body[0], ast.Return) \
                 and isinstance(body[0].value, ast.Call):
             continue  # a harness (`def main(): return f(...)`), not a program of its own
-        function.body, function.name, function.decorator_list = body, "f", []
-        for sub in ast.walk(function):
+        node.body, node.name, node.decorator_list = body, "f", []
+        for sub in ast.walk(node):
             if isinstance(sub, ast.arg):
                 sub.arg = rename(sub.arg)
             elif isinstance(sub, ast.Name):
                 sub.id = rename(sub.id)
-        shapes[name] = ast.dump(function, annotate_fields=False)
+        shapes[name] = ast.dump(node, annotate_fields=False)
     return shapes
 
 
