@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import random
 
+from tracekit.vocabulary import rename, text
+
 INTS = ("n", "k", "count", "limit", "size", "m", "steps", "times", "width", "x")
 ACCUMULATORS = ("total", "acc", "result", "s", "score", "count", "value", "out")
 INDEXES = ("i", "j", "idx", "step", "pos")
@@ -43,6 +45,8 @@ class _Program:
         return repr([self.rng.randint(-5, 12) for _ in range(self.rng.randint(0, 6))])
 
     def text(self) -> str:
+        if self.rng.random() < 0.3:
+            return repr(text(self.rng))
         words = [self.rng.choice(WORDS) for _ in range(self.rng.randint(1, 3))]
         return repr(" ".join(words) if self.rng.random() < 0.5 else words[0])
 
@@ -235,10 +239,13 @@ def generate_basic_program(seed: int, index: int, kind: str = "basic") -> tuple[
     call = f"f({', '.join(args)})"
     entry = next(k for k, line in enumerate(lines) if line.startswith("def f("))
     if rng.random() < 0.5:  # as CRUXEval runs a program
-        return "\n".join([*lines, "", "def main():  # << START_OF_TRACE",
-                          f"    return {call}"]) + "\n", "main()"
-    lines[entry] += "  # << START_OF_TRACE"
-    return "\n".join(lines) + "\n", call
+        source = "\n".join([*lines, "", "def main():  # << START_OF_TRACE",
+                             f"    return {call}"]) + "\n"
+        call = "main()"
+    else:
+        lines[entry] += "  # << START_OF_TRACE"
+        source = "\n".join(lines) + "\n"
+    return rename(source, call, rng)
 
 
 def generate_basic_programs(count: int, seed: int = 0, kind: str = "basic"):

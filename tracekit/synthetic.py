@@ -24,6 +24,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from tracekit.vocabulary import rename, text
+
 FEATURES = ("loops", "while", "branches", "helpers", "comprehensions", "exceptions",
             "early_return", "dicts", "tuples", "strings", "methods", "raise", "generators",
             "harness")
@@ -110,7 +112,7 @@ class _Writer:
         if kind == "int":
             return str(r.randint(-5, 20))
         if kind == "str":
-            return repr(r.choice(WORDS))
+            return repr(text(r) if self.has("methods") and r.random() < 0.4 else r.choice(WORDS))
         if kind == "bool":
             return r.choice(["True", "False"])
         if kind == "list":
@@ -420,10 +422,11 @@ def generate_program(seed: int, index: int, size: int = 4,
     call = f"f({', '.join(writer.literal(t) for _, t in params)})"
     if writer.has("harness") and rng.random() < 0.5:  # as CRUXEval runs a program
         lines += body + ["", "def main():  # << START_OF_TRACE", f"    return {call}"]
-        return "\n".join(lines) + "\n", "main()"
-    body[0] += "  # << START_OF_TRACE"
-    lines += body
-    return "\n".join(lines) + "\n", call
+        source, call = "\n".join(lines) + "\n", "main()"
+    else:
+        body[0] += "  # << START_OF_TRACE"
+        source = "\n".join(lines + body) + "\n"
+    return rename(source, call, rng) if writer.has("methods") else (source, call)
 
 
 GENERATORS = {
