@@ -1,7 +1,7 @@
 """A seeded generator of short everyday functions: the loops, counters, accumulators, searches
-and string and list building that real code is made of, with the names real code uses.
+and string and list building that real code is made of, named afresh by `tracekit.vocabulary`.
 
-Where `tracekit.synthetic` writes long random bodies (counter-named locals, constant loop
+Where `tracekit.synthetic` writes long random bodies (constant loop
 bounds), these are a dozen lines at most whose control flow depends on the arguments: a loop
 runs `n` times, a search stops at the `target`, a branch reads the value. A model learns from
 them to read the code and the state rather than to recall a template. Program i of seed s

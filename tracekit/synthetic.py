@@ -12,8 +12,9 @@ The "methods" feature adds the builtins and methods of str, list, dict and set (
 sorting with keys, formatting, comprehensions over them), "raise" exceptions raised and caught,
 "generators" a generator helper consumed by the function; "harness" writes half of the programs
 as CRUXEval does, `def main():  # << START_OF_TRACE` / `    return f(ARGS)`, so that shape is
-not foreign to a model trained on these. Parameter and local names come from pools of the names
-real code uses (text, nums, d, total, seen, ...), so a model must read them off the program.
+not foreign to a model trained on these. With "methods", `tracekit.vocabulary` then gives the
+program's names fresh draws from a large vocabulary (the pools below are only where they start)
+and 40% of its string literals are random text, so a model must read them off the program.
 Operations that can raise sit in try/except or behind a guard.
 
 Knobs: `size` (statements per body, roughly) and `features` (which constructs may appear).
