@@ -26,8 +26,9 @@ bench: $(BIN)/.installed
 
 # The bundled model (model/bundled/), in two stages on 2 CPU cores with Muon under bf16
 # autocast: (1) from scratch on synthetic programs; (2) from stage 1's weights (--init) on
-# more synthetic programs and on everyday functions. 1 h 38 min end to end on a 2-core VM
-# (2026-11-30): the five data builds 50 min, stage 1 22 min, stage 2 25 min.
+# more synthetic programs and on everyday functions. 1 h 2 min end to end on a 2-core VM with
+# bubblewrap (2026-11-30): the five data builds 12 min, stage 1 23 min, stage 2 27 min;
+# without bubblewrap every program gets its own sandbox and the builds take ~50 min.
 # Logs: build/model/run*/training_log.jsonl. Killed, run it again: the builds and the training
 # resume where they stopped.
 MODEL_DATA := build/model/data
