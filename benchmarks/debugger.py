@@ -8,7 +8,7 @@ debugger's own Track both ways, in lockstep (command by command, each way's own 
 first to run alternating, so the VM's slower moments fall on both alike); the predicted frames
 are asserted identical (greedy), then steps per second are printed with the ratio.
 
-    python benchmarks/debugger.py [--steps 100] [--model bundled] [--threads 2]
+    python benchmarks/debugger.py [--steps 100] [--model bundled] [--threads 2] [--program loop]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from tracekit.debugger import ModelStepper, Program, Track  # noqa: E402
 from tracekit.predict import GREEDY, load_predictor  # noqa: E402
 from tracekit.sandbox import run_trace  # noqa: E402
 
-PROGRAM = """\
+LOOP = """\
 def f(nums):  # << START_OF_TRACE
     total = 0
     for x in nums:
@@ -37,6 +37,12 @@ def f(nums):  # << START_OF_TRACE
             total -= 1
     return total
 """
+# A trace as long as the context allows without a loop: how long a model's predicted trace
+# runs decides the prompt's length, and the prompt's length what re-sending it costs.
+STRAIGHT = "def f(a, b):  # << START_OF_TRACE\n" + "".join(
+    f"    v{i} = {'a' if i == 0 else f'v{i - 1}'} + {i % 7 + 1}\n"
+    f"    w{i} = str(v{i}) + b\n" for i in range(30)) + "    return w29\n"
+PROGRAMS = {"loop": (LOOP, "f(list(range(12)))"), "straight": (STRAIGHT, "f(1, 'x')")}
 
 
 class ResendingStepper(ModelStepper):
@@ -93,13 +99,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--back-every", type=int, default=10)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--program", choices=list(PROGRAMS), default="loop",
+                        help="loop: a loop over 12 numbers (the model's trace ends when it "
+                        "leaves the loop); straight: 61 lines without a loop")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     predictor = load_predictor(args.model)
-    trace = run_trace(PROGRAM, "f(list(range(12)))")
+    trace = run_trace(*PROGRAMS[args.program])
     program = Program(trace.context)
     print(f"# {platform.processor() or platform.machine()}, {args.threads} threads, torch "
-          f"{torch.__version__}, model {args.model}, {args.steps} steps "
+          f"{torch.__version__}, model {args.model}, program {args.program}, {args.steps} steps "
           f"(back and re-step every {args.back_every})")
     steppers = {"ours (cached session)": ModelStepper, "re-sending the prompt": ResendingStepper}
     warm = {name: Track(stepper(predictor, trace.context, GREEDY), trace.frames[:1], program)
