@@ -1,12 +1,13 @@
 """Names and text for generated programs, drawn from a large vocabulary.
 
 A model trained on a generator's short lists of names and words learns to recall them: the
-bundled model wrote `out` for CRUXEval's `output` and `def f(steps):` for HumanEval's
-`def truncate_number(number):`, names from those lists. `rename` gives a generated program's
-variables, parameters and functions fresh names (tens of thousands of combinations) so that a
-model has to copy each name from the program it reads, as it must on real code; `text` makes
-string arguments that are not words from a list, so that a string method's result has to be
-worked out character by character. Both draw from the generator's own seeded `random.Random`.
+model bundled before these names wrote `out` for CRUXEval's `output` and `def f(steps):` for
+HumanEval's `def truncate_number(number):`, names from those lists. `rename` gives a generated
+program's variables, parameters and functions fresh names (tens of thousands of combinations)
+so that a model has to copy each name from the program it reads, as it must on real code;
+`text` makes string arguments that are not words from a list, so that a string method's result
+has to be worked out character by character. Both draw from the generator's own seeded
+`random.Random`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import random
 import string
 import tokenize
 
+# Every program `make model` trains on is drawn from these tuples in this order: changing one
+# changes the bundled model's data (and "min_" stays a second, rstripped "min" for that reason).
 NOUNS = (
     "item", "value", "count", "total", "index", "key", "name", "text", "result", "word", "line",
     "row", "col", "node", "score", "size", "length", "num", "char", "token", "data", "info",
