@@ -332,6 +332,13 @@ def test_no_training_program_may_equal_a_test_program(tmp_path):
         "    return renamed(items)\n")
     assert function_shapes(nested)["renamed"] == function_shapes(crux.source)["f"]
     assert leaks([("nested", nested)], [("c", crux.source)]) == ["nested ~ c"]
+    # An exception's alias is a local name too.
+    caught = "def f(s):\n    try:\n        return int(s)\n    except ValueError as {}:\n" \
+             "        return str({})\n"
+    assert function_shapes(caught.format("err", "err")) == \
+        function_shapes(caught.format("problem", "problem"))
+    assert function_shapes(caught.format("err", "err")) != \
+        function_shapes(caught.format("err", "s"))
     rows = tmp_path / "rows.jsonl"
     body = "def main():  # << START_OF_TRACE\n    return renamed([1, 1, 3, 1, 3, 1])\n"
     rows.write_text(json.dumps({"id": "leak", "code": code + "\n" + body, "call": "main()"}) +

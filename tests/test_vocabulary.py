@@ -8,6 +8,7 @@ import random
 from tracekit.basic_programs import generate_basic_program
 from tracekit.synthetic import FEATURES, generate_program
 from tracekit.tracer.run import trace_source
+from tracekit.train_data import function_shapes
 from tracekit.vocabulary import rename
 
 HOSTILE = '''def f(count, text):  # << START_OF_TRACE
@@ -19,6 +20,7 @@ HOSTILE = '''def f(count, text):  # << START_OF_TRACE
 
 
 def test_names_change_where_bound_and_nowhere_else():
+    original = trace_source(HOSTILE, call="f(2, 'banana')")
     for seed in range(40):
         source, call = rename(HOSTILE, "f(2, 'banana')", random.Random(seed), variable_share=1.0,
                               function_share=1.0)
@@ -31,7 +33,6 @@ def test_names_change_where_bound_and_nowhere_else():
         assert ".count('count')" in source and "key=lambda" in source  # attribute, keyword
         assert "key = sorted(" in source  # bound, but also a keyword argument: kept
         assert source.endswith("'key']\n") and "# << START_OF_TRACE" in source
-        original = trace_source(HOSTILE, call="f(2, 'banana')")
         renamed = trace_source(source, call=call)
         assert renamed["status"] == original["status"] == "ok"
         expected = "[['n', 'n', 'b', 'a', 'a', 'a'], 2, 'key']"
@@ -45,23 +46,15 @@ def _values(trace: dict) -> list:
             for event, line, _, state, value, *_ in trace["frames"]]
 
 
-def _shape(source: str) -> str:
-    """The program's AST with every identifier blanked: equal for a program and its renaming."""
-    tree = ast.parse(source)
-    for node in ast.walk(tree):
-        for field in ("id", "arg", "name"):
-            if isinstance(getattr(node, field, None), str):
-                setattr(node, field, "_")
-    return ast.dump(tree)
-
-
 def test_generated_programs_keep_their_meaning_under_new_names():
     plain = tuple(f for f in FEATURES if f != "methods")  # the generator without renaming
     names: set[str] = set()
     for index in range(150):
         source, call = generate_program(3, index, size=2, features=plain)
         new_source, new_call = rename(source, call, random.Random(index))
-        assert _shape(new_source) == _shape(source)
+        # the same functions up to names (the leakage check's normalisation)
+        assert sorted(function_shapes(new_source).values()) == \
+            sorted(function_shapes(source).values())
         before, after = trace_source(source, call=call), trace_source(new_source, call=new_call)
         assert after["status"] == before["status"] and _values(after) == _values(before)
         names |= {n.id for n in ast.walk(ast.parse(new_source)) if isinstance(n, ast.Name)}

@@ -151,6 +151,8 @@ def function_shapes(source: str) -> dict[str, str]:
                 sub.arg = rename(sub.arg)
             elif isinstance(sub, ast.Name):
                 sub.id = rename(sub.id)
+            elif isinstance(sub, ast.ExceptHandler) and sub.name:  # `except E as err`
+                sub.name = rename(sub.name)
         shapes[name] = ast.dump(node, annotate_fields=False)
     return shapes
 
