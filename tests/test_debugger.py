@@ -235,6 +235,9 @@ def test_set_of_a_loop_bound_changes_how_many_rounds_the_model_predicts(bundled)
     from every start, and no other edited bound)."""
     trace = run_trace(COUNT, "f(3)")
 
+    def rounds(frames) -> int:
+        return sum(f.source.strip() == "i += 1" for f in frames)
+
     def predicted(edit: str | None) -> tuple[int, str]:
         track = Track(ModelStepper(bundled, trace.context, GREEDY), trace.frames[:1],
                       Program(trace.context))
@@ -242,12 +245,11 @@ def test_set_of_a_loop_bound_changes_how_many_rounds_the_model_predicts(bundled)
             track.set_value("k", edit)
             assert track.frames[0].locals == {"k": edit} and track.is_edited
         track.run_to(set())
-        return sum(f.source.strip() == "i += 1" for f in track.frames), track.frames[-1].arg
+        return rounds(track.frames), track.frames[-1].arg
 
     real = run_trace(COUNT, "f(1)")
-    assert predicted(None)[0] == 3 == sum(f.source.strip() == "i += 1" for f in trace.frames)
-    assert predicted("1") == (1, "1") == (
-        sum(f.source.strip() == "i += 1" for f in real.frames), real.frames[-1].arg)
+    assert predicted(None)[0] == 3 == rounds(trace.frames)
+    assert predicted("1") == (1, "1") == (rounds(real.frames), real.frames[-1].arg)
 
 
 def test_ctrl_c_during_a_prediction_stops_it_and_keeps_the_session(bundled, capsys):

@@ -124,8 +124,8 @@ def rename(source: str, call: str, rng: random.Random, variable_share: float = 0
     tree = ast.parse(source)
     variables, functions = _bound_names(tree)
     keywords = {node.arg for node in ast.walk(tree) if isinstance(node, ast.keyword)}
-    taken = {token.string for token in tokenize.generate_tokens(io.StringIO(source).readline)
-             if token.type == tokenize.NAME} | RESERVED
+    taken = {value for node in ast.walk(tree) for field in ("id", "arg", "attr", "name")
+             if isinstance(value := getattr(node, field, None), str)} | RESERVED
     mapping: dict[str, str] = {}
 
     def fresh(draw) -> str:  # never a name the program has or was given
