@@ -120,3 +120,38 @@ def test_loop_programs_run_as_many_rounds_as_their_arguments_say():
     # the same loop header runs different numbers of rounds: the arguments bound it
     assert sum(len(counts) >= 3 for counts in rounds.values()) >= 10
     assert any(h.startswith("while") and "<=" in h for h in rounds)
+
+
+def test_method_programs_chain_methods_on_their_arguments_and_all_run():
+    from tracekit.method_programs import generate_method_program, generate_method_programs
+    from tracekit.sources import from_specs
+
+    programs = list(generate_method_programs(2_000, seed=5))
+    assert len({(source, call) for _, source, call in programs}) == 2_000
+    assert generate_method_program(5, 17) == generate_method_program(5, 17)
+    assert generate_method_program(5, 17) != generate_method_program(6, 17)
+    assert [p.id for p in from_specs(["methods:3:5"])] == [p[0] for p in programs[:3]]
+    statuses = collections.Counter(
+        trace_source(source, call=call)["status"] for _, source, call in programs)
+    assert statuses == {"ok": 2_000}, statuses
+    shapes, methods, results = collections.Counter(), collections.Counter(), set()
+    for _, source, call in programs:
+        tree = ast.parse(source)
+        shapes.update(type(node).__name__ for node in ast.walk(tree))
+        methods.update(node.func.attr for node in ast.walk(tree)
+                       if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute))
+        assert source.count("# << START_OF_TRACE") == 1
+        assert not any(isinstance(n, ast.Name) and n.id[-1:].isdigit() for n in ast.walk(tree))
+    for construct in ("For", "While", "If", "Try", "ListComp", "DictComp", "GeneratorExp",
+                      "Subscript", "Slice", "Lambda", "IfExp", "Delete"):
+        assert shapes[construct] > 0, construct
+    for method in ("replace", "strip", "split", "join", "find", "count", "upper", "swapcase",
+                   "center", "zfill", "removeprefix", "partition", "append", "insert", "pop",
+                   "remove", "sort", "reverse", "extend", "index", "get", "setdefault",
+                   "update", "items", "values", "format", "isdigit", "isupper"):
+        assert methods[method] > 0, method
+    for index in range(200):  # results vary (not one constant a model could learn)
+        source, call = generate_method_program(5, index)
+        results.add(trace_source(source, call=call)["return_value"])
+    assert len(results) > 150
+    assert 800 < sum(call == "main()" for _, _, call in programs) < 1_200

@@ -194,6 +194,13 @@ def basic(count: int, seed: int = 0, kind: str = "basic") -> Iterator[Program]:
         yield Program(program_id, source, call, None, f"{kind}:seed={seed}")
 
 
+def methods(count: int, seed: int = 0) -> Iterator[Program]:
+    from tracekit.method_programs import generate_method_programs
+
+    for program_id, source, call in generate_method_programs(count, seed):
+        yield Program(program_id, source, call, None, f"methods:seed={seed}")
+
+
 def from_specs(specs: list[str] | tuple[str, ...], call: str | None = None,
                size: int = 4, on_bad_row: Callable[[str], None] | None = None
                ) -> Iterator[Program]:
@@ -201,13 +208,14 @@ def from_specs(specs: list[str] | tuple[str, ...], call: str | None = None,
     FILE.jsonl (CRUXEval rows recognised by their fields; bad rows as `jsonl` says),
     `cruxeval`, `humaneval`, `synthetic:COUNT[:SEED]` (programs of `size`),
     `basic:COUNT[:SEED]` (short everyday functions, tracekit.basic_programs),
-    `loops:COUNT[:SEED]` (those of them whose loops the arguments bound)."""
+    `loops:COUNT[:SEED]` (those of them whose loops the arguments bound),
+    `methods:COUNT[:SEED]` (short chains of str/list/dict methods, tracekit.method_programs)."""
     for spec in specs:
         if spec == "humaneval":
             yield from humaneval()
         elif spec == "cruxeval":
             yield from cruxeval()
-        elif spec.startswith(("synthetic:", "basic:", "loops:")):
+        elif spec.startswith(("synthetic:", "basic:", "loops:", "methods:")):
             kind, *parts = spec.split(":")
             usage = f"{spec}: write {kind}:COUNT or {kind}:COUNT:SEED (COUNT >= 1)"
             try:
@@ -217,6 +225,7 @@ def from_specs(specs: list[str] | tuple[str, ...], call: str | None = None,
             if count < 1 or len(parts) > 2:
                 raise SourceError(usage)
             yield from (synthetic(count, seed, size) if kind == "synthetic"
+                        else methods(count, seed) if kind == "methods"
                         else basic(count, seed, kind))
         elif spec.endswith(".jsonl"):
             path = Path(spec)

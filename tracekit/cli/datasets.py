@@ -56,7 +56,8 @@ def build(specs, out, resume, workers, call, max_tokens, drop_failed, skip_bad_r
     SOURCE: a .py file or a directory of them, a .jsonl file (rows with code and call, or
     code, entry and args; or CRUXEval rows), cruxeval (the 800 rows shipped in
     data/cruxeval/), humaneval, synthetic:COUNT[:SEED], basic:COUNT[:SEED] (short everyday
-    functions) or loops:COUNT[:SEED] (their loops).
+    functions), loops:COUNT[:SEED] (their loops) or methods:COUNT[:SEED] (chains of
+    str/list/dict methods).
 
     \b
     tracekit dataset build data/programs -o traces/
@@ -90,7 +91,7 @@ def build(specs, out, resume, workers, call, max_tokens, drop_failed, skip_bad_r
         if not programs:
             raise sources.SourceError(
                 f"nothing to trace in {' '.join(specs)}: give programs (FILE.py, DIR, "
-                "FILE.jsonl, cruxeval, humaneval, synthetic:N, basic:N, loops:N)")
+                "FILE.jsonl, cruxeval, humaneval, synthetic:N, basic:N, loops:N, methods:N)")
         with Progress(TextColumn("tracing"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("{task.fields[rate]} programs/s  {task.fields[statuses]}"),
                       TimeRemainingColumn(), console=stderr, transient=False) as bar:
