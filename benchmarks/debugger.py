@@ -8,7 +8,8 @@ debugger's own Track both ways, in lockstep (command by command, each way's own 
 first to run alternating, so the VM's slower moments fall on both alike); the predicted frames
 are asserted identical (greedy), then steps per second are printed with the ratio.
 
-    python benchmarks/debugger.py [--steps 100] [--model bundled] [--threads 2] [--program loop]
+    python benchmarks/debugger.py [--steps 100] [--model bundled] [--threads 2]
+        [--program loop|straight|examples]
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tracekit.debugger import ModelStepper, Program, Track  # noqa: E402
 from tracekit.predict import GREEDY, load_predictor  # noqa: E402
 from tracekit.sandbox import run_trace  # noqa: E402
+from tracekit.sources import SAMPLE_PROGRAMS, python_files  # noqa: E402
 
 LOOP = """\
 def f(nums):  # << START_OF_TRACE
@@ -93,39 +95,58 @@ def lockstep(tracks: dict[str, Track], steps: int, back_every: int) -> tuple[dic
     return seconds, seen
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="bundled")
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--back-every", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--program", choices=list(PROGRAMS), default="loop",
-                        help="loop: a loop over 12 numbers (the model's trace ends when it "
-                        "leaves the loop); straight: 61 lines without a loop")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    predictor = load_predictor(args.model)
-    trace = run_trace(*PROGRAMS[args.program])
+def measure(predictor, source: str, call: str, steps: int, back_every: int) -> dict:
+    """Seconds each way took for the scripted session on one program (after 5 warm-up steps);
+    the two ways' frames asserted identical."""
+    trace = run_trace(source, call)
     program = Program(trace.context)
-    print(f"# {platform.processor() or platform.machine()}, {args.threads} threads, torch "
-          f"{torch.__version__}, model {args.model}, program {args.program}, {args.steps} steps "
-          f"(back and re-step every {args.back_every})")
     steppers = {"ours (cached session)": ModelStepper, "re-sending the prompt": ResendingStepper}
     warm = {name: Track(stepper(predictor, trace.context, GREEDY), trace.frames[:1], program)
             for name, stepper in steppers.items()}
     lockstep(warm, 5, 0)
     tracks = {name: Track(stepper(predictor, trace.context, GREEDY), trace.frames[:1], program)
               for name, stepper in steppers.items()}
-    seconds, seen = lockstep(tracks, args.steps, args.back_every)
-    for name, taken in seconds.items():
-        print(f"{name:<24} {args.steps / taken:7.1f} steps/s  ({taken * 1000 / args.steps:.0f} "
-              "ms a step)")
-    ours, theirs = seconds.values()
-    print(f"ratio: ours {theirs / ours:.2f}x the steps/s of re-sending the prompt")
+    seconds, seen = lockstep(tracks, steps, back_every)
     ours_seen, theirs_seen = seen.values()
     same = [(a.event, a.source, a.locals, a.arg) for a in ours_seen] == \
         [(b.event, b.source, b.locals, b.arg) for b in theirs_seen]
     assert same, "the two ways predicted different frames"
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="bundled")
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--back-every", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--program", choices=[*PROGRAMS, "examples"], default="loop",
+                        help="loop: a loop over 12 numbers (the model's trace ends when it "
+                        "leaves the loop); straight: 61 lines without a loop; examples: each "
+                        "of data/programs/ in turn (--steps each), then the total")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    predictor = load_predictor(args.model)
+    print(f"# {platform.processor() or platform.machine()}, {args.threads} threads, torch "
+          f"{torch.__version__}, model {args.model}, program {args.program}, {args.steps} steps "
+          f"(back and re-step every {args.back_every})")
+    if args.program != "examples":
+        seconds = measure(predictor, *PROGRAMS[args.program], args.steps, args.back_every)
+        for name, taken in seconds.items():
+            print(f"{name:<24} {args.steps / taken:7.1f} steps/s  ({taken * 1000 / args.steps:.0f} "
+                  "ms a step)")
+        ours, theirs = seconds.values()
+        print(f"ratio: ours {theirs / ours:.2f}x the steps/s of re-sending the prompt")
+        return
+    totals, examples = [0.0, 0.0], list(python_files([SAMPLE_PROGRAMS]))
+    for example in examples:
+        ours, theirs = measure(predictor, example.source, example.call, args.steps,
+                               args.back_every).values()
+        totals = [totals[0] + ours, totals[1] + theirs]
+        print(f"{example.id:<24} ours {ours * 1000 / args.steps:4.0f} ms a step, "
+              f"re-sending {theirs * 1000 / args.steps:4.0f} ms: {theirs / ours:.2f}x", flush=True)
+    print(f"ratio over all {args.steps} x {len(examples)} steps: ours "
+          f"{totals[1] / totals[0]:.2f}x the steps/s of re-sending the prompt")
 
 
 if __name__ == "__main__":

