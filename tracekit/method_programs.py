@@ -6,10 +6,10 @@ words, a dict, a number), each a common operation: a method (`replace`, `split`,
 `insert`, `pop`, `setdefault`, ...), a slice, a comprehension, a loop over characters or
 indexes with a branch on the value, a `while` that shrinks a value, a lookup caught in
 `try`. Each step reads what the earlier ones made, so its result has to be worked out from the
-state, not recalled. This is where small models (and CWM) get execution wrong; every program
-is new (names from `tracekit.vocabulary`), none copies a test program (the leakage check of
-`tracekit.train_data` drops any that would). Program i of seed s depends on (s, i) only; every
-loop is bounded by the size of its (small) arguments.
+state, not recalled. This is where small models (and CWM) get execution wrong. Names come from
+`tracekit.vocabulary`; `tracekit train` drops any program equal to a test program up to names
+(`tracekit.train_data.leaks`: none of 30,000 was). Program i of seed s depends on (s, i) only;
+every loop is bounded by the size of its (small) arguments.
 """
 
 from __future__ import annotations
