@@ -28,6 +28,9 @@ class KVCache:
         self.keys, self.values = [], []
         self.sliding = [t == "sliding_attention" for t in config.layer_types]
         ring = min((self.window or max_length) + rewind_margin, max_length)
+        # A ring as long as the cache never wraps (slot i holds position i): its layers are
+        # read like full ones, up to the last position, with the window as a mask.
+        self.slots_are_positions = ring >= max_length
         for sliding in self.sliding:
             size = ring if sliding else max_length
             self.keys.append(torch.zeros(*shape, size, config.head_dim, dtype=dtype, device=device))
@@ -57,7 +60,7 @@ class KVCache:
         """Sequence index of each key the next forward attends to (-1: an empty slot)."""
         start, end = self.length, self.length + self._new
         new = torch.arange(start, end, device=self.ring_index.device)
-        if not sliding:
+        if not sliding or self.slots_are_positions:
             return torch.arange(end, device=new.device)
         if self.in_place_decode:
             indices = self.ring_index.clone()
@@ -76,7 +79,7 @@ class KVCache:
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Store this forward's keys/values; return what the layer attends to."""
         start, new = self.length, k.shape[2]
-        if not self.sliding[layer] or self.windows_reach_all:  # (then slot i holds position i)
+        if not self.sliding[layer] or self.slots_are_positions:  # slot i holds position i
             self.keys[layer][:, :, start:start + new] = k
             self.values[layer][:, :, start:start + new] = v
             return self.keys[layer][:, :, :start + new], self.values[layer][:, :, :start + new]

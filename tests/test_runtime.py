@@ -204,8 +204,15 @@ def test_compiled_decode_steps_follow_the_eager_ones(monkeypatch):
     assert len(steps) == 19  # every step after the prompt's, compiled runs only
     _, within = both(6, lambda: KVCache(config, 1, 8, torch.float32), 1, prompt[:3])
     assert within.windows_reach_all and within.length == 8
-    _, session = both(30, lambda: KVCache(config, 1, 64, torch.float32, rewind_margin=4), 3)
+    ringed, session = both(30, lambda: KVCache(config, 1, 64, torch.float32, rewind_margin=4),
+                           3)
     assert session.ring_index.numel() == 12 and session.length == 36
+    # a margin that makes the ring as long as the cache: read like a full layer, window masked
+    unwrapped, whole = both(30, lambda: KVCache(config, 1, 64, torch.float32, rewind_margin=64),
+                            3)
+    assert whole.slots_are_positions and not whole.windows_reach_all
+    assert unwrapped.tokens == ringed.tokens
+    assert max(abs(a - b) for a, b in zip(unwrapped.logprobs, ringed.logprobs)) <= 1e-4
     with torch.no_grad():
         ours.lm_head.weight.mul_(0.5)
     changed, _ = both(20)
