@@ -72,7 +72,8 @@ class _Chain:
         return self.rng.choice(INT_TESTS).format(x=x, k=self.k(6))
 
 
-# Each step: (kinds it needs, writer); a writer appends lines (indented 4) to the chain.
+# The steps: each appends its lines (the body's, before indenting) to the chain, reading the
+# locals it picks by kind; STEPS below says which kinds each needs and how often it is drawn.
 def _str_expr(p: _Chain, s: str) -> str:
     a, b = p.ch(), p.rng.choice(["", "-", "*", p.ch(), p.ch() * 2])
     i, j = p.k(3), p.k(6) + 1
