@@ -58,6 +58,12 @@ class _Chain:
         self.kinds[name] = kind
         return name
 
+    def assign(self, kind: str, stem: str, expressions: list[str]) -> None:
+        """A line binding a local of `kind` (new, or now and then reused) to one of
+        `expressions`."""
+        expr = self.rng.choice(expressions)
+        self.lines.append(f"{self.new(kind, stem)} = {expr}")
+
     def ch(self) -> str:
         return self.rng.choice(self.letters + " ")
 
@@ -95,27 +101,25 @@ def _str_step(p: _Chain) -> None:
 
 def _str_measure(p: _Chain) -> None:
     s, a = p.rng.choice(p.of("str")), p.ch()
-    expr = p.rng.choice([f"{s}.find({a!r})", f"{s}.rfind({a!r})", f"{s}.count({a!r})",
-                         f"len({s})", f"{s}.index({a!r}) if {a!r} in {s} else -1",
-                         f"sum(1 for c in {s} if {p.char_test('c')})"])
-    p.lines.append(f"{p.new('int', 'n')} = {expr}")
+    p.assign("int", "n", [f"{s}.find({a!r})", f"{s}.rfind({a!r})", f"{s}.count({a!r})",
+                          f"len({s})", f"{s}.index({a!r}) if {a!r} in {s} else -1",
+                          f"sum(1 for c in {s} if {p.char_test('c')})"])
 
 
 def _split(p: _Chain) -> None:
     s = p.rng.choice(p.of("str"))
     sep = p.rng.choice(["", "' '", repr(p.ch()), "','"])
-    expr = p.rng.choice([f"{s}.split({sep})", f"list({s})", f"{s}.rsplit({sep or 'None'}, 1)",
-                         f"{s}.splitlines()", f"list({s}.partition({p.ch()!r}))"])
-    p.lines.append(f"{p.new('words', 'parts')} = {expr}")
+    p.assign("words", "parts", [f"{s}.split({sep})", f"list({s})",
+                                f"{s}.rsplit({sep or 'None'}, 1)", f"{s}.splitlines()",
+                                f"list({s}.partition({p.ch()!r}))"])
 
 
 def _join(p: _Chain) -> None:
     w = p.rng.choice(p.of("words"))
     sep = p.rng.choice(["''", "' '", "'-'", "', '", repr(p.ch())])
-    expr = p.rng.choice([f"{sep}.join({w})", f"{sep}.join(reversed({w}))",
-                         f"{sep}.join(sorted({w}))", f"{sep}.join(x.upper() for x in {w})",
-                         f"{sep}.join({w}[::-1])", f"{sep}.join(x[::-1] for x in {w} if x)"])
-    p.lines.append(f"{p.new('str', 'text')} = {expr}")
+    p.assign("str", "text", [f"{sep}.join({w})", f"{sep}.join(reversed({w}))",
+                             f"{sep}.join(sorted({w}))", f"{sep}.join(x.upper() for x in {w})",
+                             f"{sep}.join({w}[::-1])", f"{sep}.join(x[::-1] for x in {w} if x)"])
 
 
 def _char_loop(p: _Chain) -> None:
@@ -168,22 +172,20 @@ def _list_step(p: _Chain) -> None:
 def _list_make(p: _Chain) -> None:
     xs = p.rng.choice(p.of("list"))
     k = p.k(4)
-    expr = p.rng.choice([
+    p.assign("list", "nums", [
         f"[x * {k + 1} for x in {xs} if {p.int_test('x')}]", f"{xs}[::-1]", f"{xs}[{k}:]",
         f"sorted({xs}, key=abs)", f"sorted(set({xs}))", f"[x + i for i, x in enumerate({xs})]",
         f"{xs}[1::2]", f"[{xs}.count(x) for x in {xs}]", f"list(map(abs, {xs}))",
         f"[x for x in {xs} if x not in {xs}[:{k}]]",
     ])
-    p.lines.append(f"{p.new('list', 'nums')} = {expr}")
 
 
 def _list_measure(p: _Chain) -> None:
     xs = p.rng.choice(p.of("list"))
     v = p.k(6)
-    expr = p.rng.choice([f"sum({xs})", f"len({xs})", f"max({xs}, default=0)",
-                         f"min({xs}, default=-1)", f"{xs}.count({v})",
-                         f"{xs}.index({v}) if {v} in {xs} else -1"])
-    p.lines.append(f"{p.new('int', 'n')} = {expr}")
+    p.assign("int", "n", [f"sum({xs})", f"len({xs})", f"max({xs}, default=0)",
+                          f"min({xs}, default=-1)", f"{xs}.count({v})",
+                          f"{xs}.index({v}) if {v} in {xs} else -1"])
 
 
 def _dict_step(p: _Chain) -> None:
@@ -200,10 +202,9 @@ def _dict_make(p: _Chain) -> None:
     source = p.rng.choice(p.of("str") + p.of("words") + p.of("list") + p.of("dict"))
     kind = p.kinds[source]
     if kind == "dict":
-        expr = p.rng.choice([f"{{k: v for k, v in {source}.items() if v > {p.k(3)}}}",
-                             f"dict(sorted({source}.items(), key=lambda kv: kv[1]))",
-                             f"{{k: v * 2 for k, v in {source}.items()}}"])
-        p.lines.append(f"{p.new('dict', 'counts')} = {expr}")
+        p.assign("dict", "counts", [f"{{k: v for k, v in {source}.items() if v > {p.k(3)}}}",
+                                    f"dict(sorted({source}.items(), key=lambda kv: kv[1]))",
+                                    f"{{k: v * 2 for k, v in {source}.items()}}"])
         return
     d = p.new("dict", "counts")
     p.lines += [f"{d} = {{}}", f"for x in {source}:",
@@ -215,18 +216,18 @@ def _dict_make(p: _Chain) -> None:
 def _dict_read(p: _Chain) -> None:
     d = p.rng.choice(p.of("dict"))
     target = p.rng.choice(["words", "list"])
-    expr = (p.rng.choice([f"sorted(map(str, {d}))", f"[str(k) for k in {d}]"])
-            if target == "words" else
-            p.rng.choice([f"list({d}.values())", f"sorted(len(str(v)) for v in {d}.values())"]))
-    p.lines.append(f"{p.new(target, 'parts' if target == 'words' else 'nums')} = {expr}")
+    if target == "words":
+        p.assign("words", "parts", [f"sorted(map(str, {d}))", f"[str(k) for k in {d}]"])
+    else:
+        p.assign("list", "nums", [f"list({d}.values())",
+                                  f"sorted(len(str(v)) for v in {d}.values())"])
 
 
 def _format(p: _Chain) -> None:
     a = p.rng.choice(p.of("str") + p.of("int") + p.of("words"))
     b = p.rng.choice(p.of("int") or [a])
-    expr = p.rng.choice([f"'{{}}:{{}}'.format({a}, {b})", f"'{{}}-{{}}'.format({a}, {b})",
-                         f"'%s/%s' % ({a}, {b})", f"str({a}) + str({b})"])
-    p.lines.append(f"{p.new('str', 'text')} = {expr}")
+    p.assign("str", "text", [f"'{{}}:{{}}'.format({a}, {b})", f"'{{}}-{{}}'.format({a}, {b})",
+                             f"'%s/%s' % ({a}, {b})", f"str({a}) + str({b})"])
 
 
 def _lookup(p: _Chain) -> None:
