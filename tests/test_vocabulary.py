@@ -9,7 +9,7 @@ from tracekit.basic_programs import generate_basic_program
 from tracekit.synthetic import FEATURES, generate_program
 from tracekit.tracer.run import trace_source
 from tracekit.train_data import function_shapes
-from tracekit.vocabulary import rename, restyle
+from tracekit.vocabulary import rename
 
 HOSTILE = '''def f(count, text):  # << START_OF_TRACE
     key = sorted(text, key=lambda count: -ord(count))
@@ -61,35 +61,3 @@ def test_generated_programs_keep_their_meaning_under_new_names():
     assert len(names) > 400  # a vocabulary, not a list a model can learn by heart
     entries = {generate_basic_program(4, i)[1].split("(")[0] for i in range(200)}
     assert "main" in entries and "f" in entries and len(entries) > 30
-
-
-STRINGS = '''def f(a, b):
-    # 'quoted', in a comment
-    c = ['x', 'it"s', "q", r'\\d', \'\'\'tri\'\'\', b'by', f'{a}', 'a' 'b', {'k': 1, 'j': (2, 3)}]
-    return [a, b, c]
-
-def main():  # << START_OF_TRACE
-    return f('ab, cd', {'x': [1, 2], 'y': ':'})
-'''
-
-
-def test_restyled_programs_spell_literals_as_people_do_and_mean_the_same():
-    original = trace_source(STRINGS, call="main()")
-    assert original["status"] == "ok" and len(original["frames"]) == 7
-    seen = {"double-quoted call": 0, "double-quoted body": 0, "compact call": 0}
-    for seed in range(60):
-        source, call = restyle(STRINGS, "main()", random.Random(seed))
-        assert ast.dump(ast.parse(source)) == ast.dump(ast.parse(STRINGS))  # the same values
-        assert call == "main()" and "# 'quoted', in a comment" in source
-        body, last = source.rstrip("\n").rsplit("\n", 1)
-        seen["double-quoted call"] += "\"ab, cd\"" in last
-        seen["double-quoted body"] += "['x', " not in body
-        seen["compact call"] += "{'x':[1,2],'y':':'}" in last or '{"x":[1,2],"y":":"}' in last
-        if "['x', " not in body:  # only plain literals change
-            assert "[\"x\", 'it\"s', \"q\", r'\\d', '''tri''', b'by', f'{a}', \"a\" \"b\"" in body
-        assert _values(trace_source(source, call=call)) == _values(original)
-    assert all(count > 2 for count in seen.values()), seen
-    for seed in range(20):  # without a harness the call is restyled where it is
-        source, call = restyle("def f(a):\n    return a\n", "f('a', [1, 2])", random.Random(seed))
-        assert source == "def f(a):\n    return a\n"
-        assert call in ("f('a', [1, 2])", "f(\"a\", [1, 2])", "f('a',[1,2])", "f(\"a\",[1,2])")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 
-from tracekit.vocabulary import rename, restyle, text
+from tracekit.vocabulary import rename, text
 
 INTS = ("n", "k", "count", "limit", "size", "m", "steps", "times", "width", "x")
 ACCUMULATORS = ("total", "acc", "result", "s", "score", "count", "value", "out")
@@ -245,7 +245,7 @@ def generate_basic_program(seed: int, index: int, kind: str = "basic") -> tuple[
     else:
         lines[entry] += "  # << START_OF_TRACE"
         source = "\n".join(lines) + "\n"
-    return restyle(*rename(source, call, rng), rng)
+    return rename(source, call, rng)
 
 
 def generate_basic_programs(count: int, seed: int = 0, kind: str = "basic"):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator
 
-from tracekit.vocabulary import rename, restyle, text
+from tracekit.vocabulary import rename, text
 
 CHAR_TESTS = ("{c}.isupper()", "{c}.islower()", "{c}.isdigit()", "{c}.isalpha()",
               "{c} == ' '", "{c} in {vowels!r}", "{c} not in {vowels!r}", "{c} == {ch!r}",
@@ -299,7 +299,7 @@ def generate_method_program(seed: int, index: int) -> tuple[str, str]:
     else:
         lines[0] += "  # << START_OF_TRACE"
         source = "\n".join(lines) + "\n"
-    return restyle(*rename(source, call, rng), rng)
+    return rename(source, call, rng)
 
 
 def generate_method_programs(count: int, seed: int = 0) -> Iterator[tuple[str, str, str]]:

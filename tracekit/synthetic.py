@@ -25,7 +25,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from tracekit.vocabulary import rename, restyle, text
+from tracekit.vocabulary import rename, text
 
 FEATURES = ("loops", "while", "branches", "helpers", "comprehensions", "exceptions",
             "early_return", "dicts", "tuples", "strings", "methods", "raise", "generators",
@@ -427,7 +427,7 @@ def generate_program(seed: int, index: int, size: int = 4,
     else:
         body[0] += "  # << START_OF_TRACE"
         source = "\n".join(lines + body) + "\n"
-    return restyle(*rename(source, call, rng), rng) if writer.has("methods") else (source, call)
+    return rename(source, call, rng) if writer.has("methods") else (source, call)
 
 
 GENERATORS = {

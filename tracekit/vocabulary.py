@@ -6,10 +6,8 @@ HumanEval's `def truncate_number(number):`, names from those lists. `rename` giv
 program's variables, parameters and functions fresh names (tens of thousands of combinations)
 so that a model has to copy each name from the program it reads, as it must on real code;
 `text` makes string arguments that are not words from a list, so that a string method's result
-has to be worked out character by character; `restyle` writes some calls and programs with
-double quotes or without spaces after commas, as people write them, since a model trained on
-`repr`'s spelling alone could not copy a call like `f("ab",1)`. All draw from the generator's
-own seeded `random.Random`.
+has to be worked out character by character. Both draw from the generator's own seeded
+`random.Random`.
 """
 
 from __future__ import annotations
@@ -99,75 +97,22 @@ def _bound_names(tree: ast.AST) -> tuple[set[str], set[str]]:
     return variables, functions
 
 
-def _edit_tokens(code: str, edit) -> str:
-    """`code` with the edits `edit(token, previous)` asks for: each None or `(start, end,
-    new)`, one line's text between two token positions (`tokenize`'s (row, column)) replaced by
-    `new`; `previous` is the token before, comments and blank lines aside. The rest of the
-    text (layout, comments, other tokens) is kept byte for byte."""
+def _replace_names(code: str, mapping: dict[str, str]) -> str:
+    """`code` with every NAME token in `mapping` replaced, except attribute names (after a
+    dot); the rest of the text (layout, comments, strings) is kept byte for byte."""
     lines = code.splitlines(keepends=True)
     edits: list[tuple[int, int, int, str]] = []
     previous = None
     for token in tokenize.generate_tokens(io.StringIO(code).readline):
-        change = edit(token, previous)
-        if change is not None:
-            (row, start), (_, end), new = change
-            edits.append((row - 1, start, end, new))
+        if token.type == tokenize.NAME and token.string in mapping and not (
+                previous is not None and previous.type == tokenize.OP and previous.string == "."):
+            (row, start), (_, end) = token.start, token.end
+            edits.append((row - 1, start, end, mapping[token.string]))
         if token.type not in (tokenize.NL, tokenize.COMMENT):
             previous = token
     for row, start, end, new in reversed(edits):
         lines[row] = lines[row][:start] + new + lines[row][end:]
     return "".join(lines)
-
-
-def _replace_names(code: str, mapping: dict[str, str]) -> str:
-    """`code` with every NAME token in `mapping` replaced, except attribute names (after a
-    dot)."""
-    def edit(token, previous):
-        if token.type == tokenize.NAME and token.string in mapping and not (
-                previous is not None and previous.type == tokenize.OP and previous.string == "."):
-            return token.start, token.end, mapping[token.string]
-        return None
-    return _edit_tokens(code, edit)
-
-
-def _double_quoted(code: str) -> str:
-    """`code` with each plain single-quoted string literal ('ab': no prefix, no quote or
-    backslash inside) written in double quotes ("ab"): the same value."""
-    def edit(token, previous):
-        literal = token.string
-        if (token.type == tokenize.STRING and literal[0] == "'" and literal[:3] != "'''"
-                and not {'"', "'", "\\"} & set(literal[1:-1])):
-            return token.start, token.end, f'"{literal[1:-1]}"'
-        return None
-    return _edit_tokens(code, edit)
-
-
-def _compact(code: str) -> str:
-    """`code` without the spaces after its commas and colons ([1,2], {'a':1})."""
-    def edit(token, previous):
-        if (previous is not None and previous.type == tokenize.OP and previous.string in ",:"
-                and token.start[0] == previous.end[0] and token.start[1] > previous.end[1]
-                and token.type != tokenize.COMMENT):
-            return previous.end, token.start, ""
-        return None
-    return _edit_tokens(code, edit)
-
-
-def restyle(source: str, call: str, rng: random.Random) -> tuple[str, str]:
-    """`source` and its `call` written as CRUXEval's hand-written programs often are, meaning
-    unchanged: the call's string arguments in double quotes (three calls in ten; a quarter of
-    CRUXEval's calls with strings use them), the function's strings in one program in ten, and
-    one call in six without spaces after its commas and colons. The call is the harness's last
-    line (`return f(...)`) where `call` is `main()`."""
-    harness = call == "main()"
-    head, _, last = source.rstrip("\n").rpartition("\n") if harness else (source, "", call)
-    if rng.random() < 0.3:
-        last = _double_quoted(last)
-    if rng.random() < 0.1:
-        head = _double_quoted(head)
-    if rng.random() < 1 / 6:
-        last = _compact(last)
-    return (f"{head}\n{last}\n", call) if harness else (head, last)
 
 
 def rename(source: str, call: str, rng: random.Random, variable_share: float = 0.6,
