@@ -27,7 +27,8 @@ from tracekit.tracer.constants import DOTS
 
 MODES = ("teacher-forced", "rollout", "output", "reasoning")
 VALUE_TYPES = ("int", "float", "str", "list", "tuple", "dict", "set", "bool", "None", "other")
-NO_EVENT_ERRORS = ("bad event token", "empty output", "the model ended the trace here")
+ENDED_HERE = "the model ended the trace here"  # a per-frame generation with no frame
+NO_EVENT_ERRORS = ("bad event token", "empty output", ENDED_HERE)
 GAP_COST, ALIGN_BAND, ALIGN_MAX_CELLS = 1.5, 8, 3_000_000
 
 
@@ -108,6 +109,27 @@ class TraceComparison:
     @property
     def parse_errors(self) -> int:
         return sum(f.error is not None for f in self.predicted)
+
+    @property
+    def first_wrong(self) -> str | None:
+        """What is wrong in the first wrong frame, checked in this order: "ended early" (no
+        frame there), "malformed" (a frame that cannot be read), "event", "line" (the source
+        line), "state" (or "value", of a return or exception), or "did not end" (every real
+        frame right, then more frames or no end of trace); None for an exact trace."""
+        if self.first_divergence is None:
+            return None
+        wrong = next((f for f in self.frames if f.step == self.first_divergence), None)
+        if wrong is None:
+            return "did not end"
+        if wrong.pred is None or wrong.pred.error == ENDED_HERE:
+            return "ended early"
+        if wrong.pred.error is not None:
+            return "malformed"
+        if not wrong.event_match:
+            return "event"
+        if not wrong.action_match:
+            return "line"
+        return "state" if wrong.real.locals is not None else "value"
 
 
 # A prediction: the model's text, or its tokens as segments (`tokenizer.id_segments`), which
@@ -277,7 +299,7 @@ def _first_frame(text: Prediction) -> Frame:
     parsed = _parse(text)
     if parsed.frames:
         return parsed.frames[0]
-    reason = "the model ended the trace here" if parsed.ended else "empty output"
+    reason = ENDED_HERE if parsed.ended else "empty output"
     return Frame("line", None, "", error=reason)
 
 

@@ -15,6 +15,7 @@ with real frame i is the prediction's frame i (by index) unless the metric says 
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -346,9 +347,12 @@ def _traced(comparisons: list[TraceComparison]) -> list[TraceComparison]:
 
 
 def _divergence(comparisons) -> dict:
-    """Where predictions first go wrong: the index, and the index over the trace's length."""
+    """Where predictions first go wrong: the index, the index over the trace's length, and
+    how many traces go wrong first by each kind of mistake (`TraceComparison.first_wrong`),
+    the commonest first."""
     inexact = [c for c in comparisons
                if c.first_divergence is not None and c.mode not in ("output", "reasoning")]
     return {"exact": sum(c.first_divergence is None for c in comparisons),
             "index": [c.first_divergence for c in inexact],
-            "relative": [round(c.first_divergence / max(1, len(c.real)), 4) for c in inexact]}
+            "relative": [round(c.first_divergence / max(1, len(c.real)), 4) for c in inexact],
+            "what": dict(Counter(c.first_wrong for c in inexact).most_common())}

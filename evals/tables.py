@@ -48,6 +48,12 @@ def breakdowns(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                                    "95% CI", unit],
                            [[k, f"{v['value']:.1f}", f"{v['low']:.1f}–{v['high']:.1f}",
                              str(v["n"])] for k, v in summary[key].items()]))
+    what = summary["divergence"].get("what")
+    if what:
+        wrong = sum(what.values())
+        tables.append(("The first wrong frame of each trace, by what is wrong",
+                       ["first wrong", "traces", "% of traces not exact"],
+                       [[kind, str(n), f"{100 * n / wrong:.1f}"] for kind, n in what.items()]))
     if summary["by_length"]:
         tables.append(("By trace length (real frames)",
                        ["frames", "traces", "frame match %", "output pass@1 %", "truncated %"],

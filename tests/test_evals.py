@@ -142,6 +142,10 @@ HAND = {
 }
 DIVERGENCE = {"wrong_value": 4, "wrong_line": 3, "extra_frame": 3, "missing_frame": 5,
               "invalid_json": 2, "truncated": 6}
+# what is wrong there: a state, a line, the extra "for" line where "total += x" is due, the
+# "for" line where the left-out "total += x" is due, a frame that cannot be read twice
+FIRST_WRONG = {"wrong_value": "state", "wrong_line": "line", "extra_frame": "line",
+               "missing_frame": "line", "invalid_json": "malformed", "truncated": "malformed"}
 
 
 def test_every_metric_equals_the_hand_computed_value(real):
@@ -153,6 +157,7 @@ def test_every_metric_equals_the_hand_computed_value(real):
             assert counts[key][0] == pytest.approx(num), (c.id, key)
             assert counts[key][1] == den, (c.id, key)
         assert c.first_divergence == DIVERGENCE[c.id], c.id
+        assert c.first_wrong == FIRST_WRONG[c.id], c.id
     by_id = {c.id: c for c in comparisons}
     assert by_id["extra_frame"].inserted == 1
     assert by_id["missing_frame"].aligned[5].pred is None  # the skipped real frame
@@ -164,6 +169,14 @@ def test_every_metric_equals_the_hand_computed_value(real):
         expected = 100 * sum(n / d for n, d in (HAND[i][key] for i in HAND)) / len(HAND)
         assert summary["metrics"][key]["value"] == pytest.approx(expected, abs=1e-3), key
     assert summary["metrics"]["output_pass1"]["value"] == pytest.approx(500 / 6, abs=1e-3)
+    assert summary["divergence"]["what"] == {"line": 3, "malformed": 2, "state": 1}
+    # the other kinds: a return value, an event, a trace that stops early or does not stop
+    ends = {"value": text(real[:8] + [Frame("return", None, real[8].source, arg="8")]),
+            "event": text(real[:8] + [line({"xs": ".."}, real[8].source)]),
+            "ended early": text(real[:5]), "did not end": text(real, end=False)}
+    assert {kind: compare_rollout(kind, real, t).first_wrong for kind, t in ends.items()} == \
+        {kind: kind for kind in ends}
+    assert compare_rollout("exact", real, text(real)).first_wrong is None
     assert summary["metrics"]["state_exact"]["value"] == pytest.approx(75.0)
     # micro: pooled frames
     assert summary["metrics"]["micro_frame"]["value"] == pytest.approx(
@@ -195,7 +208,7 @@ def test_teacher_forced_predictions_resolve_against_the_real_frames(real):
     assert counts["state_exact"] == (6, 8) and counts["state_match"] == (6, 8)
     assert counts["action_exact"] == (8, 9) and counts["parse_errors"] == (2, 9)
     assert counts["frame_match"] == (5, 9) and counts["micro_value"] == (0, 1)
-    assert c.frames[1].state_exact and not c.frames[1].match
+    assert c.frames[1].state_exact and not c.frames[1].match and c.first_wrong == "malformed"
     assert c.frames[5].kv_jaccard == pytest.approx(2 / 4)
     assert c.frames[7].pred.error == "the model ended the trace here"
     assert c.first_divergence == 1 and not c.output_correct and not c.valid_format
