@@ -48,7 +48,7 @@ def breakdowns(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                                    "95% CI", unit],
                            [[k, f"{v['value']:.1f}", f"{v['low']:.1f}–{v['high']:.1f}",
                              str(v["n"])] for k, v in summary[key].items()]))
-    what = summary["divergence"].get("what")
+    what = summary["divergence"]["what"]
     if what:
         wrong = sum(what.values())
         tables.append(("The first wrong frame of each trace, by what is wrong",
