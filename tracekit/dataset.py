@@ -22,10 +22,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tracekit import sandbox
+from tracekit import sandbox, suites
 from tracekit.interpreters import SandboxUnavailable
 from tracekit.killpoints import kill_point
 from tracekit.sources import Program
+from tracekit.suites import HarnessCheck, Suite, SuiteResult
 from tracekit.trace import COMPLETE_STATUSES, Frame, Trace
 
 MANIFEST = "manifest.json"
@@ -51,19 +52,19 @@ class BuildError(Exception):
 ENGINES = ("local", "ray")
 
 
-def build(programs: Iterable[Program], out: str | Path, options: BuildOptions = BuildOptions(),
-          workers: int | None = None, resume: bool = False,
-          progress: Callable[[int, Counter], None] | None = None, engine: str = "local",
-          address: str | None = None) -> dict:
+def build(programs: Iterable[Program | Suite], out: str | Path,
+          options: BuildOptions = BuildOptions(), workers: int | None = None,
+          resume: bool = False, progress: Callable[[int, Counter], None] | None = None,
+          engine: str = "local", address: str | None = None) -> dict:
     """Trace `programs` into Parquet shards under `out`; return the stats (also stats.json).
+    A `Suite` (the tests: source) is one test file whose run gives many rows, one per episode.
     `engine="ray"` traces on a Ray cluster (`address`; a local one when None) with the same
     rows: only the tracing moves there, shards and manifest are written here."""
     out = Path(out)
     programs = _dedup(list(programs)) if options.dedup else list(programs)
     fingerprint = _fingerprint(programs, options)
     manifest = _start(out, fingerprint, resume)
-    shards = [programs[i:i + options.shard_size]
-              for i in range(0, len(programs), options.shard_size)]
+    shards = _shards(programs, options.shard_size)
     statuses: Counter = Counter(manifest["statuses"])
     filtered: Counter = Counter(manifest.get("filtered", {}))
     done = sum(len(shards[k]) for k in range(len(shards)) if _shard_name(k) in manifest["shards"])
@@ -85,12 +86,16 @@ def build(programs: Iterable[Program], out: str | Path, options: BuildOptions = 
                 same = [True] * len(shard)
             rows = []
             for program, trace, repeatable in zip(shard, traces, same):
-                row = _row(program, trace)
+                if isinstance(program, Suite):
+                    rows += _suite_rows(program, trace, repeatable, manifest, statuses, tracers)
+                    continue
+                row = trace_row(program, trace)
                 reason = _dropped(row, repeatable, options)
                 if reason:
                     filtered[reason] += 1
                 else:
                     rows.append(row)
+                statuses[trace.status] += 1
             files = {}
             for split in SPLITS:
                 part = [row for row in rows
@@ -99,8 +104,6 @@ def build(programs: Iterable[Program], out: str | Path, options: BuildOptions = 
                     files[f"{split}-{k:05d}.parquet"] = len(part)
                     _write_shard(out / f"{split}-{k:05d}.parquet", part)
             kill_point(f"written:{k}")  # the shard's files in place, not yet in the manifest
-            for trace in traces:
-                statuses[trace.status] += 1
             manifest["shards"][name] = files
             manifest["statuses"] = dict(statuses)
             manifest["filtered"] = dict(filtered)
@@ -109,10 +112,101 @@ def build(programs: Iterable[Program], out: str | Path, options: BuildOptions = 
             done += len(shard)
             if progress:
                 progress(done, statuses)
+    _check_suites(manifest)
     stats = _stats(out, manifest, len(programs), options)
     _write_json(out / "stats.json", stats)
     (out / "README.md").write_text(_card(stats), encoding="utf-8")
     return stats
+
+
+SUITE_SHARD = 8  # test files per shard: a killed tests: build loses at most these runs
+
+
+def _shards(items: list, shard_size: int) -> list[list]:
+    """Consecutive items, `shard_size` programs or SUITE_SHARD suites to a shard."""
+    shards: list[list] = []
+    for item in items:
+        limit = SUITE_SHARD if isinstance(item, Suite) else shard_size
+        last = shards[-1] if shards else None
+        if last is None or len(last) >= limit or isinstance(last[0], Suite) != isinstance(
+                item, Suite):
+            shards.append([item])
+        else:
+            last.append(item)
+    return shards
+
+
+def _suite_rows(suite: Suite, result: SuiteResult, repeatable: bool, manifest: dict,
+                statuses: Counter, tracers) -> list[dict]:
+    """The rows of one test file's episodes (suites.episode_rows), with --check-harness
+    applied; what happened is added to manifest["suites"]."""
+    summary = result.summary
+    if summary.get("status") == "no_pytest":
+        raise BuildError(f"{summary['error']}: install pytest there (and the project's "
+                         "dependencies), or pass --python an interpreter that has them")
+    stats = manifest.setdefault("suites", {})
+    _add(stats, "test files", summary.get("status", "crashed"))
+    for outcome, n in summary.get("tests", {}).items():
+        _add(stats, "tests", outcome, n)
+    if summary.get("status") != "ok":
+        errors = stats.setdefault("errors", {})
+        if len(errors) < 20:
+            errors[suite.test_file] = f"{summary.get('status')}: {summary.get('error')}"
+    if summary.get("tracer_replaced"):
+        stats.setdefault("tracer replaced in", []).extend(summary["tracer_replaced"][:5])
+    if summary.get("other_tracer"):
+        _add(stats, "other tracer active in", "test files")
+    dropped = stats.setdefault("episodes dropped", {})
+    for reason, n in summary.get("dropped", {}).items():
+        _add(stats, "episodes dropped", {"frame_limit": "over 10,000 events"}.get(reason, reason),
+             n)
+    if not repeatable:
+        _add(stats, "episodes dropped", "nondeterministic", len(result.episodes))
+        return []
+    _add(stats, "episodes", "recorded", len(result.episodes))
+    pairs = suites.episode_rows(suite, result, manifest.setdefault("functions", {}), dropped)
+    _add(stats, "episodes", "with a harness", sum(1 for row, _ in pairs if row["harness"]))
+    if suite.settings.check_harness:
+        pairs = _check_harnesses(suite, pairs, tracers, stats)
+    for row, _ in pairs:
+        statuses[row["status"]] += 1
+    _add(stats, "episodes", "kept", len(pairs))
+    return [row for row, _ in pairs]
+
+
+def _check_harnesses(suite: Suite, pairs: list, tracers, stats: dict) -> list:
+    """Trace each harness; keep the episodes whose function's frames come out the same (one
+    without a harness cannot be checked and is dropped too)."""
+    checks = [HarnessCheck(suite.project, row["file"], episode["module"], suite.roots,
+                           (episode["file"], episode["line"], episode["name"]), row["harness"],
+                           suite.settings.step_in, suite.settings.max_depth)
+              for row, episode in pairs if row["harness"]]
+    results = iter(tracers.map(checks))
+    kept = []
+    for row, episode in pairs:
+        if not row["harness"]:
+            _add(stats, "harness check", "no harness")
+            continue
+        verdict = suites.harness_verdict(episode, next(results))
+        _add(stats, "harness check", verdict or "passed")
+        if verdict is None:
+            kept.append((row, episode))
+    return kept
+
+
+def _add(stats: dict, group: str, name: str, n: int = 1) -> None:
+    counts = stats.setdefault(group, {})
+    counts[name] = counts.get(name, 0) + n
+
+
+def _check_suites(manifest: dict) -> None:
+    """A tests: build in which no test file ran is an error, with the first reason."""
+    stats = manifest.get("suites")
+    if stats and not stats.get("test files", {}).get("ok"):
+        first = next(iter(stats.get("errors", {}).items()), ("", "no test file ran"))
+        raise BuildError(f"no test file of the project ran ({first[0]}: {first[1]}): "
+                         "install the project's dependencies in the interpreter --python "
+                         "names, or check the project's tests")
 
 
 def load_rows(directory: str | Path, split: str | None = None,
@@ -162,7 +256,11 @@ class _Tracers:
         self.opened: list[sandbox.WarmSandbox] = []
         self.lock = threading.Lock()
 
-    def trace(self, program: Program) -> Trace:
+    def trace(self, program: Program | Suite | HarnessCheck) -> Trace | SuiteResult:
+        if isinstance(program, Suite):
+            return suites.run_suite(program, self.tracing)
+        if isinstance(program, HarnessCheck):
+            return suites.run_harness(program, self.tracing)
         if not self.warm:
             return sandbox.run_trace(program.source, program.call, program.entry, self.tracing)
         warm = getattr(self.local, "sandbox", None)
@@ -266,7 +364,7 @@ class _RayEngine:
             self.ray.shutdown()
 
 
-def _row(program: Program, trace: Trace) -> dict:
+def trace_row(program: Program, trace: Trace) -> dict:
     from tracekit.cwm import prompt_segments, state_json
     from tracekit.tokenizer import cwm_tokenizer, encode_segments
 
@@ -285,6 +383,7 @@ def _row(program: Program, trace: Trace) -> dict:
         "n_tokens": len(encode_segments(cwm_tokenizer(), segments)),  # the ids a model sees
         "return_value": trace.return_value,
         "expected": program.expected, "hash": digest,
+        "function": None, "file": None, "test": None, "args": None, "harness": None,
     }
 
 
@@ -299,7 +398,9 @@ def _dropped(row: dict, repeatable: bool, options: BuildOptions) -> str | None:
     return None
 
 
-def _same(a: Trace, b: Trace) -> bool:
+def _same(a: Trace | SuiteResult, b: Trace | SuiteResult) -> bool:
+    if isinstance(a, SuiteResult):
+        return a.episodes == b.episodes
     return (a.status, a.frames, a.return_value, a.error) == (b.status, b.frames,
                                                              b.return_value, b.error)
 
@@ -321,7 +422,10 @@ def _write_shard(path: Path, rows: list[dict]) -> None:
                         ("status", pa.string()), ("error", pa.string()),
                         ("frames", pa.list_(frame)), ("cwm", pa.string()),
                         ("n_frames", pa.int32()), ("n_tokens", pa.int32()),
-                        ("return_value", pa.string()), ("expected", pa.string())])
+                        ("return_value", pa.string()), ("expected", pa.string()),
+                        # the tests: source's episodes (null for other rows)
+                        ("function", pa.string()), ("file", pa.string()), ("test", pa.string()),
+                        ("args", pa.string()), ("harness", pa.string())])
     table = pa.Table.from_pylist([{k: v for k, v in row.items() if k != "hash"}
                                   for row in rows], schema=schema)
     temporary = path.with_suffix(".tmp")
@@ -331,10 +435,13 @@ def _write_shard(path: Path, rows: list[dict]) -> None:
     os.replace(temporary, path)
 
 
-def _dedup(programs: list[Program]) -> list[Program]:
+def _dedup(programs: list[Program | Suite]) -> list[Program | Suite]:
     seen: set[tuple[str, str | None, str | None]] = set()
     kept = []
     for program in programs:
+        if isinstance(program, Suite):
+            kept.append(program)
+            continue
         key = (program.source, program.entry, program.call)
         if key not in seen:
             seen.add(key)
@@ -400,7 +507,8 @@ def _stats(out: Path, manifest: dict, programs: int, options: BuildOptions) -> d
             tokens += table.column("n_tokens").to_pylist()
             splits[file.split("-")[0]] += count
     return {"programs": programs, "rows": len(frames), "statuses": manifest["statuses"],
-            "filtered": manifest.get("filtered", {}),
+            "filtered": manifest.get("filtered", {}), **({"suites": manifest["suites"]}
+                                                          if "suites" in manifest else {}),
             "splits": dict(splits), "frames": _distribution(frames),
             "tokens": _distribution(tokens), "options": asdict(options)}
 

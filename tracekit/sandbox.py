@@ -82,12 +82,18 @@ def _bwrap_base(tmp_size_mb: int) -> list[str]:
     return args
 
 
-def _bwrap_command(interp: Interpreter, limits: Limits) -> list[str]:
+def _bwrap_command(interp: Interpreter, limits: Limits, readable: tuple[str, ...] = (),
+                   writable: str | None = None) -> list[str]:
+    """bubblewrap's arguments: the base sandbox, the interpreter and `readable` directories
+    visible read-only at their own paths (those under /tmp or a home are bound back), and
+    `writable` bound read-write at its own path."""
     args = [shutil.which("bwrap"), *_bwrap_base(limits.tmp_size_mb)]
     hidden = [a for i, a in enumerate(args) if i and args[i - 1] == "--tmpfs"]
-    for prefix in interp.prefixes:  # an interpreter under /tmp or a home comes back read-only
+    for prefix in [*interp.prefixes, *readable]:
         if any(prefix == h or prefix.startswith(h.rstrip("/") + "/") for h in hidden):
             args += ["--ro-bind", prefix, prefix]
+    if writable is not None:
+        args += ["--bind", writable, writable]
     args += ["--ro-bind", str(TRACER_DIR), f"{_INSIDE}/tracer", "--chdir", "/tmp"]
     return args
 
@@ -144,10 +150,15 @@ class TraceOptions:
 
 
 def run_trace(source: str, call: str | None = None, entry: str | None = None,
-              options: TraceOptions = TraceOptions(), filename: str = "<tracekit>") -> Trace:
+              options: TraceOptions = TraceOptions(), filename: str = "<tracekit>",
+              module: str | None = None, sys_path: tuple[str, ...] = ()) -> Trace:
     """Trace one program in a fresh sandboxed child process. Never raises for a bad program:
-    every outcome is a Trace whose `status` is one of `tracekit.trace.STATUSES`."""
-    request = _request(source, call, entry, filename, options)
+    every outcome is a Trace whose `status` is one of `tracekit.trace.STATUSES`.
+    `module` runs the program as that module (a project's file, for its relative imports and
+    reprs); `sys_path` directories (a project's import roots) go first on sys.path and are
+    visible read-only in the sandbox."""
+    request = {**_request(source, call, entry, filename, options), "module": module,
+               "sys_path": list(sys_path)}
     failed = Trace(context=normalize_newlines(source), entry=entry, call=call)
     try:
         interp = find_python(options.python)
@@ -158,14 +169,58 @@ def run_trace(source: str, call: str | None = None, entry: str | None = None,
 
     limits = options.limits
     with tempfile.TemporaryDirectory(prefix="tracekit-") as workdir:
-        if mode == "bwrap":
-            command = [*_bwrap_command(interp, limits), *child_command(interp, _INSIDE)]
-            cwd, tmp = workdir, "/tmp"
-        else:
-            command = child_command(interp, str(TRACER_DIR.parent))
-            cwd = tmp = workdir
-        outcome = _run_child(command, request, _environment(tmp, options.seed), cwd, limits)
+        command, tmp = _command(interp, mode, limits, workdir, tuple(sys_path))
+        outcome = _run_child(command, request, _environment(tmp, options.seed), workdir, limits)
     return _finish(outcome, failed, interp, mode)
+
+
+def _command(interp: Interpreter, mode: str, limits: Limits, workdir: str,
+             readable: tuple[str, ...] = (), writable: str | None = None) -> tuple[list, str]:
+    """The child's command line in this sandbox mode, and its TMPDIR."""
+    if mode == "bwrap":
+        return [*_bwrap_command(interp, limits, readable, writable),
+                *child_command(interp, _INSIDE)], "/tmp"
+    return child_command(interp, str(TRACER_DIR.parent)), workdir
+
+
+def run_lines(request: dict, options: TraceOptions, readable: tuple[str, ...] = (),
+              writable: str | None = None) -> tuple[list[dict], dict, str, str]:
+    """Run a request whose child reports JSON lines (a `tests:` suite or harness,
+    `tracer.suite`) in a fresh sandbox: `readable` directories visible read-only, `writable`
+    read-write, each at its own path. Returns the reported lines but the last, the summary
+    (the last line, or what became of a process that did not write one), stdout and stderr."""
+    limits = options.limits
+    request = {**request, "seed": options.seed, "max_frames": options.max_frames,
+               "max_value_chars": options.max_value_chars,
+               "max_repr_chars": options.max_repr_chars, "repr_timeout": options.repr_timeout,
+               "timeout": limits.timeout, "limits": _rlimits(limits)}
+    try:
+        interp = find_python(options.python)
+        mode = _resolve_mode(options.sandbox)
+    except SandboxUnavailable as exc:
+        return [], {"status": "sandbox_unavailable", "error": str(exc)}, "", ""
+    with tempfile.TemporaryDirectory(prefix="tracekit-") as workdir:
+        command, tmp = _command(interp, mode, limits, workdir, readable, writable)
+        run = _spawn(command, request, _environment(tmp, options.seed), workdir, limits)
+    if isinstance(run, _Outcome):
+        return [], {"status": run.status, "error": run.error}, "", ""
+    raw, cut_off, timed_out, code, elapsed, stdout, stderr = run
+    lines = []
+    for line in raw.splitlines():
+        try:
+            lines.append(json.loads(line))
+        except ValueError:
+            break  # a line cut off by a kill
+    summary = lines.pop()["summary"] if lines and "summary" in lines[-1] else None
+    if cut_off:
+        summary = {"status": "output_limit",
+                   "error": f"the program wrote more than {limits.max_output_bytes} bytes"}
+    elif summary is None and timed_out:
+        summary = {"status": "timeout", "error": f"wall-clock timeout after {limits.timeout:g}s"}
+    elif summary is None:
+        status, error = _crash_reason(code, stderr, elapsed >= request["limits"]["RLIMIT_CPU"][0])
+        summary = {"status": status, "error": error}
+    return lines, summary, stdout, stderr
 
 
 def _request(source: str, call: str | None, entry: str | None, filename: str,
@@ -299,6 +354,17 @@ class _Outcome:
 
 
 def _run_child(command: list[str], request: dict, env: dict, cwd: str, limits: Limits) -> _Outcome:
+    run = _spawn(command, request, env, cwd, limits)
+    if isinstance(run, _Outcome):
+        return run
+    raw, cut_off, timed_out, code, elapsed, stdout, stderr = run
+    return _outcome(raw, cut_off, timed_out, code, elapsed, stdout, stderr, request, limits)
+
+
+def _spawn(command: list[str], request: dict, env: dict, cwd: str, limits: Limits):
+    """Start the child with `request` on stdin and read it to the end or the deadline: the
+    result pipe's bytes, cut off, timed out, exit code, seconds, stdout, stderr (or an
+    _Outcome when the child could not start)."""
     result_read, result_write = os.pipe()
     try:
         proc = subprocess.Popen(
@@ -328,8 +394,8 @@ def _run_child(command: list[str], request: dict, env: dict, cwd: str, limits: L
         proc.stdout.close()
         proc.stderr.close()
     stdout, stderr = streams.text()
-    return _outcome(bytes(streams.result), streams.cut_off, streams.timed_out, proc.returncode,
-                    time.monotonic() - started, stdout, stderr, request, limits)
+    return (bytes(streams.result), streams.cut_off, streams.timed_out, proc.returncode,
+            time.monotonic() - started, stdout, stderr)
 
 
 def _outcome(raw: bytes, cut_off: bool, timed_out: bool, code: int, elapsed: float,

@@ -204,16 +204,23 @@ def methods(count: int, seed: int = 0) -> Iterator[Program]:
 
 
 def from_specs(specs: list[str] | tuple[str, ...], call: str | None = None,
-               size: int = 4, on_bad_row: Callable[[str], None] | None = None
-               ) -> Iterator[Program]:
-    """Programs from command-line source specs: FILE.py or DIR (`call` for their entries),
+               size: int = 4, on_bad_row: Callable[[str], None] | None = None,
+               episodes=None) -> Iterator[Program]:
+    """Programs from command-line source specs: `tests:DIR` (each test file of the project
+    at DIR, a `tracekit.suites.Suite` cut into episodes as `episodes`, an EpisodeOptions,
+    says), FILE.py or DIR (`call` for their entries),
     FILE.jsonl (CRUXEval rows recognised by their fields; bad rows as `jsonl` says),
     `cruxeval`, `humaneval`, `synthetic:COUNT[:SEED]` (programs of `size`),
     `basic:COUNT[:SEED]` (short everyday functions, tracekit.basic_programs),
     `loops:COUNT[:SEED]` (those of them whose loops the arguments bound),
     `methods:COUNT[:SEED]` (short chains of str/list/dict methods, tracekit.method_programs)."""
     for spec in specs:
-        if spec == "humaneval":
+        if spec.startswith("tests:"):
+            from tracekit.suites import EpisodeOptions, tests_source
+
+            yield from tests_source(spec.removeprefix("tests:") or ".",
+                                    episodes or EpisodeOptions())
+        elif spec == "humaneval":
             yield from humaneval()
         elif spec == "cruxeval":
             yield from cruxeval()

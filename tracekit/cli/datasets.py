@@ -46,14 +46,32 @@ def dataset() -> None:
               "'tracekit[ray]'); the same rows as local.")
 @click.option("--address", metavar="HOST:PORT", help="With --engine ray: the cluster to join "
               "(default: start a local one). Its nodes need tracekit installed.")
+@click.option("--per-function", type=click.IntRange(min=1), default=5, show_default=True,
+              help="tests: at most this many episodes per function (distinct arguments, the "
+              "first met in test-file order).")
+@click.option("--step-in", type=click.FloatRange(0, 1), default=1.0, show_default=True,
+              help="tests: probability of stepping into a callee of the same file (else it "
+              "is stepped over, as a debugger's next). 1 gives what `tracekit trace` gives.")
+@click.option("--max-depth", type=click.IntRange(min=0), default=None,
+              help="tests: callees deeper than this below the episode's function are stepped "
+              "over. Default: no limit.")
+@click.option("--max-context-tokens", type=click.IntRange(min=64), default=2048,
+              show_default=True, help="tests: a longer file context has the bodies of "
+              "functions the episode did not run elided to '...'.")
+@click.option("--check-harness", is_flag=True, help="tests: trace each episode's harness "
+              "program and keep the episode only if the function's frames come out the same "
+              "(drops functions that depend on state a test set up, and those without one).")
 @tracing_options
 def build(specs, out, resume, workers, call, max_tokens, drop_failed, skip_bad_rows, no_dedup,
-          check_determinism, split, shard_size, synthetic_size, engine, address,
-          tracing) -> None:
+          check_determinism, split, shard_size, synthetic_size, engine, address, per_function,
+          step_in, max_depth, max_context_tokens, check_harness, tracing) -> None:
     """Trace every program of SOURCE... in the sandbox into a Parquet dataset.
 
     \b
-    SOURCE: a .py file or a directory of them, a .jsonl file (rows with code and call, or
+    SOURCE: tests:DIR (the test suite of the project at DIR, run with pytest in the sandbox:
+    one row per episode, a call of one of the project's functions; --python names an
+    interpreter with pytest and the project's dependencies; --timeout is per test file, 300 s
+    unless given), a .py file or a directory of them, a .jsonl file (rows with code and call, or
     code, entry and args; or CRUXEval rows), cruxeval (the 800 rows shipped in
     data/cruxeval/), humaneval, synthetic:COUNT[:SEED], basic:COUNT[:SEED] (short everyday
     functions), loops:COUNT[:SEED] (their loops) or methods:COUNT[:SEED] (chains of
@@ -61,6 +79,7 @@ def build(specs, out, resume, workers, call, max_tokens, drop_failed, skip_bad_r
 
     \b
     tracekit dataset build data/programs -o traces/
+    tracekit dataset build tests:attrs-23.2.0/ -o attrs/ --check-harness
     tracekit dataset build cruxeval synthetic:10000:1 -o traces/ --drop-failed
     tracekit dataset build synthetic:1000000 -o traces/ --engine ray --address HEAD:6379
     """
@@ -74,6 +93,7 @@ def build(specs, out, resume, workers, call, max_tokens, drop_failed, skip_bad_r
 
     from tracekit import dataset as datasets
     from tracekit import sources
+    from tracekit.suites import EpisodeOptions
 
     try:
         weights = tuple(int(w) for w in split.split(","))
@@ -87,10 +107,15 @@ def build(specs, out, resume, workers, call, max_tokens, drop_failed, skip_bad_r
     try:
         skipped = (lambda message: print_error("skipped", message, "yellow")
                    ) if skip_bad_rows else None
-        programs = list(sources.from_specs(specs, call, synthetic_size, skipped))
+        timeout_given = click.get_current_context().get_parameter_source("timeout") not in (
+            None, click.core.ParameterSource.DEFAULT)
+        episodes = EpisodeOptions(per_function, step_in, max_depth, max_context_tokens,
+                                  check_harness, tracing.limits.timeout if timeout_given
+                                  else EpisodeOptions.timeout)
+        programs = list(sources.from_specs(specs, call, synthetic_size, skipped, episodes))
         if not programs:
             raise sources.SourceError(
-                f"nothing to trace in {' '.join(specs)}: give programs (FILE.py, DIR, "
+                f"nothing to trace in {' '.join(specs)}: give programs (tests:DIR, FILE.py, DIR, "
                 "FILE.jsonl, cruxeval, humaneval, synthetic:N, basic:N, loops:N, methods:N)")
         with Progress(TextColumn("tracing"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("{task.fields[rate]} programs/s  {task.fields[statuses]}"),

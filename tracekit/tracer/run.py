@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import importlib
 import sys
 import types
 
@@ -30,6 +31,8 @@ def trace_source(
     repr_timeout: float | None = DEFAULT_REPR_TIMEOUT,
     on_limit=None,
     on_start=None,
+    module: str | None = None,
+    sys_path: list[str] | None = None,
 ) -> dict:
     """Trace `call` (default: the entry called with no arguments) in this process.
 
@@ -37,6 +40,9 @@ def trace_source(
     event, lineno, source, state, arg, scope, depth), return_value, python.
     `on_limit(status, message)` is called when a limit stops the trace (the child process
     reports and exits there); `on_start(recorder, context)` once, before the call runs.
+    `module` runs the program as that module (e.g. "pkg.mod": its `__name__`, `__package__`
+    for relative imports, and its reprs), else as `__main__`; `sys_path` entries go first on
+    sys.path (a project's import roots, so that the program's imports resolve).
     The program runs unsandboxed here: use `tracekit.sandbox` for untrusted code.
     """
     result = {
@@ -67,16 +73,11 @@ def trace_source(
         result.update(status=exc.status, error=str(exc))
         return result
 
-    module = types.ModuleType("__main__")
-    module.__file__ = filename
-    module.__builtins__ = builtins
-    namespace = module.__dict__
-    saved_main = sys.modules.get("__main__")
-    sys.modules["__main__"] = module
+    namespace, restore = _install_module(module or "__main__", filename, sys_path)
     try:
         exec(module_code, namespace)
     except BaseException as exc:  # module-level code is the program's, it may do anything
-        sys.modules["__main__"] = saved_main
+        restore()
         result.update(status="setup_error",
                       error=f"module-level code raised {_exception_line(type(exc), exc)}")
         return result
@@ -99,13 +100,41 @@ def trace_source(
         call_error = exc
     finally:
         sys.settrace(None)
-        sys.modules["__main__"] = saved_main
+        restore()
     frames = recorder.frames
     result["frames"] = frames
     result["status"], result["error"] = _status_of(recorder, call_error, entry_name, call)
     if result["status"] == "ok":
         result["return_value"] = frames[-1][4]
     return result
+
+
+def _install_module(name: str, filename: str, sys_path: list[str] | None):
+    """A fresh module `name` in sys.modules (with `sys_path` first on sys.path): its namespace
+    and a function that puts back what was there."""
+    saved_path = list(sys.path)
+    sys.path[:0] = sys_path or []
+    module = types.ModuleType(name)
+    module.__file__ = filename
+    module.__builtins__ = builtins
+    if name != "__main__":
+        module.__package__ = package = name.rpartition(".")[0]
+        if package:  # imported first, as importing the module would: its __init__ may
+            try:  # import this very module, which must not find the half-run program
+                importlib.import_module(package)
+            except BaseException:  # noqa: BLE001 - the program's own import then says why
+                pass
+    saved = sys.modules.get(name)
+    sys.modules[name] = module
+
+    def restore() -> None:
+        sys.path[:] = saved_path
+        if saved is None:
+            sys.modules.pop(name, None)
+        else:
+            sys.modules[name] = saved
+
+    return module.__dict__, restore
 
 
 def _status_of(recorder: Recorder, call_error, entry_name: str, call: str):

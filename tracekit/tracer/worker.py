@@ -1,5 +1,6 @@
 """The child side of the sandbox. `main(["", RESULT_FD])` traces one request read as JSON from
-stdin and writes the result to RESULT_FD; `main(["", "--serve"])` is the warm worker. The
+stdin and writes the result to RESULT_FD (a test file's episodes for the kinds "suite" and
+"harness": `tracer.suite`); `main(["", "--serve"])` is the warm worker. The
 sandbox starts it with `tracekit.sandbox.child_command`: the package's parent directory on
 sys.path, the package imported as `tracer`, so nothing but the standard library is needed."""
 
@@ -24,6 +25,10 @@ def main(argv: list[str]) -> None:
         return
     result_fd = int(argv[1])
     request = json.loads(sys.stdin.read())
+    if request.get("kind") in ("suite", "harness"):
+        from .suite import run_request
+
+        run_request(request, result_fd)
     _run_request(request, result_fd)
 
 
@@ -95,6 +100,7 @@ def _run_request(request: dict, result_fd: int) -> None:
             max_repr_chars=request.get("max_repr_chars", DEFAULT_MAX_REPR_CHARS),
             repr_timeout=request.get("repr_timeout", DEFAULT_REPR_TIMEOUT),
             on_limit=abort, on_start=on_start,
+            module=request.get("module"), sys_path=request.get("sys_path"),
         )
     except MemoryError:
         abort("memory_limit", "MemoryError: out of memory (address-space limit)")

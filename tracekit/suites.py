@@ -1,0 +1,341 @@
+"""The `tests:DIR` source: function-level episodes cut from a project's own test suite.
+
+Each test file of the project is one `Suite`, run with pytest in a fresh sandbox over a copy
+of the project (`run_suite`; the child side is `tracer.suite`): every call of a function of
+the project's own source files can become an episode, a trace of that call as `tracekit
+trace` records the function called the same way (`tracer.episodes` says which calls and how
+callees are stepped into). `episode_rows` turns a suite's episodes into dataset rows: at most
+`per_function` per function over the whole build, the context (the function's file with the
+marker on its `def`, shortened past `max_context_tokens`), and a harness program where every
+argument's repr evaluates back. `--check-harness` traces each harness (`run_harness`) and
+keeps the episode only if the function's frames come out the same.
+
+Which files: test files are pytest's defaults (`test_*.py`, `*_test.py`); the project's own
+source files are every other `.py` file outside directories named tests/test/testing, hidden
+directories, virtual environments and build output, but conftest.py and setup.py. The import
+roots are `src/` (when there is one) and the project's directory, first on sys.path, so
+the project is importable from the copy without being installed.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from tracekit.sandbox import TraceOptions, run_lines
+from tracekit.tracer.constants import MARKER
+from tracekit.tracer.context import normalize_newlines
+
+TEST_DIRS = frozenset({"tests", "test", "testing"})
+SKIPPED_DIRS = frozenset({"__pycache__", "venv", "build", "dist", "node_modules",
+                          "site-packages"})
+NOT_SOURCES = frozenset({"conftest.py", "setup.py"})
+MAX_EPISODE_BYTES = 1 << 20  # CWM dropped traces over 1 MB (and over 10,000 events)
+
+
+@dataclass(frozen=True)
+class EpisodeOptions:
+    """How episodes are cut (the `tests:` options of `dataset build`). The defaults give
+    exactly `tracekit trace` of each call (every callee of the file stepped into); lower
+    `step_in` or `max_depth` for CWM-like episodes that step over some callees."""
+
+    per_function: int = 5  # episodes per function over the build, distinct arguments
+    step_in: float = 1.0  # probability of stepping into a callee of the same file
+    max_depth: int | None = None  # callees deeper than this below the entry are stepped over
+    max_context_tokens: int = 2048  # longer file contexts have other functions' bodies elided
+    check_harness: bool = False  # keep an episode only if its harness traces the same
+    timeout: float = 300.0  # seconds per test file (the sandbox kills a hung one)
+
+
+@dataclass(frozen=True)
+class Suite:
+    """One test file of a project: what one sandboxed pytest run covers."""
+
+    id: str  # "tests:PROJECT/TEST_FILE"
+    project: str  # the project's directory, absolute
+    test_file: str  # under the project
+    files: tuple[str, ...]  # the project's own source files, under the project
+    roots: tuple[str, ...]  # import roots under the project ("src", ".")
+    digest: str  # of every .py file of the project: a resumed build refuses a changed one
+    settings: EpisodeOptions = EpisodeOptions()
+
+
+@dataclass
+class SuiteResult:
+    episodes: list[dict] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+
+
+def tests_source(directory: str | Path, settings: EpisodeOptions = EpisodeOptions()
+                 ) -> list[Suite]:
+    """The suites of the project at `directory`, one per test file, in path order."""
+    from tracekit.sources import SourceError
+
+    project = Path(directory).resolve()
+    if not project.is_dir():
+        raise SourceError(f"tests:{directory}: no such directory (give a project's checkout)")
+    tests, sources = [], []
+    for path in _python_files(project):
+        relative = path.relative_to(project)
+        if _is_test_file(relative):
+            tests.append(relative.as_posix())
+        elif path.name not in NOT_SOURCES and not TEST_DIRS & set(relative.parts[:-1]):
+            sources.append(relative.as_posix())
+    if not tests:
+        raise SourceError(f"tests:{directory}: no test files (test_*.py or *_test.py) found")
+    if not sources:
+        raise SourceError(f"tests:{directory}: no source files outside the tests to cut "
+                          "episodes from")
+    digest = hashlib.sha256()
+    for relative in sorted(tests + sources):
+        digest.update(relative.encode() + b"\0" + (project / relative).read_bytes())
+    roots = tuple(r for r in ("src", ".") if (project / r).is_dir())
+    return [Suite(f"tests:{project.name}/{test}", str(project), test, tuple(sources), roots,
+                  digest.hexdigest()[:16], settings) for test in tests]
+
+
+def _python_files(project: Path):
+    for path in sorted(project.rglob("*.py")):
+        parts = path.relative_to(project).parts[:-1]
+        if not any(p.startswith(".") or p in SKIPPED_DIRS or p.endswith(".egg-info")
+                   for p in parts):
+            yield path
+
+
+def _is_test_file(relative: Path) -> bool:
+    name = relative.name
+    return name.startswith("test_") or name.endswith("_test.py")
+
+
+def run_suite(suite: Suite, options: TraceOptions) -> SuiteResult:
+    """Run one test file over a fresh copy of the project (nothing is written back) in the
+    sandbox, with the project's files visible read-only where it is installed editable."""
+    settings = suite.settings
+    options = replace(options, limits=replace(options.limits, timeout=settings.timeout))
+    with tempfile.TemporaryDirectory(prefix="tracekit-project-") as workdir:
+        copy = Path(workdir) / Path(suite.project).name
+        shutil.copytree(suite.project, copy, symlinks=True,
+                        ignore=shutil.ignore_patterns(".*", "__pycache__", "*.egg-info"))
+        files = {}
+        for base in (copy, Path(suite.project)):  # an editable install runs the original
+            files.update({str(base / f): f for f in suite.files})
+        request = {"kind": "suite", "project": str(copy), "test_file": suite.test_file,
+                   "roots": [str(copy / r) for r in suite.roots], "files": files,
+                   "per_function": settings.per_function, "step_in": settings.step_in,
+                   "max_depth": settings.max_depth}
+        lines, summary, _, stderr = run_lines(request, options, (suite.project,), str(copy))
+    if summary.get("status") not in ("ok", None) and not summary.get("error"):
+        summary["error"] = stderr.strip().splitlines()[-1][:300] if stderr.strip() else None
+    return SuiteResult([line["episode"] for line in lines], summary)
+
+
+@dataclass(frozen=True)
+class HarnessCheck:
+    """A harness program to trace: does the function's episode come out as recorded?"""
+
+    project: str
+    file: str
+    module: str
+    roots: tuple[str, ...]
+    key: tuple  # (file, first line, name): the function whose episode is compared
+    source: str
+    step_in: float
+    max_depth: int | None
+
+
+def run_harness(check: HarnessCheck, options: TraceOptions) -> SuiteResult:
+    project = Path(check.project)
+    request = {"kind": "harness", "source": check.source, "filename": str(project / check.file),
+               "module": check.module, "roots": [str(project / r) for r in check.roots],
+               "files": {str(project / check.file): check.file}, "wanted": list(check.key),
+               "per_function": 1, "step_in": check.step_in, "max_depth": check.max_depth}
+    lines, summary, _, _ = run_lines(request, options, (check.project,))
+    return SuiteResult([line["episode"] for line in lines], summary)
+
+
+def harness_verdict(episode: dict, result: SuiteResult) -> str | None:
+    """None when the harness traced the function as the episode recorded it, else why not."""
+    if not result.episodes:
+        status = result.summary.get("status")
+        return "no episode" if status == "ok" else status or "crashed"
+    again = result.episodes[0]
+    if again["status"] != episode["status"]:
+        return "status differs"
+    return None if _plain(again["frames"]) == _plain(episode["frames"]) else "frames differ"
+
+
+def _plain(frames: list) -> list:
+    return json.loads(json.dumps(frames))
+
+
+# ---------------------------------------------------------------------------------------------
+# Episodes into rows
+
+
+class FunctionIndex:
+    """The `def`s of one project file: qualified names, marked and shortened contexts."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.lines = source.split("\n")
+        self.tree = ast.parse(source)
+        self.defs: dict[tuple[int, str], tuple[str, ast.AST]] = {}
+        self._walk(self.tree.body, "")
+        self._contexts: dict = {}
+
+    def _walk(self, body, prefix: str) -> None:
+        for node in body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                first = min([d.lineno for d in node.decorator_list] + [node.lineno])
+                self.defs[(first, node.name)] = (prefix + node.name, node)
+                self._walk(node.body, f"{prefix}{node.name}.<locals>.")
+            elif isinstance(node, ast.ClassDef):
+                self._walk(node.body, f"{prefix}{node.name}.")
+            elif hasattr(node, "body"):  # if/try/with blocks at any level
+                for block in ("body", "orelse", "finalbody", "handlers"):
+                    self._walk(getattr(node, block, []) or [], prefix)
+
+    def context(self, node: ast.AST, touched: frozenset[int], budget: int
+                ) -> tuple[str, dict[int, int], bool]:
+        """The file with the marker on `node`'s def line; past `budget` tokens, the bodies of
+        functions no frame touched are elided to `...`. Returns the context, old line to new
+        line, and whether it fits the budget."""
+        full = self._contexts.get(node.lineno)
+        if full is None:
+            lines = list(self.lines)
+            lines[node.lineno - 1] += MARKER
+            text = "\n".join(lines)
+            full = self._contexts[node.lineno] = (text, _tokens(text) <= budget, lines)
+        if full[1]:
+            return full[0], {n: n for n in range(1, len(self.lines) + 1)}, True
+        cache_key = (node.lineno, touched)
+        if cache_key not in self._contexts:
+            self._contexts[cache_key] = self._shortened(full[2], node, touched, budget)
+        return self._contexts[cache_key]
+
+    def _shortened(self, lines: list[str], node, touched, budget):
+        elided = self._elided(touched | {node.lineno})
+        kept, line_map, n = [], {}, 1
+        while n <= len(lines):
+            if n in elided:
+                start_text = lines[n - 1]
+                kept.append(start_text[:len(start_text) - len(start_text.lstrip())] + "...")
+                n = elided[n] + 1
+                continue
+            kept.append(lines[n - 1])
+            line_map[n] = len(kept)
+            n += 1
+        short = "\n".join(kept)
+        return short, line_map, _tokens(short) <= budget
+
+    def _elided(self, touched: set[int]) -> dict[int, int]:
+        """First body line -> last line, for every function body no touched line is in."""
+        nodes = [node for _, node in self.defs.values()]
+        kept = [n for n in nodes if any(n.lineno <= t <= n.end_lineno for t in touched)]
+        ranges = {}
+        for node in nodes:
+            if node in kept or any(k.lineno <= node.lineno <= k.end_lineno for k in kept):
+                continue
+            first = node.body[0]
+            start = min([d.lineno for d in getattr(first, "decorator_list", [])]
+                        + [first.lineno])
+            if start > node.lineno and not any(s <= start <= e for s, e in ranges.items()):
+                ranges[start] = node.end_lineno
+        return ranges
+
+
+def _tokens(text: str) -> int:
+    from tracekit.tokenizer import cwm_tokenizer
+
+    return len(cwm_tokenizer().encode_plain(text))
+
+
+def call_text(qualname: str, params: list, args: dict, kind: str) -> str:
+    """The call of the function with the arguments' reprs, as the harness writes it."""
+    order = {"pos": 0, "var": 1, "kw": 2, "varkw": 3}
+    parts = []
+    for name, how in sorted(params, key=lambda p: order[p[1]]):
+        if name in args:
+            text = args[name]
+            parts.append({"pos": text, "var": f"*{text}", "kw": f"{name}={text}",
+                          "varkw": f"**{text}"}[how])
+    call = f"{qualname}({', '.join(parts)})"
+    return f"list({call})" if kind == "generator" else call
+
+
+def harness_program(source: str, call: str) -> str:
+    """The file's source and a CRUXEval-style entry that makes the call."""
+    return f"{source.rstrip()}\n\n\ndef main():{MARKER}\n    return {call}\n"
+
+
+def function_key(episode: dict) -> str:
+    return f"{episode['file']}:{episode['line']}:{episode['name']}"
+
+
+def episode_rows(suite: Suite, result: SuiteResult, seen: dict[str, list[str]],
+                 counts: dict[str, int]) -> list[tuple[dict, dict]]:
+    """(row, episode) for each of the suite's episodes kept: at most `per_function` per
+    function over the build (`seen`: function key -> the argument digests taken so far, kept
+    across shards), under MAX_EPISODE_BYTES of wire text; `counts` gets the others, by why."""
+    from tracekit.dataset import trace_row
+    from tracekit.sources import Program
+    from tracekit.trace import Frame, Trace
+
+    settings = suite.settings
+    evaluable = set(result.summary.get("harness", []))
+    python = result.summary.get("python", "")
+    indexes: dict[str, FunctionIndex | None] = {}
+    kept = []
+    for number, episode in enumerate(result.episodes):
+        key = function_key(episode)
+        digest = hashlib.sha256(json.dumps(episode["args"]).encode()).hexdigest()
+        taken = seen.setdefault(key, [])
+        if digest in taken or len(taken) >= settings.per_function:
+            _count(counts, "repeated arguments" if digest in taken else "past per_function")
+            continue
+        path = episode["file"]
+        if path not in indexes:
+            try:
+                text = (Path(suite.project) / path).read_bytes().decode("utf-8-sig")
+                indexes[path] = FunctionIndex(normalize_newlines(text))
+            except (OSError, UnicodeDecodeError, SyntaxError, ValueError):
+                indexes[path] = None
+        index = indexes[path]
+        found = index.defs.get((episode["line"], episode["name"])) if index else None
+        if found is None:
+            _count(counts, "no def found")
+            continue
+        qualname, node = found
+        touched = frozenset(f[1] for f in episode["frames"] if f[1])
+        context, line_map, fits = index.context(node, touched, settings.max_context_tokens)
+        if not fits:
+            _count(counts, "context over max_context_tokens (kept)")
+        frames = [Frame(e, line_map.get(n, n), text, state, arg, scope, depth)
+                  for e, n, text, state, arg, scope, depth in episode["frames"]]
+        call = call_text(qualname, episode["params"], episode["args"], episode["kind"])
+        standalone = (number in evaluable and "<locals>" not in qualname
+                      and episode["kind"] != "coroutine")
+        trace = Trace(context, qualname, call, frames, episode["status"], episode["error"],
+                      episode["return_value"], python)
+        program = Program(f"{path}::{qualname}::{digest[:8]}", context, call, qualname,
+                          suite.id)
+        row = trace_row(program, trace)
+        if len(row["cwm"].encode()) > MAX_EPISODE_BYTES:
+            _count(counts, "over 1 MB")
+            continue
+        taken.append(digest)
+        row.update(function=qualname, file=path, test=episode["test"],
+                   args=json.dumps(episode["args"]),
+                   harness=harness_program(index.source, call) if standalone else None,
+                   hash=int(hashlib.sha256(key.encode()).hexdigest()[:8], 16))
+        kept.append((row, episode))
+    return kept
+
+
+def _count(counts: dict[str, int], reason: str) -> None:
+    counts[reason] = counts.get(reason, 0) + 1

@@ -1,0 +1,182 @@
+"""The child side of the `tests:` source: `run_request` runs one test file of a project with
+pytest in this process (kind "suite"), or one harness program (kind "harness"), and records
+the episodes of the project's functions (`tracer.episodes`).
+
+The result pipe gets one JSON line per finished episode as soon as it ends, then a summary
+line; a run cut short (timeout, `os._exit`, a kill) keeps the episodes already written. The
+summary of a suite: pytest's exit code, the tests' outcomes, collection errors, the episodes
+dropped and why, the tests during which the program had replaced the trace function, whether
+another tracer (coverage) was active, and which episodes' arguments evaluate back to values
+with the same repr (`harness`: the episode numbers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+
+from .episodes import Collector
+from .run import _install_module
+from .values import Renderer
+from .worker import _apply_rlimits, _flush_and_exit
+
+
+class _Output:
+    """Lines to the result pipe, one writer at a time; `close` ends the process."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.lock = threading.Lock()
+        self.episodes = 0
+
+    def line(self, data: dict) -> None:
+        payload = memoryview(json.dumps(data).encode() + b"\n")
+        with self.lock:
+            while payload:
+                payload = payload[os.write(self.fd, payload):]
+
+    def episode(self, episode: dict) -> None:
+        self.line({"episode": episode})
+        self.episodes += 1
+
+    def close(self, summary: dict) -> None:
+        self.lock.acquire()  # held to the end: nothing is written after the summary
+        data = memoryview(json.dumps({"summary": summary}).encode() + b"\n")
+        while data:
+            data = data[os.write(self.fd, data):]
+        os.close(self.fd)
+        _flush_and_exit()
+
+
+def run_request(request: dict, result_fd: int) -> None:
+    """Run a "suite" or "harness" request and report on `result_fd`; never returns."""
+    import random
+
+    _apply_rlimits(request.get("limits", {}))
+    sys.stdin = open(os.devnull)
+    random.seed(request.get("seed", 0))
+    output = _Output(result_fd)
+    summary: dict = {"status": "ok", "python": ".".join(map(str, sys.version_info[:3]))}
+    timeout = request.get("timeout")
+    if timeout:
+        def watchdog():
+            threading.Event().wait(timeout)
+            output.close({**summary, "status": "timeout",
+                          "error": f"wall-clock timeout after {timeout:g}s"})
+
+        threading.Thread(target=watchdog, daemon=True).start()
+    sys.path[:0] = request.get("roots", [])
+    collector = Collector(
+        request["files"], output.episode,
+        Renderer(request.get("max_value_chars"), request["max_repr_chars"],
+                 request.get("repr_timeout")),
+        per_function=request["per_function"], step_in=request["step_in"],
+        max_depth=request.get("max_depth"), seed=request.get("seed", 0),
+        max_frames=request.get("max_frames"),
+        wanted=tuple(request["wanted"]) if request.get("wanted") else None)
+    summary["dropped"] = collector.dropped
+    try:
+        if request["kind"] == "suite":
+            _run_suite(request, collector, summary)
+        else:
+            _run_harness(request, collector, summary)
+    except MemoryError:
+        summary.update(status="memory_limit", error="MemoryError: out of memory")
+    output.close(summary)
+
+
+def _run_suite(request: dict, collector: Collector, summary: dict) -> None:
+    try:
+        import pytest
+    except ImportError:
+        summary.update(status="no_pytest", error=f"pytest is not installed in {sys.executable}")
+        return
+    plugin = _Plugin(collector, summary)
+    os.chdir(request["project"])
+    args = [request["test_file"], "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+            "--rootdir", request["project"]]
+    code = int(pytest.main(args, plugins=[plugin]))
+    summary["exit_code"] = code
+    summary["status"] = {0: "ok", 1: "ok", 2: "collection_error", 3: "internal_error",
+                         4: "usage_error", 5: "no_tests"}.get(code, "ok")
+    if summary["status"] != "ok" and not summary.get("error"):
+        summary["error"] = f"pytest exited with code {code}"
+
+
+class _Plugin:
+    """pytest hooks: each test (setup, call, teardown) is recorded under its node id."""
+
+    def __init__(self, collector: Collector, summary: dict):
+        self.collector, self.summary = collector, summary
+        self.outcomes = summary.setdefault("tests", {})
+        self.replaced = summary.setdefault("tracer_replaced", [])
+        self.recorded: list[tuple[str | None, dict]] = []
+        collector.emit = self._emit(collector.emit)
+
+    def _emit(self, emit):
+        def record(episode: dict) -> None:
+            self.recorded.append((episode["module"], episode["args"]))
+            emit(episode)
+        return record
+
+    def pytest_runtest_logstart(self, nodeid, location):
+        if sys.gettrace() is not None:
+            self.summary["other_tracer"] = True  # coverage or the like: restored after each test
+        self.collector.start(nodeid)
+
+    def pytest_runtest_logfinish(self, nodeid, location):
+        if not self.collector.stop():
+            self.replaced.append(nodeid)
+
+    def pytest_runtest_logreport(self, report):
+        if report.when == "call" or report.outcome != "passed":
+            outcome = report.outcome if report.when == "call" else f"{report.outcome} {report.when}"
+            self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+
+    def pytest_collectreport(self, report):
+        if report.outcome == "failed" and "error" not in self.summary:
+            lines = [line for line in str(report.longrepr).splitlines() if line.strip()]
+            errors = [line for line in lines if line.startswith("E ")]
+            self.summary["error"] = (errors[-1][1:].strip() if errors else
+                                     lines[-1] if lines else "collection failed")[:300]
+
+    def pytest_sessionfinish(self, session, exitstatus):
+        self.summary["harness"] = [i for i, (module, args) in enumerate(self.recorded)
+                                   if _evaluate_back(module, args)]
+
+
+def _run_harness(request: dict, collector: Collector, summary: dict) -> None:
+    """Run the harness program as its module and record the wanted function's episode."""
+    filename = request["filename"]
+    code = compile(request["source"], filename, "exec")
+    namespace, _ = _install_module(request["module"], filename, None)
+    try:
+        exec(code, namespace)
+    except BaseException as exc:  # the program's own module-level code
+        summary.update(status="setup_error", error=f"{type(exc).__name__}: {exc}")
+        return
+    collector.start("harness")
+    try:
+        namespace["main"]()
+    except BaseException:
+        pass  # the episode records the exception
+    finally:
+        collector.stop()
+
+
+def _evaluate_back(module: str | None, args: dict) -> bool:
+    """Whether every argument's text, evaluated in the function's module, gives a value
+    rendered as the same text."""
+    namespace = getattr(sys.modules.get(module or ""), "__dict__", None)
+    if namespace is None:
+        return False
+    renderer = Renderer(None, 1_000_000, None)
+    for text in args.values():
+        try:
+            if renderer.render(eval(text, dict(namespace))) != text:
+                return False
+        except BaseException:
+            return False
+    return True
