@@ -126,7 +126,7 @@ def _shards(items: list, shard_size: int) -> list[list]:
     """Consecutive items, `shard_size` programs or SUITE_SHARD suites to a shard."""
     shards: list[list] = []
     for item in items:
-        limit = SUITE_SHARD if isinstance(item, Suite) else shard_size
+        limit = min(SUITE_SHARD, shard_size) if isinstance(item, Suite) else shard_size
         last = shards[-1] if shards else None
         if last is None or len(last) >= limit or isinstance(last[0], Suite) != isinstance(
                 item, Suite):
@@ -200,9 +200,11 @@ def _add(stats: dict, group: str, name: str, n: int = 1) -> None:
 
 
 def _check_suites(manifest: dict) -> None:
-    """A tests: build in which no test file ran is an error, with the first reason."""
+    """A tests: build in which no test file ran and no episode was kept is an error, with
+    the first reason."""
     stats = manifest.get("suites")
-    if stats and not stats.get("test files", {}).get("ok"):
+    if stats and not stats.get("test files", {}).get("ok") and not stats.get(
+            "episodes", {}).get("kept"):
         first = next(iter(stats.get("errors", {}).items()), ("", "no test file ran"))
         raise BuildError(f"no test file of the project ran ({first[0]}: {first[1]}): "
                          "install the project's dependencies in the interpreter --python "
@@ -383,7 +385,8 @@ def trace_row(program: Program, trace: Trace) -> dict:
         "n_tokens": len(encode_segments(cwm_tokenizer(), segments)),  # the ids a model sees
         "return_value": trace.return_value,
         "expected": program.expected, "hash": digest,
-        "function": None, "file": None, "test": None, "args": None, "harness": None,
+        "function": None, "file": None, "module": None, "test": None, "args": None,
+        "harness": None,
     }
 
 
@@ -424,8 +427,9 @@ def _write_shard(path: Path, rows: list[dict]) -> None:
                         ("n_frames", pa.int32()), ("n_tokens", pa.int32()),
                         ("return_value", pa.string()), ("expected", pa.string()),
                         # the tests: source's episodes (null for other rows)
-                        ("function", pa.string()), ("file", pa.string()), ("test", pa.string()),
-                        ("args", pa.string()), ("harness", pa.string())])
+                        ("function", pa.string()), ("file", pa.string()),
+                        ("module", pa.string()), ("test", pa.string()), ("args", pa.string()),
+                        ("harness", pa.string())])
     table = pa.Table.from_pylist([{k: v for k, v in row.items() if k != "hash"}
                                   for row in rows], schema=schema)
     temporary = path.with_suffix(".tmp")

@@ -318,8 +318,8 @@ def episode_rows(suite: Suite, result: SuiteResult, seen: dict[str, list[str]],
         frames = [Frame(e, line_map.get(n, n), text, state, arg, scope, depth)
                   for e, n, text, state, arg, scope, depth in episode["frames"]]
         call = call_text(qualname, episode["params"], episode["args"], episode["kind"])
-        standalone = (number in evaluable and "<locals>" not in qualname
-                      and episode["kind"] != "coroutine")
+        standalone = ((number in evaluable or _literal(episode["args"]))
+                      and "<locals>" not in qualname and episode["kind"] != "coroutine")
         trace = Trace(context, qualname, call, frames, episode["status"], episode["error"],
                       episode["return_value"], python)
         program = Program(f"{path}::{qualname}::{digest[:8]}", context, call, qualname,
@@ -329,12 +329,21 @@ def episode_rows(suite: Suite, result: SuiteResult, seen: dict[str, list[str]],
             _count(counts, "over 1 MB")
             continue
         taken.append(digest)
-        row.update(function=qualname, file=path, test=episode["test"],
+        row.update(function=qualname, file=path, module=episode["module"], test=episode["test"],
                    args=json.dumps(episode["args"]),
                    harness=harness_program(index.source, call) if standalone else None,
                    hash=int(hashlib.sha256(key.encode()).hexdigest()[:8], 16))
         kept.append((row, episode))
     return kept
+
+
+def _literal(args: dict) -> bool:
+    """Whether every argument is a literal that evaluates back to the same repr (the child's
+    check at the end of the run covers the rest; a run cut short never gets to it)."""
+    try:
+        return all(repr(ast.literal_eval(text)) == text for text in args.values())
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return False
 
 
 def _count(counts: dict[str, int], reason: str) -> None:

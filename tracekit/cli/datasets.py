@@ -133,10 +133,33 @@ def build(specs, out, resume, workers, call, max_tokens, drop_failed, skip_bad_r
     except (sources.SourceError, datasets.BuildError) as exc:
         raise Failure("dataset", str(exc), EXIT_DATA) from None
     dropped = stats.get("filtered") or {}
-    click.echo(f"{stats['rows']} rows from {stats['programs']} programs in {out} "
+    if "suites" in stats:
+        for test_file, error in stats["suites"].get("errors", {}).items():
+            print_error("test file", f"{test_file}: {error}", "yellow")
+        click.echo(suites_line(stats["suites"]))
+    items = "programs and test files" if "suites" in stats else "programs"
+    click.echo(f"{stats['rows']} rows from {stats['programs']} {items} in {out} "
                f"({', '.join(f'{s} {n}' for s, n in sorted(stats['statuses'].items()))})"
                + (f"; dropped: {', '.join(f'{n} {DROPPED[why]}' for why, n in dropped.items())}"
                   if dropped else ""))
+
+
+def suites_line(suites: dict) -> str:
+    """One line of a tests: build's stats: test files, tests, episodes, harness checks."""
+    def counts(group: str) -> str:
+        return ", ".join(f"{k} {v}" for k, v in sorted(suites.get(group, {}).items()))
+
+    files = sum(suites.get("test files", {}).values())
+    parts = [f"tests: {files} test files ({counts('test files')})",
+             f"tests {counts('tests') or 'none ran'}", f"episodes {counts('episodes')}"]
+    for group in ("episodes dropped", "harness check"):
+        if suites.get(group):
+            parts.append(f"{group}: {counts(group)}")
+    if suites.get("tracer replaced in"):
+        parts.append(f"the suite replaced tracekit's tracer in {suites['tracer replaced in'][0]} "
+                     f"(and {len(suites['tracer replaced in']) - 1} more): its episodes there "
+                     "are missing")
+    return "; ".join(parts)
 
 
 DROPPED = {"failed": "failed (--drop-failed)", "max_tokens": "longer than --max-tokens",

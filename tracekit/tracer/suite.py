@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import threading
 
@@ -67,6 +68,9 @@ def run_request(request: dict, result_fd: int) -> None:
                           "error": f"wall-clock timeout after {timeout:g}s"})
 
         threading.Thread(target=watchdog, daemon=True).start()
+    if hasattr(signal, "SIGXCPU"):
+        signal.signal(signal.SIGXCPU, lambda *_: output.close(
+            {**summary, "status": "timeout", "error": "CPU time limit reached"}))
     sys.path[:0] = request.get("roots", [])
     collector = Collector(
         request["files"], output.episode,

@@ -1,0 +1,259 @@
+"""The tests: source: episodes cut from a project's own test suite, on a small project written
+for them (tests/fixtures/tinyproj: src layout, plain pytest tests, a unittest class, a
+parametrized test, a function called from many tests, recursion, methods, a generator, an
+exception, a callee in the same file, a relative import, a function reading a global one test
+changes) and on one whose test files misbehave (tests/fixtures/hostileproj)."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import needs_bwrap
+from tracekit import dataset, sources
+from tracekit.prompts import trace_text
+from tracekit.sandbox import Limits, TraceOptions, run_trace
+from tracekit.suites import EpisodeOptions
+from tracekit.trace import resolve_dots
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "tests" / "fixtures" / "tinyproj"
+HOSTILE = ROOT / "tests" / "fixtures" / "hostileproj"
+
+
+def build(tmp_path: Path, name: str, project: Path = TINY, **settings) -> list[dict]:
+    programs = sources.from_specs([f"tests:{project}"], episodes=EpisodeOptions(**settings))
+    dataset.build(programs, tmp_path / name, dataset.BuildOptions(), workers=2)
+    return dataset.load_rows(tmp_path / name)
+
+
+@pytest.fixture(scope="module")
+def tiny_rows(tmp_path_factory) -> list[dict]:
+    return build(tmp_path_factory.mktemp("tiny"), "default")
+
+
+def by_call(rows: list[dict]) -> dict[str, dict]:
+    return {row["call"]: row for row in rows}
+
+
+def test_each_episode_is_what_tracekit_trace_gives_for_that_call(tiny_rows):
+    """Every episode whose arguments evaluate back, traced again by `tracekit trace` (the
+    file with the marker, as its module, the project importable): the same CWM text, byte
+    for byte. The one episode of a function that read a global its test had changed is the
+    one that differs."""
+    calls = by_call(tiny_rows)
+    # what the project exercises is all there: recursion, a method, a generator, an exception,
+    # a callee of the same file, calls from a unittest class and a parametrized test
+    for call in ("fib(5)", "fib(4)", "Stack.push(Stack([1]), 2)",
+                 "list(chunks([1, 2, 3, 4, 5], 2))", "parse_pair('novalue')",
+                 "normalize('the')", "count_words('b a b c b a', 2)", "clamp(2, 0, 3)"):
+        assert call in calls, sorted(calls)
+    assert calls["parse_pair('novalue')"]["status"] == "raised"
+    assert calls["fib(5)"]["test"] == "tests/test_text.py::test_fib[5-5]"
+    assert calls["Stack.pop(Stack([1, 2]))"]["test"] == (
+        "tests/test_stack.py::StackTest::test_push_pop")
+    assert calls["Stack.push(Stack([1]), 2)"]["function"] == "Stack.push"
+    assert json.loads(calls["count_words('b a b c b a', 2)"]["args"]) == {
+        "text": "'b a b c b a'", "limit": "2"}
+    with_harness = [row for row in tiny_rows if row["harness"]]
+    assert len(with_harness) >= 18
+    differ = []
+    for row in with_harness:
+        trace = run_trace(row["context"], row["call"], None, TraceOptions(),
+                          str(TINY / row["file"]), row["module"], (str(TINY / "src"),))
+        assert trace.status in ("ok", "raised"), (row["call"], trace.error)
+        if trace_text(trace) != row["cwm"]:
+            differ.append(row["call"])
+    assert differ == ["split_fields('a;b ')"]
+    # Stack.__init__'s self has no repr yet (no items): no harness, the call still recorded
+    init = [row for row in tiny_rows if row["function"] == "Stack.__init__"]
+    assert init and all(row["harness"] is None for row in init)
+
+
+def test_the_harness_is_the_file_and_a_main_that_makes_the_call(tiny_rows):
+    row = by_call(tiny_rows)["fib(4)"]
+    source = (TINY / "src" / "tinyproj" / "text.py").read_text()
+    assert row["harness"] == (source.rstrip() + "\n\n\ndef main():  # << START_OF_TRACE\n"
+                                                "    return fib(4)\n")
+    assert row["module"] == "tinyproj.text" and row["file"] == "src/tinyproj/text.py"
+    trace = run_trace(row["harness"], None, None, TraceOptions(), str(TINY / row["file"]),
+                      row["module"], (str(TINY / "src"),))
+    assert trace.status == "ok" and trace.return_value == "3"
+
+
+def test_step_in_zero_steps_over_callees_and_keeps_the_callers_baseline(tiny_rows, tmp_path):
+    """Step-in 0: count_words's episode has no frame of normalize (its callee), its lambda's
+    frames stay (part of the function), and every other frame is the step-in 1 episode's,
+    values resolved. Max depth bounds how deep recursion is followed."""
+    over = by_call(build(tmp_path, "over", step_in=0.0))
+    full = by_call(tiny_rows)
+    call = "count_words('the cat and the hat', None)"
+    normalize = {"def normalize(word):\n", "    return word.strip(\"'\").lower()\n"}
+
+    def resolved(row, keep=lambda frame: True):
+        trace = dataset.row_trace(row)
+        states = resolve_dots(trace.frames)
+        return [(f.event, f.source, state, f.arg)
+                for f, state in zip(trace.frames, states) if keep(f)]
+
+    stepped_over = resolved(over[call])
+    assert not any(source in normalize for _, source, _, _ in stepped_over)
+    assert stepped_over == resolved(full[call], lambda f: f.source not in normalize)
+    # after the stepped-over call the caller's baseline holds ("raw" unchanged is ".."); after
+    # a callee stepped into, the caller's next frame is written in full
+    for row, raw in ((over[call], '".."'), (full[call], "\"'the'\"")):
+        frames = dataset.row_trace(row).frames
+        calling = next(i for i, f in enumerate(frames) if "normalize(raw)" in f.source)
+        after = next(f for f in frames[calling + 1:] if f.source == "        if word:\n")
+        assert json.dumps(after.locals["raw"]) == raw
+    limited = "count_words('b a b c b a', 2)"
+    assert any("lambda kv" in f[1] and f[0] == "call" for f in resolved(over[limited]))
+
+    shallow = by_call(build(tmp_path, "shallow", max_depth=1))
+    calls = [f for f in dataset.row_trace(shallow["fib(5)"]).frames if f.event == "call"]
+    assert len(calls) == 3  # fib(5), and fib(4) and fib(3) one level down, no deeper
+    entry_only = by_call(build(tmp_path, "flat", max_depth=0))
+    assert [f.event for f in dataset.row_trace(entry_only["fib(5)"]).frames].count("call") == 1
+
+
+def test_per_function_caps_the_episodes_of_each_function(tmp_path):
+    rows = build(tmp_path, "two", per_function=2)
+    functions: dict[str, list] = {}
+    for row in rows:
+        functions.setdefault(f"{row['file']}:{row['function']}", []).append(row["args"])
+    assert functions["src/tinyproj/text.py:normalize"] == [
+        json.dumps({"word": "'x'"}), json.dumps({"word": "'y'"})]  # first met, file order
+    assert all(len(args) <= 2 and len(set(args)) == len(args) for args in functions.values())
+    assert len(functions["src/tinyproj/text.py:fib"]) == 2
+
+
+def test_check_harness_keeps_pure_functions_and_drops_one_that_read_a_changed_global(tmp_path):
+    programs = sources.from_specs([f"tests:{TINY}"], episodes=EpisodeOptions(check_harness=True))
+    stats = dataset.build(programs, tmp_path / "checked", dataset.BuildOptions(), workers=2)
+    rows = by_call(dataset.load_rows(tmp_path / "checked"))
+    assert "split_fields('a, b')" in rows and "split_fields('a;b ')" not in rows
+    assert all(row["harness"] for row in rows.values())
+    checks = stats["suites"]["harness check"]
+    assert checks["frames differ"] == 1 and checks["no harness"] == 2  # Stack.__init__ twice
+    assert checks["passed"] == len(rows) >= 18
+
+
+def test_a_build_is_deterministic_and_resumes_after_sigkill_to_the_same_rows(tmp_path):
+    command = [sys.executable, "-m", "tracekit.cli", "dataset", "build", f"tests:{TINY}",
+               "--shard-size", "1", "--workers", "2", "--step-in", "0.5"]
+    whole = tmp_path / "whole"
+    subprocess.run([*command, "-o", str(whole)], check=True, cwd=ROOT, capture_output=True)
+    again = tmp_path / "again"
+    subprocess.run([*command, "-o", str(again)], check=True, cwd=ROOT, capture_output=True)
+    assert dataset.load_rows(again) == dataset.load_rows(whole)
+    killed = tmp_path / "killed"
+    for point in ("traced:1", "written:2"):
+        proc = subprocess.run([*command, "-o", str(killed), "--resume"], cwd=ROOT,
+                              capture_output=True, env={**os.environ, "TRACEKIT_KILL_AT": point})
+        assert proc.returncode == -signal.SIGKILL, (point, proc.stderr[-500:])
+    subprocess.run([*command, "-o", str(killed), "--resume"], check=True, cwd=ROOT,
+                   capture_output=True)
+    assert dataset.load_rows(killed) == dataset.load_rows(whole)
+    assert json.loads((killed / "stats.json").read_text())["suites"] == json.loads(
+        (whole / "stats.json").read_text())["suites"]
+
+
+def test_long_files_are_shortened_around_what_the_episode_ran(tmp_path):
+    rows = build(tmp_path, "short", max_context_tokens=150)
+    source = (TINY / "src" / "tinyproj" / "text.py").read_text()
+    row = by_call(rows)["fib(5)"]
+    context = row["context"]
+    ast.parse(context)
+    assert len(context.splitlines()) < len(source.splitlines())
+    assert "def fib(n):  # << START_OF_TRACE\n" in context and "import re" in context
+    assert "class Stack:\n    def __init__(self, items=()):\n        ...\n" in context
+    lines = context.replace("  # << START_OF_TRACE", "").split("\n")
+    for frame in dataset.row_trace(row).frames:
+        assert lines[frame.lineno - 1] + "\n" == frame.source
+
+
+def project_hash(project: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(project.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest.update(str(path.relative_to(project)).encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def test_hostile_test_files_are_contained_and_the_others_episodes_kept(tmp_path):
+    """A test that forks, loops forever, writes into the project, opens the network, calls
+    os._exit or sets its own tracer: each ends in one line, nothing of the project changes,
+    and every episode recorded before a file went wrong is kept."""
+    needs_bwrap()
+    before = project_hash(HOSTILE)
+    command = [sys.executable, "-m", "tracekit.cli", "dataset", "build", f"tests:{HOSTILE}",
+               "-o", str(tmp_path / "out"), "--timeout", "5", "--workers", "2",
+               "--per-function", "10"]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-800:]
+    assert project_hash(HOSTILE) == before
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("test file:")]
+    assert sorted(line.split()[2] for line in errors) == [
+        "tests/test_exit.py:", "tests/test_loop.py:"], proc.stderr
+    assert "crashed: the process exited with code 3" in proc.stderr
+    assert "tests/test_loop.py: timeout: " in proc.stderr
+    assert "replaced tracekit's tracer in tests/test_tracer.py::test_sets_its_own_tracer" in (
+        proc.stdout)
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())["suites"]
+    assert stats["tests"] == {"passed": 5}  # fine, fork, write, network (not reached), tracer
+    assert stats["episodes dropped"]["over 10,000 events"] == 1  # spin()
+    rows = dataset.load_rows(tmp_path / "out")
+    assert sorted(row["call"] for row in rows) == [
+        "double(2)", "double(3)", "double(4)", "double(5)", "double(7)", "double(9)"]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tracekit.cli", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_what_a_build_cannot_use_is_one_line_and_exit_8(tmp_path):
+    missing = run_cli("dataset", "build", f"tests:{tmp_path / 'nowhere'}", "-o",
+                      str(tmp_path / "a"))
+    assert missing.returncode == 8 and "no such directory" in missing.stderr
+    (tmp_path / "empty" / "pkg").mkdir(parents=True)
+    (tmp_path / "empty" / "pkg" / "m.py").write_text("def f():\n    return 1\n")
+    no_tests = run_cli("dataset", "build", f"tests:{tmp_path / 'empty'}", "-o",
+                       str(tmp_path / "b"))
+    assert no_tests.returncode == 8 and "no test files" in no_tests.stderr
+    bare = tmp_path / "bare"  # an interpreter without pytest
+    venv.create(bare, with_pip=False)
+    no_pytest = run_cli("dataset", "build", f"tests:{TINY}", "-o", str(tmp_path / "c"),
+                        "--python", str(bare / "bin" / "python"))
+    assert no_pytest.returncode == 8, no_pytest.stderr
+    assert "pytest is not installed in" in no_pytest.stderr
+    assert len(no_pytest.stderr.strip().splitlines()[-1]) > 40  # one line, saying what to do
+    broken = tmp_path / "broken"
+    (broken / "tests").mkdir(parents=True)
+    (broken / "lib.py").write_text("import not_a_module_anywhere\n\ndef f():\n    return 1\n")
+    (broken / "tests" / "test_lib.py").write_text("import lib\n\ndef test_f():\n    "
+                                                  "assert lib.f() == 1\n")
+    no_import = run_cli("dataset", "build", f"tests:{broken}", "-o", str(tmp_path / "d"))
+    assert no_import.returncode == 8
+    assert "No module named 'not_a_module_anywhere'" in no_import.stderr.splitlines()[-1]
+
+
+def test_a_suite_that_runs_long_is_killed_at_the_timeout(tmp_path):
+    """--timeout is per test file: the loop's file ends at it, with its process group."""
+    needs_bwrap()
+    programs = [s for s in sources.from_specs([f"tests:{HOSTILE}"],
+                                              episodes=EpisodeOptions(timeout=2))
+                if s.test_file == "tests/test_loop.py"]
+    options = dataset.BuildOptions(TraceOptions(limits=Limits(timeout=2)))
+    stats = dataset.build(programs, tmp_path / "loop", options, workers=1)
+    assert stats["suites"]["test files"] == {"timeout": 1}
+    assert [row["call"] for row in dataset.load_rows(tmp_path / "loop")] == ["double(5)"]
