@@ -257,3 +257,24 @@ def test_a_suite_that_runs_long_is_killed_at_the_timeout(tmp_path):
     stats = dataset.build(programs, tmp_path / "loop", options, workers=1)
     assert stats["suites"]["test files"] == {"timeout": 1}
     assert [row["call"] for row in dataset.load_rows(tmp_path / "loop")] == ["double(5)"]
+
+
+def test_doctest_examples_become_programs_with_their_expected_output(tmp_path):
+    """Each example that calls the module's own code is the module plus a main returning it,
+    run as its module (text.py's relative import resolves); the traced value is the
+    example's expected output. A module name is found as Python finds it."""
+    programs = list(sources.from_specs([f"doctest:{TINY / 'src'}"]))
+    assert [(p.id, p.expected) for p in programs] == [
+        ("tinyproj/text.py:16", "{'a': 2, 'b': 1}"), ("tinyproj/text.py:32", "8"),
+        ("tinyproj/util.py:4", "5"), ("tinyproj/util.py:6", "0")]
+    assert programs[0].source.endswith("def main():  # << START_OF_TRACE\n"
+                                       "    return count_words(\"a b a\")\n")
+    assert programs[0].module == "tinyproj.text"
+    stats = dataset.build(programs, tmp_path / "doc", dataset.BuildOptions(), workers=2)
+    rows = dataset.load_rows(tmp_path / "doc")
+    assert stats["statuses"] == {"ok": 4}
+    assert [row["return_value"] for row in rows] == [row["expected"] for row in rows]
+    fractions = list(sources.from_specs(["doctest:fractions"]))
+    assert len(fractions) >= 5 and all(p.module == "fractions" for p in fractions)
+    with pytest.raises(sources.SourceError, match="no such file, directory or pure-Python"):
+        list(sources.from_specs(["doctest:not_a_module_anywhere"]))

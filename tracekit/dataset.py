@@ -263,8 +263,10 @@ class _Tracers:
             return suites.run_suite(program, self.tracing)
         if isinstance(program, HarnessCheck):
             return suites.run_harness(program, self.tracing)
-        if not self.warm:
-            return sandbox.run_trace(program.source, program.call, program.entry, self.tracing)
+        if not self.warm or program.sys_path:  # a warm sandbox binds no project's files
+            return sandbox.run_trace(program.source, program.call, program.entry, self.tracing,
+                                     program.origin or "<tracekit>", program.module,
+                                     program.sys_path)
         warm = getattr(self.local, "sandbox", None)
         if warm is None:
             try:

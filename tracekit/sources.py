@@ -45,6 +45,8 @@ class Program:
     entry: str | None = None  # None: the def marked in `source`
     origin: str = ""  # the file, dataset row or generator it came from
     expected: str | None = None  # the expected return value's repr, when the source has one
+    module: str | None = None  # run as this module (default __main__): a project's own file
+    sys_path: tuple[str, ...] = ()  # import roots first on sys.path, visible in the sandbox
 
 
 class SourceError(Exception):
@@ -206,7 +208,8 @@ def methods(count: int, seed: int = 0) -> Iterator[Program]:
 def from_specs(specs: list[str] | tuple[str, ...], call: str | None = None,
                size: int = 4, on_bad_row: Callable[[str], None] | None = None,
                episodes=None) -> Iterator[Program]:
-    """Programs from command-line source specs: `tests:DIR` (each test file of the project
+    """Programs from command-line source specs: `doctest:PATH_OR_MODULE` (docstring
+    examples, tracekit.doctests), `tests:DIR` (each test file of the project
     at DIR, a `tracekit.suites.Suite` cut into episodes as `episodes`, an EpisodeOptions,
     says), FILE.py or DIR (`call` for their entries),
     FILE.jsonl (CRUXEval rows recognised by their fields; bad rows as `jsonl` says),
@@ -215,7 +218,11 @@ def from_specs(specs: list[str] | tuple[str, ...], call: str | None = None,
     `loops:COUNT[:SEED]` (those of them whose loops the arguments bound),
     `methods:COUNT[:SEED]` (short chains of str/list/dict methods, tracekit.method_programs)."""
     for spec in specs:
-        if spec.startswith("tests:"):
+        if spec.startswith("doctest:"):
+            from tracekit.doctests import doctest_source
+
+            yield from doctest_source(spec.removeprefix("doctest:"))
+        elif spec.startswith("tests:"):
             from tracekit.suites import EpisodeOptions, tests_source
 
             yield from tests_source(spec.removeprefix("tests:") or ".",
