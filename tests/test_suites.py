@@ -168,17 +168,20 @@ def test_a_build_is_deterministic_and_resumes_after_sigkill_to_the_same_rows(tmp
 
 
 def test_long_files_are_shortened_around_what_the_episode_ran(tmp_path):
-    rows = build(tmp_path, "short", max_context_tokens=150)
+    """Past --max-context-tokens the bodies of functions the episode did not run become
+    `...`; further past it those functions go whole (a run of them one `...`), and long
+    module-level statements too. The frames' lines point into the shortened context."""
     source = (TINY / "src" / "tinyproj" / "text.py").read_text()
-    row = by_call(rows)["fib(5)"]
-    context = row["context"]
-    ast.parse(context)
-    assert len(context.splitlines()) < len(source.splitlines())
-    assert "def fib(n):  # << START_OF_TRACE\n" in context and "import re" in context
-    assert "class Stack:\n    def __init__(self, items=()):\n        ...\n" in context
-    lines = context.replace("  # << START_OF_TRACE", "").split("\n")
-    for frame in dataset.row_trace(row).frames:
-        assert lines[frame.lineno - 1] + "\n" == frame.source
+    for budget, kept in ((300, "class Stack:\n    def __init__(self, items=()):\n        ...\n"),
+                         (120, "\n\n...\n\nclass Stack:\n    ...")):
+        row = by_call(build(tmp_path, f"short{budget}", max_context_tokens=budget))["fib(5)"]
+        context = row["context"]
+        ast.parse(context)
+        assert len(context.splitlines()) < len(source.splitlines()) and kept in context
+        assert "def fib(n):  # << START_OF_TRACE\n" in context and "import re" in context
+        lines = context.replace("  # << START_OF_TRACE", "").split("\n")
+        for frame in dataset.row_trace(row).frames:
+            assert lines[frame.lineno - 1] + "\n" == frame.source
 
 
 def project_hash(project: Path) -> str:

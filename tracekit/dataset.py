@@ -157,9 +157,9 @@ def _suite_rows(suite: Suite, result: SuiteResult, repeatable: bool, manifest: d
     if summary.get("other_tracer"):
         _add(stats, "other tracer active in", "test files")
     dropped = stats.setdefault("episodes dropped", {})
+    reasons = {"frame_limit": "over 10,000 events", "byte_limit": "over 1 MB"}
     for reason, n in summary.get("dropped", {}).items():
-        _add(stats, "episodes dropped", {"frame_limit": "over 10,000 events"}.get(reason, reason),
-             n)
+        _add(stats, "episodes dropped", reasons.get(reason, reason), n)
     if not repeatable:
         _add(stats, "episodes dropped", "nondeterministic", len(result.episodes))
         return []

@@ -20,6 +20,7 @@ the project is importable from the copy without being installed.
 from __future__ import annotations
 
 import ast
+import bisect
 import hashlib
 import json
 import shutil
@@ -28,14 +29,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tracekit.sandbox import TraceOptions, run_lines
-from tracekit.tracer.constants import MARKER
+from tracekit.tracer.constants import MARKER, MAX_EPISODE_BYTES
 from tracekit.tracer.context import normalize_newlines
 
 TEST_DIRS = frozenset({"tests", "test", "testing"})
 SKIPPED_DIRS = frozenset({"__pycache__", "venv", "build", "dist", "node_modules",
                           "site-packages"})
 NOT_SOURCES = frozenset({"conftest.py", "setup.py"})
-MAX_EPISODE_BYTES = 1 << 20  # CWM dropped traces over 1 MB (and over 10,000 events)
 
 
 @dataclass(frozen=True)
@@ -178,7 +178,13 @@ def _plain(frames: list) -> list:
 
 
 class FunctionIndex:
-    """The `def`s of one project file: qualified names, marked and shortened contexts."""
+    """The `def`s of one project file: qualified names, marked and shortened contexts.
+
+    A context's length is estimated as the sum of its lines' CWM tokens (each line counted
+    once per file): 1-3% over the exact count on the files measured, never under. Past the
+    budget, the bodies of the functions no frame of the episode is in become `...` (their
+    signatures, the imports, class headers and other module-level code stay); still past it,
+    those functions go whole, each run of them one `...` line."""
 
     def __init__(self, source: str):
         self.source = source
@@ -186,6 +192,8 @@ class FunctionIndex:
         self.tree = ast.parse(source)
         self.defs: dict[tuple[int, str], tuple[str, ast.AST]] = {}
         self._walk(self.tree.body, "")
+        self.nodes = sorted((node for _, node in self.defs.values()), key=lambda n: n.lineno)
+        self._line_tokens: dict[str, int] = {}
         self._contexts: dict = {}
 
     def _walk(self, body, prefix: str) -> None:
@@ -200,59 +208,110 @@ class FunctionIndex:
                 for block in ("body", "orelse", "finalbody", "handlers"):
                     self._walk(getattr(node, block, []) or [], prefix)
 
+    def tokens(self, lines: list[str]) -> int:
+        from tracekit.tokenizer import cwm_tokenizer
+
+        total, cache = 0, self._line_tokens
+        for line in lines:
+            n = cache.get(line)
+            if n is None:
+                n = cache[line] = len(cwm_tokenizer().encode_plain(line + "\n"))
+            total += n
+        return total
+
     def context(self, node: ast.AST, touched: frozenset[int], budget: int
                 ) -> tuple[str, dict[int, int], bool]:
-        """The file with the marker on `node`'s def line; past `budget` tokens, the bodies of
-        functions no frame touched are elided to `...`. Returns the context, old line to new
+        """The file with the marker on `node`'s def line, shortened past `budget` tokens
+        around the functions `touched` lines are in. Returns the context, old line to new
         line, and whether it fits the budget."""
-        full = self._contexts.get(node.lineno)
-        if full is None:
-            lines = list(self.lines)
-            lines[node.lineno - 1] += MARKER
-            text = "\n".join(lines)
-            full = self._contexts[node.lineno] = (text, _tokens(text) <= budget, lines)
-        if full[1]:
-            return full[0], {n: n for n in range(1, len(self.lines) + 1)}, True
-        cache_key = (node.lineno, touched)
-        if cache_key not in self._contexts:
-            self._contexts[cache_key] = self._shortened(full[2], node, touched, budget)
-        return self._contexts[cache_key]
+        lines = list(self.lines)
+        lines[node.lineno - 1] += MARKER
+        if (node.lineno, budget) not in self._contexts:
+            self._contexts[node.lineno, budget] = self.tokens(lines) <= budget
+        if self._contexts[node.lineno, budget]:
+            return "\n".join(lines), {n: n for n in range(1, len(lines) + 1)}, True
+        key = (node.lineno, touched, budget)
+        if key not in self._contexts:
+            kept = self._kept(touched | {node.lineno})
+            for whole in (False, True):
+                text_lines, line_map = self._elide(lines, kept, touched, whole)
+                fits = self.tokens(text_lines) <= budget
+                if fits:
+                    break
+            self._contexts[key] = ("\n".join(text_lines), line_map, fits)
+        return self._contexts[key]
 
-    def _shortened(self, lines: list[str], node, touched, budget):
-        elided = self._elided(touched | {node.lineno})
-        kept, line_map, n = [], {}, 1
+    def _kept(self, touched: set[int]) -> list[ast.AST]:
+        """The functions a touched line is in (and those around them)."""
+        lines = sorted(touched)
+        kept = []
+        for node in self.nodes:
+            i = bisect.bisect_left(lines, node.lineno)
+            if i < len(lines) and lines[i] <= node.end_lineno:
+                kept.append(node)
+        return kept
+
+    def _elide(self, lines: list[str], kept: list[ast.AST], touched: frozenset[int],
+               whole: bool) -> tuple[list[str], dict[int, int]]:
+        """`lines` with every function outside `kept` (and not inside one) cut to `...`:
+        its body, or with `whole` all of it and every module- or class-level statement of
+        three lines or more (`NAME = ...` for an assignment), a run of cuts one line."""
+        cuts: dict[int, tuple[int, str]] = {}  # first line cut -> (last line, what stays)
+        last_end = 0
+        for node in self.nodes:
+            if node.lineno <= last_end or node in kept or any(
+                    k.lineno <= node.lineno <= k.end_lineno for k in kept):
+                continue
+            if whole:
+                start = min([d.lineno for d in node.decorator_list] + [node.lineno])
+            else:
+                first = node.body[0]
+                start = min([d.lineno for d in getattr(first, "decorator_list", [])]
+                            + [first.lineno])
+                if start == node.lineno:
+                    continue  # a one-line def
+            cuts[start] = (node.end_lineno, _indent(lines[start - 1]) + "...")
+            last_end = node.end_lineno
+        if whole:
+            for node in self._long_statements(self.tree.body, kept, touched):
+                target = node.targets[0] if isinstance(node, ast.Assign) else None
+                name = f"{target.id} = " if isinstance(target, ast.Name) else ""
+                cuts[node.lineno] = (node.end_lineno,
+                                     f"{_indent(lines[node.lineno - 1])}{name}...")
+        out: list[str] = []
+        line_map: dict[int, int] = {}
+        n = 1
         while n <= len(lines):
-            if n in elided:
-                start_text = lines[n - 1]
-                kept.append(start_text[:len(start_text) - len(start_text.lstrip())] + "...")
-                n = elided[n] + 1
+            if n in cuts:
+                n, placeholder = cuts[n][0] + 1, cuts[n][1]
+                if not (whole and out and out[-1] == placeholder):
+                    out.append(placeholder)
+                if whole:  # blank lines between cuts go with them; one stays before code
+                    while n <= len(lines) and not lines[n - 1].strip():
+                        n += 1
+                    if n <= len(lines) and n not in cuts:
+                        out.append("")
                 continue
-            kept.append(lines[n - 1])
-            line_map[n] = len(kept)
+            out.append(lines[n - 1])
+            line_map[n] = len(out)
             n += 1
-        short = "\n".join(kept)
-        return short, line_map, _tokens(short) <= budget
+        return out, line_map
 
-    def _elided(self, touched: set[int]) -> dict[int, int]:
-        """First body line -> last line, for every function body no touched line is in."""
-        nodes = [node for _, node in self.defs.values()]
-        kept = [n for n in nodes if any(n.lineno <= t <= n.end_lineno for t in touched)]
-        ranges = {}
-        for node in nodes:
-            if node in kept or any(k.lineno <= node.lineno <= k.end_lineno for k in kept):
-                continue
-            first = node.body[0]
-            start = min([d.lineno for d in getattr(first, "decorator_list", [])]
-                        + [first.lineno])
-            if start > node.lineno and not any(s <= start <= e for s, e in ranges.items()):
-                ranges[start] = node.end_lineno
-        return ranges
+    def _long_statements(self, body: list, kept: list[ast.AST], touched: frozenset[int]):
+        """Statements of three lines or more at module or class level, not imports or
+        definitions, with no kept function or line run in them (class bodies too)."""
+        for node in body:
+            if isinstance(node, ast.ClassDef):
+                yield from self._long_statements(node.body, kept, touched)
+            elif (isinstance(node, (ast.Assign, ast.AnnAssign, ast.Expr))
+                  and node.end_lineno - node.lineno >= 2
+                  and not any(node.lineno <= k.lineno <= node.end_lineno for k in kept)
+                  and not any(node.lineno <= t <= node.end_lineno for t in touched)):
+                yield node
 
 
-def _tokens(text: str) -> int:
-    from tracekit.tokenizer import cwm_tokenizer
-
-    return len(cwm_tokenizer().encode_plain(text))
+def _indent(line: str) -> str:
+    return line[:len(line) - len(line.lstrip())]
 
 
 def call_text(qualname: str, params: list, args: dict, kind: str) -> str:
@@ -282,6 +341,7 @@ def episode_rows(suite: Suite, result: SuiteResult, seen: dict[str, list[str]],
     """(row, episode) for each of the suite's episodes kept: at most `per_function` per
     function over the build (`seen`: function key -> the argument digests taken so far, kept
     across shards), under MAX_EPISODE_BYTES of wire text; `counts` gets the others, by why."""
+    from tracekit.cwm import prompt_text
     from tracekit.dataset import trace_row
     from tracekit.sources import Program
     from tracekit.trace import Frame, Trace
@@ -313,21 +373,23 @@ def episode_rows(suite: Suite, result: SuiteResult, seen: dict[str, list[str]],
         qualname, node = found
         touched = frozenset(f[1] for f in episode["frames"] if f[1])
         context, line_map, fits = index.context(node, touched, settings.max_context_tokens)
+        if not touched <= line_map.keys():  # a line run was cut: never, but if so, the file
+            context, line_map, fits = index.context(node, touched, 1 << 62)
         if not fits:
             _count(counts, "context over max_context_tokens (kept)")
-        frames = [Frame(e, line_map.get(n, n), text, state, arg, scope, depth)
+        frames = [Frame(e, line_map[n] if n else n, text, state, arg, scope, depth)
                   for e, n, text, state, arg, scope, depth in episode["frames"]]
         call = call_text(qualname, episode["params"], episode["args"], episode["kind"])
         standalone = ((number in evaluable or _literal(episode["args"]))
                       and "<locals>" not in qualname and episode["kind"] != "coroutine")
         trace = Trace(context, qualname, call, frames, episode["status"], episode["error"],
                       episode["return_value"], python)
+        if len(prompt_text(context, frames, end=trace.complete).encode()) > MAX_EPISODE_BYTES:
+            _count(counts, "over 1 MB")  # before the row's tokens are counted
+            continue
         program = Program(f"{path}::{qualname}::{digest[:8]}", context, call, qualname,
                           suite.id)
         row = trace_row(program, trace)
-        if len(row["cwm"].encode()) > MAX_EPISODE_BYTES:
-            _count(counts, "over 1 MB")
-            continue
         taken.append(digest)
         row.update(function=qualname, file=path, module=episode["module"], test=episode["test"],
                    args=json.dumps(episode["args"]),

@@ -11,6 +11,7 @@ TOO_LARGE_PLACEHOLDER = "<tracekit: repr too large: {} chars>"
 TRUNCATED_MARKER = "...<tracekit: {} more chars>"
 
 DEFAULT_MAX_FRAMES = 10_000
+MAX_EPISODE_BYTES = 1 << 20  # CWM dropped traces over 1 MB of text (and over 10,000 events)
 DEFAULT_MAX_REPR_CHARS = 1_000_000
 DEFAULT_REPR_TIMEOUT = 1.0
 

@@ -19,7 +19,9 @@ of project functions nest, so several episodes record at once; each keeps its ow
   a generator seeded by (seed, function, arguments), so a harness that calls the function the
   same way makes the same ones.
 - An episode ends at its entry frame's final return; one that reaches `max_frames` is dropped
-  (`dropped["frame_limit"]`), one still running when its test ends too (`"unfinished"`).
+  (`dropped["frame_limit"]`), one whose frames' text passes MAX_EPISODE_BYTES too
+  (`"byte_limit"`: counted as it records, values and actions only, so the wire text is
+  longer still), and one still running when its test ends (`"unfinished"`).
 
 Stdlib only, like the rest of the tracer: it runs inside the traced interpreter.
 """
@@ -31,8 +33,9 @@ import random
 import sys
 import tokenize
 
-from .recorder import _GENERATOR_FLAGS, Recorder, _fresh_generator, _StopTracing
+from .constants import MAX_EPISODE_BYTES
 from .context import source_lines
+from .recorder import _GENERATOR_FLAGS, Recorder, _fresh_generator, _StopTracing
 from .values import Renderer
 
 MAX_CANDIDATES = 1000  # calls of one function looked at in one run (rendering their arguments)
@@ -57,6 +60,20 @@ class Episode(Recorder):
         self.rng: random.Random | None = None  # made once the arguments are known
         self.skipping = None  # the callee being stepped over, until this episode's next event
         self.entry_frame = frame
+        self.size, self.sized = 0, 0  # text of frames[:sized], counted so far
+
+    def count_size(self) -> None:
+        """Add the new frames' text; past MAX_EPISODE_BYTES the episode stops (dropped)."""
+        frames, size = self.frames, self.size
+        for frame in frames[self.sized:]:
+            size += len(frame[2]) + len(frame[4] or "")
+            if frame[3]:
+                for value in frame[3].values():
+                    size += len(value)
+        self.size, self.sized = size, len(frames)
+        if size > MAX_EPISODE_BYTES:
+            self.limit = ("byte_limit", f"over {MAX_EPISODE_BYTES} bytes")
+            self._stop()
 
     def begin(self) -> bool:
         """Record the entry's call frame; False when that already failed."""
@@ -265,6 +282,8 @@ class _FrameTrace:
                 episode.local_trace(frame, event, arg)
             except _StopTracing:
                 pass
+            if not episode.done:
+                episode.count_size()
             if episode.done:
                 self.collector._finish(episode)
             else:
