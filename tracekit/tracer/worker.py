@@ -20,21 +20,23 @@ from .run import trace_source
 
 
 def main(argv: list[str]) -> None:
-    if argv[1:] == ["--serve"]:
-        _serve_main()
+    if argv[1:2] == ["--serve"]:
+        _serve_main(pytest="--pytest" in argv)
         return
     result_fd = int(argv[1])
     request = json.loads(sys.stdin.read())
-    if request.get("kind") in ("suite", "harness"):
-        from .suite import run_request
-
-        run_request(request, result_fd)
     _run_request(request, result_fd)
 
 
 def _run_request(request: dict, result_fd: int) -> None:
-    """Trace one request in this process and write the result to `result_fd`; never returns."""
+    """Trace one request in this process and write the result to `result_fd`; never returns.
+    A test file's run or a harness (kinds "suite", "harness") goes to `tracer.suite`."""
     import random
+
+    if request.get("kind") in ("suite", "harness"):
+        from .suite import run_request
+
+        run_request(request, result_fd)
 
     _apply_rlimits(request.get("limits", {}))
     sys.stdin = open(os.devnull)
@@ -142,23 +144,24 @@ def _flush_and_exit() -> None:
 # in /tmp, so programs cannot reach their neighbours.
 
 
-def _serve_main() -> None:
+def _serve_main(pytest: bool = False) -> None:
     protocol = os.fdopen(os.dup(1), "wb", buffering=0)
     quiet = os.open(os.devnull, os.O_RDWR)
     os.dup2(quiet, 1)
     os.close(quiet)
-    _warm_up()
+    _warm_up(pytest)
     baseline = _tmp_paths()
     for line in sys.stdin.buffer:
         reply = _serve_one(json.loads(line), protocol.fileno(), baseline)
         protocol.write(json.dumps(reply).encode() + b"\n")
 
 
-def _warm_up() -> None:
+def _warm_up(pytest: bool = False) -> None:
     """Do here, once, what every forked child would do again: import the modules a child
-    uses, run the tracer so its bytecode is specialized, then freeze every object out of the
-    garbage collector's reach. A child then writes to few of the pages it shares with this
-    process (each first write copies a page)."""
+    uses (with `pytest`, pytest and the plugins it would load: a test file's run then starts
+    in a fraction of the time), run the tracer so its bytecode is specialized, then freeze
+    every object out of the garbage collector's reach. A child then writes to few of the
+    pages it shares with this process (each first write copies a page)."""
     import gc
     import random  # noqa: F401 - imported for the children
     import resource  # noqa: F401
@@ -166,9 +169,30 @@ def _warm_up() -> None:
     import shutil  # noqa: F401
     import time  # noqa: F401
 
+    from .suite import run_request  # noqa: F401 - imported for the children
+
+    if pytest:
+        _import_pytest_and_plugins()
+
     trace_source("def f(xs):  # << START_OF_TRACE\n    return [x for x in xs]\n", call="f('ab')")
     gc.collect()
     gc.freeze()
+
+
+def _import_pytest_and_plugins() -> None:
+    """Start pytest once on an empty directory, so that pytest and what its plugins import
+    when a session starts (hypothesis's takes most of a second) are imported here, once;
+    a child then starts a session in a fraction of the time. Whatever fails here fails again
+    in the child, where it is reported."""
+    import tempfile
+
+    try:
+        import pytest
+
+        with tempfile.TemporaryDirectory() as empty:
+            pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", empty])
+    except BaseException:  # noqa: BLE001 - no pytest, or a plugin that breaks: said later
+        pass
 
 
 def _serve_one(request: dict, protocol_fd: int, baseline: set[str]) -> dict:
