@@ -1,8 +1,8 @@
 """The real-code evaluation set shipped in `data/realworld/`: function-level episodes of
 permissively licensed pure-Python projects from PyPI, cut from the projects' own test suites
-by the `tests:` source with `--check-harness`, each kept as its harness program (the
-function's file and a `main` that calls it), with the project's source files beside them so
-that the programs import what they import. `tracekit dataset build realworld` traces them.
+by the `tests:` source with `--check-harness`, each kept as the call its harness makes (the
+program is the function's file, shipped under `projects/`, and a `main` returning the call),
+so that the programs import what they import. `tracekit dataset build realworld` traces them.
 
     make realworld     # python -m tracekit.evals.realworld -o data/realworld
 
@@ -25,8 +25,8 @@ from tracekit.suites import EpisodeOptions
 # BSD, tests in their source distributions)
 PROJECTS = {"inflection": ("0.5.1", "MIT"), "more-itertools": ("10.5.0", "MIT"),
             "toolz": ("1.0.0", "BSD-3-Clause")}
-PER_PROJECT = 120  # episodes drawn from each project (seeded)
-SETTINGS = EpisodeOptions(per_function=2, check_harness=True)
+PER_PROJECT = 150  # episodes drawn from each project (seeded)
+SETTINGS = EpisodeOptions(per_function=3, check_harness=True)
 
 
 def make(checkouts: list[Path], out: Path, per_project: int = PER_PROJECT, seed: int = 0,
@@ -56,7 +56,7 @@ def make(checkouts: list[Path], out: Path, per_project: int = PER_PROJECT, seed:
             rows.append({"id": f"{name}/{row['id']}", "project": name, "root": root,
                          "file": row["file"], "module": row["module"],
                          "function": row["function"], "test": row["test"],
-                         "args": row["args"], "code": row["harness"], "expected": None})
+                         "args": row["args"], "call": row["call"], "expected": None})
     _write(out, rows)
     # traced once more as shipped (from the copies under projects/): what main returns is
     # each row's expected value; a program that does not run from the copies is left out

@@ -46,8 +46,13 @@ def traces_of(datasets: tuple[str, ...], split: str) -> list[tuple[str, Trace]]:
 
 
 def held_out_programs() -> list[tuple[str, str]]:
-    """(id, source) of the test sets no training program may equal: CRUXEval and HumanEval."""
+    """(id, source) of the test sets no training program may equal: CRUXEval, HumanEval and
+    the real-code set (each of its files once)."""
     programs = [(f"cruxeval/{p.id}", p.source) for p in sources.cruxeval()]
+    files = {}
+    for program in sources.realworld():
+        files.setdefault(program.origin, (f"realworld/{program.id}", program.source))
+    programs += files.values()
     try:
         programs += [(f"humaneval/{p.id}", p.source) for p in sources.humaneval()]
     except sources.SourceError:

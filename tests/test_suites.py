@@ -10,6 +10,7 @@ import ast
 import hashlib
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -281,3 +282,31 @@ def test_doctest_examples_become_programs_with_their_expected_output(tmp_path):
     assert len(fractions) >= 5 and all(p.module == "fractions" for p in fractions)
     with pytest.raises(sources.SourceError, match="no such file, directory or pure-Python"):
         list(sources.from_specs(["doctest:not_a_module_anywhere"]))
+
+
+def test_the_realworld_set_traces_as_shipped_and_is_held_out(tmp_path):
+    """data/realworld/: each program, traced from the project files shipped beside it,
+    returns what it returned when the set was made; contexts are shortened around what ran;
+    the training runs' leakage check holds its files out."""
+    from evals.train_run import held_out_programs
+    from tracekit.train_data import leaks
+
+    programs = list(sources.from_specs(["realworld"]))
+    assert len(programs) == 286 and len({p.id for p in programs}) == 286
+    for project, licence in (("inflection", "LICENSE"), ("more-itertools", "LICENSE"),
+                             ("toolz", "LICENSE.txt")):
+        assert (ROOT / "data" / "realworld" / "projects" / project / licence).is_file()
+    sample = random.Random(0).sample(programs, 40)
+    stats = dataset.build(sample, tmp_path / "rw", dataset.BuildOptions(), workers=2)
+    rows = dataset.load_rows(tmp_path / "rw")
+    assert len(rows) == 40 and set(stats["statuses"]) <= {"ok", "raised"}
+    assert [row["return_value"] for row in rows] == [row["expected"] for row in rows]
+    for row in rows:
+        lines = row["context"].split("\n")
+        assert lines[-3] == "def main():  # << START_OF_TRACE"
+        for frame in dataset.row_trace(row).frames:
+            assert lines[frame.lineno - 1].replace("  # << START_OF_TRACE", "") + "\n" == (
+                frame.source)
+    held_out = held_out_programs()
+    copied = next(p for p in programs if p.id.startswith("toolz/toolz/itertoolz.py"))
+    assert leaks([("copy", copied.source)], held_out)[0].startswith("copy ~ realworld/")

@@ -43,6 +43,8 @@ class BuildOptions:
     shard_size: int = 500
     check_determinism: bool = False  # trace twice; keep a row only if both traces agree
     warm: bool = True  # one warm bubblewrap sandbox per worker (when bubblewrap works)
+    max_context_tokens: int = 2048  # a project's file run as its module (doctest:,
+    # realworld) is shortened past this around what ran, as tests: episodes are
 
 
 class BuildError(Exception):
@@ -89,6 +91,8 @@ def build(programs: Iterable[Program | Suite], out: str | Path,
                 if isinstance(program, Suite):
                     rows += _suite_rows(program, trace, repeatable, manifest, statuses, tracers)
                     continue
+                if program.module is not None:
+                    trace = suites.shortened(trace, options.max_context_tokens)
                 row = trace_row(program, trace)
                 reason = _dropped(row, repeatable, options)
                 if reason:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tracekit.tracer.constants import MARKER
-from tracekit.tracer.context import call_from_comment, marker_line
+from tracekit.tracer.context import call_from_comment, marker_line, normalize_newlines
 
 # CRUXEval as shipped in the repository (MIT; data/cruxeval/README.md)
 DATA = Path(__file__).resolve().parent.parent / "data"  # the checkout's (pip install -e .)
@@ -162,15 +162,24 @@ def realworld(path: str | Path = REALWORLD) -> Iterator[Program]:
     if not path.is_file():
         raise SourceError(f"{path}: missing; the realworld source reads the set in the "
                           "repository's data/realworld/ (make realworld rebuilds it)")
+    from tracekit.suites import harness_program
+
+    files: dict[Path, str] = {}
     for number, row in _rows(path):
         try:
             project = path.parent.resolve() / "projects" / row["project"]
-            yield Program(row["id"], row["code"], "main()", None, str(project / row["file"]),
-                          row.get("expected"), row["module"],
-                          (str((project / row["root"]).resolve()),))
+            file = project / row["file"]
+            if file not in files:
+                files[file] = normalize_newlines(file.read_bytes().decode("utf-8-sig"))
+            yield Program(row["id"], harness_program(files[file], row["call"]), "main()",
+                          None, str(file), row.get("expected"), row["module"],
+                          (str(project / row["root"]),))
         except KeyError as exc:
             raise SourceError(f"{path}:{number}: no {exc.args[0]!r} field: not a realworld "
                               "row") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SourceError(f"{path}:{number}: cannot read the project's file ({exc})"
+                              ) from None
 
 
 def humaneval() -> Iterator[Program]:

@@ -11,10 +11,11 @@ argument's repr evaluates back. `--check-harness` traces each harness (`run_harn
 keeps the episode only if the function's frames come out the same.
 
 Which files: test files are pytest's defaults (`test_*.py`, `*_test.py`); the project's own
-source files are every other `.py` file outside directories named tests/test/testing, hidden
-directories, virtual environments and build output, but conftest.py and setup.py. The import
-roots are `src/` (when there is one) and the project's directory, first on sys.path, so
-the project is importable from the copy without being installed.
+source files are every other `.py` file outside directories named tests/test/testing and
+docs/doc, hidden directories, virtual environments and build output, but conftest.py,
+setup.py and versioneer.py. The import roots are `src/` (when there is one) and the
+project's directory, first on sys.path, so the project is importable from the copy without
+being installed.
 """
 
 from __future__ import annotations
@@ -29,13 +30,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tracekit.sandbox import TraceOptions, WarmSandbox, run_lines
+from tracekit.trace import Trace
 from tracekit.tracer.constants import MARKER, MAX_EPISODE_BYTES
 from tracekit.tracer.context import normalize_newlines
 
 TEST_DIRS = frozenset({"tests", "test", "testing"})
+NOT_SOURCE_DIRS = TEST_DIRS | {"docs", "doc"}
 SKIPPED_DIRS = frozenset({"__pycache__", "venv", "build", "dist", "node_modules",
                           "site-packages"})
-NOT_SOURCES = frozenset({"conftest.py", "setup.py"})
+NOT_SOURCES = frozenset({"conftest.py", "setup.py", "versioneer.py"})
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ def tests_source(directory: str | Path, settings: EpisodeOptions = EpisodeOption
         relative = path.relative_to(project)
         if _is_test_file(relative):
             tests.append(relative.as_posix())
-        elif path.name not in NOT_SOURCES and not TEST_DIRS & set(relative.parts[:-1]):
+        elif path.name not in NOT_SOURCES and not NOT_SOURCE_DIRS & set(relative.parts[:-1]):
             sources.append(relative.as_posix())
     if not tests:
         raise SourceError(f"tests:{directory}: no test files (test_*.py or *_test.py) found")
@@ -229,20 +232,22 @@ class FunctionIndex:
             total += n
         return total
 
-    def context(self, node: ast.AST, touched: frozenset[int], budget: int
+    def context(self, node: ast.AST | None, touched: frozenset[int], budget: int
                 ) -> tuple[str, dict[int, int], bool]:
-        """The file with the marker on `node`'s def line, shortened past `budget` tokens
-        around the functions `touched` lines are in. Returns the context, old line to new
-        line, and whether it fits the budget."""
+        """The file with the marker on `node`'s def line (None: it has its marker, as a
+        harness has), shortened past `budget` tokens around the functions `touched` lines
+        are in. Returns the context, old line to new line, and whether it fits the budget."""
         lines = list(self.lines)
-        lines[node.lineno - 1] += MARKER
-        if (node.lineno, budget) not in self._contexts:
-            self._contexts[node.lineno, budget] = self.tokens(lines) <= budget
-        if self._contexts[node.lineno, budget]:
+        marked = node.lineno if node is not None else 0
+        if node is not None:
+            lines[marked - 1] += MARKER
+        if (marked, budget) not in self._contexts:
+            self._contexts[marked, budget] = self.tokens(lines) <= budget
+        if self._contexts[marked, budget]:
             return "\n".join(lines), {n: n for n in range(1, len(lines) + 1)}, True
-        key = (node.lineno, touched, budget)
+        key = (marked, touched, budget)
         if key not in self._contexts:
-            kept = self._kept(touched | {node.lineno})
+            kept = self._kept(touched | {marked})
             for whole in (False, True):
                 text_lines, line_map = self._elide(lines, kept, touched, whole)
                 fits = self.tokens(text_lines) <= budget
@@ -354,7 +359,7 @@ def episode_rows(suite: Suite, result: SuiteResult, seen: dict[str, list[str]],
     from tracekit.cwm import prompt_text
     from tracekit.dataset import trace_row
     from tracekit.sources import Program
-    from tracekit.trace import Frame, Trace
+    from tracekit.trace import Frame
 
     settings = suite.settings
     evaluable = set(result.summary.get("harness", []))
@@ -407,6 +412,22 @@ def episode_rows(suite: Suite, result: SuiteResult, seen: dict[str, list[str]],
                    hash=int(hashlib.sha256(key.encode()).hexdigest()[:8], 16))
         kept.append((row, episode))
     return kept
+
+
+def shortened(trace: Trace, budget: int) -> Trace:
+    """A real program's trace (a harness or a doctest: a project's file run as its module)
+    with its context shortened past `budget` tokens as an episode's is (FunctionIndex), the
+    frames' line numbers remapped to it."""
+    try:
+        index = FunctionIndex(trace.context)
+    except (SyntaxError, ValueError):
+        return trace
+    touched = frozenset(f.lineno for f in trace.frames if f.lineno)
+    context, line_map, _ = index.context(None, touched, budget)
+    if not touched <= line_map.keys():
+        return trace
+    frames = [replace(f, lineno=line_map[f.lineno]) if f.lineno else f for f in trace.frames]
+    return replace(trace, context=context, frames=frames)
 
 
 def _literal(args: dict) -> bool:

@@ -56,8 +56,8 @@ def dataset() -> None:
               help="tests: callees deeper than this below the episode's function are stepped "
               "over. Default: no limit.")
 @click.option("--max-context-tokens", type=click.IntRange(min=64), default=2048,
-              show_default=True, help="tests: a longer file context has the bodies of "
-              "functions the episode did not run elided to '...'.")
+              show_default=True, help="tests:, doctest:, realworld: a longer file context "
+              "has the functions the trace did not run elided to '...'.")
 @click.option("--check-harness", is_flag=True, help="tests: trace each episode's harness "
               "program and keep the episode only if the function's frames come out the same "
               "(drops functions that depend on state a test set up, and those without one).")
@@ -103,7 +103,8 @@ def build(specs, out, resume, workers, call, max_tokens, drop_failed, skip_bad_r
                                  param_hint="--split") from None
     options = datasets.BuildOptions(tracing, drop_failed=drop_failed, max_tokens=max_tokens,
                                     dedup=not no_dedup, split=weights, shard_size=shard_size,
-                                    check_determinism=check_determinism)
+                                    check_determinism=check_determinism,
+                                    max_context_tokens=max_context_tokens)
     try:
         skipped = (lambda message: print_error("skipped", message, "yellow")
                    ) if skip_bad_rows else None
