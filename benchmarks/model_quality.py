@@ -27,6 +27,7 @@ SETS = {
                                                   "1024"]),
     "CRUXEval": ("cruxeval", []),
     "HumanEval": ("humaneval", ["--max-tokens", "1024"]),
+    "realworld": ("realworld", ["--max-tokens", "1024"]),  # 89 of its 286 fit the model
 }
 METRICS = (("state_exact", "state exact"), ("action_exact", "action exact"))
 ROLLOUT_BUDGET = 2048  # tokens per free rollout: twice the longest trace the model trained on

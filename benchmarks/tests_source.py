@@ -7,6 +7,12 @@ project functions its tests call got an episode, those calls counted independent
 
     pip download --no-deps --no-binary :all: more-itertools==10.5.0 && tar xzf more-itertools-10.5.0.tar.gz
     python benchmarks/tests_source.py more-itertools-10.5.0 [--check-harness] [--workers 2]
+    python benchmarks/tests_source.py more-itertools-10.5.0 --kill-check
+
+--kill-check instead builds the project's episodes with `tracekit dataset build` (one test
+file per shard), SIGKILLs it twice at named points (after tracing the first shard, with the
+last shard's files written but not yet recorded), resumes, and compares the rows with an
+uninterrupted build's.
 """
 
 from __future__ import annotations
@@ -89,6 +95,29 @@ def traced_run(project: Path, settings: EpisodeOptions, workers: int, python: st
     return seconds, stats, rows
 
 
+def kill_check(project: Path, workers: int) -> None:
+    import signal
+
+    from tracekit.killpoints import ENV
+
+    command = [sys.executable, "-m", "tracekit.cli", "dataset", "build", f"tests:{project}",
+               "--shard-size", "1", "--workers", str(workers)]
+    shards = len(list(sources.from_specs([f"tests:{project}"])))
+    with tempfile.TemporaryDirectory(prefix="tracekit-kill-") as work:
+        whole, killed = Path(work) / "whole", Path(work) / "killed"
+        subprocess.run([*command, "-o", str(whole)], check=True, capture_output=True)
+        for point in ("traced:0", f"written:{shards - 1}"):
+            run = subprocess.run([*command, "-o", str(killed), "--resume"], capture_output=True,
+                                 env={**os.environ, ENV: point}, check=False)
+            print(f"  killed at {point}: exit {run.returncode} "
+                  f"({'SIGKILL' if run.returncode == -signal.SIGKILL else 'NOT KILLED'})")
+        subprocess.run([*command, "-o", str(killed), "--resume"], check=True,
+                       capture_output=True)
+        same = dataset.load_rows(killed) == dataset.load_rows(whole)
+        print(f"{project.name}: {len(dataset.load_rows(whole))} rows; killed twice and "
+              f"resumed: {'the same rows' if same else 'DIFFERENT ROWS'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("project", type=Path)
@@ -96,8 +125,12 @@ def main() -> None:
     parser.add_argument("--per-function", type=int, default=5)
     parser.add_argument("--python", default=sys.executable)
     parser.add_argument("--check-harness", action="store_true")
+    parser.add_argument("--kill-check", action="store_true")
     args = parser.parse_args()
     project = args.project.resolve()
+    if args.kill_check:
+        kill_check(project, args.workers)
+        return
     suites = list(sources.from_specs([f"tests:{project}"]))
     print(f"{platform.node() or 'machine'}: Python {platform.python_version()}, "
           f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores; {project.name}: "

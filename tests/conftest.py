@@ -10,6 +10,8 @@ import pytest
 from tracekit.interpreters import SandboxUnavailable, find_python
 
 SUPPORTED_PYTHONS = ("3.10", "3.11", "3.12", "3.13")
+# small projects whose own test suites the tests: source runs (tests/test_suites.py): not ours
+collect_ignore = ["fixtures"]
 IN_CI = os.environ.get("CI") == "true"
 
 

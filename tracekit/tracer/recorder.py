@@ -169,7 +169,8 @@ class Recorder:
             # (settrace passes None for both a `return None` and an exception leaving).
             lasti = frame.f_lasti
             op = frame.f_code.co_code[lasti] if lasti >= 0 else None
-            if is_generator and op in _YIELD_OPS:
+            # (3.13 reports a yield's return event at the RESUME after the YIELD_VALUE)
+            if is_generator and (op in _YIELD_OPS or op in _RESUME_OP):
                 return  # suspended, not finished
             if op not in _RETURN_OPS:
                 self.entry_exception = self._entry_exception or (Exception, "unknown exception")
