@@ -1,7 +1,7 @@
 """An independent record of a golden program's execution, to check the golden files against.
 
 A plain `sys.settrace` loop that shares no code with tracekit's tracer: from the marked
-function's call to its return, every event of code compiled from the program, with every local
+function's call to its last return (a generator entry returns at every yield), every event of code compiled from the program, with every local
 rendered in full (`repr`, addresses removed, as docs/trace-format.md section 4 says) and the
 action line as the file has it (CWM's two-space marker removed). Printed as one JSON list;
 `tests/test_golden.py` runs it under each interpreter and compares each golden file, its ".."
@@ -47,10 +47,10 @@ def snapshot(source: str, call: str | None) -> list[dict]:
     namespace = {"__name__": "__main__"}
     exec(compile(source, "<golden>", "exec"), namespace)
     records: list[dict] = []
-    state = {"entry": None, "done": False}
+    state = {"entry": None, "last_return": -1}
 
     def tracer(frame, event, arg):
-        if frame.f_code.co_filename != "<golden>" or state["done"]:
+        if frame.f_code.co_filename != "<golden>":
             return None
         if state["entry"] is None:
             if event != "call" or frame.f_code.co_name != entry:
@@ -66,7 +66,7 @@ def snapshot(source: str, call: str | None) -> list[dict]:
             record["arg"] = render(arg)
         records.append(record)
         if event == "return" and frame is state["entry"]:
-            state["done"] = True
+            state["last_return"] = len(records)
         return tracer
 
     sys.settrace(tracer)
@@ -76,7 +76,9 @@ def snapshot(source: str, call: str | None) -> list[dict]:
         pass
     finally:
         sys.settrace(None)
-    return records
+    # The trace ends at the entry frame's last return: a generator entry returns at each
+    # yield and resumes, and only the call's end shows which return was the last.
+    return records[:state["last_return"]]
 
 
 def main() -> None:
