@@ -9,8 +9,10 @@ project functions its tests call got an episode, those calls counted independent
     python benchmarks/tests_source.py more-itertools-10.5.0 [--check-harness] [--workers 2]
     python benchmarks/tests_source.py more-itertools-10.5.0 --kill-check
 
---kill-check instead builds the project's episodes with `tracekit dataset build` (one test
-file per shard), SIGKILLs it twice at named points (after tracing the first shard, with the
+--kill-check instead builds the project's episodes with `tracekit dataset build
+--check-determinism` (one test file per shard; each run twice, the episodes that came out the
+same both times kept: an id-based hash or an unseeded random generator differs from run to
+run), SIGKILLs it twice at named points (after tracing the first shard, with the
 last shard's files written but not yet recorded), resumes, and compares the rows with an
 uninterrupted build's.
 """
@@ -32,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tracekit import dataset, sources  # noqa: E402
 from tracekit.sandbox import bwrap_problem  # noqa: E402
-from tracekit.suites import EpisodeOptions, FunctionIndex  # noqa: E402
+from tracekit.episode_rows import FunctionIndex  # noqa: E402
+from tracekit.suites import EpisodeOptions  # noqa: E402
 
 # Loaded by the bare run with `-p`: every call of a function or method (not a lambda,
 # comprehension or class body) of the project's source files while a test runs.
@@ -101,7 +104,7 @@ def kill_check(project: Path, workers: int) -> None:
     from tracekit.killpoints import ENV
 
     command = [sys.executable, "-m", "tracekit.cli", "dataset", "build", f"tests:{project}",
-               "--shard-size", "1", "--workers", str(workers)]
+               "--shard-size", "1", "--workers", str(workers), "--check-determinism"]
     shards = len(list(sources.from_specs([f"tests:{project}"])))
     with tempfile.TemporaryDirectory(prefix="tracekit-kill-") as work:
         whole, killed = Path(work) / "whole", Path(work) / "killed"

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tracekit import sandbox, suites
+from tracekit import episode_rows, sandbox, suites
 from tracekit.interpreters import SandboxUnavailable
 from tracekit.killpoints import kill_point
 from tracekit.sources import Program
@@ -72,8 +72,12 @@ def build(programs: Iterable[Program | Suite], out: str | Path,
     done = sum(len(shards[k]) for k in range(len(shards)) if _shard_name(k) in manifest["shards"])
     if engine not in ENGINES:
         raise BuildError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
-    tracers = _RayEngine(options, workers, address) if engine == "ray" else \
-        _Tracers(options, workers or os.cpu_count() or 1)
+    if engine == "ray":
+        from tracekit.ray_engine import RayEngine
+
+        tracers = RayEngine(options, workers, address)
+    else:
+        tracers = _Tracers(options, workers or os.cpu_count() or 1)
     with tracers:
         for k, shard in enumerate(shards):
             name = _shard_name(k)
@@ -82,17 +86,25 @@ def build(programs: Iterable[Program | Suite], out: str | Path,
             traces = tracers.map(shard)
             kill_point(f"traced:{k}")
             if options.check_determinism:
-                again = tracers.map(shard)
+                again = tracers.map(shard, again=True)  # in other processes (other addresses)
                 same = [_same(a, b) for a, b in zip(traces, again)]
+                # a test file's run keeps the episodes that came out the same both times
+                traces = [suites.repeated(a, b) if isinstance(a, SuiteResult) else a
+                          for a, b in zip(traces, again)]
+                same = [s or isinstance(t, SuiteResult) for s, t in zip(same, traces)]
             else:
                 same = [True] * len(shard)
             rows = []
             for program, trace, repeatable in zip(shard, traces, same):
                 if isinstance(program, Suite):
-                    rows += _suite_rows(program, trace, repeatable, manifest, statuses, tracers)
+                    if trace.summary.get("status") == "no_pytest":
+                        raise BuildError(f"{trace.summary['error']}: install pytest there (and "
+                                         "the project's dependencies), or pass --python an "
+                                         "interpreter that has them")
+                    rows += episode_rows.suite_rows(program, trace, manifest, statuses, tracers)
                     continue
                 if program.module is not None:
-                    trace = suites.shortened(trace, options.max_context_tokens)
+                    trace = episode_rows.shortened(trace, options.max_context_tokens)
                 row = trace_row(program, trace)
                 reason = _dropped(row, repeatable, options)
                 if reason:
@@ -138,69 +150,6 @@ def _shards(items: list, shard_size: int) -> list[list]:
         else:
             last.append(item)
     return shards
-
-
-def _suite_rows(suite: Suite, result: SuiteResult, repeatable: bool, manifest: dict,
-                statuses: Counter, tracers) -> list[dict]:
-    """The rows of one test file's episodes (suites.episode_rows), with --check-harness
-    applied; what happened is added to manifest["suites"]."""
-    summary = result.summary
-    if summary.get("status") == "no_pytest":
-        raise BuildError(f"{summary['error']}: install pytest there (and the project's "
-                         "dependencies), or pass --python an interpreter that has them")
-    stats = manifest.setdefault("suites", {})
-    _add(stats, "test files", summary.get("status", "crashed"))
-    for outcome, n in summary.get("tests", {}).items():
-        _add(stats, "tests", outcome, n)
-    if summary.get("status") != "ok":
-        errors = stats.setdefault("errors", {})
-        if len(errors) < 20:
-            errors[suite.test_file] = f"{summary.get('status')}: {summary.get('error')}"
-    if summary.get("tracer_replaced"):
-        stats.setdefault("tracer replaced in", []).extend(summary["tracer_replaced"][:5])
-    if summary.get("other_tracer"):
-        _add(stats, "other tracer active in", "test files")
-    dropped = stats.setdefault("episodes dropped", {})
-    reasons = {"frame_limit": "over 10,000 events", "byte_limit": "over 1 MB"}
-    for reason, n in summary.get("dropped", {}).items():
-        _add(stats, "episodes dropped", reasons.get(reason, reason), n)
-    if not repeatable:
-        _add(stats, "episodes dropped", "nondeterministic", len(result.episodes))
-        return []
-    _add(stats, "episodes", "recorded", len(result.episodes))
-    pairs = suites.episode_rows(suite, result, manifest.setdefault("functions", {}), dropped)
-    _add(stats, "episodes", "with a harness", sum(1 for row, _ in pairs if row["harness"]))
-    if suite.settings.check_harness:
-        pairs = _check_harnesses(suite, pairs, tracers, stats)
-    for row, _ in pairs:
-        statuses[row["status"]] += 1
-    _add(stats, "episodes", "kept", len(pairs))
-    return [row for row, _ in pairs]
-
-
-def _check_harnesses(suite: Suite, pairs: list, tracers, stats: dict) -> list:
-    """Trace each harness; keep the episodes whose function's frames come out the same (one
-    without a harness cannot be checked and is dropped too)."""
-    checks = [HarnessCheck(suite.project, row["file"], episode["module"], suite.roots,
-                           (episode["file"], episode["line"], episode["name"]), row["harness"],
-                           suite.settings.step_in, suite.settings.max_depth)
-              for row, episode in pairs if row["harness"]]
-    results = iter(tracers.map(checks))
-    kept = []
-    for row, episode in pairs:
-        if not row["harness"]:
-            _add(stats, "harness check", "no harness")
-            continue
-        verdict = suites.harness_verdict(episode, next(results))
-        _add(stats, "harness check", verdict or "passed")
-        if verdict is None:
-            kept.append((row, episode))
-    return kept
-
-
-def _add(stats: dict, group: str, name: str, n: int = 1) -> None:
-    counts = stats.setdefault(group, {})
-    counts[name] = counts.get(name, 0) + n
 
 
 def _check_suites(manifest: dict) -> None:
@@ -262,10 +211,14 @@ class _Tracers:
         self.opened: list[sandbox.WarmSandbox] = []
         self.lock = threading.Lock()
 
-    def trace(self, program: Program | Suite | HarnessCheck) -> Trace | SuiteResult:
+    def trace(self, program: Program | Suite | HarnessCheck, again: bool = False
+              ) -> Trace | SuiteResult:
+        """Trace one program, test file or harness; `again` in other warm sandboxes than the
+        first time (--check-determinism: forks of one process share its addresses, so an
+        id-based hash would come out the same)."""
         if isinstance(program, (Suite, HarnessCheck)):
             try:
-                warm = self._warm((program.project,), True)
+                warm = self._warm((program.project,), True, again)
             except SandboxUnavailable:
                 warm = None  # a fresh sandbox per run says why
             run = suites.run_suite if isinstance(program, Suite) else suites.run_harness
@@ -275,7 +228,7 @@ class _Tracers:
                                      program.origin or "<tracekit>", program.module,
                                      program.sys_path)
         try:
-            warm = self._warm(program.sys_path)
+            warm = self._warm(program.sys_path, again=again)
         except SandboxUnavailable as exc:
             return Trace(program.source, program.entry, program.call,
                          status="sandbox_unavailable", error=str(exc))
@@ -284,7 +237,7 @@ class _Tracers:
                               program.module, program.sys_path)
         return warm.trace(program.source, program.call, program.entry)
 
-    def _warm(self, readable: tuple[str, ...], suite: bool = False
+    def _warm(self, readable: tuple[str, ...], suite: bool = False, again: bool = False
               ) -> sandbox.WarmSandbox | None:
         """This thread's warm sandbox that sees `readable` (for `suite`: with pytest loaded
         and a writable workdir), or None without warm sandboxes."""
@@ -293,15 +246,15 @@ class _Tracers:
         sandboxes = getattr(self.local, "sandboxes", None)
         if sandboxes is None:
             sandboxes = self.local.sandboxes = {}
-        key = (readable, suite)
+        key = (readable, suite, again)
         if key not in sandboxes:
             sandboxes[key] = sandbox.WarmSandbox(self.tracing, readable, suite, suite)
             with self.lock:
                 self.opened.append(sandboxes[key])
         return sandboxes[key]
 
-    def map(self, programs: list[Program]) -> list[Trace]:
-        return list(self.pool.map(self.trace, programs))
+    def map(self, programs: list, again: bool = False) -> list:
+        return list(self.pool.map(lambda program: self.trace(program, again), programs))
 
     def __enter__(self) -> _Tracers:
         return self
@@ -310,83 +263,6 @@ class _Tracers:
         self.pool.shutdown()
         for warm in self.opened:
             warm.__exit__(None, None, None)
-
-
-class _RayWorker:
-    """A Ray actor: one warm sandbox, programs traced in chunks."""
-
-    def __init__(self, options: BuildOptions):
-        self.tracers = _Tracers(options)
-
-    def trace(self, programs: list[Program]) -> list[Trace]:
-        return [self.tracers.trace(program) for program in programs]
-
-    def close(self) -> None:
-        self.tracers.__exit__(None, None, None)
-
-
-def _check_reachable(address: str) -> None:
-    """A clear error at once when nothing listens at a HOST:PORT Ray address."""
-    import socket
-
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
-        return  # "auto" and other forms: Ray resolves them itself
-    try:
-        socket.create_connection((host, int(port)), timeout=5).close()
-    except OSError as exc:
-        raise BuildError(f"cannot reach Ray at {address} ({exc.strerror or exc}): start the "
-                         "cluster (ray start --head) or check --address") from None
-
-
-class _RayEngine:
-    """Ray actors (one per worker: `workers`, default every CPU of the cluster) trace chunks
-    of programs; results come back in program order."""
-
-    chunk = 16
-
-    def __init__(self, options: BuildOptions, workers: int | None, address: str | None):
-        try:
-            import ray
-            from ray.util import ActorPool
-        except ImportError:
-            raise BuildError("--engine ray needs Ray: pip install 'tracekit[ray]'") from None
-        self.ray = ray
-        self.started = not ray.is_initialized()
-        if self.started:
-            if address:
-                _check_reachable(address)  # ray.init waits minutes for an absent cluster
-            local = {"num_cpus": workers} if address is None and workers else {}
-            try:
-                ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                         **local)
-            except Exception as exc:  # Ray raises many kinds; all mean the same here
-                where = f" at {address}" if address else ""
-                raise BuildError(f"cannot start or reach Ray{where}: {exc}") from None
-        count = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        actor = ray.remote(num_cpus=1)(_RayWorker)
-        self.actors = [actor.remote(options) for _ in range(count)]
-        self.pool = ActorPool(self.actors)
-
-    def map(self, programs: list[Program]) -> list[Trace]:
-        chunks = [programs[i:i + self.chunk] for i in range(0, len(programs), self.chunk)]
-        traces: list[Trace] = []
-        for part in self.pool.map(lambda actor, chunk: actor.trace.remote(chunk), chunks):
-            traces += part
-        return traces
-
-    def __enter__(self) -> _RayEngine:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        try:
-            self.ray.get([actor.close.remote() for actor in self.actors], timeout=60)
-        except Exception:  # noqa: BLE001 - a dead actor has no sandbox left to close
-            pass
-        for actor in self.actors:
-            self.ray.kill(actor)
-        if self.started:
-            self.ray.shutdown()
 
 
 def trace_row(program: Program, trace: Trace) -> dict:

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tracekit.sources import Program, SourceError
-from tracekit.suites import harness_program
+from tracekit.episode_rows import harness_program
 from tracekit.tracer.context import normalize_newlines
 
 

@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from tracekit.tracer.pump import OutputPump
 TRACER_DIR = Path(constants.__file__).resolve().parent  # the stdlib-only tracer package
 SANDBOX_MODES = ("auto", "bwrap", "none")
 _INSIDE = "/tmp/.tracekit"  # under bubblewrap the package is bound at _INSIDE/tracer
+WORK_INSIDE = f"{_INSIDE}/work"  # and a writable work directory here
 _GRACE_SECONDS = 1.0  # the child reports its own timeout first; the host kills after this
 
 
@@ -86,14 +88,15 @@ def _bwrap_command(interp: Interpreter, limits: Limits, readable: tuple[str, ...
                    writable: str | None = None) -> list[str]:
     """bubblewrap's arguments: the base sandbox, the interpreter and `readable` directories
     visible read-only at their own paths (those under /tmp or a home are bound back), and
-    `writable` bound read-write at its own path."""
+    `writable` bound read-write at WORK_INSIDE (a path that is the same in every sandbox, so
+    that what a program prints of its files' paths does not change from run to run)."""
     args = [shutil.which("bwrap"), *_bwrap_base(limits.tmp_size_mb)]
     hidden = [a for i, a in enumerate(args) if i and args[i - 1] == "--tmpfs"]
     for prefix in [*interp.prefixes, *readable]:
         if any(prefix == h or prefix.startswith(h.rstrip("/") + "/") for h in hidden):
             args += ["--ro-bind", prefix, prefix]
     if writable is not None:
-        args += ["--bind", writable, writable]
+        args += ["--bind", writable, WORK_INSIDE]
     args += ["--ro-bind", str(TRACER_DIR), f"{_INSIDE}/tracer", "--chdir", "/tmp"]
     return args
 
@@ -183,19 +186,23 @@ def _command(interp: Interpreter, mode: str, limits: Limits, workdir: str,
     return child_command(interp, str(TRACER_DIR.parent)), workdir
 
 
-def run_lines(request: dict, options: TraceOptions, readable: tuple[str, ...] = (),
-              writable: str | None = None) -> tuple[list[dict], dict, str, str]:
+def run_lines(make_request: Callable[[str | None], dict], options: TraceOptions,
+              readable: tuple[str, ...] = (), writable: str | None = None
+              ) -> tuple[list[dict], dict, str, str]:
     """Run a request whose child reports JSON lines (a `tests:` suite or harness,
-    `tracer.suite`) in a fresh sandbox: `readable` directories visible read-only, `writable`
-    read-write, each at its own path. Returns the reported lines but the last, the summary
-    (the last line, or what became of a process that did not write one), stdout and stderr."""
+    `tracer.suite`) in a fresh sandbox: `readable` directories visible read-only at their own
+    paths, `writable` read-write at WORK_INSIDE under bubblewrap (else at its own path);
+    `make_request(path)` makes the request given the path the child sees `writable` at.
+    Returns the reported lines but the last, the summary (the last line, or what became of a
+    process that did not write one), stdout and stderr."""
     limits = options.limits
-    request = _lines_request(request, options)
     try:
         interp = find_python(options.python)
         mode = _resolve_mode(options.sandbox)
     except SandboxUnavailable as exc:
         return [], {"status": "sandbox_unavailable", "error": str(exc)}, "", ""
+    inside = WORK_INSIDE if mode == "bwrap" and writable else writable
+    request = _lines_request(make_request(inside), options)
     with tempfile.TemporaryDirectory(prefix="tracekit-") as workdir:
         command, tmp = _command(interp, mode, limits, workdir, readable, writable)
         run = _spawn(command, request, _environment(tmp, options.seed), workdir, limits)
@@ -272,8 +279,8 @@ class WarmSandbox:
     bubblewrap (its PID namespace is what makes the cleaning safe); seed 0 only.
 
     `readable` directories are visible read-only at their own paths (a project's files),
-    `writable` binds the sandbox's own `workdir` read-write (where `tests:` copies a project
-    for each test file), and `pytest` imports pytest and its plugins once, before forking."""
+    `writable` binds the sandbox's own `workdir` read-write at WORK_INSIDE (where `tests:`
+    copies a project for each test file), and `pytest` imports pytest and its plugins once, before forking."""
 
     def __init__(self, options: TraceOptions = TraceOptions(), readable: tuple[str, ...] = (),
                  writable: bool = False, pytest: bool = False):
@@ -308,11 +315,12 @@ class WarmSandbox:
         outcome = run if isinstance(run, _Outcome) else _outcome(*run, request, limits)
         return _finish(outcome, failed, self.interp, "bwrap")
 
-    def lines(self, request: dict, options: TraceOptions | None = None
-              ) -> tuple[list[dict], dict, str, str]:
-        """`run_lines` in this sandbox (`options`: this request's, else the sandbox's)."""
+    def lines(self, make_request: Callable[[str | None], dict],
+              options: TraceOptions | None = None) -> tuple[list[dict], dict, str, str]:
+        """`run_lines` in this sandbox (`options`: this request's, else the sandbox's); the
+        writable `workdir` is at WORK_INSIDE."""
         options = options or self.options
-        request = _lines_request(request, options)
+        request = _lines_request(make_request(WORK_INSIDE if self.writable else None), options)
         return _lines_of(self._run(request, options.limits), request, options.limits)
 
     def _run(self, request: dict, limits: Limits | None = None):

@@ -162,7 +162,7 @@ def realworld(path: str | Path = REALWORLD) -> Iterator[Program]:
     if not path.is_file():
         raise SourceError(f"{path}: missing; the realworld source reads the set in the "
                           "repository's data/realworld/ (make realworld rebuilds it)")
-    from tracekit.suites import harness_program
+    from tracekit.episode_rows import harness_program
 
     files: dict[Path, str] = {}
     for number, row in _rows(path):
