@@ -226,12 +226,14 @@ def test_a_warm_sandbox_traces_like_a_fresh_one_and_clears_up_between_programs()
 
 @pytest.mark.ray
 def test_the_ray_engine_gives_the_rows_of_the_local_engine(tmp_path):
+    """Programs and a project's test files (tests:) in one build, on Ray and locally."""
     if importlib.util.find_spec("ray") is None:
         skip_or_fail("Ray is not installed (pip install 'tracekit[ray]')")
     programs = list(sources.python_files([PROGRAMS])) + list(sources.synthetic(60, seed=3))
     hostile = tmp_path / "hostile.jsonl"
     hostile.write_text("".join(json.dumps(row) + "\n" for row in HOSTILE[:3]))
     programs += list(sources.jsonl(hostile))  # a loop, a memory hog, os._exit
+    programs += list(sources.from_specs([f"tests:{ROOT / 'tests' / 'fixtures' / 'tinyproj'}"]))
     options = BuildOptions(TraceOptions(limits=Limits(timeout=2.0)), shard_size=25)
     local = build(programs, tmp_path / "local", options, workers=2)
     ray_stats = build(programs, tmp_path / "ray", options, workers=2, engine="ray")

@@ -35,7 +35,7 @@ def dataset() -> None:
               "properly is reported (file:line) and skipped; by default it stops the build.")
 @click.option("--no-dedup", is_flag=True, help="Keep exact duplicates (context + call).")
 @click.option("--check-determinism", is_flag=True, help="Trace every program twice and keep "
-              "only traces that came out the same.")
+              "only traces that came out the same (tests: each test file's episodes).")
 @click.option("--split", default="98,1,1", show_default=True, metavar="TRAIN,VAL,TEST",
               help="Split weights, by program hash.")
 @click.option("--shard-size", type=click.IntRange(min=1), default=500, show_default=True)
@@ -71,15 +71,17 @@ def build(specs, out, resume, workers, call, max_tokens, drop_failed, skip_bad_r
     SOURCE: tests:DIR (the test suite of the project at DIR, run with pytest in the sandbox:
     one row per episode, a call of one of the project's functions; --python names an
     interpreter with pytest and the project's dependencies; --timeout is per test file, 300 s
-    unless given), a .py file or a directory of them, a .jsonl file (rows with code and call, or
-    code, entry and args; or CRUXEval rows), cruxeval (the 800 rows shipped in
-    data/cruxeval/), humaneval, synthetic:COUNT[:SEED], basic:COUNT[:SEED] (short everyday
-    functions), loops:COUNT[:SEED] (their loops) or methods:COUNT[:SEED] (chains of
-    str/list/dict methods).
+    unless given), doctest:PATH_OR_MODULE (docstring examples that call the module's code),
+    a .py file or a directory of them, a .jsonl file (rows with code and call, or code, entry
+    and args; or CRUXEval rows), cruxeval (the 800 rows shipped in data/cruxeval/), realworld
+    (the real-code evaluation set in data/realworld/), humaneval, synthetic:COUNT[:SEED],
+    basic:COUNT[:SEED] (short everyday functions), loops:COUNT[:SEED] (their loops) or
+    methods:COUNT[:SEED] (chains of str/list/dict methods).
 
     \b
     tracekit dataset build data/programs -o traces/
-    tracekit dataset build tests:attrs-23.2.0/ -o attrs/ --check-harness
+    tracekit dataset build tests:inflection-0.5.1/ -o inflection/ --check-harness
+    tracekit dataset build doctest:fractions realworld -o real/
     tracekit dataset build cruxeval synthetic:10000:1 -o traces/ --drop-failed
     tracekit dataset build synthetic:1000000 -o traces/ --engine ray --address HEAD:6379
     """
@@ -116,8 +118,9 @@ def build(specs, out, resume, workers, call, max_tokens, drop_failed, skip_bad_r
         programs = list(sources.from_specs(specs, call, synthetic_size, skipped, episodes))
         if not programs:
             raise sources.SourceError(
-                f"nothing to trace in {' '.join(specs)}: give programs (tests:DIR, FILE.py, DIR, "
-                "FILE.jsonl, cruxeval, humaneval, synthetic:N, basic:N, loops:N, methods:N)")
+                f"nothing to trace in {' '.join(specs)}: give programs (tests:DIR, doctest:PATH, "
+                "FILE.py, DIR, FILE.jsonl, cruxeval, realworld, humaneval, synthetic:N, "
+                "basic:N, loops:N, methods:N)")
         with Progress(TextColumn("tracing"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("{task.fields[rate]} programs/s  {task.fields[statuses]}"),
                       TimeRemainingColumn(), console=stderr, transient=False) as bar:
