@@ -195,8 +195,9 @@ def project_hash(project: Path) -> str:
 
 def test_hostile_test_files_are_contained_and_the_others_episodes_kept(tmp_path):
     """A test that forks, loops forever, writes into the project, opens the network, calls
-    os._exit or sets its own tracer: each ends in one line, nothing of the project changes,
-    and every episode recorded before a file went wrong is kept."""
+    os._exit or sets its own tracer, and a file that set a tracer before its tests (as
+    coverage does): each ends in one line or is said in the stats, nothing of the project
+    changes, and every episode recorded before a file went wrong is kept."""
     needs_bwrap()
     before = project_hash(HOSTILE)
     command = [sys.executable, "-m", "tracekit.cli", "dataset", "build", f"tests:{HOSTILE}",
@@ -213,11 +214,14 @@ def test_hostile_test_files_are_contained_and_the_others_episodes_kept(tmp_path)
     assert "replaced tracekit's tracer in tests/test_tracer.py::test_sets_its_own_tracer" in (
         proc.stdout)
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())["suites"]
-    assert stats["tests"] == {"passed": 5}  # fine, fork, write, network (not reached), tracer
+    # fine, fork, write, network (not reached), own tracer, another tracer set before
+    assert stats["tests"] == {"passed": 6}
+    assert stats["other tracer active in"] == {"test files": 1}  # and its episode kept
     assert stats["episodes dropped"]["over 10,000 events"] == 1  # spin()
     rows = dataset.load_rows(tmp_path / "out")
     assert sorted(row["call"] for row in rows) == [
-        "double(2)", "double(3)", "double(4)", "double(5)", "double(7)", "double(9)"]
+        "double(2)", "double(3)", "double(4)", "double(5)", "double(6)", "double(7)",
+        "double(9)"]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

@@ -159,6 +159,10 @@ def suites_line(suites: dict) -> str:
     for group in ("episodes dropped", "harness check"):
         if suites.get(group):
             parts.append(f"{group}: {counts(group)}")
+    if suites.get("other tracer active in"):
+        files = suites["other tracer active in"]["test files"]
+        parts.append(f"a tracer was already set in {files} test files (coverage?): set aside "
+                     "during each test, put back after it")
     if suites.get("tracer replaced in"):
         parts.append(f"the suite replaced tracekit's tracer in {suites['tracer replaced in'][0]} "
                      f"(and {len(suites['tracer replaced in']) - 1} more): its episodes there "

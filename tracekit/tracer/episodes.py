@@ -167,16 +167,21 @@ class Collector:
         self.active: list[Episode] = []
         self.dropped: dict[str, int] = {}
         self.test: str | None = None
+        self.previous = None  # the trace function set before `start`
         self.trace = self.global_trace  # one bound method: what sys.gettrace() shows
 
     def start(self, test: str) -> None:
+        """Record from here, in this thread, with `test` written into the episodes; a trace
+        function already set (coverage's) is put back by `stop`."""
         self.test = test
+        self.previous = sys.gettrace()
         sys.settrace(self.trace)
 
     def stop(self) -> bool:
         """End the recorded part; False when the program had replaced the trace function."""
         ours = sys.gettrace() is self.trace
-        sys.settrace(None)
+        sys.settrace(self.previous)
+        self.previous = None
         for _ in self.active:
             self._count("unfinished")
         self.active = []
