@@ -5,7 +5,8 @@ project functions its tests call got an episode, those calls counted independent
 `sys.setprofile` plugin over the bare run that shares no code with the tracer). With
 --check-harness, a second build says how many harnesses trace the same.
 
-    pip download --no-deps --no-binary :all: more-itertools==10.5.0 && tar xzf more-itertools-10.5.0.tar.gz
+    pip download --no-deps --no-binary :all: more-itertools==10.5.0
+    tar xzf more-itertools-10.5.0.tar.gz
     python benchmarks/tests_source.py more-itertools-10.5.0 [--check-harness] [--workers 2]
     python benchmarks/tests_source.py more-itertools-10.5.0 --kill-check
 

@@ -280,7 +280,12 @@ class WarmSandbox:
 
     `readable` directories are visible read-only at their own paths (a project's files),
     `writable` binds the sandbox's own `workdir` read-write at WORK_INSIDE (where `tests:`
-    copies a project for each test file), and `pytest` imports pytest and its plugins once, before forking."""
+    copies a project for each test file), and `pytest` starts pytest and its plugins once,
+    before forking.
+
+    (This module is over 450 lines: run_trace, run_lines and WarmSandbox share the private
+    steps of one child's life, the bubblewrap command, the spawn, the reading of its pipes
+    and what its end means, and keep them in one place.)"""
 
     def __init__(self, options: TraceOptions = TraceOptions(), readable: tuple[str, ...] = (),
                  writable: bool = False, pytest: bool = False):
