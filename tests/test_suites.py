@@ -2,7 +2,8 @@
 for them (tests/fixtures/tinyproj: src layout, plain pytest tests, a unittest class, a
 parametrized test, a function called from many tests, recursion, methods, a generator, an
 exception, a callee in the same file, a relative import, a function reading a global one test
-changes) and on one whose test files misbehave (tests/fixtures/hostileproj)."""
+changes, a decorated function, a property, a staticmethod, a classmethod) and on one whose
+test files misbehave (tests/fixtures/hostileproj)."""
 
 from __future__ import annotations
 
@@ -56,7 +57,11 @@ def test_each_episode_is_what_tracekit_trace_gives_for_that_call(tiny_rows):
     # a callee of the same file, calls from a unittest class and a parametrized test
     for call in ("fib(5)", "fib(4)", "Stack.push(Stack([1]), 2)",
                  "list(chunks([1, 2, 3, 4, 5], 2))", "parse_pair('novalue')",
-                 "normalize('the')", "count_words('b a b c b a', 2)", "clamp(2, 0, 3)"):
+                 "normalize('the')", "count_words('b a b c b a', 2)", "clamp(2, 0, 3)",
+                 # reached as the module reaches them: under a decorator, a property, a
+                 # staticmethod; a decorator's closure through the name it was bound to
+                 "area.__wrapped__(2, 3)", "Box.size.fget(Box(2, 5))", "Box.unit()",
+                 "area(*(2, 3), **{})"):
         assert call in calls, sorted(calls)
     assert calls["parse_pair('novalue')"]["status"] == "raised"
     assert calls["fib(5)"]["test"] == "tests/test_text.py::test_fib[5-5]"
@@ -78,6 +83,7 @@ def test_each_episode_is_what_tracekit_trace_gives_for_that_call(tiny_rows):
     # Stack.__init__'s self has no repr yet (no items): no harness, the call still recorded
     init = [row for row in tiny_rows if row["function"] == "Stack.__init__"]
     assert init and all(row["harness"] is None for row in init)
+    assert calls["area(*(2, 3), **{})"]["function"] == "logged.<locals>.wrapper"
 
 
 def test_the_harness_is_the_file_and_a_main_that_makes_the_call(tiny_rows):
@@ -144,7 +150,9 @@ def test_check_harness_keeps_pure_functions_and_drops_one_that_read_a_changed_gl
     assert "split_fields('a, b')" in rows and "split_fields('a;b ')" not in rows
     assert all(row["harness"] for row in rows.values())
     checks = stats["suites"]["harness check"]
-    assert checks["frames differ"] == 1 and checks["no harness"] == 2  # Stack.__init__ twice
+    # no harness: Stack.__init__ twice and Box.__init__ three times (self has no repr yet),
+    # Box.square (its cls is a class)
+    assert checks["frames differ"] == 1 and checks["no harness"] == 6
     assert checks["passed"] == len(rows) >= 18
 
 

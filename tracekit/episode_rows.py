@@ -254,7 +254,7 @@ def episode_rows(suite: Suite, result: SuiteResult, seen: dict[str, list[str]],
     from tracekit.trace import Frame
 
     settings = suite.settings
-    evaluable = set(result.summary.get("harness", []))
+    paths = result.summary.get("harness", {})  # episode number -> how its module reaches it
     python = result.summary.get("python", "")
     indexes: dict[str, FunctionIndex | None] = {}
     kept = []
@@ -286,9 +286,12 @@ def episode_rows(suite: Suite, result: SuiteResult, seen: dict[str, list[str]],
             _count(counts, "context over max_context_tokens (kept)")
         frames = [Frame(e, line_map[n] if n else n, text, state, arg, scope, depth)
                   for e, n, text, state, arg, scope, depth in episode["frames"]]
-        call = call_text(qualname, episode["params"], episode["args"], episode["kind"])
-        standalone = ((number in evaluable or _literal(episode["args"]))
-                      and "<locals>" not in qualname and episode["kind"] != "coroutine")
+        access = paths.get(str(number))  # the expression its module reaches it by
+        if access is None and _literal(episode["args"]) and "<locals>" not in qualname:
+            access = qualname  # a run cut short before it said: literal arguments evaluate
+        call = call_text(access or qualname, episode["params"], episode["args"],
+                         episode["kind"])
+        standalone = access is not None and episode["kind"] != "coroutine"
         trace = Trace(context, qualname, call, frames, episode["status"], episode["error"],
                       episode["return_value"], python)
         if len(prompt_text(context, frames, end=trace.complete).encode()) > MAX_EPISODE_BYTES:

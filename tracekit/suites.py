@@ -188,9 +188,10 @@ def repeated(first: SuiteResult, second: SuiteResult) -> SuiteResult:
     summary = {**first.summary, "dropped": dict(first.summary.get("dropped", {}))}
     if len(kept) < len(first.episodes):
         summary["dropped"]["nondeterministic"] = len(first.episodes) - len(kept)
-    evaluable = set(first.summary.get("harness", []))
+    paths = first.summary.get("harness", {})
     positions = [i for i, s in enumerate(same) if s]
-    summary["harness"] = [n for n, i in enumerate(positions) if i in evaluable]
+    summary["harness"] = {str(n): paths[str(i)] for n, i in enumerate(positions)
+                          if str(i) in paths}
     return SuiteResult(kept, summary)
 
 

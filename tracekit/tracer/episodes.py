@@ -151,7 +151,8 @@ class Collector:
     """The `sys.settrace` function of a run that records episodes (see the module's doc).
 
     `files` maps each project file's path (as code objects name it) to its path under the
-    project; `emit(episode)` receives each finished episode as a dict; `wanted`, when given,
+    project; `emit(episode, code)` receives each finished episode as a dict, with the code
+    object of its function; `wanted`, when given,
     is the one function key that may start episodes. `start(test)` / `stop()` bracket the
     part of the run that is recorded, with `test` written into its episodes."""
 
@@ -260,7 +261,7 @@ class Collector:
         if episode.limit is not None:
             self._count(episode.limit[0])
             return
-        self.emit(_episode_record(episode))
+        self.emit(_episode_record(episode), episode.entry_code)
 
     def _count(self, reason: str) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1

@@ -38,7 +38,7 @@ class _Output:
             while payload:
                 payload = payload[os.write(self.fd, payload):]
 
-    def episode(self, episode: dict) -> None:
+    def episode(self, episode: dict, code=None) -> None:
         self.line({"episode": episode})
         self.episodes += 1
 
@@ -116,13 +116,13 @@ class _Plugin:
         self.collector, self.summary = collector, summary
         self.outcomes = summary.setdefault("tests", {})
         self.replaced = summary.setdefault("tracer_replaced", [])
-        self.recorded: list[tuple[str | None, dict]] = []
+        self.recorded: list[tuple[str | None, dict, object]] = []
         collector.emit = self._emit(collector.emit)
 
     def _emit(self, emit):
-        def record(episode: dict) -> None:
-            self.recorded.append((episode["module"], episode["args"]))
-            emit(episode)
+        def record(episode: dict, code) -> None:
+            self.recorded.append((episode["module"], episode["args"], code))
+            emit(episode, code)
         return record
 
     def pytest_runtest_logstart(self, nodeid, location):
@@ -147,8 +147,13 @@ class _Plugin:
                                      lines[-1] if lines else "collection failed")[:300]
 
     def pytest_sessionfinish(self, session, exitstatus):
-        self.summary["harness"] = [i for i, (module, args) in enumerate(self.recorded)
-                                   if _evaluate_back(module, args)]
+        """Which episodes can have a harness: the function reachable from its module (the
+        expression that names it) and every argument evaluating back."""
+        harness = self.summary["harness"] = {}
+        for i, (module, args, code) in enumerate(self.recorded):
+            path = access_path(module, code)
+            if path is not None and _evaluate_back(module, args):
+                harness[str(i)] = path
 
 
 def _run_harness(request: dict, collector: Collector, summary: dict) -> None:
@@ -168,6 +173,52 @@ def _run_harness(request: dict, collector: Collector, summary: dict) -> None:
         pass  # the episode records the exception
     finally:
         collector.stop()
+
+
+def access_path(module: str | None, code) -> str | None:
+    """An expression that gives the function of `code` from its module's namespace: its
+    qualified name where that leads to it, else the way there through a class's
+    staticmethod, classmethod or property, or a decorator's `__wrapped__` (`C.p.fget`,
+    `f.__wrapped__`); None when nothing at the module's top reaches it (a closure)."""
+    namespace = getattr(sys.modules.get(module or ""), "__dict__", None)
+    if namespace is None:
+        return None
+    qualname = getattr(code, "co_qualname", None)
+    if qualname and "<" not in qualname:
+        found = namespace.get(qualname.split(".")[0])
+        try:
+            for part in qualname.split(".")[1:]:
+                found = getattr(found, part)
+        except BaseException:  # noqa: BLE001 - a descriptor's __get__ may raise
+            found = None
+        if getattr(found, "__code__", None) is code:
+            return qualname
+    todo = [(name, value, 0) for name, value in list(namespace.items())]
+    seen = set()
+    while todo:
+        path, value, depth = todo.pop()
+        if id(value) in seen or depth > 3:
+            continue
+        seen.add(id(value))
+        try:  # the program's objects: any attribute may be computed, and raise
+            if getattr(value, "__code__", None) is code:
+                return path
+            inner = [("__wrapped__", getattr(value, "__wrapped__", None))]
+            if isinstance(value, (staticmethod, classmethod)):
+                inner.append(("__func__", value.__func__))
+            elif isinstance(value, property):
+                inner += [("fget", value.fget), ("fset", value.fset), ("fdel", value.fdel)]
+            elif isinstance(value, type) and getattr(value, "__module__", None) == module:
+                inner += list(vars(value).items())
+        except BaseException:  # noqa: BLE001
+            continue
+        for name, item in inner:
+            if item is not None:
+                # a class's staticmethod is reached as C.name, a classmethod's function as
+                # C.name.__func__ (C.name is a bound method), a property's as C.name.fget
+                step = "" if isinstance(value, staticmethod) else f".{name}"
+                todo.append((path + step, item, depth + 1))
+    return None
 
 
 def _evaluate_back(module: str | None, args: dict) -> bool:
