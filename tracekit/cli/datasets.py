@@ -141,8 +141,12 @@ def build(specs, out, resume, workers, call, max_tokens, drop_failed, skip_bad_r
         for test_file, error in stats["suites"].get("errors", {}).items():
             print_error("test file", f"{test_file}: {error}", "yellow")
         click.echo(suites_line(stats["suites"]))
-    items = "programs and test files" if "suites" in stats else "programs"
-    click.echo(f"{stats['rows']} rows from {stats['programs']} {items} in {out} "
+    files = sum(stats.get("suites", {}).get("test files", {}).values())
+    items = " and ".join(part for part in (
+        f"{stats['programs'] - files} programs" if stats["programs"] > files else "",
+        f"{files} test file{'s' if files != 1 else ''}" if files else "")
+        if part) or "0 programs"
+    click.echo(f"{stats['rows']} rows from {items} in {out} "
                f"({', '.join(f'{s} {n}' for s, n in sorted(stats['statuses'].items()))})"
                + (f"; dropped: {', '.join(f'{n} {DROPPED[why]}' for why, n in dropped.items())}"
                   if dropped else ""))
