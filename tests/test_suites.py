@@ -322,3 +322,15 @@ def test_the_realworld_set_traces_as_shipped_and_is_held_out(tmp_path):
     held_out = held_out_programs()
     copied = next(p for p in programs if p.id.startswith("toolz/toolz/itertoolz.py"))
     assert leaks([("copy", copied.source)], held_out)[0].startswith("copy ~ realworld/")
+
+
+def test_trace_runs_a_harness_as_its_module_from_the_command_line(tiny_rows, tmp_path):
+    row = by_call(tiny_rows)["fib(4)"]
+    harness = tmp_path / "harness.py"
+    harness.write_text(row["harness"])
+    traced = run_cli("trace", str(harness), "--module", row["module"], "--path",
+                     str(TINY / "src"), "--format", "json")
+    assert traced.returncode == 0, traced.stderr
+    assert json.loads(traced.stdout)["return_value"] == "3"
+    alone = run_cli("trace", str(harness))  # as __main__: its relative import has no package
+    assert alone.returncode == 4 and "attempted relative import" in alone.stderr

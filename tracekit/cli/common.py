@@ -118,9 +118,11 @@ def write_output(path: Path, text: str) -> None:
 
 
 def run_program(source: str, filename: str, call: str | None, entry: str | None,
-                tracing: TraceOptions) -> Trace:
+                tracing: TraceOptions, module: str | None = None,
+                sys_path: tuple[str, ...] = ()) -> Trace:
     """Trace one program; the call defaults to the file's '# tracekit-call:' line."""
-    return run_trace(source, call or call_from_comment(source), entry, tracing, filename)
+    return run_trace(source, call or call_from_comment(source), entry, tracing, filename,
+                     module, sys_path)
 
 
 def traced_for_a_model(file: Path, call: str | None, entry: str | None, tracing: TraceOptions,

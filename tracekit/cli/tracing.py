@@ -37,17 +37,26 @@ PROGRAM = click.Path(exists=True, dir_okay=False, path_type=Path)
               "trained on; json: tracekit's trace schema.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the trace here instead of stdout.")
+@click.option("--module", metavar="NAME", help="Run FILE as this module of a project (e.g. "
+              "pkg.mod: its relative imports resolve, its reprs name it), as a tests: row's "
+              "harness runs (its `module` column). Default: as __main__.")
+@click.option("--path", "paths", multiple=True, metavar="DIR",
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A project's import root, first on sys.path and visible read-only in the "
+              "sandbox (repeatable), e.g. the project's src/.")
 @tracing_options
-def trace(file: Path, entry, call, fmt, output, tracing) -> None:
+def trace(file: Path, entry, call, fmt, output, module, paths, tracing) -> None:
     """Trace FILE's entry function in a sandbox and print the CWM trace.
 
     \b
     tracekit trace prog.py --call "f(3)"
     tracekit trace prog.py --entry helper --call "helper('x')" --python 3.10 --format cwm
+    tracekit trace harness.py --module tinyproj.text --path tinyproj/src
     """
     if output is not None and output.resolve() == file.resolve():
         raise Failure("error", f"-o {output} is the program itself: choose another file", 8)
-    result = run_program(read_program(file), str(file), call, entry, tracing)
+    result = run_program(read_program(file), str(file.resolve() if module else file), call,
+                         entry, tracing, module, tuple(str(p.resolve()) for p in paths))
     if not result.frames and fmt != "json":
         exit_for(result)  # nothing ran: the one line saying why is the whole answer
     if fmt == "pretty" and output is None:
