@@ -87,11 +87,10 @@ def build(programs: Iterable[Program | Suite], out: str | Path,
             kill_point(f"traced:{k}")
             if options.check_determinism:
                 again = tracers.map(shard, again=True)  # in other processes (other addresses)
-                same = [_same(a, b) for a, b in zip(traces, again)]
                 # a test file's run keeps the episodes that came out the same both times
+                same = [isinstance(a, SuiteResult) or _same(a, b) for a, b in zip(traces, again)]
                 traces = [suites.repeated(a, b) if isinstance(a, SuiteResult) else a
                           for a, b in zip(traces, again)]
-                same = [s or isinstance(t, SuiteResult) for s, t in zip(same, traces)]
             else:
                 same = [True] * len(shard)
             rows = []
@@ -300,9 +299,7 @@ def _dropped(row: dict, repeatable: bool, options: BuildOptions) -> str | None:
     return None
 
 
-def _same(a: Trace | SuiteResult, b: Trace | SuiteResult) -> bool:
-    if isinstance(a, SuiteResult):
-        return a.episodes == b.episodes
+def _same(a: Trace, b: Trace) -> bool:
     return (a.status, a.frames, a.return_value, a.error) == (b.status, b.frames,
                                                              b.return_value, b.error)
 

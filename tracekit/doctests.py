@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tracekit.sources import Program, SourceError
 from tracekit.episode_rows import harness_program
-from tracekit.tracer.context import normalize_newlines
+from tracekit.tracer.context import read_source
 
 
 def doctest_source(target: str) -> Iterator[Program]:
@@ -49,7 +49,7 @@ def doctest_source(target: str) -> Iterator[Program]:
 
 def _file_programs(file: Path, name: str) -> Iterator[Program]:
     try:
-        source = normalize_newlines(file.read_bytes().decode("utf-8-sig"))
+        source = read_source(str(file))
         tree = ast.parse(source)
     except (OSError, UnicodeDecodeError, SyntaxError, ValueError):
         return  # not a module Python can read: no examples

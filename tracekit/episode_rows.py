@@ -22,7 +22,7 @@ from pathlib import Path
 from tracekit.suites import HarnessCheck, Suite, SuiteResult, harness_verdict
 from tracekit.trace import Trace
 from tracekit.tracer.constants import MARKER, MAX_EPISODE_BYTES
-from tracekit.tracer.context import normalize_newlines
+from tracekit.tracer.context import read_source
 
 
 def suite_rows(suite: Suite, result: SuiteResult, manifest: dict, statuses: Counter,
@@ -268,8 +268,7 @@ def episode_rows(suite: Suite, result: SuiteResult, seen: dict[str, list[str]],
         path = episode["file"]
         if path not in indexes:
             try:
-                text = (Path(suite.project) / path).read_bytes().decode("utf-8-sig")
-                indexes[path] = FunctionIndex(normalize_newlines(text))
+                indexes[path] = FunctionIndex(read_source(str(Path(suite.project) / path)))
             except (OSError, UnicodeDecodeError, SyntaxError, ValueError):
                 indexes[path] = None
         index = indexes[path]

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tracekit.tracer.constants import MARKER
-from tracekit.tracer.context import call_from_comment, marker_line, normalize_newlines
+from tracekit.tracer.context import call_from_comment, marker_line, read_source
 
 # CRUXEval as shipped in the repository (MIT; data/cruxeval/README.md)
 DATA = Path(__file__).resolve().parent.parent / "data"  # the checkout's (pip install -e .)
@@ -170,14 +170,14 @@ def realworld(path: str | Path = REALWORLD) -> Iterator[Program]:
             project = path.parent.resolve() / "projects" / row["project"]
             file = project / row["file"]
             if file not in files:
-                files[file] = normalize_newlines(file.read_bytes().decode("utf-8-sig"))
+                files[file] = read_source(str(file))
             yield Program(row["id"], harness_program(files[file], row["call"]), "main()",
                           None, str(file), row.get("expected"), row["module"],
                           (str(project / row["root"]),))
         except KeyError as exc:
             raise SourceError(f"{path}:{number}: no {exc.args[0]!r} field: not a realworld "
                               "row") from None
-        except (OSError, UnicodeDecodeError) as exc:
+        except (OSError, SyntaxError, UnicodeDecodeError) as exc:
             raise SourceError(f"{path}:{number}: cannot read the project's file ({exc})"
                               ) from None
 

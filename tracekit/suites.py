@@ -20,6 +20,7 @@ being installed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -129,8 +130,10 @@ def run_suite(suite: Suite, options: TraceOptions, warm: WarmSandbox | None = No
                 "per_function": settings.per_function, "step_in": settings.step_in,
                 "max_depth": settings.max_depth}
 
-    with tempfile.TemporaryDirectory(prefix="tracekit-project-") as scratch:
-        work = Path(warm.workdir if warm else scratch)
+    scratch = (contextlib.nullcontext(warm.workdir) if warm is not None
+               else tempfile.TemporaryDirectory(prefix="tracekit-project-"))
+    with scratch as workdir:
+        work = Path(workdir)
         shutil.copytree(suite.project, work / name, symlinks=True,
                         ignore=shutil.ignore_patterns(".*", "__pycache__", "*.egg-info"))
         try:

@@ -26,6 +26,15 @@ def normalize_newlines(source: str) -> str:
     return source.replace("\r\n", "\n").replace("\r", "\n")
 
 
+def read_source(path: str) -> str:
+    """A Python file's text as Python reads it (a coding line or a BOM honoured), with
+    universal newlines. Raises OSError, SyntaxError (a bad coding line), UnicodeDecodeError."""
+    import tokenize
+
+    with tokenize.open(path) as handle:
+        return handle.read()
+
+
 def _function_defs(tree: ast.AST):
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):

@@ -31,10 +31,9 @@ from __future__ import annotations
 import json
 import random
 import sys
-import tokenize
 
 from .constants import MAX_EPISODE_BYTES
-from .context import source_lines
+from .context import read_source, source_lines
 from .recorder import _GENERATOR_FLAGS, Recorder, _fresh_generator, _StopTracing
 from .values import Renderer
 
@@ -251,8 +250,7 @@ class Collector:
     def _lines(self, path: str) -> list[str]:
         lines = self.lines.get(path)
         if lines is None:
-            with tokenize.open(path) as handle:  # as Python reads it: coding line, BOM
-                lines = self.lines[path] = [""] + source_lines(handle.read())
+            lines = self.lines[path] = [""] + source_lines(read_source(path))
         return lines
 
     def _finish(self, episode: Episode) -> None:
