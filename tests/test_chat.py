@@ -214,6 +214,54 @@ def test_streamed_completions_join_into_the_unstreamed_text(served):
         assert chunks[-1]["choices"][0]["finish_reason"] == whole["finish_reason"]
 
 
+def test_a_stop_string_split_across_chunks_is_held_back_until_it_is_known(served):
+    """Stops taken from the greedy text itself (every 2- to 5-character piece of it, which
+    start and end inside tokens as often as at their edges): a streamed answer joins into the
+    unstreamed one for each, so no chunk gave out the start of a stop that then completed."""
+    body = {"model": "tiny", "prompt": "def f(x):\n    return x", "max_tokens": 30,
+            "temperature": 0}
+    free = json.loads(post(served, "/v1/completions", body)[1])["choices"][0]["text"]
+    stops = sorted({free[i:i + n] for n in range(2, 6) for i in range(1, len(free) - n + 1)
+                    if free[i:i + n].strip()})[::3]
+    assert len(stops) >= 15, free
+    for stop in stops:
+        request = {**body, "stop": [stop]}
+        whole = json.loads(post(served, "/v1/completions", request)[1])["choices"][0]
+        assert whole["text"] == free[:free.index(stop)]
+        chunks = events(post(served, "/v1/completions", {**request, "stream": True})[1])
+        assert "".join(c["choices"][0]["text"] for c in chunks) == whole["text"], stop
+
+
+def test_earlier_thinking_is_dropped_unless_preserved_in_every_renderer(served, tiny):
+    """preserve_previous_think=False drops an earlier assistant turn's <think> block in
+    tracekit's own template, in the checkpoint's template, in the server's renderer, and in a
+    served /v1/chat/completions, whose reply is then chat_turn's with the same option."""
+    from tracekit.predict import GREEDY, load_predictor
+
+    messages = CONVERSATIONS[2]
+    tokenizer = load_tokenizer(tiny)
+    for template in (None, checkpoint_template(tiny)):
+        kept = render_chat(messages, ChatOptions(True, True, None), template)
+        dropped = render_chat(messages, ChatOptions(True, False, None), template)
+        assert "add them" in kept and "add them" not in dropped and "4" in dropped
+        served_prompt = server_prompt(tokenizer, template)
+        assert served_prompt(messages, {"preserve_previous_think": False}) == \
+            encode(tokenizer, dropped)
+        assert served_prompt(messages, {}) == served_prompt(
+            messages, {"preserve_previous_think": True}) == encode(tokenizer, kept)
+    predictor = load_predictor(str(tiny))
+    template = checkpoint_template(tiny)
+    for preserve in (True, False):
+        body = {"model": "tiny", "messages": messages, "max_tokens": 24, "temperature": 0,
+                "chat_template_kwargs": {"preserve_previous_think": preserve}}
+        answer = json.loads(post(served, "/v1/chat/completions", body)[1])
+        prompt = render_chat(messages, ChatOptions(True, preserve, None), template)
+        assert answer["usage"]["prompt_tokens"] == len(encode(tokenizer, prompt))
+        reply = chat_turn(predictor, messages, ChatOptions(True, preserve, system=None),
+                          template, 24, GREEDY)
+        assert answer["choices"][0]["message"]["content"] == reply.text
+
+
 @pytest.mark.parametrize("body, says", [
     ({}, "messages must be a non-empty list"),
     ({"messages": "hi"}, "messages must be a non-empty list"),
