@@ -18,6 +18,7 @@ from tracekit.cli.debug import DebugSession, split_commands
 from tracekit.debugger import DebuggerError, ModelStepper, Program, ReplayStepper, Track
 from tracekit.predict import GREEDY, load_predictor
 from tracekit.sandbox import run_trace
+from tracekit.tokenizer import decode
 from tracekit.trace import resolve_dots
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -192,6 +193,60 @@ def test_a_track_refuses_to_edit_what_has_no_locals():
         track.set_value("n", "3")
     assert track.back() and track.frames == trace.frames[:1] and not track.ended
     assert not track.back()
+
+
+def test_set_with_the_oracle_edits_the_frame_it_cannot_go_on_from_and_back_undoes_it():
+    trace = real_trace("recursion")
+    track = Track(ReplayStepper(trace.frames), trace.frames[:1], Program(trace.context))
+    track.save()
+    track.set_value("n", "7")
+    assert track.current.locals == {"n": "7"} and track.is_edited
+    assert trace.frames[0].locals == {"n": "4"}  # the real trace is not touched
+    stop = track.step()  # the oracle knows no run from n = 7
+    assert stop.reason == "refused" and "edited frame" in stop.message
+    assert track.back() and track.frames == trace.frames[:1] and not track.is_edited
+    assert track.step().reason == "" and track.frames == trace.frames[:2]
+
+
+def test_set_with_a_model_is_the_state_the_next_step_starts_from(tmp_path):
+    """`set k = 5` at the call frame: the model's next step is predicted from the edited frame
+    (the same prediction as from a fresh prompt holding it), the real run beside it keeps
+    k = 2, and `back` twice gives the unedited start that the real run is compared with again.
+    A tiny random-weight model: what it predicts does not matter, what it is given does."""
+    from tests.test_evals import tiny_checkpoint
+
+    trace = run_trace(LOOP, "f(2)")
+    program = Program(trace.context)
+    predictor = load_predictor(str(tiny_checkpoint(tmp_path / "tiny")), max_frame_tokens=24)
+    stepper = ModelStepper(predictor, trace.context, GREEDY)
+    given = []
+    generate = stepper.generate
+
+    def generate_and_record(frames, force_event, budget):
+        prediction = generate(frames, force_event, budget)
+        given.append((list(frames), force_event, budget, prediction))
+        return prediction
+
+    stepper.generate = generate_and_record
+    predicted = Track(stepper, trace.frames[:1], program)
+    real = Track(ReplayStepper(trace.frames), trace.frames[:1], program)
+    session = DebugSession(predicted, real, color=False)
+    session.run("set k = 5")
+    assert predicted.current.locals == {"k": "5"} and predicted.is_edited
+    assert real.frames == trace.frames[:1] and real.current.locals == {"k": "2"}
+    session.run("s")
+    (frames, force, budget, prediction), = given
+    assert [f.locals for f in frames] == [{"k": "5"}] and force == "line"
+    assert '{"k": "5"}' in decode(predictor.tokenizer, stepper.session.prompt())
+    fresh = predictor.next_frame(trace.context, frames, force, GREEDY, budget)
+    assert prediction.text == fresh.text
+    assert real.frames == trace.frames[:1]  # not moved: an edited run is not compared
+    moved = len(predicted.frames) == 2  # (a malformed frame is shown, not added)
+    assert len(predicted.history) == 1 + moved
+    for _ in range(1 + moved):
+        session.run("back")
+    assert predicted.frames == trace.frames[:1] and real.frames == trace.frames[:1]
+    assert not predicted.history and not real.history  # exactly the two commands undone
 
 
 # ---- the bundled model -------------------------------------------------------------------

@@ -164,7 +164,12 @@ def test_muon_trains_the_matrices_and_a_stopped_run_resumes_to_the_same_weights(
     from tracekit.model import train as loop
     from tracekit.model.modeling import CwmForCausalLM
 
-    rows = pack(traces, tokenizer, 512).rows
+    # short traces, so that the 12 steps read 24 of 21 rows: each step another pair, and an
+    # epoch's end half way (a resume that read its rows from step 0 again would differ)
+    short = [Trace.from_dict(trace_source(p.source, call=p.call, entry=p.entry))
+             for p in sources.basic(40, seed=5)]
+    rows = pack(short, tokenizer, 512).rows
+    assert len(rows) == 21
     config = loop.TrainConfig(steps=12, batch_rows=2, warmup=2, eval_every=0, save_every=6,
                               lr=3e-3, optimizer="muon")
 
@@ -182,7 +187,7 @@ def test_muon_trains_the_matrices_and_a_stopped_run_resumes_to_the_same_weights(
     assert sum(len(g["params"]) for g in muon.param_groups) == 2 * 4 + 3 * 2  # q k v o, MLP
     whole = fresh()
     log = loop.train(whole, rows, config, tmp_path / "whole")
-    assert log[-1]["loss"] < 0.8 * log[0]["loss"]
+    assert log[-1]["loss"] < 0.9 * log[0]["loss"]  # (12 steps over 21 different rows)
 
     class Stopped(Exception):
         pass
