@@ -7,12 +7,23 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from tests.golden.expected_for import EXPECTED, PROGRAMS
 from tracekit.cli import main
-from tracekit.cwm import SPECIAL_TOKENS, parse_frames, parse_trace, state_json
+from tracekit.cwm import (
+    BEGIN_OF_TEXT,
+    END_OF_TEXT,
+    FRAME_SEP,
+    SPECIAL_TOKENS,
+    TRACE_CONTEXT_START,
+    frame_segments,
+    parse_frames,
+    parse_trace,
+    prompt_segments,
+    state_json,
+)
 from tracekit.prompts import (
     REASONING_SYSTEM_PROMPT,
     chat_prompt,
@@ -27,6 +38,7 @@ from tracekit.tokenizer import (
     cwm_tokenizer,
     decode,
     encode,
+    encode_segments,
     load_tokenizer,
     parse_ids,
 )
@@ -177,9 +189,21 @@ def test_parser_never_raises_on_arbitrary_text(text):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.integers(min_value=-5, max_value=128300), max_size=60))
-def test_parser_never_raises_on_arbitrary_token_ids(ids):
-    parse_ids(cwm_tokenizer(), ids)
+@given(st.lists(st.one_of(st.integers(min_value=-5, max_value=128300),
+                          st.sampled_from(list(SPECIAL_TOKENS.values())[:17])), max_size=60))
+def test_a_parse_of_arbitrary_token_ids_keeps_no_frame_it_cannot_write_back(ids):
+    """Whatever the ids: every frame without an error is one the writer writes and the parser
+    reads back as itself, and there is a frame per <|frame_sep|> or event token at most (one
+    more for a tail without either)."""
+    tok = cwm_tokenizer()
+    parsed = parse_ids(tok, ids)
+    for frame in parsed.frames:
+        if frame.error is None:
+            again = parse_ids(tok, encode_segments(tok, frame_segments(frame)))
+            assert again.frames == [frame] and not again.ended
+    closers = {SPECIAL_TOKENS[t] for t in ("<|frame_sep|>", "<|call_sep|>", "<|line_sep|>",
+                                          "<|return_sep|>", "<|exception_sep|>")}
+    assert len(parsed.frames) <= sum(i in closers for i in ids) + 1
 
 
 values = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
@@ -192,6 +216,50 @@ frames_strategy = st.one_of(
               st.sampled_from(["return", "exception"]), values,
               values.map(lambda s: s.replace("\n", "") + "\n")),
 )
+
+
+# Frames written by the one writer, and damage that breaks exactly the frame it is in.
+DAMAGE = [
+    ["<|line_sep|>", '{"a": "1"}', "    a += 1\n", "<|frame_sep|>"],  # no <|action_sep|>
+    ["<|line_sep|>", '{"a": 1', "<|action_sep|>", "    a += 1\n", "<|frame_sep|>"],  # bad JSON
+    ["<|call_sep|>", '{"a": 1}', "<|action_sep|>", "def f(a):\n", "<|frame_sep|>"],  # a number
+    ["<|line_sep|>", "<|reserved_special_token_7|>", "<|action_sep|>", "x\n", "<|frame_sep|>"],
+    ["<|return_sep|>", "<|action_sep|>", "    return a\n", "<|arg_sep|>", "1", "<|frame_sep|>"],
+    ["<|exception_sep|>", "<|action_sep|>", "    raise E\n", "<|frame_sep|>"],  # no value
+    ["<|line_sep|>", '{"a": ".."}', "<|action_sep|>", "    a += 1\n"],  # no <|frame_sep|>
+    ["stray text", "<|frame_sep|>"],  # plain text where an event token belongs
+]
+UNCLOSED = 6  # (plain text right after it would join its source: no damage left to see)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(frames_strategy, st.integers(0, len(DAMAGE) - 1)), max_size=8),
+       st.booleans())
+def test_token_ids_parse_to_their_frames_with_each_damage_one_error_frame(pieces, end):
+    """A trace's ids, frames and damaged pieces mixed: the context comes back, each written
+    frame parses back to itself, and each damaged piece becomes exactly one frame with an error
+    in its place, the parse going on at the next frame. With no damage the frames re-encode
+    to the input ids exactly."""
+    assume(not any(a == UNCLOSED and b == UNCLOSED + 1 for a, b in zip(pieces, pieces[1:])))
+    tok = cwm_tokenizer()
+    context = "def f(a):\n    a += 1\n    return a\n"
+    segments = [BEGIN_OF_TEXT, TRACE_CONTEXT_START, context, FRAME_SEP]
+    for piece in pieces:
+        segments += frame_segments(piece) if isinstance(piece, Frame) else DAMAGE[piece]
+    if end:
+        segments.append(END_OF_TEXT)
+    ids = encode_segments(tok, segments)
+    parsed = parse_ids(tok, ids)
+    assert parsed.context == context
+    assert len(parsed.frames) == len(pieces)
+    for piece, frame in zip(pieces, parsed.frames):
+        if isinstance(piece, Frame):
+            assert frame == piece
+        else:
+            assert frame.error is not None, DAMAGE[piece]
+    assert parsed.ended == end
+    if all(isinstance(piece, Frame) for piece in pieces):
+        assert encode_segments(tok, prompt_segments(context, parsed.frames, end=end)) == ids
 
 
 @settings(max_examples=300, deadline=None)
