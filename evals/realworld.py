@@ -1,7 +1,7 @@
 """The real-code evaluation set shipped in `data/realworld/`: function-level episodes of
 permissively licensed pure-Python projects from PyPI, cut from the projects' own test suites
 by the `tests:` source with `--check-harness`, each kept as the call its harness makes (the
-program is the function's file, shipped under `projects/`, and a `main` returning the call),
+program is the function's file, shipped under `project-files/`, and a `main` returning the call),
 so that the programs import what they import. `tracekit dataset build realworld` traces them.
 
     make realworld     # python -m tracekit.evals.realworld -o data/realworld
@@ -38,7 +38,7 @@ def make(checkouts: list[Path], out: Path, per_project: int = PER_PROJECT, seed:
     for checkout in checkouts:
         suites = list(sources.from_specs([f"tests:{checkout}"], episodes=SETTINGS))
         name = checkout.name.rsplit("-", 1)[0]
-        target = out / "projects" / name
+        target = out / "project-files" / name
         with tempfile.TemporaryDirectory(prefix="tracekit-realworld-") as work:
             dataset.build(suites, Path(work) / "ds", workers=workers)
             episodes = dataset.load_rows(Path(work) / "ds")
@@ -58,7 +58,7 @@ def make(checkouts: list[Path], out: Path, per_project: int = PER_PROJECT, seed:
                          "function": row["function"], "test": row["test"],
                          "args": row["args"], "call": row["call"], "expected": None})
     _write(out, rows)
-    # traced once more as shipped (from the copies under projects/): what main returns is
+    # traced once more as shipped (from the copies under project-files/): what main returns is
     # each row's expected value; a program that does not run from the copies is left out
     with tempfile.TemporaryDirectory(prefix="tracekit-realworld-") as work:
         dataset.build(sources.realworld(out / "realworld.jsonl"), Path(work) / "ds",

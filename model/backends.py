@@ -318,7 +318,11 @@ def load_backend(spec: str, openai_model: str | None = None, device: str = "cpu"
                            "directory with config.json and safetensors, or openai:URL")
 
     if reference:
-        import transformers
+        try:
+            import transformers
+        except ImportError:
+            raise BackendError("transformers:DIR needs the transformers package: pip install "
+                               "'tracekit[transformers]'") from None
 
         check_device(device, dtype or torch.float32)
         try:

@@ -48,8 +48,9 @@ def forbidden(module: str, name: str) -> bool:
         return within("tracekit") and not within("tracekit.model")
     if module.startswith("tracekit.evals."):
         return within("tracekit.cli")
-    if module.startswith(("tracekit.cli", "tracekit.tracer.")):
-        return False  # the top; the tracer is checked more strictly (standard library only)
+    if module.startswith(("tracekit.cli", "tracekit.tracer.")) or module == "tracekit.__main__":
+        return False  # the top (python -m tracekit is the CLI); the tracer is checked more
+        # strictly (standard library only)
     return any(within(above) for above in CORE_ABOVE)
 
 

@@ -33,6 +33,12 @@ def test_cruxeval_programs_return_the_expected_output():
 def test_source_specs_name_the_shipped_cruxeval_and_read_files(tmp_path):
     crux = list(sources.from_specs(["cruxeval"]))
     assert [p.id for p in crux[:2]] == ["sample_0", "sample_1"] and len(crux) == 800
+    assert list(sources.from_specs(["cruxeval:3"])) == crux[:3]  # NAME:COUNT, the first COUNT
+    real = list(sources.from_specs(["realworld:2"]))
+    assert real == list(sources.from_specs(["realworld"]))[:2]
+    for bad in ("cruxeval:0", "cruxeval:x", "humaneval:1:2", "realworld:"):
+        with pytest.raises(sources.SourceError, match=r"write \w+ or \w+:COUNT"):
+            list(sources.from_specs([bad]))
     rows = tmp_path / "rows.jsonl"
     rows.write_text(json.dumps({"code": "def g(x):\n    return x", "call": "g(1)"}) + "\n")
     mixed = list(sources.from_specs([str(rows), "synthetic:2:5", str(crux_file(tmp_path))]))

@@ -307,7 +307,7 @@ def test_the_realworld_set_traces_as_shipped_and_is_held_out(tmp_path):
     assert len(programs) == 286 and len({p.id for p in programs}) == 286
     for project, licence in (("inflection", "LICENSE"), ("more-itertools", "LICENSE"),
                              ("toolz", "LICENSE.txt")):
-        assert (ROOT / "data" / "realworld" / "projects" / project / licence).is_file()
+        assert (ROOT / "data" / "realworld" / "project-files" / project / licence).is_file()
     sample = random.Random(0).sample(programs, 40)
     stats = dataset.build(sample, tmp_path / "rw", dataset.BuildOptions(), workers=2)
     rows = dataset.load_rows(tmp_path / "rw")

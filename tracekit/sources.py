@@ -27,16 +27,21 @@ import builtins
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from importlib import resources
+from itertools import islice
 from pathlib import Path
 
 from tracekit.tracer.constants import MARKER
 from tracekit.tracer.context import call_from_comment, marker_line, read_source
 
-# CRUXEval as shipped in the repository (MIT; data/cruxeval/README.md)
-DATA = Path(__file__).resolve().parent.parent / "data"  # the checkout's (pip install -e .)
-CRUXEVAL = DATA / "cruxeval" / "cruxeval.jsonl"
+# The shipped data: the repository's data/, installed as the package tracekit.data (a wheel
+# carries it; an editable install maps it to the checkout's data/).
+DATA = Path(str(resources.files("tracekit.data")))
+CRUXEVAL = DATA / "cruxeval" / "cruxeval.jsonl"  # MIT; data/cruxeval/README.md
 SAMPLE_PROGRAMS = DATA / "programs"  # the demo's
 REALWORLD = DATA / "realworld" / "realworld.jsonl"  # the real-code evaluation set
+PROJECT_FILES = "project-files"  # beside realworld.jsonl: the projects' own files
+SHIPPED = ("cruxeval", "humaneval", "realworld")  # sources by name; NAME:COUNT takes the first
 
 
 @dataclass(frozen=True)
@@ -141,9 +146,8 @@ def _called_name(call: str) -> str | None:
 
 def cruxeval(path: str | Path = CRUXEVAL) -> Iterator[Program]:
     if path == CRUXEVAL and not CRUXEVAL.is_file():
-        raise SourceError(f"{CRUXEVAL}: missing; the cruxeval source reads the copy in the "
-                          "repository's data/cruxeval/ (install tracekit from a clone: "
-                          "pip install -e .)")
+        raise SourceError(f"{CRUXEVAL}: missing from this installation of tracekit: "
+                          "install it again (pip install --force-reinstall tracekit)")
     for number, row in _rows(path):
         try:
             code, argument = row["code"], row["input"]
@@ -160,14 +164,15 @@ def realworld(path: str | Path = REALWORLD) -> Iterator[Program]:
     project's files shipped beside the set importable."""
     path = Path(path)
     if not path.is_file():
-        raise SourceError(f"{path}: missing; the realworld source reads the set in the "
-                          "repository's data/realworld/ (make realworld rebuilds it)")
+        raise SourceError(f"{path}: missing; the realworld source reads the set shipped in "
+                          "tracekit.data (data/realworld/ of a checkout; make realworld "
+                          "rebuilds it)")
     from tracekit.episode_rows import harness_program
 
     files: dict[Path, str] = {}
     for number, row in _rows(path):
         try:
-            project = path.parent.resolve() / "projects" / row["project"]
+            project = path.parent.resolve() / PROJECT_FILES / row["project"]
             file = project / row["file"]
             if file not in files:
                 files[file] = read_source(str(file))
@@ -243,7 +248,8 @@ def from_specs(specs: list[str] | tuple[str, ...], call: str | None = None,
     at DIR, a `tracekit.suites.Suite` cut into episodes as `episodes`, an EpisodeOptions,
     says), FILE.py or DIR (`call` for their entries),
     FILE.jsonl (CRUXEval rows recognised by their fields; bad rows as `jsonl` says),
-    `cruxeval`, `humaneval`, `synthetic:COUNT[:SEED]` (programs of `size`),
+    `cruxeval`, `humaneval`, `realworld` (each also as NAME:COUNT, its first COUNT programs),
+    `synthetic:COUNT[:SEED]` (programs of `size`),
     `basic:COUNT[:SEED]` (short everyday functions, tracekit.basic_programs),
     `loops:COUNT[:SEED]` (those of them whose loops the arguments bound),
     `methods:COUNT[:SEED]` (short chains of str/list/dict methods, tracekit.method_programs)."""
@@ -257,12 +263,16 @@ def from_specs(specs: list[str] | tuple[str, ...], call: str | None = None,
 
             yield from tests_source(spec.removeprefix("tests:") or ".",
                                     episodes or EpisodeOptions())
-        elif spec == "humaneval":
-            yield from humaneval()
-        elif spec == "cruxeval":
-            yield from cruxeval()
-        elif spec == "realworld":
-            yield from realworld()
+        elif spec.split(":")[0] in SHIPPED:
+            name, *parts = spec.split(":")
+            count = None
+            if parts:
+                if len(parts) > 1 or not parts[0].isdigit() or int(parts[0]) < 1:
+                    raise SourceError(f"{spec}: write {name} or {name}:COUNT (COUNT >= 1, "
+                                      "the first COUNT programs)")
+                count = int(parts[0])
+            shipped = {"cruxeval": cruxeval, "humaneval": humaneval, "realworld": realworld}
+            yield from islice(shipped[name](), count)
         elif spec.startswith(("synthetic:", "basic:", "loops:", "methods:")):
             kind, *parts = spec.split(":")
             usage = f"{spec}: write {kind}:COUNT or {kind}:COUNT:SEED (COUNT >= 1)"

@@ -73,8 +73,9 @@ def build(specs, out, resume, workers, call, max_tokens, drop_failed, skip_bad_r
     interpreter with pytest and the project's dependencies; --timeout is per test file, 300 s
     unless given), doctest:PATH_OR_MODULE (docstring examples that call the module's code),
     a .py file or a directory of them, a .jsonl file (rows with code and call, or code, entry
-    and args; or CRUXEval rows), cruxeval (the 800 rows shipped in data/cruxeval/), realworld
-    (the real-code evaluation set in data/realworld/), humaneval, synthetic:COUNT[:SEED],
+    and args; or CRUXEval rows), cruxeval (CRUXEval's 800 rows, shipped with tracekit),
+    realworld (the real-code evaluation set, shipped), humaneval (each also as NAME:COUNT,
+    its first COUNT programs), synthetic:COUNT[:SEED],
     basic:COUNT[:SEED] (short everyday functions), loops:COUNT[:SEED] (their loops) or
     methods:COUNT[:SEED] (chains of str/list/dict methods).
 
@@ -83,6 +84,7 @@ def build(specs, out, resume, workers, call, max_tokens, drop_failed, skip_bad_r
     tracekit dataset build tests:inflection-0.5.1/ -o inflection/ --check-harness
     tracekit dataset build doctest:fractions realworld -o real/
     tracekit dataset build cruxeval synthetic:10000:1 -o traces/ --drop-failed
+    tracekit dataset build cruxeval:50 -o sample/
     tracekit dataset build synthetic:1000000 -o traces/ --engine ray --address HEAD:6379
     """
     from rich.progress import (

@@ -15,7 +15,7 @@ from tracekit.trace import EXIT_DATA, EXIT_MODEL
 
 @click.command(epilog=exit_help(0, 2, 7, 8))
 @click.option("--programs", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              default=SAMPLE_PROGRAMS, show_default="data/programs of the checkout",
+              default=SAMPLE_PROGRAMS, show_default="the sample programs shipped with tracekit",
               help="Directory of sample programs (each marked, with a '# tracekit-call:' line).")
 @click.option("--show", metavar="NAME", default="bubble_sort",
               help="Which program's trace to print in full.")
@@ -80,6 +80,8 @@ def demo(programs: Path, show, output: Path, spec, tracing) -> None:
                 summary, info = evaluate_on(dataset_dir, eval_dir, spec, mode)
             console.print(f"\nevaluated {predictor}, {mode}:", highlight=False)
             print_eval(summary, info, eval_dir, console)
+        console.print(f"\nthe demo's output is in {output.resolve()} (dataset/, eval/, "
+                      "eval-rollout/)", highlight=False, soft_wrap=True)
     except EvalError as exc:
         raise Failure("eval", str(exc), EXIT_DATA) from None
     except BackendError as exc:
