@@ -37,6 +37,7 @@ from tracekit.evals import baselines
 from tracekit.evals.compare import TraceComparison, compare
 from tracekit.killpoints import kill_point
 from tracekit.model.checkpoint import CheckpointError, checkpoint_fingerprint
+from tracekit.model.errors import ContextError
 from tracekit.trace import COMPLETE_STATUSES, Trace
 
 PREDICTIONS, RUN = "predictions.jsonl", "run.json"
@@ -61,6 +62,7 @@ class RunOptions:
     seed: int | None = None
     max_frame_tokens: int = 256
     budget_tokens: int = 32768  # rollout: tokens for the whole trace (the study's 32K)
+    max_tokens: int | None = None  # leave out traces longer than this (prompt and end)
     device: str = "cpu"
     compile_decode: bool = False  # our runtime: batch-1 decode steps compiled
     draft_tokens: int | None = None  # our runtime: prompt-lookup guesses (None: its default)
@@ -267,13 +269,53 @@ def _token_list(ids) -> bool:
     return isinstance(ids, list) and all(type(i) is int for i in ids)
 
 
-def model_predictor(options: RunOptions) -> tuple[Callable[[Trace], dict], str, object]:
-    """A function that predicts one trace in the run's mode, the backend's name, and the
-    tokenizer its ids are in (None for a baseline, which writes text).
-    Raises model.backends.BackendError when the model cannot be loaded."""
+def too_long(traces: list[tuple[str, Trace]], options: RunOptions, predictor=None
+             ) -> tuple[list[tuple[str, Trace]], str | None, int, int]:
+    """The traces the run predicts, and what it leaves out: (kept, why, traces, frames). A
+    trace is left out when what its mode has the model read and write does not fit the
+    model's context (teacher-forced and rollout: the whole trace, rollout with its end
+    token; output: the call frame's prompt and the return frame), or is longer than
+    --max-tokens (the whole trace with its end, in the model's tokens, else CWM's)."""
+    from tracekit.prompts import trace_prompt_ids
+    from tracekit.tokenizer import cwm_tokenizer
+
+    tokenizer = predictor.tokenizer if predictor is not None else cwm_tokenizer()
+    limit = predictor.context_length if predictor is not None else None
+    if options.mode == "reasoning":
+        limit = None  # a chat prompt: chat_turn says when it does not fit ("context")
+
+    def fits(trace: Trace) -> bool:
+        if options.max_tokens is not None and len(trace_prompt_ids(
+                tokenizer, trace.context, trace.frames, end=True)) > options.max_tokens:
+            return False
+        if limit is None:
+            return True
+        if options.mode == "output":
+            return len(predictor.prompt(trace.context, trace.frames[:1])) + len(
+                predictor.frame_ids(trace.frames[-1])) <= limit
+        whole = predictor.frames_that_fit(trace.context, trace.frames) == len(trace.frames)
+        return whole and (options.mode != "rollout" or len(predictor.prompt(
+            trace.context, trace.frames)) < limit)
+
+    kept = [(tid, trace) for tid, trace in traces if fits(trace)]
+    if len(kept) == len(traces):
+        return kept, None, 0, 0
+    why = (f"over the context ({limit} tokens)" if options.max_tokens is None
+           else f"over --max-tokens {options.max_tokens}" if limit is None
+           else f"over the context ({limit} tokens) or --max-tokens {options.max_tokens}")
+    ids = {tid for tid, _ in kept}
+    frames = sum(len(trace.frames) for tid, trace in traces if tid not in ids)
+    return kept, why, len(traces) - len(kept), frames
+
+
+def model_predictor(options: RunOptions) -> tuple[Callable[[Trace], dict], str, object, object]:
+    """A function that predicts one trace in the run's mode, the backend's name, the
+    tokenizer its ids are in (None for a baseline, which writes text), and the predictor
+    (None for a baseline). Raises model.backends.BackendError when the model cannot be
+    loaded."""
     if options.model in baselines.BASELINES:
         return (lambda trace: baselines.predict(options.model, trace, options.mode)), \
-            options.model, None
+            options.model, None, None
     from tracekit.predict import Sampling, load_predictor
 
     predictor = load_predictor(options.model, options.openai_model, options.device,
@@ -281,7 +323,8 @@ def model_predictor(options: RunOptions) -> tuple[Callable[[Trace], dict], str, 
                                options.draft_tokens)
     sampling = Sampling(options.temperature, options.top_k, options.top_p, options.seed)
     if options.mode == "reasoning":
-        return _reasoning_predictor(options, predictor, sampling), predictor.backend.name, None
+        return (_reasoning_predictor(options, predictor, sampling), predictor.backend.name,
+                None, predictor)
 
     def predict_one(trace: Trace) -> dict:
         if options.mode == "teacher-forced":
@@ -301,7 +344,7 @@ def model_predictor(options: RunOptions) -> tuple[Callable[[Trace], dict], str, 
                         *(t for s in rollout.steps for t in s.tokens)],
                 "given": len(given), "stop": rollout.stop, "tokens": rollout.tokens_used}
 
-    return predict_one, predictor.backend.name, predictor.tokenizer
+    return predict_one, predictor.backend.name, predictor.tokenizer, predictor
 
 
 def _reasoning_predictor(options: RunOptions, predictor, sampling) -> Callable[[Trace], dict]:
@@ -326,7 +369,7 @@ def _reasoning_predictor(options: RunOptions, predictor, sampling) -> Callable[[
         try:
             reply = chat_turn(predictor, messages, ChatOptions(), template,
                               options.budget_tokens, sampling)
-        except ChatError as exc:  # the program does not fit the context: scored as no answer
+        except ContextError as exc:  # the program does not fit: scored as no answer
             return {"text": "", "stop": "context", "error": str(exc)}
         opened = "<think>\n" if reply.thinking is not None else ""
         return {"text": opened + reply.text, "tokens": reply.tokens,
@@ -350,7 +393,13 @@ def evaluate(options: RunOptions, out: Path, resume: bool = False, concurrency: 
     started = time.monotonic()
     traces, skipped = load_traces(options)
     described = start(out, options, resume)
-    unreadable, tokenizer = 0, None
+    unreadable, tokenizer, loaded = 0, None, None
+    if not options.predictions:
+        predict_one, backend, tokenizer, loaded = model_predictor(options)  # OUT untouched
+    traces, why, left_out, left_out_frames = too_long(traces, options, loaded)
+    if not traces:
+        raise ContextError(f"every complete trace of {options.dataset} is {why}: evaluate a "
+                           "model with a longer context, or traces that fit")
     if options.predictions:
         source = Path(options.predictions)
         records, unreadable = read_predictions(source)
@@ -359,7 +408,6 @@ def evaluate(options: RunOptions, out: Path, resume: bool = False, concurrency: 
             shutil.copyfile(source, out / PREDICTIONS)  # the report keeps what it scored
         predictor = options.predictor_name
     else:
-        predict_one, backend, tokenizer = model_predictor(options)  # before OUT is touched
         claim(out, described)
         records = predict_all(traces, out, predict_one, options.mode, concurrency, progress)
         predictor = options.model if backend == options.model else f"{options.model} ({backend})"
@@ -374,7 +422,9 @@ def evaluate(options: RunOptions, out: Path, resume: bool = False, concurrency: 
             "max_frame_tokens": options.max_frame_tokens,
             "sampling": {"temperature": options.temperature, "top_k": options.top_k,
                          "top_p": options.top_p, "seed": options.seed},
-            "skipped": dict(skipped), "problems": dict(problems),
+            "skipped": {**skipped, **({why: left_out} if why else {})},
+            "skipped_frames": {why: left_out_frames} if why else {},
+            "problems": dict(problems),
             "tracekit": version("tracekit"),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "seconds": {"load and predict": round(predicted - started, 2),

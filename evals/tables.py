@@ -100,9 +100,13 @@ def info_line(info: dict, summary: dict) -> str:
     problems = info.get("problems") or {}
     parts = [f"dataset {info['dataset']}", f"predictor {info['predictor']}",
              f"mode {info['mode']}", f"{summary['traces']} traces, {summary['frames']} frames"]
-    if skipped:
+    frames_left_out = info.get("skipped_frames") or {}
+    incomplete = {k: v for k, v in skipped.items() if k not in frames_left_out}
+    if incomplete:
         parts.append("skipped (incomplete real traces): "
-                     + ", ".join(f"{k} {v}" for k, v in sorted(skipped.items())))
+                     + ", ".join(f"{k} {v}" for k, v in sorted(incomplete.items())))
+    for why, frames in frames_left_out.items():
+        parts.append(f"not predicted, {why}: {skipped[why]} traces, {frames} frames")
     if problems:
         parts.append("prediction problems: "
                      + ", ".join(f"{k} {v}" for k, v in sorted(problems.items())))

@@ -60,7 +60,7 @@ def place(tmp_path_factory) -> Path:
                                              for i in range(50)})
             (base / name / "tokenizer.json").write_text(json.dumps(tokens))
         else:
-            config["max_position_embeddings"] = 64
+            config["max_position_embeddings"] = 32
             (base / name / "config.json").write_text(json.dumps(config))
     assert invoke("eval", str(base / "ds"), "--model", "copy", "--mode", "teacher-forced",
                   "-o", str(base / "ev")).exit_code == 0
@@ -135,8 +135,13 @@ CASES = [
      "tokenizer.json: cannot load it"),
     ("predict: tokenizer bigger than the model", "predict {P}/prog.py --model {P}/small-vocab",
      7, "they are not from one checkpoint"),
-    ("predict: prompt longer than the context", "predict {P}/prog.py --model "
-     "{P}/short-context", 7, "the model's context 64"),
+    ("predict: a call frame longer than the context", "predict {P}/prog.py --model "
+     "{P}/short-context", 10, "too long: the call frame alone does not fit the model's "
+     "context of 32 tokens"),
+    ("predict: next frame after frames that fill the context", "predict {P}/prog.py --mode "
+     "next --frames 4 --model {P}/short-context", 10, "tokens and the model reads 32"),
+    ("eval: every trace longer than the context", "eval {P}/ds --model {P}/short-context -o "
+     "{P}/ev5", 10, "is over the context (32 tokens): evaluate a model with a longer context"),
     ("predict: binary file", "predict {P}/binary.py", 8, "cannot read it as Python source"),
     # eval
     ("eval: not a dataset", "eval {P}/empty-dir --model copy -o {P}/ev1", 8,
@@ -152,6 +157,10 @@ CASES = [
      8, "already holds an eval"),
     ("eval: openai without a name", "eval {P}/ds --model openai:http://127.0.0.1:9 -o "
      "{P}/ev4", 2, "needs --openai-model"),
+    # chat
+    ("chat: a conversation longer than the context", "chat -m hello --model "
+     "{P}/short-context", 10, "too long: the conversation no longer fits the model's context "
+     "of 32 tokens"),
     # serve, train, the group
     ("serve: no such checkpoint", "serve {P}/nosuch", 7, "not a checkpoint directory"),
     ("serve: a port out of range", "serve --port 70000", 2, "70000 is not in the range"),
@@ -243,6 +252,6 @@ def test_each_commands_help_lists_its_own_exit_codes_and_the_readme_says_the_sam
 
     table = exit_code_table()
     rows = table.splitlines()[2:]
-    assert len(rows) >= 11 and all(r.endswith(" 9 |") and "| 0, " in r for r in rows)
+    assert len(rows) >= 11 and all(", 9" in r and "| 0, " in r for r in rows)
     assert "| `tracekit serve` | 0, 2, 7, 9 |" in rows  # its own codes, not the tracer's
     assert table in (ROOT / "README.md").read_text()

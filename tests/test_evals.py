@@ -326,6 +326,74 @@ def test_oracle_and_copy_runs_write_every_report_file(dataset, tmp_path):
     assert "is a file: choose a directory" in into_file.output
 
 
+def test_the_demos_sample_programs_fit_the_bundled_models_context(dataset):
+    """So that `tracekit demo` predicts and scores every one of them, its end included."""
+    from tracekit.dataset import load_rows, row_trace
+    from tracekit.model.checkpoint import BUNDLED
+    from tracekit.prompts import trace_prompt_ids
+    from tracekit.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(BUNDLED)
+    rows = load_rows(dataset)
+    assert len(rows) == len(list((ROOT / "data" / "programs").glob("*.py")))
+    for row in rows:
+        trace = row_trace(row)
+        assert len(trace_prompt_ids(tokenizer, trace.context, trace.frames, end=True)) <= 1024, \
+            row["id"]
+
+
+def test_traces_over_the_context_are_left_out_and_counted_in_every_mode(tmp_path):
+    """One short and two long programs (over the bundled model's 1,024 tokens, counted here
+    in its tokenizer): teacher-forced and rollout runs predict and score the short one only
+    (an output run all three: the call and return frames fit), and metrics.json, report.md and the command's output count the long ones per
+    trace and per frame; --max-tokens leaves out what is longer than it, for a baseline too."""
+    from tracekit.dataset import load_rows, row_trace
+    from tracekit.model.checkpoint import BUNDLED
+    from tracekit.prompts import trace_prompt_ids
+    from tracekit.tokenizer import cwm_tokenizer, load_tokenizer
+
+    source = tmp_path / "progs.jsonl"
+    body = "def f(n):\n    total = 0\n    for i in range(n):\n        total += i * i\n" \
+           "    return total\n"
+    source.write_text("".join(json.dumps({"id": i, "code": body, "call": f"f({n})"}) + "\n"
+                              for i, n in (("short", 2), ("long", 60), ("longer", 90))))
+    run(["dataset", "build", str(source), "-o", str(tmp_path / "ds")])
+    tokenizer = load_tokenizer(BUNDLED)
+    lengths, frames, traces = {}, {}, {}
+    for row in load_rows(tmp_path / "ds"):
+        trace = traces[row["id"]] = row_trace(row)
+        lengths[row["id"]] = len(trace_prompt_ids(tokenizer, trace.context, trace.frames,
+                                                  end=True))
+        frames[row["id"]] = len(trace.frames)
+    assert lengths["short"] < 1024 < lengths["long"] < lengths["longer"]
+    over = "over the context (1024 tokens)"
+    for mode in ("teacher-forced", "rollout", "output"):
+        out = tmp_path / mode
+        result = run(["eval", str(tmp_path / "ds"), "--mode", mode, "-o", str(out)])
+        metrics = json.loads((out / "metrics.json").read_text())
+        predicted = [json.loads(line)["id"] for line in
+                     (out / "predictions.jsonl").read_text().splitlines()]
+        if mode == "output":  # the call frame's prompt and the return frame fit: every one
+            assert sorted(predicted) == sorted(lengths) and metrics["run"]["skipped"] == {}
+            continue
+        assert predicted == ["short"] and metrics["traces"] == 1, mode
+        assert metrics["run"]["skipped"] == {over: 2}
+        assert metrics["run"]["skipped_frames"] == {over: frames["long"] + frames["longer"]}
+        said = f"not predicted, {over}: 2 traces ({frames['long'] + frames['longer']} frames)"
+        assert said in result.output
+        assert f"not predicted, {over}: 2 traces" in (out / "report.md").read_text()
+    # a baseline has no context; its trace lengths are in CWM's tokens
+    cwm = {tid: len(trace_prompt_ids(cwm_tokenizer(), t.context, t.frames, end=True))
+           for tid, t in traces.items()}
+    cut = (cwm["long"] + cwm["longer"]) // 2
+    result = run(["eval", str(tmp_path / "ds"), "--model", "copy", "--mode", "teacher-forced",
+                  "--max-tokens", str(cut), "-o", str(tmp_path / "copy")])
+    metrics = json.loads((tmp_path / "copy" / "metrics.json").read_text())
+    assert metrics["traces"] == 2 and metrics["run"]["skipped"] == {
+        f"over --max-tokens {cut}": 1}
+    assert metrics["run"]["skipped_frames"] == {f"over --max-tokens {cut}": frames["longer"]}
+
+
 def test_a_garbage_prediction_file_is_scored_with_its_errors_counted(dataset, tmp_path):
     from tracekit.dataset import load_rows
 

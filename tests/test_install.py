@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -39,18 +40,32 @@ def wheel_files(path: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    """The wheel `pip wheel .` builds from the checkout (no warning while it builds)."""
+def source(tmp_path_factory) -> Path:
+    """The checkout's files as a clean clone has them (those git tracks or would; no build/
+    left by an earlier build, no .venv), copied: a build writes into its source tree."""
+    listed = run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                 cwd=ROOT).stdout.split("\0")
+    tree = tmp_path_factory.mktemp("source") / "tracekit"
+    for name in filter(None, listed):
+        if (ROOT / name).is_file():
+            (tree / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, tree / name)
+    return tree
+
+
+@pytest.fixture(scope="module")
+def wheel(source, tmp_path_factory) -> Path:
+    """The wheel `pip wheel .` builds from the source tree (no warning while it builds)."""
     out = tmp_path_factory.mktemp("wheel")
     built = run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                 ROOT, "-w", out], cwd=out)
+                 source, "-w", out], cwd=out)
     assert "Warning" not in built.stdout + built.stderr, built.stderr[-3000:]
     (path,) = out.glob("tracekit-*.whl")
     return path
 
 
-def test_the_sdist_builds_the_same_wheel_and_ships_the_data(wheel, tmp_path):
-    run([sys.executable, "-m", "build", "--sdist", "--no-isolation", "-o", tmp_path, ROOT],
+def test_the_sdist_builds_the_same_wheel_and_ships_the_data(source, wheel, tmp_path):
+    run([sys.executable, "-m", "build", "--sdist", "--no-isolation", "-o", tmp_path, source],
         cwd=tmp_path)
     (sdist,) = tmp_path.glob("tracekit-*.tar.gz")
     with tarfile.open(sdist) as archive:

@@ -68,6 +68,39 @@ def test_teacher_forcing_equals_next_frame_per_prefix(trace, models):
         assert prediction.frame == alone.frame
 
 
+def test_no_frame_is_predicted_past_the_models_context(trace, models):
+    """The one rule (docs/trace-format.md section 11) with a context cut to 300 positions:
+    teacher forcing predicts exactly the frames whose prompt and real frame end within it
+    (counted here from each prefix's own prompt), a rollout stops with "context" having
+    never run past it, and a prompt that fills it is refused with ContextError."""
+    from tracekit.model.errors import ContextError
+
+    _, ours = models
+    predictor = TracePredictor(RuntimeBackend(ours), max_frame_tokens=64)
+    limit = 300
+    ours.config.max_position_embeddings = limit
+    try:
+        ends = [len(predictor.prompt(trace.context, trace.frames[:i + 1]))
+                for i in range(len(trace.frames))]
+        fitting = sum(end <= limit for end in ends)
+        assert 0 < fitting < len(trace.frames)
+        assert predictor.frames_that_fit(trace.context, trace.frames) == fitting
+        forced = predictor.teacher_forced(trace.context, trace.frames)
+        assert len(forced) == fitting
+        seed = trace.frames[:fitting - 1]
+        rollout = predictor.rollout(trace.context, seed, max_frames=50)
+        assert rollout.stop == "context"
+        used = len(predictor.prompt(trace.context, seed)) + rollout.tokens_used
+        assert limit - 64 < used <= limit  # (a frame of the random model fills the room)
+        past = trace.frames[:fitting + 1]
+        with pytest.raises(ContextError, match=f"tokens and the model reads {limit}"):
+            predictor.next_frame(trace.context, past)
+        with pytest.raises(ContextError):
+            predictor.rollout(trace.context, past)
+    finally:
+        ours.config.max_position_embeddings = TINY_CWM["max_position_embeddings"]
+
+
 def test_rollout_equals_repeated_next_frame_and_stops_with_a_reason(trace, models):
     _, ours = models
     predictor = TracePredictor(RuntimeBackend(ours), max_frame_tokens=24)

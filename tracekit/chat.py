@@ -234,8 +234,9 @@ def chat_turn(predictor, messages: list[dict], options: ChatOptions,
     """The assistant's next turn after `messages`. A server (the openai backend) renders them
     with its own template through its chat endpoint; any other backend gets the prompt
     rendered here and continues it, at most to the end of the model's context. Raises
-    ChatError (does not fit, cannot render) and BackendError."""
+    ContextError (does not fit), ChatError (cannot render) and BackendError."""
     from tracekit.model.backends import OpenAIBackend
+    from tracekit.model.errors import ContextError
     from tracekit.tokenizer import encode
 
     backend = predictor.backend
@@ -253,9 +254,9 @@ def chat_turn(predictor, messages: list[dict], options: ChatOptions,
     if config is not None:
         room = config.max_position_embeddings - len(encode(predictor.tokenizer, prompt))
         if room < 1:
-            raise ChatError(f"the conversation no longer fits the model's context of "
-                            f"{config.max_position_embeddings} tokens: start a new one "
-                            "(/reset in tracekit chat)")
+            raise ContextError(f"the conversation no longer fits the model's context of "
+                               f"{config.max_position_embeddings} tokens: start a new one "
+                               "(/reset in tracekit chat)")
         max_tokens = min(max_tokens, room)
     return chat_reply(backend, predictor.tokenizer, prompt, max_tokens, sampling, on_text)
 

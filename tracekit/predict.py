@@ -21,7 +21,7 @@ from tracekit.cwm import (
 )
 from tracekit.model.backends import Backend, load_backend
 from tracekit.model.checkpoint import checkpoint_directory
-from tracekit.model.errors import BackendError
+from tracekit.model.errors import BackendError, ContextError
 from tracekit.prompts import trace_prompt_ids
 from tracekit.tokenizer import (
     Tokenizer,
@@ -66,8 +66,9 @@ class FramePrediction:
 @dataclass
 class Rollout:
     """A free-running prediction. `stop` says why it stopped: "end_of_text" (the model ended
-    the trace), "max_frames", "budget" (the token budget ran out), or "malformed" (the last
-    frame has an error, e.g. no <|frame_sep|> within max_frame_tokens)."""
+    the trace), "max_frames", "budget" (the token budget ran out), "context" (the model's
+    context is full), or "malformed" (the last frame has an error, e.g. no <|frame_sep|>
+    within max_frame_tokens)."""
 
     steps: list[FramePrediction] = field(default_factory=list)
     stop: str = ""
@@ -97,15 +98,46 @@ class TracePredictor:
         """The model's config when it runs here (ours, transformers), None behind a server."""
         return getattr(getattr(self.backend, "model", None), "config", None)
 
+    @property
+    def context_length(self) -> int | None:
+        """Token positions the model reads (max_position_embeddings) when it runs here; None
+        behind a server, which refuses what does not fit itself."""
+        config = self.local_config
+        return config.max_position_embeddings if config is not None else None
+
     def prompt(self, context: str, frames: list[Frame] = (),
                force_event: str | None = None) -> list[int]:
         return trace_prompt_ids(self.tokenizer, context, list(frames), force_event)
 
+    def frames_that_fit(self, context: str, frames: list[Frame]) -> int:
+        """The one rule for traces longer than the model's context (docs/trace-format.md,
+        section 11): real frame i can be predicted only when the prompt before it and the
+        frame itself fit the context, its last token at a position below context_length.
+        Returns how many of `frames`, from the first, can (all when the length is unknown)."""
+        limit = self.context_length
+        if limit is None:
+            return len(frames)
+        end = len(self.prompt(context))
+        for i, frame in enumerate(frames):
+            end += len(self.frame_ids(frame))
+            if end > limit:
+                return i
+        return len(frames)
+
+    def check_prompt(self, ids: list[int]) -> None:
+        """Raise ContextError unless a prompt leaves room for a token in the context."""
+        limit = self.context_length
+        if limit is not None and len(ids) >= limit:
+            raise ContextError(f"the prompt is {len(ids)} tokens and the model reads "
+                               f"{limit}: nothing is left to predict in")
+
     def next_frame(self, context: str, frames: list[Frame] = (), force_event: str | None = None,
                    sampling: Sampling = GREEDY, max_tokens: int | None = None) -> FramePrediction:
         """The frame after `frames` (the real or predicted frames so far), in at most
-        `max_tokens` (default and cap: max_frame_tokens)."""
+        `max_tokens` (default and cap: max_frame_tokens). Raises ContextError when the prompt
+        fills the model's context."""
         prompt = self.prompt(context, frames, force_event)
+        self.check_prompt(prompt)
         generation = self.backend.generate([prompt], self._budget(max_tokens), self.stop_ids,
                                            sampling)[0]
         return self.read(generation.tokens, generation.logprobs, force_event)
@@ -116,8 +148,12 @@ class TracePredictor:
 
     def teacher_forced(self, context: str, frames: list[Frame],
                        sampling: Sampling = GREEDY) -> list[FramePrediction]:
-        """The model's prediction of every frame i given the real frames before it. Backends
-        that can (ours) run one prefill of the real trace and decode all branches at once."""
+        """The model's prediction of every frame i given the real frames before it, for the
+        frames that fit the context (`frames_that_fit`: the list may be shorter than
+        `frames`). Backends that can (ours) run one prefill of the real trace and decode all
+        branches at once. (A branch that runs past the context is longer than its real frame,
+        which fits: wrong however it ends.)"""
+        frames = frames[:self.frames_that_fit(context, frames)]
         if not frames:
             return []
         ids = self.prompt(context, frames)
@@ -129,9 +165,12 @@ class TracePredictor:
     def rollout(self, context: str, seed_frames: list[Frame] = (), max_frames: int = 1000,
                 budget_tokens: int | None = None, sampling: Sampling = GREEDY) -> Rollout:
         """Predict frame after frame from `seed_frames` until the model ends the trace, a frame
-        is malformed, `max_frames` predicted frames, or `budget_tokens` generated tokens."""
+        is malformed, `max_frames` predicted frames, `budget_tokens` generated tokens, or the
+        model's context is full. Raises ContextError when the seed frames fill it."""
         session = self.session(context, seed_frames)
+        self.check_prompt(session.prompt())
         rollout = Rollout()
+        limit = self.context_length
         while True:
             if len(rollout.frames) >= max_frames:
                 rollout.stop = "max_frames"
@@ -140,15 +179,25 @@ class TracePredictor:
             if left is not None and left <= 0:
                 rollout.stop = "budget"
                 return rollout
-            step = session.step(sampling=sampling, max_tokens=left)
+            room = None if limit is None else limit - len(session.prompt())
+            if room is not None and room <= 0:
+                rollout.stop = "context"
+                return rollout
+            step = session.step(sampling=sampling, max_tokens=min(
+                (n for n in (left, room) if n is not None), default=None))
             rollout.steps.append(step)
             if step.ended and step.frame is None:
                 rollout.stop = "end_of_text"
                 return rollout
             if step.error is not None:
-                cut = left is not None and len(step.logprobs) >= left and step.frame is not None
-                rollout.stop = "budget" if cut and step.error.startswith("truncated") \
-                    else "malformed"
+                used = len(step.logprobs)
+                cut = step.frame is not None and step.error.startswith("truncated")
+                if cut and room is not None and used >= room:
+                    rollout.stop = "context"
+                elif cut and left is not None and used >= left:
+                    rollout.stop = "budget"
+                else:
+                    rollout.stop = "malformed"
                 return rollout
             session.append(step.frame)
 

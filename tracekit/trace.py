@@ -48,8 +48,9 @@ EXIT_MEANINGS = {
     7: "the model could not be loaded or reached",
     8: "the sources, the dataset, a predictions file or an output path is unusable",
     9: "tracekit itself failed (a bug: rerun with --debug and report the traceback)",
+    10: "longer than the model's context (a prompt, a trace or a conversation)",
 }
-EXIT_MODEL, EXIT_DATA, EXIT_BUG = 7, 8, 9
+EXIT_MODEL, EXIT_DATA, EXIT_BUG, EXIT_TOO_LONG = 7, 8, 9, 10
 
 
 @dataclass(slots=True)

@@ -11,4 +11,4 @@ def caesar(text, k):  # << START_OF_TRACE
         out.append(shift_char(c, k))
     return "".join(out)
 
-# tracekit-call: caesar("Hi, Bo", 3)
+# tracekit-call: caesar("Hi, Z", 3)

@@ -12,4 +12,4 @@ def parse_config(text):  # << START_OF_TRACE
         config[key] = int(value) if value.isdigit() else value
     return config
 
-# tracekit-call: parse_config("# db\nhost = local\nport = 5432\noops")
+# tracekit-call: parse_config("# db\nport = 5432\noops")

@@ -12,4 +12,4 @@ def first_primes(k):  # << START_OF_TRACE
     gen = primes()
     return [next(gen) for _ in range(k)]
 
-# tracekit-call: first_primes(3)
+# tracekit-call: first_primes(2)

@@ -12,4 +12,4 @@ def evaluate(tokens):  # << START_OF_TRACE
         raise ValueError(f"bad expression, stack={stack}")
     return stack[0]
 
-# tracekit-call: evaluate(["2", "3", "+", "4", "*"])
+# tracekit-call: evaluate(["2", "3", "+"])

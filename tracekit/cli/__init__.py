@@ -12,13 +12,14 @@ import click
 from tracekit import sandbox
 from tracekit.cli import chat, datasets, debug, demo, evaluation, models, tracing, training
 from tracekit.cli.common import exit_help, print_error
-from tracekit.trace import EXIT_BUG, EXIT_DATA, EXIT_MEANINGS
+from tracekit.model.errors import ContextError
+from tracekit.trace import EXIT_BUG, EXIT_DATA, EXIT_MEANINGS, EXIT_TOO_LONG
 
 
 class _Main(click.Group):
     """The one place an unexpected exception becomes `error: <cause>` and exit 9 (with
-    --debug or TRACEKIT_DEBUG=1: the traceback); a path the system refuses, exit 8; a closed
-    stdout (`| head`) ends quietly."""
+    --debug or TRACEKIT_DEBUG=1: the traceback); a path the system refuses, exit 8; input
+    longer than the model's context, exit 10; a closed stdout (`| head`) ends quietly."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -30,6 +31,9 @@ class _Main(click.Group):
         except BrokenPipeError:
             _quiet_stdout()
             ctx.exit(0)
+        except ContextError as exc:  # from any command that runs a model: one code for all
+            print_error("too long", str(exc))
+            ctx.exit(EXIT_TOO_LONG)
         except OSError as exc:
             if exc.filename is None or _debug(ctx):
                 raise

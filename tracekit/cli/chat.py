@@ -9,13 +9,13 @@ import click
 
 from tracekit.cli.common import Failure, exit_help, print_error, stderr, typed_lines
 from tracekit.cli.models import MODEL_HELP
-from tracekit.trace import EXIT_MODEL
+from tracekit.trace import EXIT_MODEL, EXIT_TOO_LONG
 
 PROMPT = "you> "
 HELP_LINE = "(an empty line does nothing; /reset forgets the conversation; /quit or Ctrl-D ends)"
 
 
-@click.command(epilog=exit_help(0, 2, 7))
+@click.command(epilog=exit_help(0, 2, 7, 10))
 @click.option("--model", "spec", default="bundled", show_default=True, metavar="SPEC",
               help=MODEL_HELP)
 @click.option("--openai-model", metavar="NAME", help="The served model's name, for openai:URL.")
@@ -70,8 +70,9 @@ def chat(spec, openai_model, message, system, no_thinking, hide_thinking,
                     REASONING_SYSTEM_PROMPT if system is None else system),
         max_tokens, Sampling(temperature, seed=seed), hide_thinking)
     if message is not None:
-        if not conversation.send(message):
-            sys.exit(EXIT_MODEL)
+        failed = conversation.send(message)
+        if failed:
+            sys.exit(failed)
         return
     stderr.print(HELP_LINE, highlight=False)
     _interact(conversation)
@@ -87,29 +88,29 @@ class Conversation:
         self.messages: list[dict] = []
         self.styled = sys.stdout.isatty()
 
-    def send(self, text: str) -> bool:
-        """One user turn and the model's reply, printed as it comes; False when the model
-        could not answer (the turn is then forgotten)."""
+    def send(self, text: str) -> int:
+        """One user turn and the model's reply, printed as it comes; 0, or the exit code of
+        why the model could not answer (the turn is then forgotten)."""
         from tracekit.chat import ChatError, chat_turn
-        from tracekit.model.errors import BackendError
+        from tracekit.model.errors import BackendError, ContextError
 
         messages = [*self.messages, {"role": "user", "content": text}]
         printer = _Printer(self.options.enable_thinking, self.hide_thinking, self.styled)
         try:
             reply = chat_turn(self.predictor, messages, self.options, self.template,
                               self.max_tokens, self.sampling, printer.write)
-        except ChatError as exc:
+        except ContextError as exc:
             printer.end()
-            print_error("chat", str(exc))
-            return False
-        except BackendError as exc:
+            print_error("too long", str(exc))
+            return EXIT_TOO_LONG
+        except (ChatError, BackendError) as exc:
             printer.end()
             print_error("model", str(exc))
-            return False
+            return EXIT_MODEL
         except KeyboardInterrupt:
             printer.end()
             print_error("chat", "interrupted: the reply is dropped", "yellow")
-            return True
+            return 0
         printer.end()
         if not reply.stopped:
             print_error("chat", "the reply reached its token budget before it ended"
@@ -117,7 +118,7 @@ class Conversation:
                         "yellow")
         opened = "<think>\n" if reply.thinking is not None else ""
         self.messages = [*messages, {"role": "assistant", "content": opened + reply.text}]
-        return True
+        return 0
 
 
 class _Printer:

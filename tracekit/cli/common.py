@@ -41,7 +41,7 @@ def print_error(label: str, message: str, style: str = "red") -> None:
 
 def exit_help(*codes: int) -> str:
     """The epilog naming what each of `codes` means (and 9, which any command can end in)."""
-    codes = (*codes, EXIT_BUG) if EXIT_BUG not in codes else codes
+    codes = sorted({*codes, EXIT_BUG})
     return "Exit codes: " + "; ".join(f"{code} {EXIT_MEANINGS[code]}" for code in codes) + "."
 
 

@@ -13,7 +13,7 @@ from tracekit.sources import SAMPLE_PROGRAMS
 from tracekit.trace import EXIT_DATA, EXIT_MODEL
 
 
-@click.command(epilog=exit_help(0, 2, 7, 8))
+@click.command(epilog=exit_help(0, 2, 7, 8, 10))
 @click.option("--programs", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default=SAMPLE_PROGRAMS, show_default="the sample programs shipped with tracekit",
               help="Directory of sample programs (each marked, with a '# tracekit-call:' line).")

@@ -32,7 +32,7 @@ def eval_group() -> None:
     """
 
 
-EVAL_EXIT = (exit_help(0, 2, 7, 8) + " After 7 the predictions made so far are kept: rerun "
+EVAL_EXIT = (exit_help(0, 2, 7, 8, 10) + " After 7 the predictions made so far are kept: rerun "
              "with --resume.")
 
 
@@ -62,6 +62,10 @@ EVAL_EXIT = (exit_help(0, 2, 7, 8) + " After 7 the predictions made so far are k
 @click.option("--split", type=click.Choice(["train", "validation", "test"]),
               help="Evaluate one split. Default: every row.")
 @click.option("--limit", type=click.IntRange(min=1), help="The first N complete traces only.")
+@click.option("--max-tokens", type=click.IntRange(min=1), metavar="N", help="Leave out traces "
+              "longer than N tokens (the whole trace with its end). Whatever this says, a "
+              "trace that does not fit the model's context is left out and counted "
+              "(docs/trace-format.md section 11).")
 @click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="0 is greedy.")
 @click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True)
@@ -79,7 +83,7 @@ EVAL_EXIT = (exit_help(0, 2, 7, 8) + " After 7 the predictions made so far are k
 @click.option("--compile", "compile_decode", is_flag=True, help=COMPILE_HELP)
 @click.option("--draft-tokens", type=click.IntRange(min=0), metavar="N", help=DRAFT_HELP)
 def eval_run(dataset: Path, spec, predictions, mode, out: Path, resume, split, limit,
-             temperature, top_k, top_p, seed, concurrency, max_frame_tokens, budget_tokens,
+             max_tokens, temperature, top_k, top_p, seed, concurrency, max_frame_tokens, budget_tokens,
              openai_model, device, compile_decode, draft_tokens) -> None:
     """Predict every complete trace of DATASET (a `tracekit dataset build` directory), score
     the predictions against the real traces, and write the report into OUT.
@@ -113,7 +117,8 @@ def eval_run(dataset: Path, spec, predictions, mode, out: Path, resume, split, l
     options = RunOptions(
         dataset=str(dataset), mode=mode, model=spec,
         predictions=str(predictions) if predictions else None, openai_model=openai_model,
-        split=split, limit=limit, temperature=temperature, top_k=top_k, top_p=top_p,
+        split=split, limit=limit, max_tokens=max_tokens, temperature=temperature,
+        top_k=top_k, top_p=top_p,
         seed=seed, max_frame_tokens=max_frame_tokens, budget_tokens=budget_tokens,
         device=device, compile_decode=compile_decode, draft_tokens=draft_tokens)
     concurrency = concurrency or (8 if (spec or "").startswith("openai:") else 1)
@@ -157,6 +162,9 @@ def print_eval(summary: dict, info: dict, out: Path, console: Console) -> None:
             table.add_row(label, f"{found['value']:.1f}",
                           f"{found['low']:.1f}-{found['high']:.1f}")
     console.print(table)
+    for why, frames in info.get("skipped_frames", {}).items():
+        console.print(f"not predicted, {why}: {info['skipped'][why]} traces ({frames} frames)",
+                      highlight=False)
     problems = info["problems"]
     if problems:
         console.print("prediction problems: "

@@ -27,7 +27,7 @@ MODEL_HELP = ("bundled (tracekit's own small model), a checkpoint directory (our
               "(vLLM, tracekit serve).")
 
 
-@click.command(epilog=exit_help(0, 1, 2, 3, 4, 5, 6, 7, 8))
+@click.command(epilog=exit_help(0, 1, 2, 3, 4, 5, 6, 7, 8, 10))
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--model", "spec", default="bundled", show_default=True, metavar="SPEC",
               help=MODEL_HELP)
@@ -58,7 +58,7 @@ def predict(file: Path, spec, openai_model, mode, k, entry, call, max_frame_toke
     tracekit predict prog.py --model openai:http://localhost:8000 --openai-model cwm
     """
     from tracekit.evals.compare import judge_predicted_frames
-    from tracekit.model.errors import BackendError
+    from tracekit.model.errors import BackendError, ContextError
     from tracekit.predict import load_predictor
     from tracekit.pretty import print_comparison
 
@@ -70,16 +70,13 @@ def predict(file: Path, spec, openai_model, mode, k, entry, call, max_frame_toke
     try:
         predictor = load_predictor(spec, openai_model, device, max_frame_tokens, compile_decode,
                                    draft_tokens)
-        context = predictor.local_config
-        needed = len(predictor.prompt(result.context, real if mode == "teacher-forced"
-                                      else real[:k]))
-        if context is not None and needed >= context.max_position_embeddings:
-            raise BackendError(f"the prompt is {needed} tokens and the model's context "
-                               f"{context.max_position_embeddings}: predict a shorter run "
-                               "(a smaller call, or fewer --frames)")
         with stderr.status(f"predicting ({mode}, {predictor.backend.name})..."):
             if mode == "teacher-forced":
                 steps, start, stop = predictor.teacher_forced(result.context, real), 0, None
+                if not steps:
+                    raise ContextError(f"the call frame alone does not fit the model's context "
+                                       f"of {predictor.context_length} tokens: trace a "
+                                       "smaller call")
             elif mode == "rollout":
                 rollout = predictor.rollout(result.context, real[:k], max_frames=len(real) - k)
                 steps, start, stop = rollout.steps, k, rollout.stop
@@ -91,8 +88,14 @@ def predict(file: Path, spec, openai_model, mode, k, entry, call, max_frame_toke
                                      stop)
     shown = real[start:] if mode == "rollout" else real[start:start + len(steps)]
     print_comparison(shown, steps, matches, start, title=f"{file.name}: {mode} with {spec}")
+    if mode == "teacher-forced" and len(steps) < len(real):
+        click.echo(f"frames {len(steps) + 1}-{len(real)} of {len(real)} not predicted: over the "
+                   f"model's context of {predictor.context_length} tokens (docs/trace-format.md "
+                   "section 11)")
     if stop:
-        click.echo(f"rollout stopped: {stop}")
+        click.echo(f"rollout stopped: {stop}" + (
+            f" (the model's context of {predictor.context_length} tokens is full)"
+            if stop == "context" else ""))
 
 
 @click.command(epilog=exit_help(0, 2, 7))
