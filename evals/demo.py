@@ -26,7 +26,9 @@ def trace_programs(files: list[Path], tracing: TraceOptions) -> list[tuple[str, 
     for path in files:
         source = path.read_text(encoding="utf-8")
         start = time.perf_counter()
-        result = run_trace(source, call_from_comment(source), None, tracing, path.name)
+        real = path.resolve()  # run from its own file, as `tracekit trace` runs it
+        result = run_trace(source, call_from_comment(source), None, tracing, str(real),
+                           directory=str(real.parent))
         results.append((path.stem, result, time.perf_counter() - start))
     return results
 

@@ -194,6 +194,9 @@ def test_sources_python_runs_are_read_as_python_reads_them(place):
         result = invoke("trace", str(place / name), "--format", "json")
         assert result.exit_code == 0, result.output
         assert json.loads(result.stdout)["return_value"] == "3"
+        built = invoke("dataset", "build", str(place / name), "-o", str(place / f"ds-{name}"))
+        assert built.exit_code == 0, built.output  # the build reads it as trace does
+        assert "1 rows from 1 programs" in built.stdout and "(ok 1)" in built.stdout
     built = invoke("dataset", "build", str(place / "args.jsonl"), "-o", str(place / "args-ds"))
     assert built.exit_code == 0, built.output
     import pyarrow.parquet as pq
@@ -203,14 +206,27 @@ def test_sources_python_runs_are_read_as_python_reads_them(place):
 
 
 def test_skip_bad_rows_reports_each_with_file_and_line(place):
+    """A row with a bad field, a line that is not JSON, and a .py file in a directory that
+    is not Python source: each reported, skipped and counted; without --skip-bad-rows the
+    first stops the build in one line."""
     (place / "mixed.jsonl").write_text((place / "args.jsonl").read_text()
-                                       + (place / "call42.jsonl").read_text())
-    result = invoke("dataset", "build", str(place / "mixed.jsonl"), "--skip-bad-rows", "-o",
-                    str(place / "mixed-ds"))
+                                       + (place / "call42.jsonl").read_text() + "{oops\n")
+    programs = place / "some-bad"
+    programs.mkdir()
+    shutil.copy(place / "prog.py", programs / "good.py")
+    shutil.copy(place / "binary.py", programs / "bad.py")
+    result = invoke("dataset", "build", str(place / "mixed.jsonl"), str(programs),
+                    "--skip-bad-rows", "-o", str(place / "mixed-ds"))
     assert result.exit_code == 0, result.output
-    assert "skipped: " + str(place / "mixed.jsonl") + ":2: 'call' must be a string" in \
-        result.stderr
-    assert "1 rows from 1 programs" in result.stdout
+    for said in (str(place / "mixed.jsonl") + ":2: 'call' must be a string",
+                 str(place / "mixed.jsonl") + ":3: not JSON",
+                 str(programs / "bad.py") + ": cannot read it as Python source"):
+        assert "skipped: " + said in result.stderr, said
+    assert "2 rows from 2 programs" in result.stdout
+    assert "skipped: 3 bad rows or files (--skip-bad-rows)" in result.stdout
+    stopped = invoke("dataset", "build", str(programs), "-o", str(place / "stopped-ds"))
+    assert stopped.exit_code == 8
+    assert "bad.py: cannot read it as Python source" in stopped.stderr
 
 
 def test_an_unexpected_error_is_one_line_exit_9_and_debug_shows_the_traceback(place,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import textwrap
@@ -365,6 +366,67 @@ def test_filesystem_is_read_only_except_a_private_tmp():
     assert not any(path.exists() for path in outside)
     assert not Path("/tmp/inside.txt").exists()  # the sandbox's /tmp is its own
     assert any(Path.home().iterdir()), "the host home is not empty, yet the sandbox saw it empty"
+
+
+READER = """\
+import os
+
+HERE = os.path.dirname(__file__)
+
+
+def read():  # << START_OF_TRACE
+    seen = [os.getcwd() == HERE]
+    for path in (os.path.join(HERE, "sample.txt"), "sample.txt", OTHER):
+        try:
+            with open(path) as fh:
+                seen.append(fh.read())
+        except OSError as exc:
+            seen.append(type(exc).__name__)
+    for path in ("written.txt", "sample.txt"):
+        try:
+            with open(path, "w") as fh:
+                fh.write("x")
+            seen.append("written")
+        except OSError:
+            seen.append("refused")
+    return seen
+"""
+
+
+@pytest.mark.parametrize("bind", [False, True])
+def test_a_program_reads_the_files_beside_it_and_writes_none_of_them(tmp_path, bind):
+    """`tracekit trace DIR/prog.py` from elsewhere: the program runs in DIR with `__file__`
+    its real path, reads the file beside it (by either path) but no other of /tmp unless
+    --bind names it, and cannot write into DIR; DIR is as it was."""
+    from click.testing import CliRunner
+
+    from tracekit.cli import main
+
+    needs_bwrap()
+    project, other = tmp_path / "project", tmp_path / "other"
+    project.mkdir()
+    other.mkdir()
+    (other / "secret.txt").write_text("other's")
+    (project / "sample.txt").write_text("beside")
+    (project / "reader.py").write_text(READER.replace("OTHER", repr(str(other / "secret.txt"))))
+    before = {p.name: p.read_bytes() for p in project.iterdir()}
+    args = ["trace", str(project / "reader.py"), "--format", "json", "--sandbox", "bwrap"]
+    result = CliRunner().invoke(main, args + (["--bind", str(other)] if bind else []),
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    trace = json.loads(result.stdout)
+    third = "other's" if bind else "FileNotFoundError"
+    expected = repr([True, "beside", "beside", third, "refused", "refused"])
+    assert trace["return_value"] == expected
+    # a dataset build runs it the same way, in a warm sandbox (a fork per program)
+    from tracekit.dataset import load_rows
+
+    args = ["dataset", "build", str(project), "-o", str(tmp_path / "ds"), "--sandbox", "bwrap"]
+    built = CliRunner().invoke(main, args + (["--bind", str(other)] if bind else []),
+                               catch_exceptions=False)
+    assert built.exit_code == 0, built.output
+    assert [row["return_value"] for row in load_rows(tmp_path / "ds")] == [expected]
+    assert {p.name: p.read_bytes() for p in project.iterdir()} == before
 
 
 def test_syntax_error_is_reported_with_its_line():

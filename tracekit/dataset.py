@@ -135,6 +135,7 @@ def build(programs: Iterable[Program | Suite], out: str | Path,
 
 
 SUITE_SHARD = 8  # test files per shard: a killed tests: build loses at most these runs
+WARM_PER_THREAD = 8  # warm sandboxes a build thread keeps (one per set of visible directories)
 
 
 def _shards(items: list, shard_size: int) -> list[list]:
@@ -222,19 +223,19 @@ class _Tracers:
                 warm = None  # a fresh sandbox per run says why
             run = suites.run_suite if isinstance(program, Suite) else suites.run_harness
             return run(program, self.tracing, warm)
+        filename = program.path or program.origin or "<tracekit>"
         if not self.warm:
             return sandbox.run_trace(program.source, program.call, program.entry, self.tracing,
-                                     program.origin or "<tracekit>", program.module,
-                                     program.sys_path)
+                                     filename, program.module, program.sys_path,
+                                     program.directory)
+        own = (program.directory,) if program.directory else ()
         try:
-            warm = self._warm(program.sys_path, again=again)
+            warm = self._warm((*program.sys_path, *own), again=again)
         except SandboxUnavailable as exc:
             return Trace(program.source, program.entry, program.call,
                          status="sandbox_unavailable", error=str(exc))
-        if program.sys_path:  # a project's file, run as its module
-            return warm.trace(program.source, program.call, program.entry, program.origin,
-                              program.module, program.sys_path)
-        return warm.trace(program.source, program.call, program.entry)
+        return warm.trace(program.source, program.call, program.entry, filename,
+                          program.module, program.sys_path, program.directory)
 
     def _warm(self, readable: tuple[str, ...], suite: bool = False, again: bool = False
               ) -> sandbox.WarmSandbox | None:
@@ -247,6 +248,8 @@ class _Tracers:
             sandboxes = self.local.sandboxes = {}
         key = (readable, suite, again)
         if key not in sandboxes:
+            if len(sandboxes) == WARM_PER_THREAD:  # programs in many directories: the
+                sandboxes.pop(next(iter(sandboxes))).__exit__(None, None, None)  # oldest goes
             sandboxes[key] = sandbox.WarmSandbox(self.tracing, readable, suite, suite)
             with self.lock:
                 self.opened.append(sandboxes[key])

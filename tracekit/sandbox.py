@@ -150,18 +150,23 @@ class TraceOptions:
     max_repr_chars: int = constants.DEFAULT_MAX_REPR_CHARS
     repr_timeout: float | None = constants.DEFAULT_REPR_TIMEOUT
     seed: int = 0  # PYTHONHASHSEED and random.seed of the program
+    binds: tuple[str, ...] = ()  # more paths the program may read (--bind), read-only
 
 
 def run_trace(source: str, call: str | None = None, entry: str | None = None,
               options: TraceOptions = TraceOptions(), filename: str = "<tracekit>",
-              module: str | None = None, sys_path: tuple[str, ...] = ()) -> Trace:
+              module: str | None = None, sys_path: tuple[str, ...] = (),
+              directory: str | None = None) -> Trace:
     """Trace one program in a fresh sandboxed child process. Never raises for a bad program:
     every outcome is a Trace whose `status` is one of `tracekit.trace.STATUSES`.
-    `module` runs the program as that module (a project's file, for its relative imports and
-    reprs); `sys_path` directories (a project's import roots) go first on sys.path and are
-    visible read-only in the sandbox."""
+    `filename` is the program's `__file__`; `directory` (its file's, absolute) its working
+    directory. `module` runs the program as that module (a project's file, for its relative
+    imports and reprs); `sys_path` directories (a project's import roots) go first on
+    sys.path. Under bubblewrap the program sees `directory`, `sys_path` and the options'
+    `binds` read-only (and nothing else of /tmp or the home directories)."""
     request = {**_request(source, call, entry, filename, options), "module": module,
-               "sys_path": list(sys_path)}
+               "sys_path": list(sys_path), "cwd": directory}
+    readable = _readable(sys_path, directory, options)
     failed = Trace(context=normalize_newlines(source), entry=entry, call=call)
     try:
         interp = find_python(options.python)
@@ -172,9 +177,17 @@ def run_trace(source: str, call: str | None = None, entry: str | None = None,
 
     limits = options.limits
     with tempfile.TemporaryDirectory(prefix="tracekit-") as workdir:
-        command, tmp = _command(interp, mode, limits, workdir, tuple(sys_path))
+        command, tmp = _command(interp, mode, limits, workdir, readable)
         outcome = _run_child(command, request, _environment(tmp, options.seed), workdir, limits)
     return _finish(outcome, failed, interp, mode)
+
+
+def _readable(paths: tuple[str, ...], directory: str | None,
+              options: TraceOptions) -> tuple[str, ...]:
+    """What a program may read besides the system: `paths` (import roots, a project), its own
+    directory and the paths bound with --bind, each once."""
+    return tuple(dict.fromkeys([*paths, *([directory] if directory else []),
+                                *options.binds]))
 
 
 def _command(interp: Interpreter, mode: str, limits: Limits, workdir: str,
@@ -204,7 +217,8 @@ def run_lines(make_request: Callable[[str | None], dict], options: TraceOptions,
     inside = WORK_INSIDE if mode == "bwrap" and writable else writable
     request = _lines_request(make_request(inside), options)
     with tempfile.TemporaryDirectory(prefix="tracekit-") as workdir:
-        command, tmp = _command(interp, mode, limits, workdir, readable, writable)
+        command, tmp = _command(interp, mode, limits, workdir,
+                                _readable(readable, None, options), writable)
         run = _spawn(command, request, _environment(tmp, options.seed), workdir, limits)
     return _lines_of(run, request, limits)
 
@@ -296,7 +310,8 @@ class WarmSandbox:
             raise SandboxUnavailable("warm sandboxes trace with seed 0 only")
         self.interp = find_python(options.python)
         self.options = options
-        self.readable, self.writable, self.pytest = readable, writable, pytest
+        self.readable = _readable(readable, None, options)
+        self.writable, self.pytest = writable, pytest
         self.proc: subprocess.Popen | None = None
         self.workdir = tempfile.mkdtemp(prefix="tracekit-warm-")
 
@@ -311,10 +326,11 @@ class WarmSandbox:
 
     def trace(self, source: str, call: str | None = None, entry: str | None = None,
               filename: str = "<tracekit>", module: str | None = None,
-              sys_path: tuple[str, ...] = ()) -> Trace:
+              sys_path: tuple[str, ...] = (), directory: str | None = None) -> Trace:
+        """As run_trace; `sys_path` and `directory` must be among the sandbox's `readable`."""
         limits = self.options.limits
         request = {**_request(source, call, entry, filename, self.options), "module": module,
-                   "sys_path": list(sys_path)}
+                   "sys_path": list(sys_path), "cwd": directory}
         failed = Trace(context=normalize_newlines(source), entry=entry, call=call)
         run = self._run(request)
         outcome = run if isinstance(run, _Outcome) else _outcome(*run, request, limits)

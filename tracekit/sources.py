@@ -54,6 +54,12 @@ class Program:
     expected: str | None = None  # the expected return value's repr, when the source has one
     module: str | None = None  # run as this module (default __main__): a project's own file
     sys_path: tuple[str, ...] = ()  # import roots first on sys.path, visible in the sandbox
+    path: str | None = None  # its own file, resolved: `__file__`, and the working directory
+    # (visible read-only in the sandbox) is the file's
+
+    @property
+    def directory(self) -> str | None:
+        return str(Path(self.path).parent) if self.path else None
 
 
 class SourceError(Exception):
@@ -61,7 +67,11 @@ class SourceError(Exception):
 
 
 def python_files(paths: list[str | Path], call: str | None = None,
-                 entry: str | None = None) -> Iterator[Program]:
+                 entry: str | None = None,
+                 on_bad_file: Callable[[str], None] | None = None) -> Iterator[Program]:
+    """Each file read as Python reads it (a coding line honoured); a file that cannot be read
+    raises SourceError naming it, or with `on_bad_file` is passed to it and skipped. A
+    program runs from its own file (`Program.path`)."""
     files: list[tuple[str, Path]] = []  # id (the path under a directory given, or the stem)
     for path in map(Path, paths):
         if path.is_dir():
@@ -73,13 +83,20 @@ def python_files(paths: list[str | Path], call: str | None = None,
             raise SourceError(f"{path}: no such file or directory")
     for program_id, path in files:
         try:
-            source = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SourceError(f"{path}: cannot read it ({exc})") from None
-        yield Program(program_id, source, call or call_from_comment(source), entry, str(path))
+            source = read_source(str(path))
+        except (OSError, SyntaxError, UnicodeDecodeError) as exc:
+            if on_bad_file is None:
+                raise SourceError(f"{path}: cannot read it as Python source ({exc})") from None
+            on_bad_file(f"{path}: cannot read it as Python source ({exc})")
+            continue
+        yield Program(program_id, source, call or call_from_comment(source), entry, str(path),
+                      path=str(path.resolve()))
 
 
-def _rows(path: str | Path) -> Iterator[tuple[int, dict]]:
+def _rows(path: str | Path, on_bad_row: Callable[[str], None] | None = None
+          ) -> Iterator[tuple[int, dict]]:
+    """(line number, object) of each non-blank line; a line that is not a JSON object raises
+    SourceError naming file:line, or with `on_bad_row` is passed to it and skipped."""
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -91,10 +108,15 @@ def _rows(path: str | Path) -> Iterator[tuple[int, dict]]:
         try:
             row = json.loads(line)
         except ValueError as exc:
-            raise SourceError(f"{path}:{number}: not JSON ({exc})") from None
-        if not isinstance(row, dict):
-            raise SourceError(f"{path}:{number}: a row must be a JSON object")
-        yield number, row
+            problem = f"{path}:{number}: not JSON ({exc})"
+        else:
+            if isinstance(row, dict):
+                yield number, row
+                continue
+            problem = f"{path}:{number}: a row must be a JSON object"
+        if on_bad_row is None:
+            raise SourceError(problem)
+        on_bad_row(problem)
 
 
 def jsonl(path: str | Path, on_bad_row: Callable[[str], None] | None = None
@@ -102,7 +124,7 @@ def jsonl(path: str | Path, on_bad_row: Callable[[str], None] | None = None
     """Programs from rows {"code", optional "entry", "call" (an expression) or "args" (a
     string of arguments, or a JSON list of them), "id", "output"}. A bad row raises
     SourceError naming file:line, or with `on_bad_row` is passed to it and skipped."""
-    for number, row in _rows(path):
+    for number, row in _rows(path, on_bad_row):
         try:
             yield _jsonl_program(path, number, row)
         except SourceError as exc:
@@ -299,4 +321,4 @@ def from_specs(specs: list[str] | tuple[str, ...], call: str | None = None,
             crux = isinstance(row, dict) and {"code", "input"} <= set(row) and "call" not in row
             yield from (cruxeval(path) if crux else jsonl(path, on_bad_row))
         else:
-            yield from python_files([spec], call)
+            yield from python_files([spec], call, on_bad_file=on_bad_row)

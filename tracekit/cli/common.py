@@ -78,15 +78,20 @@ def tracing_options(command):
                      default="auto", show_default=True,
                      help="bubblewrap isolation: auto (use it when it works), bwrap (require "
                           "it), none (rlimits only)."),
+        click.option("--bind", "binds", multiple=True, metavar="PATH",
+                     type=click.Path(exists=True, path_type=Path),
+                     help="A file or directory the program may read, read-only (repeatable); "
+                          "its own file's directory it always may."),
     ]
 
     @functools.wraps(command)
     def with_tracing(*args, python, timeout, memory_mb, max_frames, max_value_chars,
-                     repr_timeout, sandbox_mode, **kwargs):
+                     repr_timeout, sandbox_mode, binds, **kwargs):
         tracing = TraceOptions(python=python, sandbox=sandbox_mode,
                                limits=Limits(timeout=timeout, memory_mb=memory_mb),
                                max_frames=max_frames or None, max_value_chars=max_value_chars,
-                               repr_timeout=repr_timeout)
+                               repr_timeout=repr_timeout,
+                               binds=tuple(str(b.resolve()) for b in binds))
         return command(*args, tracing=tracing, **kwargs)
 
     for option in reversed(options):
@@ -117,12 +122,15 @@ def write_output(path: Path, text: str) -> None:
                                "-o", 8) from None
 
 
-def run_program(source: str, filename: str, call: str | None, entry: str | None,
+def run_program(source: str, file: Path, call: str | None, entry: str | None,
                 tracing: TraceOptions, module: str | None = None,
                 sys_path: tuple[str, ...] = ()) -> Trace:
-    """Trace one program; the call defaults to the file's '# tracekit-call:' line."""
-    return run_trace(source, call or call_from_comment(source), entry, tracing, filename,
-                     module, sys_path)
+    """Trace one program as it runs from its own file: `__file__` its real path, its
+    directory the working directory (read-only in the sandbox); the call defaults to the
+    file's '# tracekit-call:' line."""
+    real = file.resolve()
+    return run_trace(source, call or call_from_comment(source), entry, tracing, str(real),
+                     module, sys_path, str(real.parent))
 
 
 def traced_for_a_model(file: Path, call: str | None, entry: str | None, tracing: TraceOptions,
@@ -132,7 +140,7 @@ def traced_for_a_model(file: Path, call: str | None, entry: str | None, tracing:
     if spec.startswith("openai:") and not openai_model:
         raise click.UsageError("--model openai:URL needs --openai-model NAME (the served "
                                "model's name)")
-    result = run_program(read_program(file), str(file), call, entry, tracing)
+    result = run_program(read_program(file), file, call, entry, tracing)
     if not result.frames:
         exit_for(result)
     return result

@@ -32,7 +32,8 @@ def dataset() -> None:
 @click.option("--drop-failed", is_flag=True, help="Keep complete traces only (ok, raised, "
               "exited); by default every program gets a row with its status.")
 @click.option("--skip-bad-rows", is_flag=True, help="A .jsonl row that names no program "
-              "properly is reported (file:line) and skipped; by default it stops the build.")
+              "properly (file:line), or a .py file that cannot be read as Python source, is "
+              "reported, skipped and counted; by default it stops the build.")
 @click.option("--no-dedup", is_flag=True, help="Keep exact duplicates (context + call).")
 @click.option("--check-determinism", is_flag=True, help="Trace every program twice and keep "
               "only traces that came out the same (tests: each test file's episodes).")
@@ -110,14 +111,18 @@ def build(specs, out, resume, workers, call, max_tokens, drop_failed, skip_bad_r
                                     check_determinism=check_determinism,
                                     max_context_tokens=max_context_tokens)
     try:
-        skipped = (lambda message: print_error("skipped", message, "yellow")
-                   ) if skip_bad_rows else None
+        bad: list[str] = []
+
+        def skip(message: str) -> None:
+            bad.append(message)
+            print_error("skipped", message, "yellow")
         timeout_given = click.get_current_context().get_parameter_source("timeout") not in (
             None, click.core.ParameterSource.DEFAULT)
         episodes = EpisodeOptions(per_function, step_in, max_depth, max_context_tokens,
                                   check_harness, tracing.limits.timeout if timeout_given
                                   else EpisodeOptions.timeout)
-        programs = list(sources.from_specs(specs, call, synthetic_size, skipped, episodes))
+        programs = list(sources.from_specs(specs, call, synthetic_size,
+                                           skip if skip_bad_rows else None, episodes))
         if not programs:
             raise sources.SourceError(
                 f"nothing to trace in {' '.join(specs)}: give programs (tests:DIR, doctest:PATH, "
@@ -151,7 +156,8 @@ def build(specs, out, resume, workers, call, max_tokens, drop_failed, skip_bad_r
     click.echo(f"{stats['rows']} rows from {items} in {out} "
                f"({', '.join(f'{s} {n}' for s, n in sorted(stats['statuses'].items()))})"
                + (f"; dropped: {', '.join(f'{n} {DROPPED[why]}' for why, n in dropped.items())}"
-                  if dropped else ""))
+                  if dropped else "")
+               + (f"; skipped: {len(bad)} bad rows or files (--skip-bad-rows)" if bad else ""))
 
 
 def suites_line(suites: dict) -> str:

@@ -55,8 +55,8 @@ def trace(file: Path, entry, call, fmt, output, module, paths, tracing) -> None:
     """
     if output is not None and output.resolve() == file.resolve():
         raise Failure("error", f"-o {output} is the program itself: choose another file", 8)
-    result = run_program(read_program(file), str(file.resolve() if module else file), call,
-                         entry, tracing, module, tuple(str(p.resolve()) for p in paths))
+    result = run_program(read_program(file), file, call, entry, tracing, module,
+                         tuple(str(p.resolve()) for p in paths))
     if not result.frames and fmt != "json":
         exit_for(result)  # nothing ran: the one line saying why is the whole answer
     if fmt == "pretty" and output is None:
@@ -118,7 +118,7 @@ def prompt(file: Path, entry, call, k, force, chat, no_thinking, ids, count, che
     source = read_program(file)
     frames = []
     if chat or k:
-        result = run_program(source, str(file), call, entry, tracing)
+        result = run_program(source, file, call, entry, tracing)
         if result.status not in ("ok", "raised", "exited", "frame_limit"):
             exit_for(result)
         context, frames, call = result.context, result.frames[:k], result.call

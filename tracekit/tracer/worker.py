@@ -83,6 +83,14 @@ def _run_request(request: dict, result_fd: int) -> None:
                       "error": message, "frames": frames}, locked=True)
         _flush_and_exit()
 
+    cwd = request.get("cwd")
+    if cwd:  # the program's own directory (read-only under bubblewrap)
+        try:
+            os.chdir(cwd)
+        except OSError as exc:
+            write_result({**base, "status": "setup_error", "frames": [], "error":
+                          f"cannot enter the program's directory {cwd} ({exc.strerror})"})
+            _flush_and_exit()
     timeout = request.get("timeout")
     if timeout:
         def watchdog():
