@@ -23,14 +23,21 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tracekit import episode_rows, sandbox, suites
+from tracekit.dataset_files import (
+    LOCK,
+    MANIFEST,
+    SPLITS,
+    BuildError,
+    BuildLock,
+    check_shards,
+    load_rows,
+)
 from tracekit.interpreters import SandboxUnavailable
 from tracekit.killpoints import kill_point
 from tracekit.sources import Program
 from tracekit.suites import HarnessCheck, Suite, SuiteResult
 from tracekit.trace import COMPLETE_STATUSES, Frame, Trace
 
-MANIFEST = "manifest.json"
-SPLITS = ("train", "validation", "test")
 
 
 @dataclass(frozen=True)
@@ -47,10 +54,6 @@ class BuildOptions:
     # realworld) is shortened past this around what ran, as tests: episodes are
 
 
-class BuildError(Exception):
-    """The build cannot go on; the message says why and what to do."""
-
-
 ENGINES = ("local", "ray")
 
 
@@ -65,6 +68,15 @@ def build(programs: Iterable[Program | Suite], out: str | Path,
     out = Path(out)
     programs = _dedup(list(programs)) if options.dedup else list(programs)
     fingerprint = _fingerprint(programs, options)
+    if out.exists() and not out.is_dir():
+        raise BuildError(f"{out} is a file: choose a directory for the dataset")
+    with BuildLock(out):  # one build at a time in a directory
+        return _build(programs, out, options, workers, resume, progress, engine, address,
+                      fingerprint)
+
+
+def _build(programs: list, out: Path, options: BuildOptions, workers: int | None, resume: bool,
+           progress, engine: str, address: str | None, fingerprint: str) -> dict:
     manifest = _start(out, fingerprint, resume)
     shards = _shards(programs, options.shard_size)
     statuses: Counter = Counter(manifest["statuses"])
@@ -162,29 +174,6 @@ def _check_suites(manifest: dict) -> None:
         raise BuildError(f"no test file of the project ran ({first[0]}: {first[1]}): "
                          "install the project's dependencies in the interpreter --python "
                          "names, or check the project's tests")
-
-
-def load_rows(directory: str | Path, split: str | None = None,
-              columns: list[str] | None = None) -> list[dict]:
-    """The rows of a built dataset (all splits, or one), in shard order."""
-    import pyarrow.parquet as pq
-
-    directory = Path(directory)
-    if not (directory / MANIFEST).is_file():
-        raise BuildError(f"{directory} is not a tracekit dataset (no {MANIFEST}): build one "
-                         "with `tracekit dataset build SOURCES -o DIR`")
-    if split is not None and split not in SPLITS:
-        raise BuildError(f"no split {split!r}: choose one of {', '.join(SPLITS)}")
-    names = sorted(directory.glob(f"{split or '*'}-*.parquet"),
-                   key=lambda p: (p.stem.rsplit("-", 1)[1], SPLITS.index(p.stem.rsplit("-", 1)[0])))
-    rows: list[dict] = []
-    for path in names:
-        try:
-            rows += pq.read_table(path, columns=columns).to_pylist()
-        except (OSError, ValueError, KeyError) as exc:  # Arrow's errors derive from these
-            raise BuildError(f"{path}: cannot read it ({str(exc).split('. ')[0][:200]}): "
-                             "build the dataset again") from None
-    return rows
 
 
 def row_trace(row: dict) -> Trace:
@@ -360,8 +349,6 @@ def _fingerprint(programs: list[Program], options: BuildOptions) -> str:
 
 
 def _start(out: Path, fingerprint: str, resume: bool) -> dict:
-    if out.exists() and not out.is_dir():
-        raise BuildError(f"{out} is a file: choose a directory for the dataset")
     manifest_path = out / MANIFEST
     if manifest_path.exists():
         if not resume:
@@ -373,10 +360,11 @@ def _start(out: Path, fingerprint: str, resume: bool) -> dict:
                              "the same sources and options, or choose another directory")
         for leftover in out.glob("*.tmp"):  # a file being written when the build was killed
             leftover.unlink()
+        check_shards(out, manifest, "build it again into a new directory (the shards listed "
+                     "cannot be resumed)", finished=False)
         return manifest
-    if out.exists() and any(out.iterdir()) and not resume:
+    if any(p.name != LOCK for p in out.iterdir()) and not resume:
         raise BuildError(f"{out} is not empty: choose a new output directory")
-    out.mkdir(parents=True, exist_ok=True)
     return {"fingerprint": fingerprint, "shards": {}, "statuses": {}}
 
 

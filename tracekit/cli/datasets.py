@@ -189,11 +189,23 @@ DROPPED = {"failed": "failed (--drop-failed)", "max_tokens": "longer than --max-
 @dataset.command("stats", epilog=exit_help(0, 2, 8))
 @click.argument("directory", type=DIRECTORY)
 def stats(directory: Path) -> None:
-    """Print a built dataset's stats.json."""
+    """Print a built dataset's stats.json, once its shards are checked against its manifest
+    (each listed file there, readable, with its rows; no other shard file)."""
+    import json
+
+    from tracekit.dataset_files import MANIFEST, BuildError, check_shards
+
     path = directory / "stats.json"
     if not path.exists():
         raise Failure("dataset", f"{path} is missing: the build has not finished (finish it "
                                  "with --resume)", EXIT_DATA)
+    try:
+        check_shards(directory, json.loads((directory / MANIFEST).read_text()),
+                     "build the dataset again")
+    except (BuildError, OSError, ValueError) as exc:
+        raise Failure("dataset", str(exc) if isinstance(exc, BuildError) else
+                      f"{directory / MANIFEST}: cannot read it: build the dataset again",
+                      EXIT_DATA) from None
     click.echo(path.read_text(encoding="utf-8"))
 
 
@@ -206,8 +218,14 @@ def show(directory: Path, program_id: str) -> None:
 
     from tracekit.dataset import row_trace
 
-    table = ds.dataset(sorted(str(p) for p in directory.glob("*-*.parquet")), format="parquet")
-    rows = table.to_table(filter=ds.field("id") == program_id).to_pylist()
+    try:
+        table = ds.dataset(sorted(str(p) for p in directory.glob("*-*.parquet")),
+                           format="parquet")
+        rows = table.to_table(filter=ds.field("id") == program_id).to_pylist()
+    except (OSError, ValueError) as exc:  # Arrow's errors (a truncated shard) derive from these
+        raise Failure("dataset", f"{directory}: cannot read its shards ("
+                      f"{str(exc).split('. ')[0][:160]}): build the dataset again",
+                      EXIT_DATA) from None
     if not rows:
         raise Failure("dataset", f"no row with id {program_id!r} in {directory}", EXIT_DATA)
     print_trace(row_trace(rows[0]))
