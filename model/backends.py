@@ -253,6 +253,24 @@ class OpenAIBackend(Backend):
                 finish = choice.get("finish_reason") or finish
         return "".join(parts), finish == "stop", None  # (chunks are not tokens)
 
+    def tokenize(self, text: str) -> tuple[list[int], int | None] | None:
+        """The served model's own ids for `text` (special tokens written out are special) and
+        its context length, by vLLM's `POST /tokenize` (`tracekit serve` has it too); None
+        when the server has no such endpoint."""
+        body = {"model": self.model, "prompt": text, "add_special_tokens": False}
+        try:
+            answer = self._post("/tokenize", body, root=True)
+        except BackendError as exc:
+            if "HTTP 404" in str(exc):  # (a model name it does not serve: completions says)
+                return None
+            raise
+        return [int(t) for t in answer["tokens"]], answer.get("max_model_len")
+
+    def detokenize(self, ids: list[int]) -> str:
+        """The served model's text for `ids`, by vLLM's `POST /detokenize`."""
+        return self._post("/detokenize", {"model": self.model, "tokens": list(ids)},
+                          root=True)["prompt"]
+
     def _events(self, path: str, body: dict):
         """The JSON events of a server-sent-event response, until `data: [DONE]`."""
         with self._open(path, body) as response:
@@ -263,22 +281,24 @@ class OpenAIBackend(Backend):
                 if line.startswith("data: "):
                     yield json.loads(line[6:])
 
-    def _post(self, path: str, body: dict) -> dict:
-        with self._open(path, body) as response:
+    def _post(self, path: str, body: dict, root: bool = False) -> dict:
+        with self._open(path, body, root) as response:
             return json.loads(response.read())
 
     @contextlib.contextmanager
-    def _open(self, path: str, body: dict):
-        """POST `body` as JSON; the response, open. An HTTP error or an unreachable server
-        (also while the response is read) is a BackendError in one line."""
-        request = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
+    def _open(self, path: str, body: dict, root: bool = False):
+        """POST `body` as JSON to the API's `path` (`root`: the server's, as vLLM's /tokenize);
+        the response, open. An HTTP error or an unreachable server (also while the response
+        is read) is a BackendError in one line."""
+        base = self.url.removesuffix("/v1") if root else self.url
+        request = urllib.request.Request(base + path, data=json.dumps(body).encode(),
                                          headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 yield response
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")[:300]
-            raise BackendError(f"{self.url}{path}: HTTP {exc.code}: {detail}") from None
+            raise BackendError(f"{base}{path}: HTTP {exc.code}: {detail}") from None
         except (urllib.error.URLError, OSError) as exc:
             raise BackendError(f"{self.url}: cannot reach the server ({exc}); is it running?"
                                ) from None

@@ -1,6 +1,7 @@
 """`tracekit serve`: an OpenAI-compatible HTTP server over our runtime.
 
-Endpoints: GET /health, GET /v1/models, POST /v1/completions (prompt as text or token ids,
+Endpoints: GET /health, GET /v1/models, POST /tokenize and /detokenize (vLLM's: the served
+tokenizer, for clients whose own differs), POST /v1/completions (prompt as text or token ids,
 max_tokens, temperature, top_p, top_k, seed, stop, stop_token_ids, logprobs; vLLM's
 `return_tokens_as_token_ids`; n > 1, echo and the penalties are refused with a 400), and POST
 /v1/chat/completions (messages rendered by the caller's `chat` function with vLLM's
@@ -88,6 +89,27 @@ class Engine:
             job["events"] = queue.Queue()
         self.queue.put(job)
         return job
+
+    def tokens(self, body: dict, tokenize: bool) -> dict:
+        """vLLM's /tokenize ({"prompt"} to {"tokens", "count", "max_model_len"}; special
+        tokens written out are special) and /detokenize ({"tokens"} to {"prompt"}), with the
+        served model's own tokenizer: what a client needs whose tokenizer differs."""
+        if not isinstance(body, dict):
+            raise RequestError(400, "the body must be a JSON object")
+        if body.get("model", self.name) != self.name:
+            raise RequestError(404, f"model {body.get('model')!r} is not served here; "
+                                    f"GET /v1/models lists {self.name!r}")
+        if tokenize:
+            prompt = body.get("prompt")
+            if not isinstance(prompt, str):
+                raise RequestError(400, "prompt must be a string")
+            ids = self.encode(prompt)
+            return {"tokens": ids, "count": len(ids), "max_model_len": self.context}
+        ids = body.get("tokens")
+        vocab = self.model.config.vocab_size
+        if not isinstance(ids, list) or not all(type(t) is int and 0 <= t < vocab for t in ids):
+            raise RequestError(400, f"tokens must be a list of token ids (0..{vocab - 1})")
+        return {"prompt": self.decode(ids)}
 
     def _validate(self, body: dict, chat: bool = False) -> dict:
         if not isinstance(body, dict):
@@ -344,13 +366,16 @@ def make_server(engine: Engine, host: str = "127.0.0.1", port: int = 8000,
                                    f"Content-Length must be 0..{MAX_BODY} bytes, got "
                                    f"{self.headers.get('Content-Length')}")
             raw = self.rfile.read(length)
-            if self.path not in ("/v1/completions", "/v1/chat/completions"):
+            if self.path not in ("/v1/completions", "/v1/chat/completions", "/tokenize",
+                                 "/detokenize"):
                 return self._error(404, f"no such endpoint: POST {self.path}")
             try:
                 body = json.loads(raw)
             except ValueError as exc:
                 return self._error(400, f"the body is not valid JSON ({exc})")
             try:
+                if self.path in ("/tokenize", "/detokenize"):
+                    return self._send(200, engine.tokens(body, self.path == "/tokenize"))
                 job = engine.submit(body, chat=self.path == "/v1/chat/completions")
                 if job["stream"]:
                     return self._stream(job)

@@ -32,9 +32,10 @@ def served():
     httpd.shutdown()
 
 
-def post(url: str, body: dict | None, raw: bytes | None = None) -> tuple[int, dict]:
+def post(url: str, body: dict | None, raw: bytes | None = None,
+         path: str = "/v1/completions") -> tuple[int, dict]:
     data = raw if raw is not None else json.dumps(body).encode()
-    request = urllib.request.Request(url + "/v1/completions", data=data,
+    request = urllib.request.Request(url + path, data=data,
                                      headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
@@ -160,3 +161,29 @@ def test_stop_strings_cut_the_text_and_count_the_tokens_as_vllm_does(served):
     assert (choice["finish_reason"], choice["stop_reason"]) == ("stop", stop)
     assert body["usage"]["completion_tokens"] == k + 2  # up to the token that completed it
     assert len(choice["logprobs"]["tokens"]) == k + 2
+
+
+def test_a_client_predicts_with_the_served_models_own_tokenizer(served):
+    """The bundled model (its own 2,048-token vocabulary) behind the server: `openai:URL`
+    asks the server to tokenize (vLLM's /tokenize, /detokenize), so its predictions are the
+    local model's, frame for frame, and it knows the model's context for the one rule."""
+    from tracekit.predict import load_predictor
+    from tracekit.sandbox import run_trace
+
+    url, _, _ = served
+    trace = run_trace("def f(xs):  # << START_OF_TRACE\n    out = []\n    for x in xs:\n"
+                      "        out.append(x * 2)\n    return out\n", "f([1, 2, 3])")
+    remote = load_predictor(f"openai:{url}", "bundled", max_frame_tokens=64)
+    local = load_predictor("bundled", max_frame_tokens=64)
+    assert remote.context_length == local.context_length == 1024
+    assert remote.prompt(trace.context, trace.frames) == local.prompt(trace.context,
+                                                                      trace.frames)
+    steps = remote.teacher_forced(trace.context, trace.frames)
+    assert [s.text for s in steps] == [s.text for s in local.teacher_forced(trace.context,
+                                                                            trace.frames)]
+    right = sum((s.frame.event, s.frame.source, s.frame.locals) == (f.event, f.source, f.locals)
+                for s, f in zip(steps, trace.frames))
+    assert right > 0  # (the model's tokens, not garbage)
+    status, body = post(url.replace("/v1", ""), None, json.dumps(
+        {"model": "bundled", "tokens": [10**6]}).encode(), path="/detokenize")
+    assert status == 400 and "tokens must be a list of token ids" in body["error"]["message"]

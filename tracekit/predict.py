@@ -24,6 +24,7 @@ from tracekit.model.checkpoint import checkpoint_directory
 from tracekit.model.errors import BackendError, ContextError
 from tracekit.prompts import trace_prompt_ids
 from tracekit.tokenizer import (
+    ServerTokenizer,
     Tokenizer,
     TokenizerError,
     cwm_tokenizer,
@@ -100,10 +101,12 @@ class TracePredictor:
 
     @property
     def context_length(self) -> int | None:
-        """Token positions the model reads (max_position_embeddings) when it runs here; None
-        behind a server, which refuses what does not fit itself."""
+        """Token positions the model reads: max_position_embeddings when it runs here, the
+        server's max_model_len behind one that tells it (vLLM's /tokenize), else None."""
         config = self.local_config
-        return config.max_position_embeddings if config is not None else None
+        if config is not None:
+            return config.max_position_embeddings
+        return getattr(self.tokenizer, "context_length", None)
 
     def prompt(self, context: str, frames: list[Frame] = (),
                force_event: str | None = None) -> list[int]:
@@ -296,6 +299,9 @@ def load_predictor(spec: str, openai_model: str | None = None, device: str = "cp
     CLI, the eval and the server all come here. Raises BackendError in one line."""
     backend = load_backend(spec, openai_model, device, compile_decode=compile_decode,
                            draft_tokens=draft_tokens)
+    if spec.startswith("openai:"):  # the served model's own tokenizer (else CWM's)
+        tokenizer = ServerTokenizer.of(backend) or cwm_tokenizer()
+        return TracePredictor(backend, tokenizer, max_frame_tokens)
     directory = checkpoint_directory(spec.removeprefix("transformers:"))
     try:
         tokenizer = load_tokenizer(directory if directory.is_dir() else None)

@@ -1,8 +1,9 @@
-"""Tokenizers with CWM's exact ids: one interface, two implementations.
+"""Tokenizers with CWM's exact ids: one interface, three implementations.
 
 - `CwmTokenizer`: the Llama 3 BPE shipped in the `llama-models` package (read with tiktoken,
   Llama 3 pre-tokenizer regex) plus CWM's 256 reserved special tokens (spec section 7).
 - `HFTokenizer`: a checkpoint directory's `tokenizer.json` through the `tokenizers` library.
+- `ServerTokenizer`: a served model's, asked over HTTP (`openai:URL` specs).
 
 `load_tokenizer(directory)` prefers the checkpoint's own tokenizer when it ships one.
 Special tokens are always inserted as ids and the text between them encoded as plain text (the
@@ -128,6 +129,47 @@ class HFTokenizer:
 
     def decode_plain(self, ids: list[int]) -> str:
         return self.backend.decode(ids, skip_special_tokens=False)
+
+
+class ServerTokenizer:
+    """A served model's own tokenizer, asked over HTTP (vLLM's /tokenize and /detokenize,
+    which `tracekit serve` has too), for a client whose tokenizer is not the model's. Plain
+    text goes there as it is: a special token's name written in a value comes back special,
+    as it does on the text route (the ids route of a local tokenizer is exact there)."""
+
+    def __init__(self, server, specials: dict[str, int], context_length: int | None):
+        self.server, self.special_ids = server, specials
+        self.vocab_size = max(specials.values(), default=-1) + 1  # (at least)
+        self.context_length = context_length
+        self._encoded: dict[str, list[int]] = {}
+
+    @classmethod
+    def of(cls, server) -> ServerTokenizer | None:
+        """The tokenizer of the model `server` (an OpenAIBackend) serves; None when the
+        server cannot tokenize. CWM's special tokens are looked up by name, all in one
+        request; one that is not a single token there is left out."""
+        names = list(SPECIAL_TOKENS)
+        found = server.tokenize("".join(names))
+        if found is None:
+            return None
+        ids, context = found
+        if len(ids) != len(names):
+            pairs = ((name, server.tokenize(name)[0]) for name in names)
+            specials = {name: one[0] for name, one in pairs if len(one) == 1}
+        else:
+            specials = dict(zip(names, ids))
+        return cls(server, specials, context)
+
+    def encode_plain(self, text: str) -> list[int]:
+        ids = self._encoded.get(text)
+        if ids is None:
+            ids = self.server.tokenize(text)[0]
+            if len(self._encoded) < 65536:  # a trace's frames repeat their text
+                self._encoded[text] = ids
+        return list(ids)
+
+    def decode_plain(self, ids: list[int]) -> str:
+        return self.server.detokenize(ids) if ids else ""
 
 
 class TokenizerError(Exception):
