@@ -39,6 +39,8 @@ UNSUPPORTED = {"n": 1, "best_of": 1, "echo": False, "suffix": None,
 CHAT_UNSUPPORTED = {"logprobs": False, "top_logprobs": None, "tools": None,
                     "tool_choice": None, "response_format": None}
 MAX_BODY = 8 << 20  # bytes: a full-context prompt of token ids is well under this
+POST_PATHS = ("/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize")
+GET_PATHS = ("/health", "/v1/models")
 SOCKET_TIMEOUT = 30.0  # seconds a client may take to send its request
 
 
@@ -176,6 +178,9 @@ class Engine:
             raise RequestError(400, f"stop_token_ids must be a list of integers, got "
                                     f"{body.get('stop_token_ids')!r}")
         logprobs = None if chat else _number(body, "logprobs", None, int, minimum=0)
+        if logprobs is not None and logprobs > 1:  # top_logprobs are not computed here
+            raise RequestError(400, f"logprobs={logprobs} is not supported by this server (the "
+                                    "chosen token's log-prob only: 0 or 1)")
         if logprobs is not None and body.get("stream"):
             raise RequestError(400, "logprobs with stream=true is not supported (streamed "
                                     "chunks carry text only): leave one of them out")
@@ -353,7 +358,38 @@ def make_server(engine: Engine, host: str = "127.0.0.1", port: int = 8000,
                     {"id": engine.name, "object": "model", "owned_by": "tracekit",
                      "max_model_len": engine.context}]})
             else:
-                self._error(404, f"no such endpoint: GET {self.path}")
+                self._refuse("GET")
+
+        def _refuse(self, method: str) -> None:
+            """A 405 for an endpoint that takes another method, else a 404; both as JSON."""
+            if self.path in POST_PATHS:
+                return self._error(405, f"{self.path} takes POST, not {method}")
+            if self.path in GET_PATHS:
+                return self._error(405, f"{self.path} takes GET, not {method}")
+            self._error(404, f"no such endpoint: {method} {self.path}")
+
+        def do_PUT(self) -> None:
+            self._refuse("PUT")
+
+        def do_DELETE(self) -> None:
+            self._refuse("DELETE")
+
+        def do_PATCH(self) -> None:
+            self._refuse("PATCH")
+
+        def send_error(self, code: int, message=None, explain=None) -> None:
+            """A method with no handler (501) answered in OpenAI's JSON shape, not HTML."""
+            if code == 501 and getattr(self, "command", None):
+                self.close_connection = True
+                return self._error(501, f"{self.command} is not supported: use GET or POST")
+            super().send_error(code, message, explain)
+
+        def handle_one_request(self) -> None:
+            """One request; a client that goes away mid-request ends its connection quietly."""
+            try:
+                super().handle_one_request()
+            except (ConnectionError, TimeoutError):
+                self.close_connection = True
 
         def do_POST(self) -> None:
             try:
@@ -366,9 +402,11 @@ def make_server(engine: Engine, host: str = "127.0.0.1", port: int = 8000,
                                    f"Content-Length must be 0..{MAX_BODY} bytes, got "
                                    f"{self.headers.get('Content-Length')}")
             raw = self.rfile.read(length)
-            if self.path not in ("/v1/completions", "/v1/chat/completions", "/tokenize",
-                                 "/detokenize"):
-                return self._error(404, f"no such endpoint: POST {self.path}")
+            if len(raw) < length:  # the client went away mid-body: nothing to answer
+                self.close_connection = True
+                return
+            if self.path not in POST_PATHS:
+                return self._refuse("POST")
             try:
                 body = json.loads(raw)
             except ValueError as exc:

@@ -592,7 +592,7 @@ def test_a_dataset_with_repeated_ids_is_refused_in_one_line(tmp_path):
     shard.write_bytes(shard.read_bytes()[:100])  # a shard cut short
     corrupt = run(["eval", str(tmp_path / "data"), "--model", "oracle", "-o",
                    str(tmp_path / "o")], 8)
-    assert f"{shard.name}: cannot read it" in corrupt.output and "build the dataset again" in \
+    assert f"{shard.name} cannot be read" in corrupt.output and "build the dataset again" in \
         corrupt.output
 
 

@@ -116,6 +116,7 @@ BAD_REQUESTS = [
     ({"prompt": "x", "stop": [""]}, "stop must be a non-empty string"),
     ({"prompt": "x", "stop_token_ids": [True]}, "stop_token_ids must be a list of integers"),
     ({"prompt": "x", "logprobs": -1}, "logprobs must be an integer >= 0"),
+    ({"prompt": "x", "logprobs": 2}, "logprobs=2 is not supported"),
     ({"prompt": "x", "stream": "yes"}, "stream must be true or false"),
     ({"prompt": "x", "stream": True, "logprobs": 1}, "logprobs with stream=true"),
     ({"prompt": "x", "n": 3}, "n=3 is not supported"),
@@ -134,6 +135,43 @@ def test_each_bad_request_is_a_400_in_openai_shape(served, body, message):
     assert status == 400, reply
     assert message in reply["error"]["message"] and "\n" not in reply["error"]["message"]
     assert reply["error"]["type"] == "invalid_request_error"
+
+
+def raw_request(port: int, request: bytes) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        client.sendall(request)
+        reply = b""
+        while chunk := client.recv(4096):
+            reply += chunk
+            if b"\r\n\r\n" in reply and b"}" in reply:
+                break
+    return reply.decode()
+
+
+@pytest.mark.parametrize("request_line, status, says", [
+    ("GET /v1/completions", 405, "/v1/completions takes POST, not GET"),
+    ("DELETE /v1/completions", 405, "/v1/completions takes POST, not DELETE"),
+    ("POST /v1/models", 405, "/v1/models takes GET, not POST"),
+    ("GET /v2/nothing", 404, "no such endpoint: GET /v2/nothing"),
+    ("OPTIONS /v1/completions", 501, "OPTIONS is not supported: use GET or POST"),
+])
+def test_a_wrong_method_or_path_gets_its_status_in_openai_shape(served, request_line, status,
+                                                                 says):
+    _, port, _ = served
+    reply = raw_request(port, f"{request_line} HTTP/1.1\r\nHost: x\r\n"
+                              "Content-Length: 0\r\n\r\n".encode())
+    head, _, body = reply.partition("\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status}") and "application/json" in head, head
+    assert json.loads(body)["error"]["message"] == says
+
+
+def test_a_client_that_leaves_mid_body_is_dropped_quietly(served, capfd):
+    url, port, _ = served
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        client.sendall(b"POST /v1/completions HTTP/1.1\r\nContent-Length: 500\r\n\r\n{\"p")
+    time.sleep(0.5)
+    assert post(url, {"prompt": "x = 1\n", "max_tokens": 2})[0] == 200
+    assert "Traceback" not in capfd.readouterr().err
 
 
 def test_stop_strings_cut_the_text_and_count_the_tokens_as_vllm_does(served):
