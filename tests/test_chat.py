@@ -371,10 +371,12 @@ def test_tracekit_chat_one_message_and_a_piped_session(tiny):
     assert "reached its token budget" in one.stderr and one.stdout.strip()
     assert "\x1b[" not in one.stdout  # no styling when stdout is not a terminal
     session = chat("--model", str(tiny), "--max-tokens", "12",
-                   stdin="hi\n\n/reset\nhello again\n/quit\nnever sent\n")
+                   stdin="hi\n\n/reset\n/help me\n//etc/hosts?\nhello again\n/quit\nnever sent\n")
     assert session.returncode == 0, session.stderr
-    assert "(forgotten)" in session.stderr and session.stdout.count("you> ") == 5
-    assert session.stderr.count("reached its token budget") == 2  # two messages were sent
+    assert "(forgotten)" in session.stderr and session.stdout.count("you> ") == 7
+    assert "chat: unknown command '/help': the commands are /reset, /quit, /exit" in \
+        session.stderr
+    assert session.stderr.count("reached its token budget") == 3  # three messages were sent
     missing = chat("--model", "openai:http://127.0.0.1:9")
     assert missing.returncode == 2 and "--openai-model" in missing.stderr
 

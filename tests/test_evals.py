@@ -540,11 +540,13 @@ def test_an_openai_server_run_with_concurrency_equals_the_runtime_run(dataset, t
     httpd = make_server(engine, port=0)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     options = ["--mode", "teacher-forced", "--limit", "4", "--max-frame-tokens", "6"]
+    served = ["eval", str(dataset), "--model", f"openai:http://127.0.0.1:{httpd.server_address[1]}",
+              "--openai-model", "tiny", "--concurrency", "4", *options, "-o", str(tmp_path / "a")]
     try:
-        run(["eval", str(dataset), "--model", f"openai:http://127.0.0.1:{httpd.server_address[1]}",
-             "--openai-model", "tiny", "--concurrency", "4", *options, "-o", str(tmp_path / "a")])
+        run(served)
     finally:
         httpd.shutdown()
+        httpd.server_close()
     run(["eval", str(dataset), "--model", str(checkpoint), *options, "-o", str(tmp_path / "b")])
 
     def texts(directory):
@@ -554,9 +556,13 @@ def test_an_openai_server_run_with_concurrency_equals_the_runtime_run(dataset, t
 
     served_texts, local_texts = texts(tmp_path / "a"), texts(tmp_path / "b")
     assert len(served_texts) == 4 and served_texts == local_texts
-    down = run(["eval", str(dataset), "--model", "openai:http://127.0.0.1:9", "--openai-model",
-                "x", "-o", str(tmp_path / "c")], 7)
-    assert "cannot reach the server" in down.output and "--resume" in down.output
+    down = ["eval", str(dataset), "--model", "openai:http://127.0.0.1:9", "--openai-model", "x"]
+    fresh = run([*down, "-o", str(tmp_path / "c")], 7)
+    assert "cannot reach the server" in fresh.output and "--resume" not in fresh.output
+    kept = (tmp_path / "a" / "predictions.jsonl").read_text()
+    again = run([*served, "--resume"], 7)  # the same server, gone now
+    assert "cannot reach the server" in again.output and "rerun with --resume" in again.output
+    assert (tmp_path / "a" / "predictions.jsonl").read_text() == kept
 
 
 def test_a_rollout_eval_with_compiled_decode_steps_equals_the_eager_one(dataset, tmp_path):

@@ -12,7 +12,9 @@ from tracekit.cli.models import MODEL_HELP
 from tracekit.trace import EXIT_MODEL, EXIT_TOO_LONG
 
 PROMPT = "you> "
-HELP_LINE = "(an empty line does nothing; /reset forgets the conversation; /quit or Ctrl-D ends)"
+COMMANDS = ("/reset", "/quit", "/exit")
+HELP_LINE = ("(an empty line does nothing; /reset forgets the conversation; /quit or Ctrl-D ends; "
+             "// sends a message that starts with /)")
 
 
 @click.command(epilog=exit_help(0, 2, 7, 10))
@@ -170,5 +172,11 @@ def _interact(conversation: Conversation) -> None:
         if command == "/reset":
             conversation.messages = []
             stderr.print("(forgotten)", highlight=False)
+        elif command.startswith("//"):
+            conversation.send(line.replace("//", "/", 1))
+        elif command.startswith("/") and command.split()[0] not in COMMANDS:
+            print_error("chat", f"unknown command {command.split()[0]!r}: the commands are "
+                        f"{', '.join(COMMANDS)} (to send a message that starts with /, "
+                        "type // instead)")
         elif command:
             conversation.send(line)
