@@ -429,6 +429,34 @@ def test_a_program_reads_the_files_beside_it_and_writes_none_of_them(tmp_path, b
     assert {p.name: p.read_bytes() for p in project.iterdir()} == before
 
 
+def test_a_program_directly_in_tmp_reads_beside_it_and_its_writes_stay_in_the_sandbox():
+    """/tmp is the sandbox's own scratch tmpfs, so a program whose directory is /tmp itself
+    sees /tmp's entries bound read-only over it: it reads the file beside it, its file there
+    cannot be overwritten, and a new file lives in the scratch only."""
+    from click.testing import CliRunner
+
+    from tracekit.cli import main
+
+    needs_bwrap()
+    name = f"tracekit-test-{os.getpid()}"
+    program, data, made = (Path("/tmp") / f"{name}{end}" for end in (".py", ".txt", ".out"))
+    program.write_text(f"def f():  # << START_OF_TRACE\n"
+                       f"    open({made.name!r}, 'w').write('new')\n"
+                       f"    try:\n        open(__file__, 'a').write('#')\n"
+                       f"    except OSError:\n        kept = True\n"
+                       f"    return open({data.name!r}).read(), open({made.name!r}).read(), kept\n")
+    data.write_text("beside")
+    try:
+        result = CliRunner().invoke(main, ["trace", str(program), "--format", "json",
+                                           "--sandbox", "bwrap"], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["return_value"] == repr(("beside", "new", True))
+        assert not made.exists() and program.read_text().endswith("kept\n")
+    finally:
+        for path in (program, data, made):
+            path.unlink(missing_ok=True)
+
+
 def test_syntax_error_is_reported_with_its_line():
     result, _ = trace("""
         def f():

@@ -87,17 +87,36 @@ def _bwrap_base(tmp_size_mb: int) -> list[str]:
 def _bwrap_command(interp: Interpreter, limits: Limits, readable: tuple[str, ...] = (),
                    writable: str | None = None) -> list[str]:
     """bubblewrap's arguments: the base sandbox, the interpreter and `readable` directories
-    visible read-only at their own paths (those under /tmp or a home are bound back), and
-    `writable` bound read-write at WORK_INSIDE (a path that is the same in every sandbox, so
-    that what a program prints of its files' paths does not change from run to run)."""
+    visible read-only at their own paths (those under /tmp or a home are bound back; /tmp or a
+    home itself entry by entry, over the sandbox's own writable tmpfs, which a program in /tmp
+    needs), and `writable` bound read-write at WORK_INSIDE (a path that is the same in every
+    sandbox, so that what a program prints of its files' paths does not change from run to
+    run)."""
     args = [shutil.which("bwrap"), *_bwrap_base(limits.tmp_size_mb)]
     hidden = [a for i, a in enumerate(args) if i and args[i - 1] == "--tmpfs"]
     for prefix in [*interp.prefixes, *readable]:
-        if any(prefix == h or prefix.startswith(h.rstrip("/") + "/") for h in hidden):
+        if prefix in hidden:
+            args += _entries_bound(prefix)
+        elif any(prefix.startswith(h.rstrip("/") + "/") for h in hidden):
             args += ["--ro-bind", prefix, prefix]
     if writable is not None:
         args += ["--bind", writable, WORK_INSIDE]
     args += ["--ro-bind", str(TRACER_DIR), f"{_INSIDE}/tracer", "--chdir", "/tmp"]
+    return args
+
+
+def _entries_bound(directory: str) -> list[str]:
+    """Each entry of `directory` bound read-only at its own path (one that is gone by the time
+    the sandbox starts is skipped), but the sandbox's own (_INSIDE)."""
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return []
+    args = []
+    for name in names:
+        path = os.path.join(directory, name)
+        if path != _INSIDE:
+            args += ["--ro-bind-try", path, path]
     return args
 
 
