@@ -5,6 +5,7 @@ shard by shard straight to its device and dtype, so no second full copy is ever 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -120,8 +121,6 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu",
 def save_checkpoint(model: CwmForCausalLM, directory: str | Path,
                     max_shard_bytes: int = 5 << 30) -> None:
     """Write config.json and safetensors shards (with an index when there is more than one)."""
-    from safetensors.torch import save_file
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = model.config.to_dict()
@@ -140,16 +139,26 @@ def save_checkpoint(model: CwmForCausalLM, directory: str | Path,
         size += nbytes
     shards.append(current)
     if len(shards) == 1:
-        save_file(shards[0], str(directory / SINGLE), metadata={"format": "pt"})
+        _save_shard(shards[0], directory / SINGLE)
         return
     weight_map = {}
     for i, shard in enumerate(shards, 1):
         name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, str(directory / name), metadata={"format": "pt"})
+        _save_shard(shard, directory / name)
         weight_map.update(dict.fromkeys(shard, name))
     total = sum(t.numel() * t.element_size() for t in state.values())
     (directory / INDEX).write_text(json.dumps(
         {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+
+
+def _save_shard(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """One safetensors file, its mode the umask's like config.json's (safetensors writes 0600)."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
 
 
 def _shard_files(directory: Path) -> dict[Path, list[str] | None]:

@@ -100,6 +100,8 @@ CASES = [
     ("prompt: binary file", "prompt {P}/binary.py", 8, "cannot read it as Python source"),
     ("prompt: corrupt tokenizer", "prompt {P}/prog.py --count --tokenizer {P}/bad-tokenizer",
      7, "tokenizer.json: cannot load it"),
+    ("prompt: --tokenizer names no checkpoint", "prompt {P}/prog.py --count --tokenizer "
+     "{P}/empty-dir", 7, "has no tokenizer.json and is not a checkpoint"),
     # dataset
     ("dataset: empty directory", "dataset build {P}/empty-dir -o {P}/out1", 8,
      "nothing to trace"),
@@ -248,15 +250,18 @@ def test_an_unexpected_error_is_one_line_exit_9_and_debug_shows_the_traceback(pl
         invoke("trace", str(place / "prog.py"))
 
 
-def test_a_closed_pipe_ends_quietly(place):
-    """`tracekit trace ... | head -1`: the reader goes away; exit 0, nothing on stderr."""
-    long_run = place / "long.py"
-    long_run.write_text("def f():  # << START_OF_TRACE\n    for i in range(5000):\n"
-                        "        x = i\n    return x\n")
-    process = subprocess.Popen([sys.executable, "-m", "tracekit.cli", "trace", str(long_run),
-                                "--format", "cwm", "--max-frames", "0"],
+@pytest.mark.parametrize("command", ["trace {P}/long.py --format cwm --max-frames 0",
+                                     "trace {P}/long.py --max-frames 0", "predict {P}/prog.py",
+                                     "eval compare {P}/ev {P}/ev"])
+def test_a_closed_pipe_ends_quietly(place, command):
+    """`tracekit ... | head -1`: the reader goes away; exit 0, nothing on stderr (rich's
+    console, left to itself, exits 1 there)."""
+    (place / "long.py").write_text("def f():  # << START_OF_TRACE\n    for i in range(5000):"
+                                   "\n        x = i\n    return x\n")
+    process = subprocess.Popen([sys.executable, "-m", "tracekit.cli",
+                                *command.replace("{P}", str(place)).split()],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
-    process.stdout.read(10)
+    process.stdout.read(1)
     process.stdout.close()
     assert process.wait(timeout=120) == 0
     assert [x for x in process.stderr.read().decode().splitlines()

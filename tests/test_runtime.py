@@ -335,6 +335,8 @@ def test_checkpoints_load_both_ways(tmp_path):
     with torch.no_grad():
         assert (reference(ids).logits - ours(ids).logits).abs().max() <= 1e-5
     save_checkpoint(ours, tmp_path / "ours", max_shard_bytes=100_000)
+    modes = {p.stat().st_mode & 0o777 for p in (tmp_path / "ours").iterdir()}
+    assert len(modes) == 1  # the shards readable as config.json is (safetensors writes 0600)
     again = transformers.CwmForCausalLM.from_pretrained(tmp_path / "ours",
                                                         attn_implementation="eager").eval()
     assert same_weights(again, ours)

@@ -11,10 +11,18 @@ from tracekit.trace import Trace
 from tracekit.tracer.constants import DOTS
 
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """A closed stdout (`| head`) is the command line's to end (quietly, exit 0); rich
+        would exit 1 here."""
+        self.quiet = True
+        raise BrokenPipeError
+
+
 def make_console(**options) -> Console:
     """tracekit's consoles: user text (paths, program names, values, messages) is shown as
     written, never read as rich markup or emoji codes; styles come from Text objects."""
-    return Console(markup=False, emoji=False, **options)
+    return _Console(markup=False, emoji=False, **options)
 
 
 _EVENT_STYLE = {"call": "bold green", "line": "cyan", "return": "bold magenta",

@@ -94,7 +94,8 @@ def _pretty_text(trace: Trace) -> str:
 @click.option("--ids", is_flag=True, help="Print the token ids instead of the text.")
 @click.option("--count", is_flag=True, help="Print the number of tokens only.")
 @click.option("--tokenizer", "checkpoint", type=click.Path(exists=True, file_okay=False),
-              help="A checkpoint directory whose tokenizer.json to use. Default: CWM's.")
+              help="A checkpoint directory whose tokenizer.json to use (CWM's for a checkpoint "
+                   "without one, as its model does). Default: CWM's.")
 @tracing_options
 def prompt(file: Path, entry, call, k, force, chat, no_thinking, ids, count, checkpoint,
            tracing) -> None:
@@ -132,6 +133,10 @@ def prompt(file: Path, entry, call, k, force, chat, no_thinking, ids, count, che
     if not (ids or count):
         click.echo(text, nl=False)
         return
+    if checkpoint and not any((Path(checkpoint) / name).exists()
+                              for name in ("tokenizer.json", "config.json")):
+        raise Failure("model", f"{checkpoint} has no tokenizer.json and is not a checkpoint: "
+                      "pass a checkpoint directory, or drop --tokenizer for CWM's", EXIT_MODEL)
     try:
         tokenizer = tokenizers.load_tokenizer(checkpoint)
     except tokenizers.TokenizerError as exc:
