@@ -91,8 +91,9 @@ def test_failed_programs_keep_their_status_or_are_dropped(tmp_path):
 def test_killed_builds_resume_to_exactly_the_uninterrupted_rows(tmp_path):
     """Five runs each SIGKILLed at a seeded point of the build's progress (after tracing a
     shard, with a shard's file half-written, with its files in place but not in the manifest,
-    just after the manifest), resumed each time: the same rows as an uninterrupted build. The
-    kills are placed by progress, not by the clock, so every machine makes exactly five."""
+    just after the manifest), and one interrupted by Ctrl-C, resumed each time: the same rows as
+    an uninterrupted build. The kills are placed by progress, not by the clock, so every
+    machine makes exactly six."""
     command = [sys.executable, "-m", "tracekit.cli", "dataset", "build", str(PROGRAMS),
                "synthetic:200:9", "--shard-size", "10", "--workers", "2"]
     subprocess.run([*command, "-o", str(tmp_path / "whole")], check=True, cwd=ROOT,
@@ -112,6 +113,14 @@ def test_killed_builds_resume_to_exactly_the_uninterrupted_rows(tmp_path):
         assert proc.returncode == -signal.SIGKILL, (point, proc.stderr[-500:])
         if point.startswith("half-written"):
             assert list(killed.glob("*.tmp")), "the kill left no half-written file"
+    # and Ctrl-C (SIGINT to the whole group, the traced programs too) in the last shard
+    interrupted = subprocess.run([*command, "-o", str(killed), "--resume"], cwd=ROOT,
+                                 capture_output=True, text=True, start_new_session=True,
+                                 env={**os.environ, "TRACEKIT_KILL_AT": f"traced:{shards[-1]}",
+                                      "TRACEKIT_KILL_SIGNAL": "INT"})
+    assert interrupted.returncode == 130, interrupted.stderr[-500:]
+    assert interrupted.stderr.splitlines()[-1] == ("interrupted: what was finished is kept: run "
+                                                   "the same command with --resume to go on")
     finished = subprocess.run([*command, "-o", str(killed), "--resume"], cwd=ROOT,
                               capture_output=True)
     assert finished.returncode == 0, finished.stderr[-500:]

@@ -458,6 +458,13 @@ def test_a_killed_eval_resumes_to_the_same_predictions(dataset, tmp_path):
         f.write(b'{"id": "half a line')  # as if killed mid-write
     refused = subprocess.run(command + ["-o", str(killed)], capture_output=True, text=True)
     assert refused.returncode == 8 and "--resume" in refused.stderr
+    # Ctrl-C after the third: 130, saying how to go on
+    interrupted = subprocess.run(command + ["-o", str(killed), "--resume"], capture_output=True,
+                                 text=True, start_new_session=True, timeout=600,
+                                 env={**os.environ, "TRACEKIT_KILL_AT": "predicted:3",
+                                      "TRACEKIT_KILL_SIGNAL": "INT"})
+    assert interrupted.returncode == 130 and "--resume to go on" in interrupted.stderr
+    assert predictions.read_bytes().count(b"\n") == 3
     subprocess.run(command + ["-o", str(killed), "--resume"], check=True, capture_output=True,
                    timeout=600)
 

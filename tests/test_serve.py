@@ -225,3 +225,40 @@ def test_a_client_predicts_with_the_served_models_own_tokenizer(served):
     status, body = post(url.replace("/v1", ""), None, json.dumps(
         {"model": "bundled", "tokens": [10**6]}).encode(), path="/detokenize")
     assert status == 400 and "tokens must be a list of token ids" in body["error"]["message"]
+
+
+def test_ctrl_c_during_a_request_stops_the_server_with_0_and_a_port_in_use_is_8():
+    """Ctrl-C while the engine decodes ends `tracekit serve` with 0 and "stopped" (a torch op
+    in the engine's thread used to abort the shutdown, 134); a port that is taken is exit 8."""
+    import signal
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        refused = subprocess.run([sys.executable, "-m", "tracekit.cli", "serve", "--port",
+                                  str(port)], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 8 and "choose another --port" in refused.stderr
+    server = subprocess.Popen([sys.executable, "-m", "tracekit.cli", "serve", "--port",
+                               str(port)], stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stderr.readline().startswith("serving 'bundled'")
+        url = f"http://127.0.0.1:{port}"
+        asked = threading.Thread(target=lambda: _ignore_errors(post, url, {
+            "prompt": "def f", "max_tokens": 900, "temperature": 0}), daemon=True)
+        asked.start()
+        time.sleep(1.0)  # the engine is decoding
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=60) == 0
+        assert server.stderr.read().strip() == "stopped"
+    finally:
+        server.kill()
+
+
+def _ignore_errors(function, *args) -> None:
+    try:
+        function(*args)
+    except OSError:
+        pass

@@ -52,7 +52,8 @@ def tokenizer(traces, tmp_path_factory):
 
 def train(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "tracekit.cli", "train", *args], cwd=ROOT,
-                          capture_output=True, text=True, env=env, timeout=600)
+                          capture_output=True, text=True, env=env, timeout=600,
+                          start_new_session=True)  # a Ctrl-C it sends itself stays its own
 
 
 def test_the_tokenizer_splits_digits_and_keeps_cwm_special_tokens(tokenizer, traces):
@@ -258,6 +259,10 @@ def test_a_run_killed_after_a_save_resumes_to_the_same_weights(dataset, tmp_path
                    env={**os.environ, "TRACEKIT_KILL_AT": "trained:10"})
     assert killed.returncode == -signal.SIGKILL
     assert not (tmp_path / "killed" / "model.safetensors").exists()
+    interrupted = train(*args, "-o", str(tmp_path / "killed"), "--resume",
+                        env={**os.environ, "TRACEKIT_KILL_AT": "trained:15",
+                             "TRACEKIT_KILL_SIGNAL": "INT"})  # Ctrl-C after step 15's save
+    assert interrupted.returncode == 130 and "--resume to go on" in interrupted.stderr
     resumed = train(*args, "-o", str(tmp_path / "killed"), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     whole = load_file(tmp_path / "whole" / "model.safetensors")

@@ -46,11 +46,12 @@ EXIT_MEANINGS = {
     5: "the program crashed",
     6: "sandbox or interpreter unavailable",
     7: "the model could not be loaded or reached",
-    8: "the sources, the dataset, a predictions file or an output path is unusable",
+    8: "the sources, the dataset, a predictions file, an output path or a port is unusable",
     9: "tracekit itself failed (a bug: rerun with --debug and report the traceback)",
     10: "longer than the model's context (a prompt, a trace or a conversation)",
+    130: "interrupted (Ctrl-C): what was finished is kept, and --resume goes on from it",
 }
-EXIT_MODEL, EXIT_DATA, EXIT_BUG, EXIT_TOO_LONG = 7, 8, 9, 10
+EXIT_MODEL, EXIT_DATA, EXIT_BUG, EXIT_TOO_LONG, EXIT_INTERRUPTED = 7, 8, 9, 10, 130
 
 
 @dataclass(slots=True)

@@ -13,21 +13,26 @@ from tracekit import sandbox
 from tracekit.cli import chat, datasets, debug, demo, evaluation, models, tracing, training
 from tracekit.cli.common import exit_help, print_error
 from tracekit.model.errors import ContextError
-from tracekit.trace import EXIT_BUG, EXIT_DATA, EXIT_MEANINGS, EXIT_TOO_LONG
+from tracekit.trace import EXIT_BUG, EXIT_DATA, EXIT_INTERRUPTED, EXIT_MEANINGS, EXIT_TOO_LONG
 
 
 class _Main(click.Group):
     """The one place an unexpected exception becomes `error: <cause>` and exit 9 (with
     --debug or TRACEKIT_DEBUG=1: the traceback); a path the system refuses, exit 8; input
-    longer than the model's context, exit 10; a closed stdout (`| head`) ends quietly."""
+    longer than the model's context, exit 10; Ctrl-C, 130 (saying --resume goes on where the
+    command has it); a closed stdout (`| head`) ends quietly."""
 
     def invoke(self, ctx: click.Context):
         try:
             result = super().invoke(ctx)
             sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
             return result
-        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except KeyboardInterrupt:
+            print_error("interrupted", "what was finished is kept: run the same command with "
+                        "--resume to go on" if ctx.meta.get("resumable") else "stopped")
+            ctx.exit(EXIT_INTERRUPTED)
         except BrokenPipeError:
             _quiet_stdout()
             ctx.exit(0)

@@ -39,6 +39,15 @@ def print_error(label: str, message: str, style: str = "red") -> None:
                  soft_wrap=True)
 
 
+def resume_option(what: str):
+    """The --resume flag of a command whose work is kept when it stops (a build, an eval, a
+    training run): it marks the command so that Ctrl-C's one line says how to go on."""
+    def remember(ctx: click.Context, param, value: bool) -> bool:
+        ctx.meta["resumable"] = True
+        return value
+    return click.option("--resume", is_flag=True, help=what, callback=remember)
+
+
 def exit_help(*codes: int) -> str:
     """The epilog naming what each of `codes` means (and 9, which any command can end in)."""
     codes = sorted({*codes, EXIT_BUG})

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from tracekit.cli.common import Failure, exit_help, print_error, stderr, tracing_options
+from tracekit.cli.common import (Failure, exit_help, print_error, resume_option, stderr,
+                                  tracing_options)
 from tracekit.pretty import print_trace
 from tracekit.trace import EXIT_DATA
 
@@ -19,11 +20,11 @@ def dataset() -> None:
     """Build trace datasets (Parquet, loadable with datasets.load_dataset) and look inside."""
 
 
-@dataset.command("build", epilog=exit_help(0, 2, 8))
+@dataset.command("build", epilog=exit_help(0, 2, 8, 130))
 @click.argument("specs", nargs=-1, required=True, metavar="SOURCE...")
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
               help="Directory for the Parquet shards, stats.json and README.md.")
-@click.option("--resume", is_flag=True, help="Finish a build that was interrupted (same "
+@resume_option("Finish a build that was interrupted (same "
               "sources and options).")
 @click.option("--workers", type=click.IntRange(min=1), help="Programs traced at once. "
               "Default: all cores.")

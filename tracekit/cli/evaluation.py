@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from tracekit.cli.common import Failure, exit_help, stderr
+from tracekit.cli.common import Failure, exit_help, resume_option, stderr
 from tracekit.cli.models import COMPILE_HELP, DRAFT_HELP
 from tracekit.pretty import make_console
 from tracekit.trace import EXIT_DATA, EXIT_MODEL
@@ -32,7 +32,7 @@ def eval_group() -> None:
     """
 
 
-EVAL_EXIT = (exit_help(0, 2, 7, 8, 10) + " After 7 the predictions made so far are kept: rerun "
+EVAL_EXIT = (exit_help(0, 2, 7, 8, 10, 130) + " After 7 the predictions made so far are kept: rerun "
              "with --resume.")
 
 
@@ -57,7 +57,7 @@ EVAL_EXIT = (exit_help(0, 2, 7, 8, 10) + " After 7 the predictions made so far a
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
               help="Directory for report.html, report.md, metrics.json, frames.parquet and "
                    "predictions.jsonl.")
-@click.option("--resume", is_flag=True, help="Finish an eval that was interrupted (same "
+@resume_option("Finish an eval that was interrupted (same "
               "options): only the missing predictions are made.")
 @click.option("--split", type=click.Choice(["train", "validation", "test"]),
               help="Evaluate one split. Default: every row.")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import click
@@ -14,7 +16,7 @@ from tracekit.cli.common import (
     tracing_options,
 )
 from tracekit.model.prompt_lookup import DRAFT_TOKENS
-from tracekit.trace import EXIT_MODEL
+from tracekit.trace import EXIT_DATA, EXIT_MODEL
 
 COMPILE_HELP = ("Our runtime: compile batch-1 decode steps (torch.compile; on CUDA also "
                 "replayed as a CUDA graph). Compiling takes tens of seconds once; then "
@@ -98,7 +100,7 @@ def predict(file: Path, spec, openai_model, mode, k, entry, call, max_frame_toke
             if stop == "context" else ""))
 
 
-@click.command(epilog=exit_help(0, 2, 7))
+@click.command(epilog=exit_help(0, 2, 7, 8))
 @click.argument("checkpoint", default="bundled")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
@@ -108,7 +110,7 @@ def predict(file: Path, spec, openai_model, mode, k, entry, call, max_frame_toke
               help="Requests decoded together at most.")
 def serve(checkpoint: str, host, port, name, device, max_batch) -> None:
     """Serve CHECKPOINT (a directory; default: the bundled model) with our runtime behind an
-    OpenAI-compatible API until interrupted: /v1/completions, /v1/chat/completions (CWM's chat,
+    OpenAI-compatible API until Ctrl-C (exit 0): /v1/completions, /v1/chat/completions (CWM's chat,
     by the checkpoint's own template when it ships one; vLLM's chat_template_kwargs), both
     streaming with "stream": true, /v1/models, /health.
 
@@ -148,11 +150,16 @@ def serve(checkpoint: str, host, port, name, device, max_batch) -> None:
                         chat=server_prompt(tokenizer, template), end_of_turn=stops)
         httpd = make_server(engine, host, port)
     except OSError as exc:
-        raise Failure("serve", f"cannot listen on {host}:{port} ({exc.strerror}): pick another "
-                               "--port", EXIT_MODEL) from None
+        raise Failure("serve", f"cannot listen on {host}:{port} ({exc.strerror}): choose "
+                               "another --port", EXIT_DATA) from None
     stderr.print(f"serving {name!r} on http://{host}:{httpd.server_address[1]}/v1 "
                  "(Ctrl-C stops)", highlight=False)
     try:
         httpd.serve_forever()
     except KeyboardInterrupt:
-        pass
+        # the engine's thread may be inside a torch op, which aborts the interpreter's
+        # shutdown ("terminate called without an active exception", 134): end here instead
+        httpd.server_close()
+        stderr.print("stopped", highlight=False)
+        sys.stdout.flush()
+        os._exit(0)

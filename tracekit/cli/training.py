@@ -7,12 +7,12 @@ from pathlib import Path
 
 import click
 
-from tracekit.cli.common import Failure, exit_help, stderr
+from tracekit.cli.common import Failure, exit_help, resume_option, stderr
 from tracekit.dataset import BuildError
 from tracekit.trace import EXIT_DATA
 
 
-@click.command(epilog=exit_help(0, 2, 8))
+@click.command(epilog=exit_help(0, 2, 8, 130))
 @click.argument("datasets", nargs=-1, required=True,
                 type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
@@ -59,7 +59,7 @@ from tracekit.trace import EXIT_DATA
                    "train` wrote, e.g. model/bundled) instead of random ones: to continue "
                    "training on more or other data with a new schedule. --size, --set and "
                    "--vocab-size then do not apply.")
-@click.option("--resume", is_flag=True, help="Continue a run killed or stopped in OUT (the same "
+@resume_option("Continue a run killed or stopped in OUT (the same "
               "datasets and options): it ends with the weights the whole run would have.")
 def train(datasets, out: Path, size, overrides, steps, batch_rows, accumulation, seq_len,
           vocab_size, lr, optimizer, warmup, seed, eval_every, save_every, val_traces,
