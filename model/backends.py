@@ -307,11 +307,14 @@ class OpenAIBackend(Backend):
 def _cpu_compute_dtype(directory: Path, device: str) -> torch.dtype | None:
     """float32 for a bfloat16 checkpoint on the CPU (the bundled model is one): its measured
     figures were computed so (docs/model.md). None: the config's."""
-    from .config import CwmConfig
+    from .checkpoint import CheckpointError
+    from .config import ConfigError, CwmConfig
 
-    if torch.device(device).type == "cpu" and CwmConfig.from_file(directory).dtype == "bfloat16":
-        return torch.float32
-    return None
+    try:
+        dtype = CwmConfig.from_file(directory).dtype
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None  # (it names the file)
+    return torch.float32 if torch.device(device).type == "cpu" and dtype == "bfloat16" else None
 
 
 def load_backend(spec: str, openai_model: str | None = None, device: str = "cpu",

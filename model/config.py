@@ -49,11 +49,12 @@ class CwmConfig:
     model_type: str = "cwm"
 
     def __post_init__(self):
+        if isinstance(self.eos_token_id, int) and not isinstance(self.eos_token_id, bool):
+            self.eos_token_id = [self.eos_token_id]
+        self._check_types()
         if self.layer_types is None:  # transformers' rule when config.json has none
             self.layer_types = ["full_attention" if i % 4 == 0 else "sliding_attention"
                                 for i in range(self.num_hidden_layers)]
-        if isinstance(self.eos_token_id, int):
-            self.eos_token_id = [self.eos_token_id]
         self.validate()
 
     @classmethod
@@ -90,6 +91,21 @@ class CwmConfig:
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
 
+    def _check_types(self) -> None:
+        """Each field of the type its annotation names (`int | None`, `list[str]`, ...)."""
+        for f in fields(self):
+            value, kind = getattr(self, f.name), str(f.type)
+            optional = kind.endswith(" | None")
+            kind = kind.removesuffix(" | None")
+            if value is None and optional:
+                continue
+            outer, _, inner = kind.partition("[")
+            if not _is_a(value, outer) or (inner and not all(
+                    _is_a(item, inner.rstrip("]")) for item in value)):
+                items = f" of {_PLURALS[inner.rstrip(']')]}" if inner else ""
+                raise ConfigError(f"{f.name}: must be {_NAMES[outer]}{items}"
+                                  f"{' or null' if optional else ''}, got {value!r}")
+
     def to_dict(self) -> dict:
         data = asdict(self)
         data["architectures"] = ["CwmForCausalLM"]
@@ -97,6 +113,7 @@ class CwmConfig:
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad field."""
+        self._check_types()
         positive = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                     "num_attention_heads", "num_key_value_heads", "head_dim",
                     "max_position_embeddings"]
@@ -126,7 +143,29 @@ class CwmConfig:
                               "(use 'default' or 'llama3')")
         if "rope_theta" not in self.rope_parameters:
             raise ConfigError("rope_parameters.rope_theta: missing")
+        numbers = ["rope_theta"] + (["factor", "low_freq_factor", "high_freq_factor",
+                                     "original_max_position_embeddings"]
+                                    if rope_type == "llama3" else [])
+        for name in numbers:
+            value = self.rope_parameters.get(name)
+            if not _is_a(value, "float"):
+                raise ConfigError(f"rope_parameters.{name}: must be a number, got {value!r}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
         if self.pretraining_tp != 1:
             raise ConfigError(f"pretraining_tp: only 1 is supported, got {self.pretraining_tp}")
+
+
+_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+          "list": "a list", "dict": "an object"}
+_PLURALS = {"int": "integers", "str": "strings"}
+
+
+def _is_a(value: object, kind: str) -> bool:
+    """Whether a JSON value is of `kind` (an annotation's name; true and false are not
+    numbers)."""
+    if isinstance(value, bool):
+        return kind == "bool"
+    types = {"int": int, "float": (int, float), "bool": bool, "str": str, "list": list,
+             "dict": dict}[kind]
+    return isinstance(value, types)

@@ -49,7 +49,7 @@ def place(tmp_path_factory) -> Path:
     (base / "half-ds").mkdir()
     (base / "half-ds" / "manifest.json").write_text("{}")
     for name, change in (("bad-tokenizer", "tokenizer"), ("small-vocab", "vocab"),
-                         ("short-context", "context")):
+                         ("short-context", "context"), ("bad-config", "config")):
         shutil.copytree(BUNDLED, base / name)
         config = json.loads((base / name / "config.json").read_text())
         if change == "tokenizer":
@@ -59,6 +59,9 @@ def place(tmp_path_factory) -> Path:
             tokens["model"]["vocab"].update({f"extra{i}": config["vocab_size"] + i
                                              for i in range(50)})
             (base / name / "tokenizer.json").write_text(json.dumps(tokens))
+        elif change == "config":
+            config["rope_parameters"]["rope_theta"] = "1e6"  # a string where a number goes
+            (base / name / "config.json").write_text(json.dumps(config))
         else:
             config["max_position_embeddings"] = 32
             (base / name / "config.json").write_text(json.dumps(config))
@@ -144,6 +147,12 @@ CASES = [
      "next --frames 4 --model {P}/short-context", 10, "tokens and the model reads 32"),
     ("eval: every trace longer than the context", "eval {P}/ds --model {P}/short-context -o "
      "{P}/ev5", 10, "is over the context (32 tokens): evaluate a model with a longer context"),
+    ("predict: a config field of the wrong type", "predict {P}/prog.py --model {P}/bad-config",
+     7, "config.json: rope_parameters.rope_theta: must be a number, got '1e6'"),
+    ("eval: a config field of the wrong type", "eval {P}/ds --model {P}/bad-config -o {P}/ev6",
+     7, "rope_parameters.rope_theta: must be a number"),
+    ("train --init: a config field of the wrong type", "train {P}/ds -o {P}/tr2 --init "
+     "{P}/bad-config", 8, "rope_parameters.rope_theta: must be a number"),
     ("predict: binary file", "predict {P}/binary.py", 8, "cannot read it as Python source"),
     # eval
     ("eval: not a dataset", "eval {P}/empty-dir --model copy -o {P}/ev1", 8,
