@@ -5,8 +5,10 @@ eval's own teacher-forced metrics."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from tracekit.trace import COMPLETE_STATUSES, Trace
 from tracekit.train_data import leaks, pack, trace_ids, train_tokenizer
 
 TOKENIZER = "tokenizer.json"
+VAL_LOSS_TRACES = 400  # the validation loss is over the validation split's first this many
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,7 @@ def run(options: TrainOptions, config: loop.TrainConfig, out: Path, resume: bool
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     rank = torch.distributed.get_rank() if distributed else 0
     training = traces_of(options.datasets, "train")
-    validation = traces_of(options.datasets, "validation")[:max(options.val_traces, 1) * 4]
+    validation = [t for _, t in traces_of(options.datasets, "validation")]
     leaked = leaks(((i, t.context) for i, t in training), held_out_programs())
     if leaked:  # never trained on: dropped, and the model card says which
         dropped = {pair.split(" ~ ")[0] for pair in leaked}
@@ -83,14 +86,17 @@ def run(options: TrainOptions, config: loop.TrainConfig, out: Path, resume: bool
         torch.distributed.barrier()
     tokenizer = _tokenizer(out, training, options, resume, rank, distributed)
     packed = pack((t for _, t in training), tokenizer, options.seq_len, options.loss_on_context)
-    held = pack((t for _, t in validation), tokenizer, options.seq_len, options.loss_on_context)
+    held = pack(validation[:VAL_LOSS_TRACES], tokenizer, options.seq_len,
+                options.loss_on_context)
     if not len(packed.rows):
         raise ValueError(f"every training trace is longer than --seq-len {options.seq_len}")
     torch.manual_seed(config.seed)
     model = _start_model(options, tokenizer)
     model.fast = True
-    checked = [t for _, t in validation
-               if len(trace_ids(tokenizer, t)[0]) <= options.seq_len][:options.val_traces]
+    checked = list(itertools.islice((t for t in validation if len(trace_ids(tokenizer, t)[0])
+                                     <= options.seq_len), options.val_traces))
+    if rank == 0:
+        _warn_of_missing_validation(options, validation, held, checked)
 
     def validate(step: int) -> dict:
         figures = {"val_loss": loop.validation_loss(model, held.rows, 16, config.autocast)
@@ -108,6 +114,21 @@ def run(options: TrainOptions, config: loop.TrainConfig, out: Path, resume: bool
     if rank == 0:
         _finish(out, model, log, options, config, packed, tokenizer, leaked)
     return log[-1]
+
+
+def _warn_of_missing_validation(options: TrainOptions, validation: list, held, checked: list
+                                ) -> None:
+    """A warning for each validation figure the run will not have, saying why."""
+    if not validation:
+        warnings.warn("the datasets' validation split is empty: no validation loss or accuracy "
+                      "is measured (build them with a validation share: --split)", stacklevel=2)
+        return
+    if not len(held.rows):
+        warnings.warn(f"no validation trace fits --seq-len {options.seq_len}: no validation "
+                      "loss is measured", stacklevel=2)
+    if options.val_traces and not checked:
+        warnings.warn(f"no validation trace fits --seq-len {options.seq_len}: no teacher-forced "
+                      "accuracy is measured", stacklevel=2)
 
 
 def _start_model(options: TrainOptions, tokenizer):

@@ -380,3 +380,34 @@ def test_the_bundled_model_is_small_bf16_and_equal_in_both_runtimes():
     ids = torch.tensor([ids[:ours.config.max_position_embeddings]])
     with torch.no_grad():
         assert (ours(ids).logits - reference(ids).logits).abs().max() <= 1e-4
+
+
+def test_val_traces_0_keeps_the_validation_loss_and_missing_validation_is_warned_of(dataset,
+                                                                                   tmp_path):
+    """--val-traces 0 drops the teacher-forced accuracy only; a --seq-len no validation trace
+    fits warns that neither figure is measured (once each), and no empty `step N: {}` line."""
+    args = [str(dataset), *TINY, "--steps", "4", "--eval-every", "2", "--save-every", "2"]
+    none = train(*args, "--val-traces", "0", "-o", str(tmp_path / "none"))
+    assert none.returncode == 0, none.stderr[-2000:]
+    log = [json.loads(x) for x in (tmp_path / "none" / "training_log.jsonl").open()]
+    validated = [e for e in log if "val_loss" in e]
+    assert validated and all(e["val_loss"] is not None and "state_exact" not in e
+                             for e in validated)
+    assert "warning" not in none.stderr
+    # short programs to train on, and a validation split of one loop too long for --seq-len
+    build(sources.synthetic(20, seed=3, size=2), tmp_path / "train-only",
+          BuildOptions(split=(1, 0, 0)), workers=2)
+    (tmp_path / "loop.jsonl").write_text(json.dumps({
+        "id": "loop", "code": "def f(n):\n    t = 0\n    for i in range(n):\n        t += i\n"
+                              "    return t\n", "call": "f(300)"}) + "\n")
+    build(sources.jsonl(tmp_path / "loop.jsonl"), tmp_path / "too-long",
+          BuildOptions(split=(0, 1, 0)), workers=1)
+    args = [str(tmp_path / "train-only"), str(tmp_path / "too-long"), *TINY, "--steps", "4",
+            "--eval-every", "2", "--save-every", "2"]
+    unfit = train(*args, "-o", str(tmp_path / "unfit"))
+    assert unfit.returncode == 0, unfit.stderr[-2000:]
+    warned = [x for x in unfit.stderr.splitlines() if x.startswith("warning:")]
+    assert warned == ["warning: no validation trace fits --seq-len 512: no validation loss is "
+                      "measured", "warning: no validation trace fits --seq-len 512: no "
+                      "teacher-forced accuracy is measured"]
+    assert "{}" not in unfit.stderr

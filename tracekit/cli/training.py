@@ -44,7 +44,8 @@ from tracekit.trace import EXIT_DATA
               help="Steps between validations (0: at the end only).")
 @click.option("--save-every", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--val-traces", type=click.IntRange(min=0), default=100, show_default=True,
-              help="Validation traces predicted teacher-forced at each validation.")
+              help="Validation traces predicted teacher-forced at each validation (0: none; the "
+                   "validation loss is measured either way).")
 @click.option("--loss-on-context", is_flag=True, help="Also learn to write the program text "
               "(by default the loss is on the trace's frames only).")
 @click.option("--bf16", is_flag=True, help="Train under bfloat16 autocast (weights and "
@@ -115,9 +116,9 @@ def train(datasets, out: Path, size, overrides, steps, batch_rows, accumulation,
                     bar.console.print(f"step {entry['step']}/{steps}: loss {entry['loss']:.3f}, "
                                       f"{entry['tokens_per_s']:.0f} tokens/s, "
                                       f"{left / 60:.0f} min left", highlight=False)
-                if "state_exact" in entry or "val_loss" in entry:
-                    shown = {k: round(v, 3) for k, v in entry.items()
-                             if k in ("val_loss", "state_exact", "action_exact") and v is not None}
+                shown = {k: round(v, 3) for k, v in entry.items()
+                         if k in ("val_loss", "state_exact", "action_exact") and v is not None}
+                if shown:
                     bar.console.print(f"step {entry['step']}: {shown}", highlight=False)
 
             last = run(options, config, out, resume, progress, compile_model)
