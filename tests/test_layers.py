@@ -139,3 +139,28 @@ def test_the_layout_check_sees_a_missing_file():
     assert "debugger.py" in readme
     without = readme.replace("debugger.py (the neural", "(the neural")
     assert "tracekit/debugger.py" in unlisted_files(without)
+
+
+def test_commands_that_run_no_model_do_not_import_torch(tmp_path):
+    """`tracekit --version`, `--help`, `trace`, `prompt --count` and `dataset build/stats` load
+    neither torch nor the model layer's weights code (torch's import alone is a second or
+    more): the model layer is imported where a model is loaded."""
+    import subprocess
+
+    program = tmp_path / "prog.py"
+    program.write_text("def f(n):  # << START_OF_TRACE\n    return n + 1\n# tracekit-call: f(2)\n")
+    script = f"""
+import sys
+from click.testing import CliRunner
+from tracekit.cli import main
+P, D = {str(program)!r}, {str(tmp_path / "ds")!r}
+for args in (["--version"], ["--help"], ["trace", P], ["prompt", P, "--count"],
+             ["dataset", "build", P, "-o", D], ["dataset", "stats", D]):
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, (args, result.output)
+    assert "torch" not in sys.modules, args
+print("none")
+"""
+    ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=ROOT, timeout=300)
+    assert ran.stdout.strip() == "none", ran.stderr[-2000:]

@@ -11,6 +11,7 @@ frame with an `error`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from tracekit.cwm import (
     END_OF_TEXT,
@@ -19,8 +20,6 @@ from tracekit.cwm import (
     frame_segments,
     parse_segments,
 )
-from tracekit.model.backends import Backend, load_backend
-from tracekit.model.checkpoint import checkpoint_directory
 from tracekit.model.errors import BackendError, ContextError
 from tracekit.prompts import trace_prompt_ids
 from tracekit.tokenizer import (
@@ -33,6 +32,9 @@ from tracekit.tokenizer import (
     load_tokenizer,
 )
 from tracekit.trace import Frame
+
+if TYPE_CHECKING:  # the model layer (torch) is imported where a model is loaded
+    from tracekit.model.backends import Backend
 
 
 @dataclass(frozen=True)
@@ -297,6 +299,9 @@ def load_predictor(spec: str, openai_model: str | None = None, device: str = "cp
     """The predictor for a model spec (`tracekit.model.backends.load_backend` says which), with the
     checkpoint's own tokenizer when it has one. The one place a spec becomes a predictor: the
     CLI, the eval and the server all come here. Raises BackendError in one line."""
+    from tracekit.model.backends import load_backend
+    from tracekit.model.checkpoint import checkpoint_directory
+
     backend = load_backend(spec, openai_model, device, compile_decode=compile_decode,
                            draft_tokens=draft_tokens)
     if spec.startswith("openai:"):  # the served model's own tokenizer (else CWM's)
