@@ -322,6 +322,66 @@ def test_a_warm_sandbox_traces_like_a_fresh_one_and_clears_up_between_programs()
 
 
 @pytest.mark.ray
+def test_a_ray_start_cluster_is_reached_with_its_token_and_without_it_the_error_says_so(
+        tmp_path):
+    """`ray start --head` on loopback (Ray 2.59+ turns token authentication on): a build that
+    connects without RAY_AUTH_MODE=token fails in one line that says to set it; with it, the
+    rows are the local engine's."""
+    if importlib.util.find_spec("ray") is None:
+        skip_or_fail("Ray is not installed (pip install 'tracekit[ray]')")
+    import shutil
+    import socket
+    import tempfile
+    import time
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    scratch = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))  # short: Ray's socket paths
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["HOME"] = str(scratch / "home")
+    # a token in ~/.ray/auth_token, as any earlier local ray.init() leaves: `ray start` then
+    # turns token authentication on
+    (scratch / "home" / ".ray").mkdir(parents=True)
+    (scratch / "home" / ".ray" / "auth_token").write_text("0123456789abcdef" * 4)
+    head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head",
+                             "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                             "--num-cpus", "2", "--include-dashboard", "false",
+                             "--disable-usage-stats", "--temp-dir", str(scratch / "ray")],
+                            env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and head.poll() is None, "no Ray head"
+                time.sleep(0.5)
+        build = [sys.executable, "-m", "tracekit.cli", "dataset", "build", str(PROGRAMS),
+                 "--engine", "ray", "--address", f"127.0.0.1:{port}", "--workers", "2"]
+        without = subprocess.run([*build, "-o", str(tmp_path / "without")], env=env, cwd=ROOT,
+                                 capture_output=True, text=True, timeout=300)
+        assert without.returncode == 8, without.stderr[-2000:]
+        line = without.stderr.strip().splitlines()[-1]
+        assert line.startswith(f"dataset: cannot start or reach Ray at 127.0.0.1:{port}: ")
+        assert "run with RAY_AUTH_MODE=token" in line
+        with_token = subprocess.run([*build, "-o", str(tmp_path / "ray")], cwd=ROOT,
+                                    env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True,
+                                    text=True, timeout=300)
+        assert with_token.returncode == 0, with_token.stderr[-2000:]
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=60)
+        shutil.rmtree(scratch, ignore_errors=True)
+    local = subprocess.run([*build[:6], "-o", str(tmp_path / "local"), "--workers", "2"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert local.returncode == 0, local.stderr[-2000:]
+    assert rows_of(tmp_path / "ray") == rows_of(tmp_path / "local") != []
+
+
+@pytest.mark.ray
 def test_the_ray_engine_gives_the_rows_of_the_local_engine(tmp_path):
     """Programs and a project's test files (tests:) in one build, on Ray and locally."""
     if importlib.util.find_spec("ray") is None:

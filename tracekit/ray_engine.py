@@ -5,6 +5,8 @@ build on this machine, so the rows are the local engine's."""
 
 from __future__ import annotations
 
+import os
+
 from tracekit.dataset import BuildError, BuildOptions, _Tracers
 
 
@@ -19,6 +21,14 @@ class _RayWorker:
 
     def close(self) -> None:
         self.tracers.__exit__(None, None, None)
+
+
+# Ray 2.59+: `ray start --head` turns token authentication on, and a driver that connects to it
+# needs RAY_AUTH_MODE=token (the token is read from ~/.ray/auth_token); without it the
+# connection fails with no word of why.
+_AUTH_HINT = ("; a cluster started with `ray start` (Ray 2.59+) asks for its token: run with "
+              "RAY_AUTH_MODE=token (the token is read from ~/.ray/auth_token, or "
+              "RAY_AUTH_TOKEN)")
 
 
 def _check_reachable(address: str) -> None:
@@ -58,7 +68,10 @@ class RayEngine:
                          **local)
             except Exception as exc:  # Ray raises many kinds; all mean the same here
                 where = f" at {address}" if address else ""
-                raise BuildError(f"cannot start or reach Ray{where}: {exc}") from None
+                cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise BuildError(f"cannot start or reach Ray{where}: {cause}"
+                                 + _AUTH_HINT * bool(address and "RAY_AUTH_MODE" not in
+                                                     os.environ)) from None
         count = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         actor = ray.remote(num_cpus=1)(_RayWorker)
         self.actors = [actor.remote(options) for _ in range(count)]
