@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import needs_bwrap, skip_or_fail
 from tracekit import sources
-from tracekit.dataset import BuildError, BuildOptions, build
+from tracekit.dataset import BuildError, BuildOptions, build, load_rows
 from tracekit.sandbox import Limits, TraceOptions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,6 +68,15 @@ def test_a_build_loads_by_its_card_and_by_format_for_any_split(tmp_path, split):
     by_card = datasets.load_dataset(str(tmp_path))
     by_format = datasets.load_dataset("parquet", data_dir=str(tmp_path))
     assert sum(map(len, by_card.values())) == sum(map(len, by_format.values())) == 6
+    # README's ways with pandas (the directory itself holds README.md, which is no Parquet)
+    import glob
+
+    import pandas as pd
+
+    by_glob = pd.concat([pd.read_parquet(sorted(glob.glob(f"{tmp_path}/{name}-*.parquet")))
+                         for name in by_card])
+    assert sorted(by_glob["id"]) == sorted(r["id"] for r in load_rows(tmp_path)) == sorted(
+        r["id"] for part in by_card.values() for r in part)
     assert set(by_card) == {name for name, weight in zip(("train", "validation", "test"),
                                                          split) if weight} & set(by_format)
 
