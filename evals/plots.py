@@ -10,19 +10,33 @@ MAIN_COLOR, SECOND_COLOR, WARN_COLOR = "#1f77b4", "#ff7f0e", "#d62728"
 
 def plots(summary: dict) -> dict[str, str]:
     """Title -> base64 PNG for each plot the run has data for."""
+    import matplotlib.pyplot as plt
+
+    encoded = {}
+    for title, fig in figures(summary).items():
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=110)
+        plt.close(fig)
+        encoded[title] = base64.b64encode(buffer.getvalue()).decode()
+    return encoded
+
+
+def figures(summary: dict) -> dict:
+    """Title -> matplotlib figure for each plot the run has data for."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figures = {}
+    made: dict = {}
     curve = summary["step_curve"]
     if curve["step"]:
         fig, ax = plt.subplots(figsize=(5.2, 3.2))
         ax.plot(curve["step"], curve["frame_match"], color=MAIN_COLOR, marker=".", linewidth=2)
         ax.set(xlabel="step index", ylabel="frame match %", ylim=(-2, 102),
                title="Accuracy vs step index")
-        figures["Accuracy vs step index"] = fig
+        made["Accuracy vs step index"] = fig
     if summary["by_length"]:
         rows = summary["by_length"]
         fig, ax = plt.subplots(figsize=(5.2, 3.2))
@@ -37,7 +51,7 @@ def plots(summary: dict) -> dict[str, str]:
         ax.set(xlabel="real trace length in frames (traces)", ylabel="%", ylim=(0, 105),
                title="Accuracy vs trace length")
         ax.legend(fontsize=7)
-        figures["Accuracy vs trace length"] = fig
+        made["Accuracy vs trace length"] = fig
     typed = summary["by_value_type"]
     if typed:
         fig, ax = plt.subplots(figsize=(5.2, 3.2))
@@ -45,26 +59,20 @@ def plots(summary: dict) -> dict[str, str]:
         values = [typed[k]["value"] for k in names]
         errors = [[v - typed[k]["low"] for k, v in zip(names, values)],
                   [typed[k]["high"] - v for k, v in zip(names, values)]]
-        ax.barh(names, values, xerr=errors, color=MAIN_COLOR, capsize=3)
-        for i, k in enumerate(names):
-            ax.text(1, i, f" n={typed[k]['n']}", va="center", fontsize=7, color="white")
+        # n in the label, where a bar of 0 cannot hide it
+        ax.barh([f"{k} (n={typed[k]['n']})" for k in names], values, xerr=errors,
+                color=MAIN_COLOR, capsize=3)
         ax.set(xlabel="changed values right % (95% CI)", xlim=(0, 105),
                title="Accuracy by value type")
         ax.invert_yaxis()
-        figures["Accuracy by value type"] = fig
+        made["Accuracy by value type"] = fig
     divergence = summary["divergence"]
     if divergence["index"]:
         fig, ax = plt.subplots(figsize=(5.2, 3.2))
         top = max(divergence["index"])
         ax.hist(divergence["index"], bins=range(0, top + 2), color=MAIN_COLOR, align="left")
         ax.set(xlabel="first divergence (step index)", ylabel="traces",
-               title=f"First divergence ({divergence['exact']} traces exact, not shown)")
-        figures["First divergence"] = fig
-    encoded = {}
-    for title, fig in figures.items():
-        fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=110)
-        plt.close(fig)
-        encoded[title] = base64.b64encode(buffer.getvalue()).decode()
-    return encoded
+               title=f"First divergence ({divergence['exact']} "
+                     f"{'trace' if divergence['exact'] == 1 else 'traces'} exact, not shown)")
+        made["First divergence"] = fig
+    return made

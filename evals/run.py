@@ -72,9 +72,9 @@ class RunOptions:
         return self.model or f"predictions from {Path(self.predictions).name}"
 
 
-def load_traces(options: RunOptions) -> tuple[list[tuple[str, Trace]], Counter]:
+def load_traces(options: RunOptions) -> tuple[list[tuple[str, Trace]], Counter, set[str]]:
     """The dataset's complete traces (ok, raised, exited), in dataset order, up to `limit`;
-    and how many rows were skipped, by status."""
+    how many rows were skipped, by status; and the ids of every row (of the split)."""
     columns = ["id", "context", "call", "interpreter", "status", "error", "frames",
                "return_value"]
     try:
@@ -97,7 +97,7 @@ def load_traces(options: RunOptions) -> tuple[list[tuple[str, Trace]], Counter]:
         traces = traces[:options.limit]
     if not traces:
         raise EvalError(f"{options.dataset} holds no complete trace to evaluate")
-    return traces, skipped
+    return traces, skipped, set(ids)
 
 
 def start(out: Path, options: RunOptions, resume: bool) -> dict | None:
@@ -391,7 +391,7 @@ def evaluate(options: RunOptions, out: Path, resume: bool = False, concurrency: 
     from tracekit.evals.report import write_report
 
     started = time.monotonic()
-    traces, skipped = load_traces(options)
+    traces, skipped, dataset_ids = load_traces(options)
     described = start(out, options, resume)
     unreadable, tokenizer, loaded = 0, None, None
     if not options.predictions:
@@ -415,6 +415,10 @@ def evaluate(options: RunOptions, out: Path, resume: bool = False, concurrency: 
     comparisons, problems = score(traces, records, options.mode, tokenizer)
     if unreadable:
         problems["unreadable lines"] = unreadable
+    unknown = len(set(records) - dataset_ids)
+    if unknown:  # a prediction for no row of the dataset (its split): scored nowhere
+        where = f"the {options.split} split" if options.split else "the dataset"
+        problems[f"ids not in {where}"] = unknown
     summary = summarize(comparisons)
     scored = time.monotonic()
     info = {"dataset": str(options.dataset), "predictor": predictor, "mode": options.mode,

@@ -83,7 +83,9 @@ def test_program_that_raises_exits_1_with_one_line(tmp_path):
      "frame_limit"),
     ("import os\ndef f():  # << START_OF_TRACE\n    os._exit(0)\n", [], 5, "crashed"),
     ("def f():  # << START_OF_TRACE\n    return 1\n", ["--python", "2.5"], 6,
-     "sandbox_unavailable: python '2.5' not found"),
+     "sandbox_unavailable: python 2.5 is too old: the tracer needs CPython 3.10 or newer"),
+    ("def f():  # << START_OF_TRACE\n    return 1\n", ["--python", "/no/such/python"], 6,
+     "sandbox_unavailable: python '/no/such/python' not found"),
 ])
 def test_exit_codes_and_one_line_errors(tmp_path, source, args, code, words):
     prog = tmp_path / "p.py"
@@ -150,6 +152,31 @@ def test_pretty_format_to_a_file(tmp_path):
     assert result.exit_code == 0
     text = out.read_text()
     assert "items[j], items[j + 1] = items[j + 1], items[j]" in text and "\x1b[" not in text
+    assert all(line == line.rstrip() for line in text.split("\n"))  # no padding to a width
+
+
+def test_what_a_person_reads_names_the_call_and_nothing_prints_before_an_error(tmp_path):
+    """A trace cut by a limit still says which call ran; a dataset row's trace is titled by its
+    call (rows keep no entry name); a build refused at once prints its one line alone; a
+    degenerate frame beside a real one is a few lines, not a screenful."""
+    from tracekit.pretty import FRAME_TEXT_CHARS, frame_text
+    from tracekit.trace import Frame
+
+    endless = tmp_path / "endless.py"
+    endless.write_text("def spin():  # << START_OF_TRACE\n    x = 0\n    while True:\n"
+                       "        x += 1\n")
+    cut = run("trace", str(endless), "--max-frames", "20")
+    assert cut.exit_code == 3 and cut.stdout.splitlines()[0].strip() == "spin  <-  spin()"
+    assert run("dataset", "build", str(SAMPLE), "-o", str(tmp_path / "ds")).exit_code == 0
+    shown = run("dataset", "show", str(tmp_path / "ds"), "--id", "bubble_sort")
+    assert shown.stdout.splitlines()[0].strip() == "bubble_sort([3, 1, 2])"
+    again = run("dataset", "build", str(SAMPLE), "-o", str(tmp_path / "ds"))
+    assert again.exit_code == 8
+    assert error_lines(again.stderr) == [f"dataset: {tmp_path / 'ds'} already holds a build: "
+                                         "pass --resume to finish it, or choose another "
+                                         "output directory"]
+    degenerate = Frame("line", None, "x = 1" + " + 1" * 5000, {f"v{i}": "0" for i in range(99)})
+    assert len(frame_text(degenerate).plain) == FRAME_TEXT_CHARS
 
 
 def test_every_status_has_an_exit_code():

@@ -160,6 +160,22 @@ def test_print_where_and_list_show_the_real_state(capsys):
     assert "*** set needs a model: the oracle can only replay the real trace" in out
 
 
+def test_list_break_and_clear_count_the_programs_lines_and_the_oracle_ends_as_the_real_run(
+        capsys):
+    """A 4-line file (its text ends with a newline): `l` lists 4 lines, `br 99` says 4, `cl`
+    says which breakpoints it cleared, and the end of a replay is the real trace's."""
+    session = session_for("recursion", real_beside=False)
+    for line in ["l", "br 99", "br 2", "br 4", "cl", "cl", "c"]:
+        session.run(line)
+    out = capsys.readouterr().out.splitlines()
+    listed = [x for x in out if re.match(r" +\d+ ", x)]
+    assert [int(x.split()[0]) for x in listed] == [1, 2, 3, 4]
+    assert "*** line 99 holds no code (the program has 4 lines)" in out
+    assert "breakpoints at line 2, 4 cleared" in out and "no breakpoints to clear" in out
+    assert "the real trace ended: back, reset or quit" in out
+    assert not any("the model" in x for x in out)
+
+
 def test_commands_split_at_semicolons_outside_quotes():
     assert split_commands("s; n;p x; set s = 'a;b'\nc;;") == ["s", "n", "p x", "set s = 'a;b'",
                                                               "c"]

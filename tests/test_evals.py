@@ -407,7 +407,7 @@ def test_a_garbage_prediction_file_is_scored_with_its_errors_counted(dataset, tm
                {"id": ids[3], "text": 42},
                {"id": ids[4], "texts": ["x"]},
                {"id": ids[5], "text": "<|frame_sep|><|end_of_text|><|arg_sep|>" * 5},
-               {"no id": True}, [1, 2]]
+               {"id": "no-such-row", "text": ""}, {"no id": True}, [1, 2]]
     path = tmp_path / "garbage.jsonl"
     with path.open("wb") as f:
         for line_bytes in lines:
@@ -421,6 +421,7 @@ def test_a_garbage_prediction_file_is_scored_with_its_errors_counted(dataset, tm
         metrics = json.loads((out / "metrics.json").read_text())
         problems = metrics["run"]["problems"]
         assert problems["unreadable lines"] == 3 + 2 + 1
+        assert problems["ids not in the dataset"] == 1  # counted, not silently dropped
         assert problems["missing"] == len(ids) - 6
         # text 42 and a texts-only record; teacher-forced wants texts, which only one has
         assert problems["malformed"] == (5 if mode == "teacher-forced" else 2)
@@ -698,3 +699,22 @@ def test_a_large_checkpoints_fingerprint_reads_spread_blocks_not_every_byte(tmp_
     assert checkpoint_fingerprint(str(tmp_path)) != first
     weights.write_bytes(data)
     assert checkpoint_fingerprint(str(tmp_path)) == first
+
+
+def test_the_plots_show_each_bars_n_and_count_traces_in_words():
+    """A bar of 0 still shows its n (in its label, not white on the bar), and one exact trace
+    is "1 trace"."""
+    import matplotlib.pyplot as plt
+
+    from tracekit.evals.plots import figures
+
+    made = figures({"step_curve": {"step": []}, "by_length": [],
+                    "by_value_type": {"int": {"value": 0.0, "low": 0.0, "high": 0.0, "n": 3},
+                                      "str": {"value": 50.0, "low": 20.0, "high": 80.0, "n": 4}},
+                    "divergence": {"index": [2, 3], "exact": 1}})
+    typed = made["Accuracy by value type"].axes[0]
+    assert [t.get_text() for t in typed.get_yticklabels()] == ["int (n=3)", "str (n=4)"]
+    assert made["First divergence"].axes[0].get_title() == \
+        "First divergence (1 trace exact, not shown)"
+    for fig in made.values():
+        plt.close(fig)

@@ -4,6 +4,7 @@ console message, and a screenshot shows the metrics table and the plots. CI inst
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -73,3 +74,26 @@ def test_the_checks_see_a_broken_page(report, tmp_path):
     messages = open_in_chromium(broken, tmp_path / "broken.png")
     assert any("undefined_function" in m for m in messages)
     assert pixels_near(tmp_path / "broken.png", PLOT_RGB) < 100
+
+
+LINE_PROBE = """<script>
+document.querySelectorAll("details").forEach(d => d.open = true);
+const steps = [...document.querySelectorAll("table.trace td:first-child")]
+  .filter(td => td.textContent.length >= 2);
+const lines = td => { const r = document.createRange(); r.selectNodeContents(td);
+                      return r.getClientRects().length; };
+document.body.dataset.steps = steps.length;
+document.body.dataset.wrapped = steps.filter(td => lines(td) > 1).length;
+</script></body>"""
+
+
+def test_two_digit_step_numbers_stay_on_one_line(report, tmp_path):
+    """Every program opened, Chromium lays the page out: no "#" cell of two or more digits
+    breaks over lines (the trace table's cells break anywhere, which split "12" in two)."""
+    probe = tmp_path / "probe.html"
+    probe.write_text(report.read_text().replace("</body>", LINE_PROBE))
+    dom = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu",
+                          "--window-size=1280,2400", "--dump-dom", probe.resolve().as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    counts = dict(re.findall(r'data-(steps|wrapped)="(\d+)"', dom))
+    assert int(counts["steps"]) > 20 and counts["wrapped"] == "0", counts

@@ -30,7 +30,7 @@ from tracekit.dataset_files import (
     BuildError,
     BuildLock,
     check_shards,
-    load_rows,
+    load_rows,  # noqa: F401 - the dataset's rows are read from here (tracekit.dataset)
 )
 from tracekit.interpreters import SandboxUnavailable
 from tracekit.killpoints import kill_point
@@ -90,6 +90,8 @@ def _build(programs: list, out: Path, options: BuildOptions, workers: int | None
         tracers = RayEngine(options, workers, address)
     else:
         tracers = _Tracers(options, workers or os.cpu_count() or 1)
+    if progress is not None:
+        progress(done, statuses)  # the bar starts here, past the checks, at what is done
     with tracers:
         for k, shard in enumerate(shards):
             name = _shard_name(k)

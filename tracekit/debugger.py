@@ -115,6 +115,8 @@ class Program:
 
     def __init__(self, context: str):
         self.lines = context.replace(MARKER, "").split("\n")
+        if len(self.lines) > 1 and self.lines[-1] == "":  # the text's last newline ends a line
+            self.lines.pop()
         self.functions: dict[str, list[tuple[int, int]]] = {}
         try:
             tree = ast.parse(context)

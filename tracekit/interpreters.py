@@ -29,7 +29,10 @@ def find_python(spec: str | None = None) -> Interpreter:
     """Resolve `--python`: None (this interpreter), a version like "3.10", or a path."""
     if spec is None:
         path = sys.executable
-    elif re.fullmatch(r"3\.\d+(\.\d+)?", spec):
+    elif re.fullmatch(r"\d+\.\d+(\.\d+)?", spec):
+        if tuple(int(x) for x in spec.split(".")[:2]) < (3, 10):
+            raise SandboxUnavailable(f"python {spec} is too old: the tracer needs CPython 3.10 "
+                                     "or newer")
         path = _find_version(spec)
     else:
         path = shutil.which(spec) or spec

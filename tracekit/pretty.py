@@ -107,12 +107,15 @@ def print_trace(trace: Trace, console: Console | None = None) -> None:
     if not trace.frames:
         console.print(summary_line(trace))
         return
-    title = Text(f"{trace.entry}  <-  {trace.call}", style="bold")
+    title = Text("  <-  ".join(part for part in (trace.entry, trace.call) if part), style="bold")
     console.print(Group(title, trace_table(trace), summary_line(trace)))
 
 
 def _clip(value: str, limit: int) -> str:
     return value if len(value) <= limit else value[: limit - 1] + "…"
+
+
+FRAME_TEXT_CHARS = 320  # the most of one frame shown beside another
 
 
 def frame_text(frame, max_value_chars: int = 60) -> Text:
@@ -128,6 +131,7 @@ def frame_text(frame, max_value_chars: int = 60) -> Text:
                                      for k, v in frame.locals.items()), style="dim")
     elif frame.arg is not None:
         text.append("  -> " + _clip(frame.arg, max_value_chars), style="dim")
+    text.truncate(FRAME_TEXT_CHARS, overflow="ellipsis")  # a degenerate frame: a few lines
     return text
 
 

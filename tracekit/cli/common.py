@@ -32,6 +32,23 @@ class Failure(click.ClickException):
         print_error(self.label, self.message)
 
 
+def progress_bar(*columns, **options):
+    """rich's Progress, shown from its first update: a command that fails before any work
+    prints its one line alone, with no empty bar above it."""
+    from rich.progress import Progress
+
+    class LazyProgress(Progress):
+        def __enter__(self) -> LazyProgress:
+            return self
+
+        def update(self, *args, **kwargs) -> None:
+            if not self.live.is_started:
+                self.start()
+            super().update(*args, **kwargs)
+
+    return LazyProgress(*columns, console=stderr, **options)
+
+
 def print_error(label: str, message: str, style: str = "red") -> None:
     """`label: message` on stderr, the message as plain text (never read as markup or emoji:
     it quotes user input)."""

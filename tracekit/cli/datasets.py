@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from tracekit.cli.common import (Failure, exit_help, print_error, resume_option, stderr,
-                                  tracing_options)
+from tracekit.cli.common import (Failure, exit_help, print_error, progress_bar,
+                                  resume_option, tracing_options)
 from tracekit.pretty import print_trace
 from tracekit.trace import EXIT_DATA
 
@@ -92,7 +92,6 @@ def build(specs, out, resume, workers, call, max_tokens, drop_failed, skip_bad_r
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
-        Progress,
         TextColumn,
         TimeRemainingColumn,
     )
@@ -129,9 +128,9 @@ def build(specs, out, resume, workers, call, max_tokens, drop_failed, skip_bad_r
                 f"nothing to trace in {' '.join(specs)}: give programs (tests:DIR, doctest:PATH, "
                 "FILE.py, DIR, FILE.jsonl, cruxeval, realworld, humaneval, synthetic:N, "
                 "basic:N, loops:N, methods:N)")
-        with Progress(TextColumn("tracing"), BarColumn(), MofNCompleteColumn(),
+        with progress_bar(TextColumn("tracing"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("{task.fields[rate]} programs/s  {task.fields[statuses]}"),
-                      TimeRemainingColumn(), console=stderr, transient=False) as bar:
+                      TimeRemainingColumn(), transient=False) as bar:
             task = bar.add_task("build", total=len(programs), rate="-", statuses="")
             started = time.monotonic()
 

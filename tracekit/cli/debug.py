@@ -203,8 +203,10 @@ class DebugSession:
 
     def do_clear(self, rest: str) -> None:
         if not rest:
+            cleared = sorted(self.breakpoints)
             self.breakpoints.clear()
-            self.say("no breakpoints")
+            self.say(f"breakpoints at line {', '.join(map(str, cleared))} cleared" if cleared
+                     else "no breakpoints to clear")
             return
         line = self._line_number(rest)
         if line not in self.breakpoints:
@@ -241,7 +243,9 @@ class DebugSession:
             self.complain(stop.message)
         if stop.reason == "ended":
             self.show_frame(compare=False)
-            self.say("the model ended the trace: back, reset or quit")
+            ended = ("the real trace ended" if isinstance(self.predicted.stepper, ReplayStepper)
+                     else "the model ended the trace")
+            self.say(f"{ended}: back, reset or quit")
             self._compare()
             return
         self.show_frame()

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from tracekit.cli.common import Failure, exit_help, resume_option, stderr
+from tracekit.cli.common import Failure, exit_help, progress_bar, resume_option
 from tracekit.cli.models import COMPILE_HELP, DRAFT_HELP
 from tracekit.pretty import make_console
 from tracekit.trace import EXIT_DATA, EXIT_MODEL
@@ -49,8 +49,9 @@ EVAL_EXIT = (exit_help(0, 2, 7, 8, 10, 130) + " After 7 the predictions made so 
 @click.option("--mode", type=click.Choice(["rollout", "teacher-forced", "output",
                                           "reasoning"]),
               default="rollout", show_default=True,
-              help="rollout: the whole trace free-running from the prompt (the CWM table's "
-                   "setting); teacher-forced: every frame from the real frames before it; "
+              help="rollout: the whole trace free-running from the entry's real call frame "
+                   "(which holds the arguments; it is not scored), the CWM table's setting; "
+                   "teacher-forced: every frame from the real frames before it; "
                    "output: the entry's return frame straight after its call frame; "
                    "reasoning: the return value by CWM's chat (think, then answer "
                    "[OUTPUT]value[/OUTPUT]; --budget-tokens per reply), no trace.")
@@ -98,7 +99,6 @@ def eval_run(dataset: Path, spec, predictions, mode, out: Path, resume, split, l
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
-        Progress,
         TextColumn,
         TimeRemainingColumn,
     )
@@ -130,8 +130,8 @@ def eval_run(dataset: Path, spec, predictions, mode, out: Path, resume, split, l
     if compile_decode and concurrency > 1:
         raise click.UsageError("--compile runs one trace at a time: drop --concurrency")
     try:
-        with Progress(TextColumn("predicting"), BarColumn(), MofNCompleteColumn(),
-                      TimeRemainingColumn(), console=stderr, transient=True) as bar:
+        with progress_bar(TextColumn("predicting"), BarColumn(), MofNCompleteColumn(),
+                      TimeRemainingColumn(), transient=True) as bar:
             task = bar.add_task("eval", total=None)
             summary, info = evaluate(
                 options, out, resume, concurrency,

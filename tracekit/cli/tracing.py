@@ -74,7 +74,8 @@ def trace(file: Path, entry, call, fmt, output, module, paths, tracing) -> None:
 def _pretty_text(trace: Trace) -> str:
     console = make_console(record=True, width=160, file=io.StringIO())
     print_trace(trace, console)
-    return console.export_text()
+    # the table pads each line to the console's width: a file keeps the text only
+    return "\n".join(line.rstrip() for line in console.export_text().split("\n"))
 
 
 @click.command(epilog=exit_help(0, 1, 2, 3, 4, 5, 6, 7, 8))
@@ -122,6 +123,9 @@ def prompt(file: Path, entry, call, k, force, chat, no_thinking, ids, count, che
         result = run_program(source, file, call, entry, tracing)
         if result.status not in ("ok", "raised", "exited", "frame_limit"):
             exit_for(result)
+        if k > len(result.frames):
+            raise click.UsageError(f"--frames {k}: the trace has {len(result.frames)} frames; "
+                                   f"give at most {len(result.frames)}")
         context, frames, call = result.context, result.frames[:k], result.call
     else:
         context = prepared(source, entry)[0]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from tracekit.cli.common import Failure, exit_help, resume_option, stderr
+from tracekit.cli.common import Failure, exit_help, progress_bar, resume_option
 from tracekit.dataset import BuildError
 from tracekit.trace import EXIT_DATA
 
@@ -76,7 +76,7 @@ def train(datasets, out: Path, size, overrides, steps, batch_rows, accumulation,
     torchrun --nproc_per_node 2 -m tracekit.cli train traces/ -o my-model/   # several processes
     """
     import torch
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
 
     from tracekit.evals.train_run import TrainOptions, run
     from tracekit.model.train import TrainConfig
@@ -102,9 +102,9 @@ def train(datasets, out: Path, size, overrides, steps, batch_rows, accumulation,
         torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     rank = torch.distributed.get_rank() if distributed else 0
     try:
-        with Progress(TextColumn("training"), BarColumn(), TextColumn("{task.completed}/"
+        with progress_bar(TextColumn("training"), BarColumn(), TextColumn("{task.completed}/"
                       "{task.total} steps  loss {task.fields[loss]}  {task.fields[rate]} tok/s"),
-                      TimeRemainingColumn(), console=stderr, disable=rank != 0) as bar:
+                      TimeRemainingColumn(), disable=rank != 0) as bar:
             task = bar.add_task("train", total=steps, loss="-", rate="-")
 
             def progress(entry: dict) -> None:

@@ -39,7 +39,8 @@ def trace_source(
     Returns a JSON-ready dict: status, error, context, entry, call, frames (lists of
     event, lineno, source, state, arg, scope, depth), return_value, python.
     `on_limit(status, message)` is called when a limit stops the trace (the child process
-    reports and exits there); `on_start(recorder, context)` once, before the call runs.
+    reports and exits there); `on_start(recorder, context, entry, call)` once, before the call
+    runs.
     `module` runs the program as that module (e.g. "pkg.mod": its `__name__`, `__package__`
     for relative imports, and its reprs), else as `__main__`; `sys_path` entries go first on
     sys.path (a project's import roots, so that the program's imports resolve).
@@ -89,7 +90,7 @@ def trace_source(
                         Renderer(max_value_chars, max_repr_chars, repr_timeout),
                         max_frames, on_limit)
     if on_start is not None:
-        on_start(recorder, context)
+        on_start(recorder, context, entry_name, call)
     call_error = None
     sys.settrace(recorder.global_trace)
     try:

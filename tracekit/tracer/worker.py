@@ -60,8 +60,8 @@ def _run_request(request: dict, result_fd: int) -> None:
             data = data[os.write(result_fd, data):]
         os.close(result_fd)
 
-    def on_start(recorder, context):
-        running.update(recorder=recorder, context=context)
+    def on_start(recorder, context, entry, call):
+        running.update(recorder=recorder, context=context, entry=entry, call=call)
 
     def abort(status: str, message: str) -> None:
         """Report what was traced so far and end the process at once."""
@@ -80,7 +80,9 @@ def _run_request(request: dict, result_fd: int) -> None:
             recorder.done = True
         frames = list(recorder.frames) if recorder else []
         write_result({**base, "context": running["context"], "status": status,
-                      "error": message, "frames": frames}, locked=True)
+                      "entry": running.get("entry", base["entry"]),
+                      "call": running.get("call", base["call"]), "error": message,
+                      "frames": frames}, locked=True)
         _flush_and_exit()
 
     cwd = request.get("cwd")
