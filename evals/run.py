@@ -38,6 +38,8 @@ from tracekit.evals.compare import TraceComparison, compare
 from tracekit.killpoints import kill_point
 from tracekit.model.checkpoint import CheckpointError, checkpoint_fingerprint
 from tracekit.model.errors import ContextError
+from tracekit.model.spec import ModelSpec
+from tracekit.predict import MAX_FRAME_TOKENS
 from tracekit.trace import COMPLETE_STATUSES, Trace
 
 PREDICTIONS, RUN = "predictions.jsonl", "run.json"
@@ -60,7 +62,7 @@ class RunOptions:
     top_k: int = 0
     top_p: float = 1.0
     seed: int | None = None
-    max_frame_tokens: int = 256
+    max_frame_tokens: int = MAX_FRAME_TOKENS
     budget_tokens: int = 32768  # rollout: tokens for the whole trace (the study's 32K)
     max_tokens: int | None = None  # leave out traces longer than this (prompt and end)
     device: str = "cpu"
@@ -110,7 +112,7 @@ def start(out: Path, options: RunOptions, resume: bool) -> dict | None:
     manifest = json.loads((Path(options.dataset) / "manifest.json").read_text())
     described["dataset_fingerprint"] = manifest.get("fingerprint")  # the same rows
     local = options.model not in (None, *baselines.BASELINES)
-    if local and not options.model.startswith("openai:"):
+    if local and not ModelSpec.parse(options.model).served:
         try:  # the same weights (a spec such as `bundled` outlives a retrained model)
             described["model_fingerprint"] = checkpoint_fingerprint(options.model)
         except (CheckpointError, OSError):
@@ -352,14 +354,12 @@ def _reasoning_predictor(options: RunOptions, predictor, sampling) -> Callable[[
     as the user's turn, one reply of at most `budget_tokens`; the record holds the whole reply
     (its opening <think> included), its length and whether the budget cut it off."""
     from tracekit.chat import ChatError, ChatOptions, chat_turn, checkpoint_template
-    from tracekit.model.checkpoint import checkpoint_directory
     from tracekit.model.errors import BackendError
     from tracekit.prompts import output_prediction_question
 
-    spec = options.model
+    spec = ModelSpec.parse(options.model)
     try:
-        template = None if spec.startswith("openai:") else checkpoint_template(
-            checkpoint_directory(spec.removeprefix("transformers:")))
+        template = None if spec.served else checkpoint_template(spec.directory())
     except ChatError as exc:  # a checkpoint whose template is broken: the model's fault
         raise BackendError(str(exc)) from None
 

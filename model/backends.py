@@ -6,9 +6,7 @@ takes token-id prompts and stop token ids (`openai`: vLLM serving facebook/cwm, 
 cached session. Backends see token ids only; `sampling` is any object with `temperature`,
 `top_k`, `top_p` and `seed`.
 
-Model specs (`load_backend`): a checkpoint directory (our runtime), `bundled` (tracekit's own
-small model, model/bundled/), `transformers:DIR` or `transformers:bundled`, or `openai:URL` with
-a model name.
+Model specs (`load_backend`): model/spec.py.
 """
 
 from __future__ import annotations
@@ -26,6 +24,7 @@ from .cache import KVCache
 from .errors import BackendError  # noqa: F401 - raised here, imported from here too
 from .generation import Generation, generate
 from .prompt_lookup import DRAFT_TOKENS, PromptLookup
+from .spec import ModelSpec
 
 
 class Backend:
@@ -317,25 +316,26 @@ def _cpu_compute_dtype(directory: Path, device: str) -> torch.dtype | None:
     return torch.float32 if torch.device(device).type == "cpu" and dtype == "bfloat16" else None
 
 
-def load_backend(spec: str, openai_model: str | None = None, device: str = "cpu",
+def load_backend(spec: str | ModelSpec, openai_model: str | None = None, device: str = "cpu",
                  dtype: torch.dtype | None = None, compile_decode: bool = False,
                  draft_tokens: int | None = None) -> Backend:
     """A backend from a model spec (see the module docstring). Our runtime only:
     `compile_decode` (batch-1 decode steps compiled, model/compiled_decode.py) and
     `draft_tokens` (prompt-lookup guesses per forward; None: DRAFT_TOKENS)."""
+    spec = ModelSpec.parse(spec, openai_model)
     runtime_only = (("--compile", compile_decode), ("--draft-tokens", draft_tokens is not None))
     for flag, given in runtime_only:
-        if given and spec.startswith(("openai:", "transformers:")):
+        if given and spec.kind != "runtime":
             raise BackendError(f"{flag} applies to our runtime (a checkpoint directory), not to "
                                f"{spec}: drop {flag}")
-    if spec.startswith("openai:"):
-        if not openai_model:
-            raise BackendError("openai:URL needs the served model's name (--openai-model NAME)")
-        return OpenAIBackend(spec.removeprefix("openai:"), openai_model)
-    from .checkpoint import check_device, checkpoint_directory, load_checkpoint
+    if spec.needs_name:
+        raise BackendError(f"{spec} needs the name the model is served under")
+    if spec.served:
+        return OpenAIBackend(spec.target, spec.served_name)
+    from .checkpoint import check_device, load_checkpoint
 
-    reference = spec.startswith("transformers:")
-    directory = checkpoint_directory(spec.removeprefix("transformers:"))
+    reference = spec.kind == "transformers"
+    directory = spec.directory()
     if not (directory / "config.json").is_file():
         raise BackendError(f"{directory}: not a checkpoint directory (no config.json); pass a "
                            "directory with config.json and safetensors, or openai:URL")

@@ -11,28 +11,12 @@ from pathlib import Path
 import torch
 
 from .config import DTYPES, ConfigError, CwmConfig
-from .errors import BackendError
 from .modeling import CwmForCausalLM, rope_inverse_frequencies
+from .spec import BUNDLED, CheckpointError, ModelSpec, checkpoint_directory  # noqa: F401
 
-BUNDLED = Path(__file__).with_name("bundled")  # the small model shipped with tracekit
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 TORCH_DTYPES = {name: getattr(torch, name) for name in DTYPES}
-
-
-class CheckpointError(BackendError):
-    """A checkpoint cannot be loaded; the message names the tensor, file or device and the fix
-    (a BackendError: the command line reports it as a model that cannot be loaded)."""
-
-
-def checkpoint_directory(spec: str) -> Path:
-    """The directory a checkpoint spec names: `bundled` is tracekit's own small model."""
-    if spec != "bundled":
-        return Path(spec)
-    if not (BUNDLED / "config.json").is_file():
-        raise CheckpointError(f"the bundled model is missing from {BUNDLED}: run `make model` "
-                              "(or pass --model DIR)")
-    return BUNDLED
 
 
 FINGERPRINT_BLOCKS, FINGERPRINT_BLOCK = 64, 1 << 16  # blocks read per weights file, bytes
@@ -45,7 +29,7 @@ def checkpoint_fingerprint(spec: str) -> str | None:
     over it (a retrained model changes every block; a 60 GB checkpoint costs 4 MB of reads)."""
     import hashlib
 
-    directory = checkpoint_directory(spec.removeprefix("transformers:"))
+    directory = ModelSpec.parse(spec).directory()
     weights = sorted(directory.glob("*.safetensors")) if directory.is_dir() else []
     if not weights:
         return None

@@ -182,3 +182,39 @@ def test_what_a_person_reads_names_the_call_and_nothing_prints_before_an_error(t
 def test_every_status_has_an_exit_code():
     assert set(EXIT_CODES) == set(STATUSES)
     assert EXIT_CODES["ok"] == 0 and all(code != 2 for code in EXIT_CODES.values())
+
+
+def test_a_model_spec_is_parsed_in_one_place_and_each_default_is_defined_once():
+    """Every command reads --model through ModelSpec; --max-frame-tokens' default is
+    tracekit.predict.MAX_FRAME_TOKENS in every command, the eval's options and the loader."""
+    import inspect
+
+    from tracekit.evals.run import RunOptions
+    from tracekit.model.spec import ModelSpec
+    from tracekit.predict import MAX_FRAME_TOKENS, TracePredictor, load_predictor
+
+    served = ModelSpec.parse("openai:http://127.0.0.1:8000/v1", "cwm")
+    assert (served.kind, served.target, served.served, served.needs_name) == (
+        "openai", "http://127.0.0.1:8000/v1", True, False)
+    assert ModelSpec.parse("openai:http://x").needs_name
+    reference = ModelSpec.parse("transformers:bundled")
+    assert (reference.kind, reference.target, str(reference)) == (
+        "transformers", "bundled", "transformers:bundled")
+    assert ModelSpec.parse("bundled").directory() == ModelSpec.parse(
+        "transformers:bundled").directory() and ModelSpec.parse(served) is served
+    defaults = {name: param.default for name, param in (
+        ("load_predictor", inspect.signature(load_predictor).parameters["max_frame_tokens"]),
+        ("TracePredictor", inspect.signature(TracePredictor).parameters["max_frame_tokens"]))}
+    defaults["RunOptions"] = RunOptions("d").max_frame_tokens
+    for path in (["predict"], ["debug"], ["eval", "run"]):
+        command = main
+        for name in path:
+            command = command.commands[name]
+        option = next(p for p in command.params if p.name == "max_frame_tokens")
+        defaults[" ".join(path)] = option.default
+    assert set(defaults.values()) == {MAX_FRAME_TOKENS}, defaults
+    roots = [ROOT / "tracekit", ROOT / "model", ROOT / "evals"]
+    parsing = [f"{path.relative_to(ROOT)}" for root in roots for path in root.rglob("*.py")
+               if re.search(r'(startswith|removeprefix)\(\(?f?"(openai|transformers|\{kind\})',
+                            path.read_text())]
+    assert parsing == ["model/spec.py"]

@@ -21,6 +21,7 @@ from tracekit.cwm import (
     parse_segments,
 )
 from tracekit.model.errors import BackendError, ContextError
+from tracekit.model.spec import ModelSpec
 from tracekit.prompts import trace_prompt_ids
 from tracekit.tokenizer import (
     ServerTokenizer,
@@ -48,6 +49,7 @@ class Sampling:
 
 
 GREEDY = Sampling()
+MAX_FRAME_TOKENS = 256  # a predicted frame is cut here: every command's and the eval's default
 
 
 @dataclass
@@ -89,7 +91,7 @@ class TracePredictor:
     """Predict trace frames with a backend (`tracekit.model.backends.RuntimeBackend`, ...)."""
 
     def __init__(self, backend: Backend, tokenizer: Tokenizer | None = None,
-                 max_frame_tokens: int = 512):
+                 max_frame_tokens: int = MAX_FRAME_TOKENS):
         self.backend = backend
         self.tokenizer = tokenizer or cwm_tokenizer()
         self.max_frame_tokens = max_frame_tokens
@@ -293,21 +295,21 @@ class Session:
         del self.frames[len(self.frames) - n:]
 
 
-def load_predictor(spec: str, openai_model: str | None = None, device: str = "cpu",
-                   max_frame_tokens: int = 512, compile_decode: bool = False,
+def load_predictor(spec: str | ModelSpec, openai_model: str | None = None, device: str = "cpu",
+                   max_frame_tokens: int = MAX_FRAME_TOKENS, compile_decode: bool = False,
                    draft_tokens: int | None = None) -> TracePredictor:
     """The predictor for a model spec (`tracekit.model.backends.load_backend` says which), with the
     checkpoint's own tokenizer when it has one. The one place a spec becomes a predictor: the
     CLI, the eval and the server all come here. Raises BackendError in one line."""
     from tracekit.model.backends import load_backend
-    from tracekit.model.checkpoint import checkpoint_directory
 
-    backend = load_backend(spec, openai_model, device, compile_decode=compile_decode,
+    spec = ModelSpec.parse(spec, openai_model)
+    backend = load_backend(spec, device=device, compile_decode=compile_decode,
                            draft_tokens=draft_tokens)
-    if spec.startswith("openai:"):  # the served model's own tokenizer (else CWM's)
+    if spec.served:  # the served model's own tokenizer (else CWM's)
         tokenizer = ServerTokenizer.of(backend) or cwm_tokenizer()
         return TracePredictor(backend, tokenizer, max_frame_tokens)
-    directory = checkpoint_directory(spec.removeprefix("transformers:"))
+    directory = spec.directory()
     try:
         tokenizer = load_tokenizer(directory if directory.is_dir() else None)
     except TokenizerError as exc:

@@ -7,7 +7,8 @@ import sys
 
 import click
 
-from tracekit.cli.common import Failure, exit_help, print_error, stderr, typed_lines
+from tracekit.cli.common import (Failure, exit_help, model_spec, print_error, stderr,
+                                  typed_lines)
 from tracekit.cli.models import MODEL_HELP
 from tracekit.trace import EXIT_MODEL, EXIT_TOO_LONG
 
@@ -51,19 +52,14 @@ def chat(spec, openai_model, message, system, no_thinking, hide_thinking,
     tracekit chat -m "What does sorted('bca') return?" --hide-thinking
     """
     from tracekit.chat import ChatError, ChatOptions, checkpoint_template
-    from tracekit.model.checkpoint import checkpoint_directory
     from tracekit.model.errors import BackendError
     from tracekit.predict import Sampling, load_predictor
     from tracekit.prompts import REASONING_SYSTEM_PROMPT
 
-    if spec.startswith("openai:") and not openai_model:
-        raise click.UsageError("--model openai:URL needs --openai-model NAME (the served "
-                               "model's name)")
+    parsed = model_spec(spec, openai_model)
     try:
-        predictor = load_predictor(spec, openai_model, device)
-        directory = (None if spec.startswith("openai:")
-                     else checkpoint_directory(spec.removeprefix("transformers:")))
-        template = checkpoint_template(directory)
+        predictor = load_predictor(parsed, device=device)
+        template = checkpoint_template(None if parsed.served else parsed.directory())
     except (BackendError, ChatError) as exc:
         raise Failure("model", str(exc), EXIT_MODEL) from None
     conversation = Conversation(

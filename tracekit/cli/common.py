@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 from rich.text import Text
 
+from tracekit.model.spec import ModelSpec
 from tracekit.pretty import make_console
 from tracekit.sandbox import SANDBOX_MODES, Limits, TraceOptions, run_trace
 from tracekit.trace import EXIT_BUG, EXIT_CODES, EXIT_MEANINGS, Trace
@@ -159,13 +160,21 @@ def run_program(source: str, file: Path, call: str | None, entry: str | None,
                      module, sys_path, str(real.parent))
 
 
+def model_spec(spec: str, openai_model: str | None) -> ModelSpec:
+    """--model and --openai-model as one spec: a served model without its name is a bad
+    command line."""
+    parsed = ModelSpec.parse(spec, openai_model)
+    if parsed.needs_name:
+        raise click.UsageError("--model openai:URL needs --openai-model NAME (the served "
+                               "model's name)")
+    return parsed
+
+
 def traced_for_a_model(file: Path, call: str | None, entry: str | None, tracing: TraceOptions,
                        spec: str, openai_model: str | None) -> Trace:
     """`predict` and `debug`: check the model options, then trace FILE (a run with no frame
     at all fails with its status)."""
-    if spec.startswith("openai:") and not openai_model:
-        raise click.UsageError("--model openai:URL needs --openai-model NAME (the served "
-                               "model's name)")
+    model_spec(spec, openai_model)
     result = run_program(read_program(file), file, call, entry, tracing)
     if not result.frames:
         exit_for(result)

@@ -26,6 +26,7 @@ from tracekit.debugger import (
     Track,
     differences,
 )
+from tracekit.predict import MAX_FRAME_TOKENS
 from tracekit.trace import EXIT_MODEL, Frame
 
 PROMPT = "(tracekit) "
@@ -321,7 +322,8 @@ def split_commands(text: str) -> list[str]:
 @click.option("--seed", type=int, help="Seed for sampling (with --temperature > 0).")
 @click.option("--commands", metavar="'s; n; p x'", help="Run these commands (';' between "
               "them) and exit, instead of reading them from the terminal or a pipe.")
-@click.option("--max-frame-tokens", type=click.IntRange(min=1), default=256, show_default=True,
+@click.option("--max-frame-tokens", type=click.IntRange(min=1), default=MAX_FRAME_TOKENS,
+              show_default=True,
               help="Tokens one predicted frame may take before it counts as malformed.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
 @tracing_options

@@ -7,8 +7,9 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from tracekit.cli.common import Failure, exit_help, progress_bar, resume_option
+from tracekit.cli.common import Failure, exit_help, model_spec, progress_bar, resume_option
 from tracekit.cli.models import COMPILE_HELP, DRAFT_HELP
+from tracekit.predict import MAX_FRAME_TOKENS
 from tracekit.pretty import make_console
 from tracekit.trace import EXIT_DATA, EXIT_MODEL
 
@@ -74,7 +75,8 @@ EVAL_EXIT = (exit_help(0, 2, 7, 8, 10, 130) + " After 7 the predictions made so 
 @click.option("--seed", type=int, help="Makes sampling reproducible.")
 @click.option("--concurrency", type=click.IntRange(min=1), help="Traces predicted at once. "
               "Default: 8 for openai:URL (requests in flight), else 1.")
-@click.option("--max-frame-tokens", type=click.IntRange(min=1), default=256, show_default=True,
+@click.option("--max-frame-tokens", type=click.IntRange(min=1), default=MAX_FRAME_TOKENS,
+              show_default=True,
               help="Tokens one predicted frame may take before it counts as malformed.")
 @click.option("--budget-tokens", type=click.IntRange(min=1), default=32768, show_default=True,
               help="rollout: tokens for the whole trace; reasoning: tokens for the reply. A "
@@ -111,9 +113,7 @@ def eval_run(dataset: Path, spec, predictions, mode, out: Path, resume, split, l
         raise click.UsageError("pass one of --model and --predictions, not both")
     if predictions is None:
         spec = spec or "bundled"
-    if (spec or "").startswith("openai:") and not openai_model:
-        raise click.UsageError("--model openai:URL needs --openai-model NAME (the served "
-                               "model's name)")
+    served = spec is not None and model_spec(spec, openai_model).served
     options = RunOptions(
         dataset=str(dataset), mode=mode, model=spec,
         predictions=str(predictions) if predictions else None, openai_model=openai_model,
@@ -121,7 +121,7 @@ def eval_run(dataset: Path, spec, predictions, mode, out: Path, resume, split, l
         top_k=top_k, top_p=top_p,
         seed=seed, max_frame_tokens=max_frame_tokens, budget_tokens=budget_tokens,
         device=device, compile_decode=compile_decode, draft_tokens=draft_tokens)
-    concurrency = concurrency or (8 if (spec or "").startswith("openai:") else 1)
+    concurrency = concurrency or (8 if served else 1)
     runtime_only = (("--compile", compile_decode), ("--draft-tokens", draft_tokens is not None))
     for flag, given in runtime_only:
         if given and (spec is None or spec in BASELINES):

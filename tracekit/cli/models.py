@@ -16,6 +16,8 @@ from tracekit.cli.common import (
     tracing_options,
 )
 from tracekit.model.prompt_lookup import DRAFT_TOKENS
+from tracekit.model.spec import ModelSpec
+from tracekit.predict import MAX_FRAME_TOKENS
 from tracekit.trace import EXIT_DATA, EXIT_MODEL
 
 COMPILE_HELP = ("Our runtime: compile batch-1 decode steps (torch.compile; on CUDA also "
@@ -42,7 +44,8 @@ MODEL_HELP = ("bundled (tracekit's own small model), a checkpoint directory (our
               help="next / rollout: start after the first K real frames.")
 @click.option("--entry", metavar="NAME", help="Function to trace (as for `tracekit trace`).")
 @click.option("--call", metavar="EXPR", help="Call to run (as for `tracekit trace`).")
-@click.option("--max-frame-tokens", type=click.IntRange(min=1), default=256, show_default=True,
+@click.option("--max-frame-tokens", type=click.IntRange(min=1), default=MAX_FRAME_TOKENS,
+              show_default=True,
               help="Tokens one predicted frame may take before it counts as malformed.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
 @click.option("--compile", "compile_decode", is_flag=True, help=COMPILE_HELP)
@@ -123,14 +126,13 @@ def serve(checkpoint: str, host, port, name, device, max_batch) -> None:
 
     from tracekit.chat import END_OF_TURN, ChatError, checkpoint_template, server_prompt
     from tracekit.model.backends import RuntimeBackend
-    from tracekit.model.checkpoint import checkpoint_directory
     from tracekit.model.errors import BackendError
     from tracekit.model.serve import Engine, make_server
     from tracekit.predict import load_predictor
     from tracekit.tokenizer import decode, encode
 
     try:
-        if checkpoint.startswith(("openai:", "transformers:")):
+        if ModelSpec.parse(checkpoint).kind != "runtime":
             raise BackendError(f"{checkpoint}: serve runs a checkpoint directory with our "
                                "runtime; pass the directory")
         predictor = load_predictor(checkpoint, device=device)
@@ -140,7 +142,7 @@ def serve(checkpoint: str, host, port, name, device, max_batch) -> None:
     tokenizer = predictor.tokenizer
     name = name or ("bundled" if checkpoint == "bundled" else Path(checkpoint).resolve().name)
     try:
-        template = checkpoint_template(checkpoint_directory(checkpoint))
+        template = checkpoint_template(ModelSpec.parse(checkpoint).directory())
     except ChatError as exc:
         raise Failure("model", str(exc), EXIT_MODEL) from None
     stops = tuple(tokenizer.special_ids[t] for t in END_OF_TURN if t in tokenizer.special_ids)
