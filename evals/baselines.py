@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 from tracekit.cwm import END_OF_TEXT, frame_wire_text, parse_trace
+from tracekit.evals.compare import Mode
 from tracekit.trace import DotsResolver, Frame, Trace
 from tracekit.tracer.constants import DOTS, MARKER
 from tracekit.tracer.context import marker_line
@@ -24,17 +25,17 @@ BASELINES = ("oracle", "copy")
 def predict(name: str, trace: Trace, mode: str) -> dict:
     """The baseline's prediction record for one trace (reasoning mode: the answer of the
     output mode's frame, with no thinking)."""
-    if mode == "reasoning":
-        frames = parse_trace(predict(name, trace, "output")["text"]).frames
+    if mode == Mode.REASONING:
+        frames = parse_trace(predict(name, trace, Mode.OUTPUT)["text"]).frames
         value = frames[0].arg if frames else None
         return {"text": f"[OUTPUT]{value}[/OUTPUT]" if value is not None else ""}
     return (_oracle if name == "oracle" else _copy)(trace, mode)
 
 
 def _oracle(trace: Trace, mode: str) -> dict:
-    if mode == "teacher-forced":
+    if mode == Mode.TEACHER_FORCED:
         return {"texts": [frame_wire_text(f) for f in trace.frames]}
-    if mode == "output":
+    if mode == Mode.OUTPUT:
         return {"text": frame_wire_text(trace.frames[-1]) if trace.frames else END_OF_TEXT}
     return {"text": "".join(frame_wire_text(f) for f in trace.frames) + END_OF_TEXT,
             "stop": "end_of_text"}
@@ -42,13 +43,13 @@ def _oracle(trace: Trace, mode: str) -> dict:
 
 def _copy(trace: Trace, mode: str) -> dict:
     lines = trace.context.splitlines(keepends=True)
-    if mode == "output":
+    if mode == Mode.OUTPUT:
         call = trace.frames[0] if trace.frames else None
         first = next(iter((call.locals or {}).values()), "None") if call else "None"
         entry = _entry_line(lines)
         return {"text": frame_wire_text(Frame("return", None, lines[entry - 1] if entry else "",
                                          arg=first))}
-    if mode == "teacher-forced":
+    if mode == Mode.TEACHER_FORCED:
         resolver, texts = DotsResolver(), []
         for i, real in enumerate(trace.frames):
             previous = trace.frames[i - 1] if i else None

@@ -19,13 +19,24 @@ from __future__ import annotations
 import ast
 import re
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from functools import lru_cache
 
 from tracekit.cwm import ParsedTrace, frame_wire_text, parse_segments, parse_trace
 from tracekit.trace import DotsResolver, Frame, resolve_dots
 from tracekit.tracer.constants import DOTS
 
-MODES = ("teacher-forced", "rollout", "output", "reasoning")
+
+class Mode(StrEnum):
+    """An eval's mode: what the model is given and what it predicts (README: Evaluate)."""
+
+    ROLLOUT = "rollout"  # the whole trace free-running from the real call frame
+    TEACHER_FORCED = "teacher-forced"  # every frame from the real frames before it
+    OUTPUT = "output"  # the return frame straight after the call frame
+    REASONING = "reasoning"  # the return value by CWM's chat, no trace
+
+
+ANSWERS_ONLY = (Mode.OUTPUT, Mode.REASONING)  # modes that predict the answer, not frames
 VALUE_TYPES = ("int", "float", "str", "list", "tuple", "dict", "set", "bool", "None", "other")
 ENDED_HERE = "the model ended the trace here"  # a per-frame generation with no frame
 NO_EVENT_ERRORS = ("bad event token", "empty output", ENDED_HERE)
@@ -147,12 +158,12 @@ def compare(trace_id: str, real: list[Frame], record: dict) -> TraceComparison:
     """Compare one prediction record (see `tracekit.evals.run`: `texts` for teacher-forced,
     `text` for rollout and output, optional `stop`; each text may be segments) with the real
     frames."""
-    mode = record.get("mode", "rollout")
-    if mode == "teacher-forced":
+    mode = record.get("mode", Mode.ROLLOUT)
+    if mode == Mode.TEACHER_FORCED:
         return compare_teacher_forced(trace_id, real, record.get("texts") or [])
-    if mode == "output":
+    if mode == Mode.OUTPUT:
         return compare_output(trace_id, real, record.get("text") or "")
-    if mode == "reasoning":
+    if mode == Mode.REASONING:
         return compare_reasoning(trace_id, real, record.get("text") or "", record.get("stop"),
                                  record.get("tokens"))
     return compare_rollout(trace_id, real, record.get("text") or "", record.get("stop"),
@@ -186,7 +197,7 @@ def compare_rollout(trace_id: str, real: list[Frame], text: Prediction,
     output = (parsed.ended and last is not None and last.error is None and last.event == "return"
               and bool(real) and real[-1].event == "return" and last.arg == real[-1].arg)
     truncated = stop == "budget" if stop else not parsed.ended
-    return TraceComparison(trace_id, "rollout", real, predicted[given:], frames[given:],
+    return TraceComparison(trace_id, Mode.ROLLOUT, real, predicted[given:], frames[given:],
                            [a for a in aligned if a.step >= given], inserted, parsed.ended,
                            parsed.ended and parsed.valid, output, truncated, divergence)
 
@@ -209,7 +220,7 @@ def compare_teacher_forced(trace_id: str, real: list[Frame],
     last = frames[-1] if frames else None
     output = last is not None and last.real.event == "return" and bool(last.value_match)
     valid = len(predicted) == len(real) and all(f.error is None for f in predicted)
-    return TraceComparison(trace_id, "teacher-forced", real, predicted, frames, frames, 0, True,
+    return TraceComparison(trace_id, Mode.TEACHER_FORCED, real, predicted, frames, frames, 0, True,
                            valid, output, False, divergence)
 
 
@@ -231,7 +242,7 @@ def compare_output(trace_id: str, real: list[Frame], text: Prediction) -> TraceC
     pred = _first_frame(text)
     last = _compare_frame(len(real) - 1, real[-1], None, pred, None)  # the entry's return
     right = last.real.event == "return" and bool(last.value_match)
-    return TraceComparison(trace_id, "output", real, [pred], [last], [last], 0, True,
+    return TraceComparison(trace_id, Mode.OUTPUT, real, [pred], [last], [last], 0, True,
                            pred.error is None, right, False, None if right else last.step)
 
 
@@ -248,7 +259,7 @@ def compare_reasoning(trace_id: str, real: list[Frame], text: str, stop: str | N
     last = replace(_compare_frame(len(real) - 1, last_real, None, pred, None),
                    value_match=right)
     truncated = problem == THINKING_CUT and stop == "budget"
-    return TraceComparison(trace_id, "reasoning", real, [pred], [last], [last], 0, True,
+    return TraceComparison(trace_id, Mode.REASONING, real, [pred], [last], [last], 0, True,
                            problem is None, right, truncated, None if right else last.step,
                            tokens if type(tokens) is int else None)
 

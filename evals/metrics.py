@@ -22,7 +22,14 @@ from functools import lru_cache
 import numpy as np
 
 from tracekit.cwm import state_json
-from tracekit.evals.compare import VALUE_TYPES, TraceComparison, has_event, value_type
+from tracekit.evals.compare import (
+    ANSWERS_ONLY,
+    VALUE_TYPES,
+    Mode,
+    TraceComparison,
+    has_event,
+    value_type,
+)
 from tracekit.trace import Frame
 
 BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED = 1000, 0
@@ -122,9 +129,9 @@ REASONING_LABELS = {"valid_format": "answer found ([OUTPUT] after the thinking)"
 def shown_metrics(mode: str) -> list[tuple[Metric, str]]:
     """(metric, label) of what a run's table shows: the CWM table, or in output and reasoning
     modes the return-value metrics."""
-    if mode not in ("output", "reasoning"):
+    if mode not in ANSWERS_ONLY:
         return [(m, m.label) for m in CWM_TABLE]
-    labels = REASONING_LABELS if mode == "reasoning" else {}
+    labels = REASONING_LABELS if mode == Mode.REASONING else {}
     return [(m, labels.get(m.key, m.label)) for m in METRICS if m.key in OUTPUT_MODE_METRICS]
 # The CWM tech report's numbers on CRUXEval (spec section 10: full-trace prediction, greedy).
 PUBLISHED_CRUXEVAL = {"output_pass1": 88.0, "valid_format": 99.6, "state_exact": 96.9,
@@ -147,11 +154,11 @@ def trace_counts(c: TraceComparison) -> dict[str, tuple[float, float]]:
     """Every metric's (numerator, denominator) for one trace."""
     one = lambda flag: (float(flag), 1.0)  # noqa: E731
     counts = {"output_pass1": one(c.output_correct), "valid_format": one(c.valid_format)}
-    if c.mode == "reasoning":
+    if c.mode == Mode.REASONING:
         counts["truncated"] = one(c.truncated)
         if c.reasoning_tokens is not None:
             counts["reasoning_tokens"] = (float(c.reasoning_tokens), 1.0)
-    if c.mode in ("output", "reasoning"):
+    if c.mode in ANSWERS_ONLY:
         return counts
     states = [f for f in c.frames if f.real.locals is not None]
     values = [f for f in c.frames if f.real.locals is None]
@@ -176,7 +183,7 @@ def trace_counts(c: TraceComparison) -> dict[str, tuple[float, float]]:
         "action_tokens_pred": (sum(_tokens(f.source) for f in c.predicted if f.error is None),
                                sum(f.error is None for f in c.predicted)),
     })
-    if c.mode == "rollout":
+    if c.mode == Mode.ROLLOUT:
         counts["truncated"] = one(c.truncated)
     for key, name in (("micro_state_exact", "state_exact"), ("micro_state_match", "state_match"),
                       ("micro_key", "key_match"), ("micro_kv", "kv_match"),
@@ -343,7 +350,7 @@ def _step_curve(comparisons, min_frames: int = 5) -> dict:
 
 def _traced(comparisons: list[TraceComparison]) -> list[TraceComparison]:
     """Comparisons with frames by step (output mode has only the return frame)."""
-    return [c for c in comparisons if c.mode not in ("output", "reasoning")]
+    return [c for c in comparisons if c.mode not in ANSWERS_ONLY]
 
 
 def _divergence(comparisons) -> dict:
@@ -351,7 +358,7 @@ def _divergence(comparisons) -> dict:
     how many traces go wrong first by each kind of mistake (`TraceComparison.first_wrong`),
     the commonest first."""
     inexact = [c for c in comparisons
-               if c.first_divergence is not None and c.mode not in ("output", "reasoning")]
+               if c.first_divergence is not None and c.mode not in ANSWERS_ONLY]
     return {"exact": sum(c.first_divergence is None for c in comparisons),
             "index": [c.first_divergence for c in inexact],
             "relative": [round(c.first_divergence / max(1, len(c.real)), 4) for c in inexact],

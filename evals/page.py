@@ -12,7 +12,7 @@ from pathlib import Path
 
 import jinja2
 
-from tracekit.evals.compare import TraceComparison
+from tracekit.evals.compare import Mode, TraceComparison
 from tracekit.evals.metrics import CWM_TABLE, METRICS, MORE
 from tracekit.evals.plots import plots
 from tracekit.evals.tables import (
@@ -42,7 +42,7 @@ def page(summary: dict, info: dict, ordered: list[TraceComparison]) -> str:
     return _template().render(
         info=info, dataset_name=Path(info["dataset"]).name, info_line=info_line(info, summary),
         headlines=headline(summary, info),
-        published="CWM 32B on CRUXEval (published)" if mode == "rollout" else "",
+        published="CWM 32B on CRUXEval (published)" if mode == Mode.ROLLOUT else "",
         cwm_rows=metric_rows(summary, CWM_TABLE, mode), more_rows=metric_rows(summary, MORE, mode),
         plots=plots(summary), breakdowns=breakdowns(summary),
         worst=[worst_row(c) for c in ordered[:WORST_SHOWN]],
@@ -67,7 +67,7 @@ def _program(c: TraceComparison) -> str:
         marked = " class='diverge'" if f.step == c.first_divergence else ""
         rows.append(f"<tr{marked}><td>{f.step}</td><td>{_frame_html(f.real, None)}</td>"
                     f"<td{'' if f.match else ' class=bad'}>{_predicted_html(f)}</td></tr>")
-    extra = c.predicted[len(c.frames):] if c.mode == "rollout" else []
+    extra = c.predicted[len(c.frames):] if c.mode == Mode.ROLLOUT else []
     for j, frame in enumerate(extra, start=len(c.frames)):
         rows.append(f"<tr><td>{j}</td><td class='dots'>(no real frame)</td>"
                     f"<td class='bad'>{_frame_html(frame, None)}</td></tr>")

@@ -34,7 +34,7 @@ from pathlib import Path
 from tracekit.cwm import frame_wire_text
 from tracekit.dataset import BuildError, load_rows, row_trace
 from tracekit.evals import baselines
-from tracekit.evals.compare import TraceComparison, compare
+from tracekit.evals.compare import Mode, TraceComparison, compare
 from tracekit.killpoints import kill_point
 from tracekit.model.checkpoint import CheckpointError, checkpoint_fingerprint
 from tracekit.model.errors import ContextError
@@ -52,7 +52,7 @@ class EvalError(Exception):
 @dataclass(frozen=True)
 class RunOptions:
     dataset: str
-    mode: str = "rollout"
+    mode: Mode = Mode.ROLLOUT
     model: str | None = None  # a model spec, "oracle" or "copy"; None with a predictions file
     predictions: str | None = None
     openai_model: str | None = None
@@ -234,7 +234,7 @@ def _clean(record: dict, mode: str, problems: Counter) -> dict:
     empty (and are counted), so garbage scores as wrong instead of raising."""
     clean = {"mode": mode, "stop": record.get("stop") if isinstance(record.get("stop"), str)
              else None}
-    if mode == "teacher-forced":
+    if mode == Mode.TEACHER_FORCED:
         texts = record.get("texts")
         if record and (not isinstance(texts, list)
                        or not all(isinstance(t, str) for t in texts)):
@@ -249,7 +249,7 @@ def _clean(record: dict, mode: str, problems: Counter) -> dict:
         clean["text"] = text or ""
         given = record.get("given")
         clean["given"] = given if type(given) is int and given >= 0 else 0
-        if mode == "reasoning":
+        if mode == Mode.REASONING:
             clean["tokens"] = record.get("tokens") if type(record.get("tokens")) is int else None
     return clean
 
@@ -258,7 +258,7 @@ def _from_ids(record: dict, ids, tokenizer) -> dict:
     """The clean record with each text replaced by its `ids`' segments, if they are well-formed."""
     from tracekit.tokenizer import id_segments
 
-    if record["mode"] == "teacher-forced":
+    if record["mode"] == Mode.TEACHER_FORCED:
         if (isinstance(ids, list) and len(ids) == len(record["texts"])
                 and all(_token_list(one) for one in ids)):
             return {**record, "texts": [id_segments(tokenizer, one) for one in ids]}
@@ -283,7 +283,7 @@ def too_long(traces: list[tuple[str, Trace]], options: RunOptions, predictor=Non
 
     tokenizer = predictor.tokenizer if predictor is not None else cwm_tokenizer()
     limit = predictor.context_length if predictor is not None else None
-    if options.mode == "reasoning":
+    if options.mode == Mode.REASONING:
         limit = None  # a chat prompt: chat_turn says when it does not fit ("context")
 
     def fits(trace: Trace) -> bool:
@@ -292,11 +292,11 @@ def too_long(traces: list[tuple[str, Trace]], options: RunOptions, predictor=Non
             return False
         if limit is None:
             return True
-        if options.mode == "output":
+        if options.mode == Mode.OUTPUT:
             return len(predictor.prompt(trace.context, trace.frames[:1])) + len(
                 predictor.frame_ids(trace.frames[-1])) <= limit
         whole = predictor.frames_that_fit(trace.context, trace.frames) == len(trace.frames)
-        return whole and (options.mode != "rollout" or len(predictor.prompt(
+        return whole and (options.mode != Mode.ROLLOUT or len(predictor.prompt(
             trace.context, trace.frames)) < limit)
 
     kept = [(tid, trace) for tid, trace in traces if fits(trace)]
@@ -324,16 +324,16 @@ def model_predictor(options: RunOptions) -> tuple[Callable[[Trace], dict], str, 
                                options.max_frame_tokens, options.compile_decode,
                                options.draft_tokens)
     sampling = Sampling(options.temperature, options.top_k, options.top_p, options.seed)
-    if options.mode == "reasoning":
+    if options.mode == Mode.REASONING:
         return (_reasoning_predictor(options, predictor, sampling), predictor.backend.name,
                 None, predictor)
 
     def predict_one(trace: Trace) -> dict:
-        if options.mode == "teacher-forced":
+        if options.mode == Mode.TEACHER_FORCED:
             steps = predictor.teacher_forced(trace.context, trace.frames, sampling)
             return {"texts": [s.text for s in steps], "ids": [s.tokens for s in steps],
                     "tokens": sum(len(s.logprobs) for s in steps)}
-        if options.mode == "output":
+        if options.mode == Mode.OUTPUT:
             step = predictor.next_frame(trace.context, trace.frames[:1], "return", sampling)
             return {"text": step.text, "ids": step.tokens, "tokens": len(step.logprobs)}
         # From the entry's real call frame, which holds the arguments: a program traced with

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tracekit.evals.compare import TraceComparison
+from tracekit.evals.compare import ANSWERS_ONLY, Mode, TraceComparison
 from tracekit.evals.metrics import (
     CWM_TABLE,
     METRICS,
@@ -22,13 +22,13 @@ def metric_rows(summary: dict, metrics, mode: str) -> list[tuple[str, str, str, 
     """(label, value, 95% CI, n, published CWM on CRUXEval) per metric the run has."""
     rows = []
     for metric in metrics:
-        if mode in ("output", "reasoning") and metric.key not in OUTPUT_MODE_METRICS:
+        if mode in ANSWERS_ONLY and metric.key not in OUTPUT_MODE_METRICS:
             continue
         found = summary["metrics"].get(metric.key)
         if found is None:
             continue
-        published = PUBLISHED_CRUXEVAL.get(metric.key) if mode == "rollout" else None
-        label = REASONING_LABELS.get(metric.key, metric.label) if mode == "reasoning" else \
+        published = PUBLISHED_CRUXEVAL.get(metric.key) if mode == Mode.ROLLOUT else None
+        label = REASONING_LABELS.get(metric.key, metric.label) if mode == Mode.REASONING else \
             metric.label
         rows.append((label, f"{found['value']:.1f}",
                      f"{found['low']:.1f}–{found['high']:.1f}", str(found["n"]),
@@ -119,7 +119,7 @@ def markdown(summary: dict, info: dict, ordered: list[TraceComparison]) -> str:
     lines = [f"# tracekit eval: {info['predictor']} on {Path(info['dataset']).name}", "",
              info_line(info, summary), ""]
     lines += [f"- {line}" for line in headline(summary, info)]
-    published = "CWM 32B, CRUXEval (published)" if mode == "rollout" else ""
+    published = "CWM 32B, CRUXEval (published)" if mode == Mode.ROLLOUT else ""
     for title, metrics in (("The CWM table (macro-averaged per trace)", CWM_TABLE),
                            ("More metrics", MORE)):
         rows = metric_rows(summary, metrics, mode)

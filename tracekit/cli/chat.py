@@ -7,8 +7,7 @@ import sys
 
 import click
 
-from tracekit.cli.common import (Failure, exit_help, model_spec, print_error, stderr,
-                                  typed_lines)
+from tracekit.cli.common import Failure, exit_help, model_spec, print_error, stderr, typed_lines
 from tracekit.cli.models import MODEL_HELP
 from tracekit.trace import EXIT_MODEL, EXIT_TOO_LONG
 

@@ -7,8 +7,14 @@ from pathlib import Path
 
 import click
 
-from tracekit.cli.common import (Failure, exit_help, print_error, progress_bar,
-                                  resume_option, tracing_options)
+from tracekit.cli.common import (
+    Failure,
+    exit_help,
+    print_error,
+    progress_bar,
+    resume_option,
+    tracing_options,
+)
 from tracekit.pretty import print_trace
 from tracekit.trace import EXIT_DATA
 

@@ -8,6 +8,7 @@ import click
 
 from tracekit.cli.common import Failure, exit_help, tracing_options
 from tracekit.cli.evaluation import print_eval
+from tracekit.evals.compare import Mode
 from tracekit.pretty import make_console, print_comparison, print_trace, summary_table
 from tracekit.sources import SAMPLE_PROGRAMS
 from tracekit.trace import EXIT_DATA, EXIT_MODEL
@@ -75,7 +76,7 @@ def demo(programs: Path, show, output: Path, spec, tracing) -> None:
         with console.status("building a dataset…"):
             stats = build_dataset(programs, dataset_dir, tracing)
         console.print(f"\ndataset: {stats['rows']} rows in {dataset_dir}", highlight=False)
-        for mode, eval_dir in zip(("teacher-forced", "rollout"), eval_dirs):
+        for mode, eval_dir in zip((Mode.TEACHER_FORCED, Mode.ROLLOUT), eval_dirs):
             with console.status(f"evaluating {predictor}, {mode}…"):
                 summary, info = evaluate_on(dataset_dir, eval_dir, spec, mode)
             console.print(f"\nevaluated {predictor}, {mode}:", highlight=False)

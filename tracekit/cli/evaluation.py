@@ -9,6 +9,7 @@ from rich.console import Console
 
 from tracekit.cli.common import Failure, exit_help, model_spec, progress_bar, resume_option
 from tracekit.cli.models import COMPILE_HELP, DRAFT_HELP
+from tracekit.evals.compare import Mode
 from tracekit.predict import MAX_FRAME_TOKENS
 from tracekit.pretty import make_console
 from tracekit.trace import EXIT_DATA, EXIT_MODEL
@@ -33,8 +34,8 @@ def eval_group() -> None:
     """
 
 
-EVAL_EXIT = (exit_help(0, 2, 7, 8, 10, 130) + " After 7 the predictions made so far are kept: rerun "
-             "with --resume.")
+EVAL_EXIT = (exit_help(0, 2, 7, 8, 10, 130) + " After 7 the predictions made so far are kept: "
+             "rerun with --resume.")
 
 
 @eval_group.command("run", epilog=EVAL_EXIT)
@@ -47,9 +48,8 @@ EVAL_EXIT = (exit_help(0, 2, 7, 8, 10, 130) + " After 7 the predictions made so 
               help="Score a JSONL of predictions made elsewhere instead: one {\"id\", "
                    "\"text\"} per trace (rollout/output), or {\"id\", \"texts\": [one per "
                    "frame]} (teacher-forced).")
-@click.option("--mode", type=click.Choice(["rollout", "teacher-forced", "output",
-                                          "reasoning"]),
-              default="rollout", show_default=True,
+@click.option("--mode", type=click.Choice([m.value for m in Mode]), default=Mode.ROLLOUT.value,
+              show_default=True, callback=lambda ctx, param, value: Mode(value),
               help="rollout: the whole trace free-running from the entry's real call frame "
                    "(which holds the arguments; it is not scored), the CWM table's setting; "
                    "teacher-forced: every frame from the real frames before it; "
@@ -86,8 +86,8 @@ EVAL_EXIT = (exit_help(0, 2, 7, 8, 10, 130) + " After 7 the predictions made so 
 @click.option("--compile", "compile_decode", is_flag=True, help=COMPILE_HELP)
 @click.option("--draft-tokens", type=click.IntRange(min=0), metavar="N", help=DRAFT_HELP)
 def eval_run(dataset: Path, spec, predictions, mode, out: Path, resume, split, limit,
-             max_tokens, temperature, top_k, top_p, seed, concurrency, max_frame_tokens, budget_tokens,
-             openai_model, device, compile_decode, draft_tokens) -> None:
+             max_tokens, temperature, top_k, top_p, seed, concurrency, max_frame_tokens,
+             budget_tokens, openai_model, device, compile_decode, draft_tokens) -> None:
     """Predict every complete trace of DATASET (a `tracekit dataset build` directory), score
     the predictions against the real traces, and write the report into OUT.
 
