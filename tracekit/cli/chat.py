@@ -7,8 +7,17 @@ import sys
 
 import click
 
-from tracekit.cli.common import Failure, exit_help, model_spec, print_error, stderr, typed_lines
-from tracekit.cli.models import MODEL_HELP
+from tracekit.cli.common import (
+    Failure,
+    device_option,
+    exit_help,
+    model_options,
+    model_spec,
+    print_error,
+    sampling_options,
+    stderr,
+    typed_lines,
+)
 from tracekit.trace import EXIT_MODEL, EXIT_TOO_LONG
 
 PROMPT = "you> "
@@ -18,9 +27,7 @@ HELP_LINE = ("(an empty line does nothing; /reset forgets the conversation; /qui
 
 
 @click.command(epilog=exit_help(0, 2, 7, 10))
-@click.option("--model", "spec", default="bundled", show_default=True, metavar="SPEC",
-              help=MODEL_HELP)
-@click.option("--openai-model", metavar="NAME", help="The served model's name, for openai:URL.")
+@model_options()
 @click.option("--message", "-m", metavar="TEXT", help="Send TEXT, print the reply, and exit "
               "(no prompt, nothing read from the terminal).")
 @click.option("--system", metavar="TEXT", help="The system prompt. Default: CWM's reasoning "
@@ -33,9 +40,8 @@ HELP_LINE = ("(an empty line does nothing; /reset forgets the conversation; /qui
               "<think> blocks in the prompt (the template's preserve_previous_think=False).")
 @click.option("--max-tokens", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Tokens one reply may take (thinking included).")
-@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True)
-@click.option("--seed", type=int, help="Makes sampling (--temperature > 0) reproducible.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+@sampling_options()
+@device_option
 def chat(spec, openai_model, message, system, no_thinking, hide_thinking,
          drop_previous_thinking, max_tokens, temperature, seed, device) -> None:
     """Chat with a model in CWM's chat format: the reply's thinking dimmed, its answer plain.

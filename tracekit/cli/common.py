@@ -160,6 +160,43 @@ def run_program(source: str, file: Path, call: str | None, entry: str | None,
                      module, sys_path, str(real.parent))
 
 
+MODEL_HELP = ("bundled (tracekit's own small model), a checkpoint directory (our runtime), "
+              "transformers:DIR (the reference path), or openai:URL with --openai-model NAME "
+              "(vLLM, tracekit serve).")
+
+
+def model_options(default: str | None = "bundled", help: str = MODEL_HELP):
+    """--model SPEC and --openai-model NAME, read together by `model_spec`."""
+    def decorate(command):
+        command = click.option("--openai-model", metavar="NAME",
+                               help="The served model's name, for openai:URL.")(command)
+        return click.option("--model", "spec", default=default, show_default=default is not None,
+                            metavar="SPEC", help=help)(command)
+    return decorate
+
+
+def sampling_options(temperature_help: str = "0: greedy.", top: bool = False):
+    """--temperature and --seed (and --top-k, --top-p with `top`)."""
+    def decorate(command):
+        options = [click.option("--temperature", type=click.FloatRange(min=0), default=0.0,
+                                show_default=True, help=temperature_help)]
+        if top:
+            options += [click.option("--top-k", type=click.IntRange(min=0), default=0,
+                                     show_default=True),
+                        click.option("--top-p", type=click.FloatRange(0, 1), default=1.0,
+                                     show_default=True)]
+        options.append(click.option("--seed", type=int, help="Makes sampling (--temperature > "
+                                    "0) reproducible."))
+        for option in reversed(options):
+            command = option(command)
+        return command
+    return decorate
+
+
+device_option = click.option("--device", default="cpu", show_default=True,
+                             help="cpu, cuda, cuda:1, ...")
+
+
 def model_spec(spec: str, openai_model: str | None) -> ModelSpec:
     """--model and --openai-model as one spec: a served model without its name is a bad
     command line."""

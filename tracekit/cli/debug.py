@@ -10,13 +10,16 @@ from pathlib import Path
 import click
 
 from tracekit.cli.common import (
+    MODEL_HELP,
     Failure,
+    device_option,
     exit_help,
+    model_options,
+    sampling_options,
     traced_for_a_model,
     tracing_options,
     typed_lines,
 )
-from tracekit.cli.models import MODEL_HELP
 from tracekit.debugger import (
     MOVE_LIMIT,
     DebuggerError,
@@ -312,20 +315,16 @@ def split_commands(text: str) -> list[str]:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--entry", metavar="NAME", help="Function to debug (as for `tracekit trace`).")
 @click.option("--call", metavar="EXPR", help="Call to run (as for `tracekit trace`).")
-@click.option("--model", "spec", default="bundled", show_default=True, metavar="SPEC",
-              help=MODEL_HELP + " oracle: the real trace replayed (every step is right).")
-@click.option("--openai-model", metavar="NAME", help="The served model's name, for openai:URL.")
+@model_options(help=MODEL_HELP + " oracle: the real trace replayed (every step is right).")
 @click.option("--real", is_flag=True, help="Show the real execution beside each predicted "
               "frame, with the differences named.")
-@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="0: greedy, the model's most likely execution (cwmdbg samples at 0.6).")
-@click.option("--seed", type=int, help="Seed for sampling (with --temperature > 0).")
+@sampling_options("0: greedy, the model's most likely execution (cwmdbg samples at 0.6).")
 @click.option("--commands", metavar="'s; n; p x'", help="Run these commands (';' between "
               "them) and exit, instead of reading them from the terminal or a pipe.")
 @click.option("--max-frame-tokens", type=click.IntRange(min=1), default=MAX_FRAME_TOKENS,
               show_default=True,
               help="Tokens one predicted frame may take before it counts as malformed.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+@device_option
 @tracing_options
 def debug(file: Path, entry, call, spec, openai_model, real, temperature, seed, commands,
           max_frame_tokens, device, tracing) -> None:

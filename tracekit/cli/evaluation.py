@@ -7,7 +7,16 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from tracekit.cli.common import Failure, exit_help, model_spec, progress_bar, resume_option
+from tracekit.cli.common import (
+    Failure,
+    device_option,
+    exit_help,
+    model_options,
+    model_spec,
+    progress_bar,
+    resume_option,
+    sampling_options,
+)
 from tracekit.cli.models import COMPILE_HELP, DRAFT_HELP
 from tracekit.evals.compare import Mode
 from tracekit.predict import MAX_FRAME_TOKENS
@@ -40,7 +49,7 @@ EVAL_EXIT = (exit_help(0, 2, 7, 8, 10, 130) + " After 7 the predictions made so 
 
 @eval_group.command("run", epilog=EVAL_EXIT)
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--model", "spec", metavar="SPEC", help="bundled (tracekit's own small model, "
+@model_options(None, "bundled (tracekit's own small model, "
               "the default without --predictions), a checkpoint directory, transformers:DIR, "
               "openai:URL (with --openai-model), or a baseline: oracle (the real trace) or "
               "copy (repeat the state, next line in file order).")
@@ -68,11 +77,7 @@ EVAL_EXIT = (exit_help(0, 2, 7, 8, 10, 130) + " After 7 the predictions made so 
               "longer than N tokens (the whole trace with its end). Whatever this says, a "
               "trace that does not fit the model's context is left out and counted "
               "(docs/trace-format.md section 11).")
-@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="0 is greedy.")
-@click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--top-p", type=click.FloatRange(0, 1), default=1.0, show_default=True)
-@click.option("--seed", type=int, help="Makes sampling reproducible.")
+@sampling_options(top=True)
 @click.option("--concurrency", type=click.IntRange(min=1), help="Traces predicted at once. "
               "Default: 8 for openai:URL (requests in flight), else 1.")
 @click.option("--max-frame-tokens", type=click.IntRange(min=1), default=MAX_FRAME_TOKENS,
@@ -81,8 +86,7 @@ EVAL_EXIT = (exit_help(0, 2, 7, 8, 10, 130) + " After 7 the predictions made so 
 @click.option("--budget-tokens", type=click.IntRange(min=1), default=32768, show_default=True,
               help="rollout: tokens for the whole trace; reasoning: tokens for the reply. A "
                    "prediction cut off here counts as truncated.")
-@click.option("--openai-model", metavar="NAME", help="The served model's name, for openai:URL.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+@device_option
 @click.option("--compile", "compile_decode", is_flag=True, help=COMPILE_HELP)
 @click.option("--draft-tokens", type=click.IntRange(min=0), metavar="N", help=DRAFT_HELP)
 def eval_run(dataset: Path, spec, predictions, mode, out: Path, resume, split, limit,

@@ -10,7 +10,9 @@ import click
 
 from tracekit.cli.common import (
     Failure,
+    device_option,
     exit_help,
+    model_options,
     stderr,
     traced_for_a_model,
     tracing_options,
@@ -26,16 +28,9 @@ COMPILE_HELP = ("Our runtime: compile batch-1 decode steps (torch.compile; on CU
 DRAFT_HELP = ("Our runtime, greedy decoding: tokens guessed by prompt lookup and checked in "
               "each forward (0: one token per forward). Same predictions, to rounding, in fewer "
               f"forwards.  [default: {DRAFT_TOKENS}]")
-MODEL_HELP = ("bundled (tracekit's own small model), a checkpoint directory (our runtime), "
-              "transformers:DIR (the reference path), or openai:URL with --openai-model NAME "
-              "(vLLM, tracekit serve).")
-
-
 @click.command(epilog=exit_help(0, 1, 2, 3, 4, 5, 6, 7, 8, 10))
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--model", "spec", default="bundled", show_default=True, metavar="SPEC",
-              help=MODEL_HELP)
-@click.option("--openai-model", metavar="NAME", help="The served model's name, for openai:URL.")
+@model_options()
 @click.option("--mode", type=click.Choice(["next", "rollout", "teacher-forced"]),
               default="teacher-forced", show_default=True,
               help="teacher-forced: every frame from the real frames before it; rollout: "
@@ -47,7 +42,7 @@ MODEL_HELP = ("bundled (tracekit's own small model), a checkpoint directory (our
 @click.option("--max-frame-tokens", type=click.IntRange(min=1), default=MAX_FRAME_TOKENS,
               show_default=True,
               help="Tokens one predicted frame may take before it counts as malformed.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+@device_option
 @click.option("--compile", "compile_decode", is_flag=True, help=COMPILE_HELP)
 @click.option("--draft-tokens", type=click.IntRange(min=0), metavar="N", help=DRAFT_HELP)
 @tracing_options
@@ -108,7 +103,7 @@ def predict(file: Path, spec, openai_model, mode, k, entry, call, max_frame_toke
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--name", help="The model name clients send. Default: the directory's name.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+@device_option
 @click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
               help="Requests decoded together at most.")
 def serve(checkpoint: str, host, port, name, device, max_batch) -> None:

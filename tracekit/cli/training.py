@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from tracekit.cli.common import Failure, exit_help, progress_bar, resume_option
+from tracekit.cli.common import Failure, device_option, exit_help, progress_bar, resume_option
 from tracekit.dataset import BuildError
 from tracekit.trace import EXIT_DATA
 
@@ -51,7 +51,7 @@ from tracekit.trace import EXIT_DATA
 @click.option("--bf16", is_flag=True, help="Train under bfloat16 autocast (weights and "
               "optimizer stay float32): on GPUs, and on CPUs with bf16 instructions (1.5x "
               "the small preset's tokens/s on the 2-core CPU here: benchmarks/train.py --bf16).")
-@click.option("--device", default="cpu", show_default=True)
+@device_option
 @click.option("--compile", "compile_model", is_flag=True, help="Run the training step through "
               "torch.compile: about a minute of compiling first, then faster steps (1.0-1.3x "
               "on a quiet 2-core CPU, small preset: benchmarks/train.py --compile).")
