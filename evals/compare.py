@@ -95,12 +95,12 @@ class FrameComparison:
                 and self.pred.error is None)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TraceComparison:
     """One program's prediction against its real trace."""
 
     id: str
-    mode: str
+    mode: Mode
     real: list[Frame]
     predicted: list[Frame]  # as parsed, malformed frames included
     frames: list[FrameComparison]  # by index: one per real frame (none in output mode)
@@ -197,9 +197,11 @@ def compare_rollout(trace_id: str, real: list[Frame], text: Prediction,
     output = (parsed.ended and last is not None and last.error is None and last.event == "return"
               and bool(real) and real[-1].event == "return" and last.arg == real[-1].arg)
     truncated = stop == "budget" if stop else not parsed.ended
-    return TraceComparison(trace_id, Mode.ROLLOUT, real, predicted[given:], frames[given:],
-                           [a for a in aligned if a.step >= given], inserted, parsed.ended,
-                           parsed.ended and parsed.valid, output, truncated, divergence)
+    return TraceComparison(
+        id=trace_id, mode=Mode.ROLLOUT, real=real, predicted=predicted[given:],
+        frames=frames[given:], aligned=[a for a in aligned if a.step >= given],
+        inserted=inserted, ended=parsed.ended, valid_format=parsed.ended and parsed.valid,
+        output_correct=output, truncated=truncated, first_divergence=divergence)
 
 
 def compare_teacher_forced(trace_id: str, real: list[Frame],
@@ -220,8 +222,10 @@ def compare_teacher_forced(trace_id: str, real: list[Frame],
     last = frames[-1] if frames else None
     output = last is not None and last.real.event == "return" and bool(last.value_match)
     valid = len(predicted) == len(real) and all(f.error is None for f in predicted)
-    return TraceComparison(trace_id, Mode.TEACHER_FORCED, real, predicted, frames, frames, 0, True,
-                           valid, output, False, divergence)
+    return TraceComparison(
+        id=trace_id, mode=Mode.TEACHER_FORCED, real=real, predicted=predicted, frames=frames,
+        aligned=frames, inserted=0, ended=True, valid_format=valid, output_correct=output,
+        truncated=False, first_divergence=divergence)
 
 
 def judge_predicted_frames(real: list[Frame], texts: list[str], start: int,
@@ -242,8 +246,10 @@ def compare_output(trace_id: str, real: list[Frame], text: Prediction) -> TraceC
     pred = _first_frame(text)
     last = _compare_frame(len(real) - 1, real[-1], None, pred, None)  # the entry's return
     right = last.real.event == "return" and bool(last.value_match)
-    return TraceComparison(trace_id, Mode.OUTPUT, real, [pred], [last], [last], 0, True,
-                           pred.error is None, right, False, None if right else last.step)
+    return TraceComparison(
+        id=trace_id, mode=Mode.OUTPUT, real=real, predicted=[pred], frames=[last],
+        aligned=[last], inserted=0, ended=True, valid_format=pred.error is None,
+        output_correct=right, truncated=False, first_divergence=None if right else last.step)
 
 
 def compare_reasoning(trace_id: str, real: list[Frame], text: str, stop: str | None = None,
@@ -259,9 +265,12 @@ def compare_reasoning(trace_id: str, real: list[Frame], text: str, stop: str | N
     last = replace(_compare_frame(len(real) - 1, last_real, None, pred, None),
                    value_match=right)
     truncated = problem == THINKING_CUT and stop == "budget"
-    return TraceComparison(trace_id, Mode.REASONING, real, [pred], [last], [last], 0, True,
-                           problem is None, right, truncated, None if right else last.step,
-                           tokens if type(tokens) is int else None)
+    return TraceComparison(
+        id=trace_id, mode=Mode.REASONING, real=real, predicted=[pred], frames=[last],
+        aligned=[last], inserted=0, ended=True, valid_format=problem is None,
+        output_correct=right, truncated=truncated,
+        first_divergence=None if right else last.step,
+        reasoning_tokens=tokens if type(tokens) is int else None)
 
 
 THINKING_CUT = "the reply ended inside <think>"

@@ -249,27 +249,28 @@ def _lines_request(request: dict, options: TraceOptions) -> dict:
             "timeout": options.limits.timeout, "limits": _rlimits(options.limits)}
 
 
-def _lines_of(run, request: dict, limits: Limits) -> tuple[list[dict], dict, str, str]:
+def _lines_of(run: _ChildEnd | _Outcome, request: dict,
+              limits: Limits) -> tuple[list[dict], dict, str, str]:
     """The JSON lines a run reported, its summary, stdout and stderr (see run_lines)."""
     if isinstance(run, _Outcome):
         return [], {"status": run.status, "error": run.error}, "", ""
-    raw, cut_off, timed_out, code, elapsed, stdout, stderr = run
     lines = []
-    for line in raw.splitlines():
+    for line in run.raw.splitlines():
         try:
             lines.append(json.loads(line))
         except ValueError:
             break  # a line cut off by a kill
     summary = lines.pop()["summary"] if lines and "summary" in lines[-1] else None
-    if cut_off:
+    if run.cut_off:
         summary = {"status": "output_limit",
                    "error": f"the program wrote more than {limits.max_output_bytes} bytes"}
-    elif summary is None and timed_out:
+    elif summary is None and run.timed_out:
         summary = {"status": "timeout", "error": f"wall-clock timeout after {limits.timeout:g}s"}
     elif summary is None:
-        status, error = _crash_reason(code, stderr, elapsed >= request["limits"]["RLIMIT_CPU"][0])
+        status, error = _crash_reason(run.code, run.stderr,
+                                      run.elapsed >= request["limits"]["RLIMIT_CPU"][0])
         summary = {"status": status, "error": error}
-    return lines, summary, stdout, stderr
+    return lines, summary, run.stdout, run.stderr
 
 
 def _request(source: str, call: str | None, entry: str | None, filename: str,
@@ -352,7 +353,7 @@ class WarmSandbox:
                    "sys_path": list(sys_path), "cwd": directory}
         failed = Trace(context=normalize_newlines(source), entry=entry, call=call)
         run = self._run(request)
-        outcome = run if isinstance(run, _Outcome) else _outcome(*run, request, limits)
+        outcome = run if isinstance(run, _Outcome) else _outcome(run, request, limits)
         return _finish(outcome, failed, self.interp, "bwrap")
 
     def lines(self, make_request: Callable[[str | None], dict],
@@ -363,7 +364,7 @@ class WarmSandbox:
         request = _lines_request(make_request(WORK_INSIDE if self.writable else None), options)
         return _lines_of(self._run(request, options.limits), request, options.limits)
 
-    def _run(self, request: dict, limits: Limits | None = None):
+    def _run(self, request: dict, limits: Limits | None = None) -> _ChildEnd | _Outcome:
         """Have the worker run `request` in a fresh child: what `_spawn` returns."""
         limits = limits or self.options.limits
         request = {**request, "max_output_bytes": limits.max_output_bytes,
@@ -375,8 +376,10 @@ class WarmSandbox:
         if reply is None:  # the worker died (the program killed it) or hung: a new one next
             self.close()
             return _Outcome(None, "crashed", "the program killed its sandbox", "", "")
-        return (reply["result"].encode(), reply["cut_off"], reply["timed_out"], reply["code"],
-                reply["elapsed"], reply["stdout"], reply["stderr"])
+        return _ChildEnd(raw=reply["result"].encode(), cut_off=reply["cut_off"],
+                         timed_out=reply["timed_out"], code=reply["code"],
+                         elapsed=reply["elapsed"], stdout=reply["stdout"],
+                         stderr=reply["stderr"])
 
     def _ask(self, request: dict, timeout: float) -> dict | None:
         import select
@@ -433,17 +436,29 @@ class _Outcome:
     stderr: str
 
 
+@dataclass(frozen=True, kw_only=True)
+class _ChildEnd:
+    """How a child process ended, as its pipes and exit status said: what it wrote on the
+    result pipe, whether its output was cut off or its time ran out, its exit code, how long it
+    ran, and its captured stdout and stderr."""
+
+    raw: bytes
+    cut_off: bool
+    timed_out: bool
+    code: int | None
+    elapsed: float
+    stdout: str
+    stderr: str
+
+
 def _run_child(command: list[str], request: dict, env: dict, cwd: str, limits: Limits) -> _Outcome:
     run = _spawn(command, request, env, cwd, limits)
-    if isinstance(run, _Outcome):
-        return run
-    raw, cut_off, timed_out, code, elapsed, stdout, stderr = run
-    return _outcome(raw, cut_off, timed_out, code, elapsed, stdout, stderr, request, limits)
+    return run if isinstance(run, _Outcome) else _outcome(run, request, limits)
 
 
-def _spawn(command: list[str], request: dict, env: dict, cwd: str, limits: Limits):
-    """Start the child with `request` on stdin and read it to the end or the deadline: the
-    result pipe's bytes, cut off, timed out, exit code, seconds, stdout, stderr (or an
+def _spawn(command: list[str], request: dict, env: dict, cwd: str,
+           limits: Limits) -> _ChildEnd | _Outcome:
+    """Start the child with `request` on stdin and read it to the end or the deadline (an
     _Outcome when the child could not start)."""
     result_read, result_write = os.pipe()
     try:
@@ -474,30 +489,32 @@ def _spawn(command: list[str], request: dict, env: dict, cwd: str, limits: Limit
         proc.stdout.close()
         proc.stderr.close()
     stdout, stderr = streams.text()
-    return (bytes(streams.result), streams.cut_off, streams.timed_out, proc.returncode,
-            time.monotonic() - started, stdout, stderr)
+    return _ChildEnd(raw=bytes(streams.result), cut_off=streams.cut_off,
+                     timed_out=streams.timed_out, code=proc.returncode,
+                     elapsed=time.monotonic() - started, stdout=stdout, stderr=stderr)
 
 
-def _outcome(raw: bytes, cut_off: bool, timed_out: bool, code: int, elapsed: float,
-             stdout: str, stderr: str, request: dict, limits: Limits) -> _Outcome:
+def _outcome(end: _ChildEnd, request: dict, limits: Limits) -> _Outcome:
     """What became of a traced process, from what its pipes and exit status said."""
+    stdout, stderr = end.stdout, end.stderr
     result = None
-    if raw:
+    if end.raw:
         try:
-            result = json.loads(raw)
+            result = json.loads(end.raw)
         except ValueError:
             result = None
-    if cut_off:
+    if end.cut_off:
         return _Outcome(result, "output_limit",
                         f"the program wrote more than {limits.max_output_bytes} bytes of output",
                         stdout, stderr)
     if result is not None:
         return _Outcome(result, result["status"], result["error"], stdout, stderr)
-    if timed_out:
+    if end.timed_out:
         return _Outcome(None, "timeout", f"wall-clock timeout after {limits.timeout:g}s "
                         "(the process did not respond)", stdout, stderr)
     cpu_limit = request["limits"]["RLIMIT_CPU"][0]
-    return _Outcome(None, *_crash_reason(code, stderr, elapsed >= cpu_limit), stdout, stderr)
+    return _Outcome(None, *_crash_reason(end.code, stderr, end.elapsed >= cpu_limit), stdout,
+                    stderr)
 
 
 def _crash_reason(code: int, stderr: str, past_cpu_limit: bool) -> tuple[str, str]:
