@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from .generation import generate
@@ -61,6 +62,25 @@ def _number(body: dict, key: str, default, kind: type, minimum=None, maximum=Non
     return kind(value)
 
 
+@dataclass(eq=False)  # a job is one request in flight: compared by identity
+class Job:
+    """One validated request: its prompt ids, its limits and sampling, the stop strings and
+    ids, what the response carries; `future` gets the response, and for a stream `events`
+    gets each chunk, then None."""
+
+    ids: list[int]
+    max_tokens: int
+    sampling: dict
+    stop: list[str]
+    stop_ids: tuple[int, ...]
+    logprobs: bool  # the chosen tokens' log-probs in the response
+    as_ids: bool  # tokens named "token_id:N" (vLLM's return_tokens_as_token_ids)
+    chat: bool
+    stream: bool
+    future: Future = field(default_factory=Future)
+    events: queue.Queue | None = None
+
+
 class Engine:
     """Batches queued completion requests through the model, one batch at a time. A greedy
     request alone in its batch decodes with `draft_tokens` prompt-lookup guesses per forward
@@ -82,13 +102,12 @@ class Engine:
         self.queue: queue.Queue = queue.Queue()
         threading.Thread(target=self._worker, daemon=True).start()
 
-    def submit(self, request: dict, chat: bool = False) -> dict:
-        """Queue a request; the job's "future" gets the response, or, for `stream: true`, its
-        "events" queue gets each chunk's dict, then None."""
+    def submit(self, request: dict, chat: bool = False) -> Job:
+        """Queue a request; the job's `future` gets the response, or, for `stream: true`, its
+        `events` queue gets each chunk's dict, then None."""
         job = self._validate(request, chat)
-        job["future"] = Future()
-        if job["stream"]:
-            job["events"] = queue.Queue()
+        if job.stream:
+            job.events = queue.Queue()
         self.queue.put(job)
         return job
 
@@ -113,7 +132,7 @@ class Engine:
             raise RequestError(400, f"tokens must be a list of token ids (0..{vocab - 1})")
         return {"prompt": self.decode(ids)}
 
-    def _validate(self, body: dict, chat: bool = False) -> dict:
+    def _validate(self, body: dict, chat: bool = False) -> Job:
         if not isinstance(body, dict):
             raise RequestError(400, "the body must be a JSON object")
         if body.get("model", self.name) != self.name:
@@ -157,7 +176,7 @@ class Engine:
         except ValueError as exc:
             raise RequestError(400, str(exc)) from None
 
-    def _rest(self, body: dict, ids: list[int], max_tokens: int, chat: bool) -> dict:
+    def _rest(self, body: dict, ids: list[int], max_tokens: int, chat: bool) -> Job:
         if len(ids) + max_tokens > self.context:
             raise RequestError(400, f"prompt of {len(ids)} tokens + max_tokens {max_tokens} "
                                     f"exceed the model's context of {self.context} tokens")
@@ -186,10 +205,10 @@ class Engine:
                                     "chunks carry text only): leave one of them out")
         if chat:  # a reply ends with its turn (the stop token then left out of the content)
             stop_ids = [*stop_ids, *(t for t in self.end_of_turn if t not in stop_ids)]
-        return {"ids": ids, "max_tokens": max_tokens, "sampling": sampling, "stop": stop,
-                "stop_ids": tuple(stop_ids), "logprobs": logprobs is not None,
-                "as_ids": bool(body.get("return_tokens_as_token_ids")), "chat": chat,
-                "stream": body.get("stream", False)}
+        return Job(ids=ids, max_tokens=max_tokens, sampling=sampling, stop=stop,
+                   stop_ids=tuple(stop_ids), logprobs=logprobs is not None,
+                   as_ids=bool(body.get("return_tokens_as_token_ids")), chat=chat,
+                   stream=body.get("stream", False))
 
     def _worker(self) -> None:
         while True:
@@ -202,55 +221,55 @@ class Engine:
                     break
             groups: dict = {}
             for job in jobs:  # a streamed job runs alone: its chunks follow its own tokens
-                key = (tuple(sorted(job["sampling"].items())), job["stop_ids"],
-                       id(job) if job["stream"] else None)
+                key = (tuple(sorted(job.sampling.items())), job.stop_ids,
+                       id(job) if job.stream else None)
                 groups.setdefault(key, []).append(job)
             for group in groups.values():
                 try:
                     self._run(group)
                 except Exception as exc:  # noqa: BLE001 - reported to each waiting client
                     for job in group:
-                        if not job["future"].done():
-                            job["future"].set_exception(exc)
-                        if job["stream"]:
-                            job["events"].put(None)
+                        if not job.future.done():
+                            job.future.set_exception(exc)
+                        if job.stream:
+                            job.events.put(None)
 
-    def _run(self, jobs: list[dict]) -> None:
-        new = max(job["max_tokens"] for job in jobs)
-        on_tokens = self._streamer(jobs[0]) if jobs[0]["stream"] else None
-        results = generate(self.model, [job["ids"] for job in jobs], max(new, 1),
-                           jobs[0]["stop_ids"], draft_tokens=self.draft_tokens,
-                           on_tokens=on_tokens, **jobs[0]["sampling"]) if new else None
+    def _run(self, jobs: list[Job]) -> None:
+        new = max(job.max_tokens for job in jobs)
+        on_tokens = self._streamer(jobs[0]) if jobs[0].stream else None
+        results = generate(self.model, [job.ids for job in jobs], max(new, 1),
+                           jobs[0].stop_ids, draft_tokens=self.draft_tokens,
+                           on_tokens=on_tokens, **jobs[0].sampling) if new else None
         for i, job in enumerate(jobs):
             tokens, logprobs, finish, reason = [], [], "length", None
             if results is not None:
                 g = results[i]
-                cut = min(len(g.tokens), job["max_tokens"])
+                cut = min(len(g.tokens), job.max_tokens)
                 tokens, logprobs = g.tokens[:cut], g.logprobs[:cut]
                 if g.stopped and cut == len(g.tokens):
                     finish, reason = "stop", tokens[-1]
             text = self._text(job, tokens)
-            if job["stop"]:
+            if job.stop:
                 tokens, logprobs, text, finish, reason = self._stop_at_strings(
                     job, tokens, logprobs, text, finish, reason)
             response = self._choice(job, tokens, logprobs, text, finish, reason)
-            if job["stream"]:
+            if job.stream:
                 on_tokens.finish(text, finish, reason)
-            job["future"].set_result(response)
+            job.future.set_result(response)
 
-    def _text(self, job: dict, tokens: list[int]) -> str:
+    def _text(self, job: Job, tokens: list[int]) -> str:
         """The text of `tokens`; a chat reply's end-of-turn token is not part of it."""
-        if job["chat"] and tokens and tokens[-1] in job["stop_ids"]:
+        if job.chat and tokens and tokens[-1] in job.stop_ids:
             tokens = tokens[:-1]
         return self.decode(tokens)
 
-    def _streamer(self, job: dict) -> _Streamer:
+    def _streamer(self, job: Job) -> _Streamer:
         return _Streamer(self, job)
 
     def _stop_at_strings(self, job, tokens, logprobs, text, finish, reason):
         """vLLM's stop strings: the text ends where the first stop string begins; the tokens
         (and usage) run to the one that completed it."""
-        found = [(at, s) for s in job["stop"] if (at := text.find(s)) >= 0]
+        found = [(at, s) for s in job.stop if (at := text.find(s)) >= 0]
         if not found:
             return tokens, logprobs, text, finish, reason
         at, stop = min(found)
@@ -259,9 +278,9 @@ class Engine:
         return tokens[:keep], logprobs[:keep], text[:at], "stop", stop
 
     def _choice(self, job, tokens, logprobs, text, finish, reason) -> dict:
-        usage = {"prompt_tokens": len(job["ids"]), "completion_tokens": len(tokens),
-                 "total_tokens": len(job["ids"]) + len(tokens)}
-        if job["chat"]:
+        usage = {"prompt_tokens": len(job.ids), "completion_tokens": len(tokens),
+                 "total_tokens": len(job.ids) + len(tokens)}
+        if job.chat:
             return {"id": f"chatcmpl-{id(job):x}", "object": "chat.completion",
                     "created": int(time.time()), "model": self.name, "choices": [{
                         "index": 0, "message": {"role": "assistant", "content": text},
@@ -269,8 +288,8 @@ class Engine:
                     "usage": usage}
         choice = {"index": 0, "text": text, "finish_reason": finish, "stop_reason": reason,
                   "logprobs": None}
-        if job["logprobs"]:
-            names = ([f"token_id:{t}" for t in tokens] if job["as_ids"]
+        if job.logprobs:
+            names = ([f"token_id:{t}" for t in tokens] if job.as_ids
                      else [self.decode([t]) for t in tokens])
             choice["logprobs"] = {"tokens": names, "token_logprobs": logprobs,
                                   "top_logprobs": None, "text_offset": None}
@@ -284,20 +303,20 @@ class _Streamer:
     turn out to start a stop string (or ends inside a character), so the chunks join into
     exactly the text the same request gets unstreamed."""
 
-    def __init__(self, engine: Engine, job: dict):
+    def __init__(self, engine: Engine, job: Job):
         self.engine, self.job = engine, job
         self.tokens: list[int] = []
         self.sent = 0  # characters already sent
-        self.hold = max((len(s) for s in job["stop"]), default=1) - 1
-        self.id = f"{'chatcmpl' if job['chat'] else 'cmpl'}-{id(job):x}"
-        if job["chat"]:
+        self.hold = max((len(s) for s in job.stop), default=1) - 1
+        self.id = f"{'chatcmpl' if job.chat else 'cmpl'}-{id(job):x}"
+        if job.chat:
             self._put({"role": "assistant", "content": ""}, None)
 
     def __call__(self, new: list[int]) -> None:
         self.tokens.extend(new)
-        tokens = self.tokens[:self.job["max_tokens"]]
+        tokens = self.tokens[:self.job.max_tokens]
         text = self.engine._text(self.job, tokens)
-        found = [at for s in self.job["stop"] if (at := text.find(s)) >= 0]
+        found = [at for s in self.job.stop if (at := text.find(s)) >= 0]
         safe = min(found) if found else len(text) - self.hold
         while 0 < safe <= len(text) and text[safe - 1] == "\ufffd":
             safe -= 1  # half of a multi-byte character: wait for the rest
@@ -307,10 +326,10 @@ class _Streamer:
 
     def finish(self, text: str, finish: str, reason) -> None:
         self._send(text[self.sent:], finish, reason)
-        self.job["events"].put(None)
+        self.job.events.put(None)
 
     def _send(self, text: str, finish: str | None, reason=None) -> None:
-        if self.job["chat"]:
+        if self.job.chat:
             self._put({"content": text} if text else {}, finish, reason)
         else:
             self._put(text, finish, reason)
@@ -319,13 +338,13 @@ class _Streamer:
         choice = {"index": 0, "finish_reason": finish, "logprobs": None}
         if finish is not None:
             choice["stop_reason"] = reason
-        if self.job["chat"]:
+        if self.job.chat:
             choice["delta"] = delta
             kind = "chat.completion.chunk"
         else:
             choice["text"] = delta
             kind = "text_completion"
-        self.job["events"].put({"id": self.id, "object": kind, "created": int(time.time()),
+        self.job.events.put({"id": self.id, "object": kind, "created": int(time.time()),
                                 "model": self.engine.name, "choices": [choice]})
 
 
@@ -415,15 +434,15 @@ def make_server(engine: Engine, host: str = "127.0.0.1", port: int = 8000,
                 if self.path in ("/tokenize", "/detokenize"):
                     return self._send(200, engine.tokens(body, self.path == "/tokenize"))
                 job = engine.submit(body, chat=self.path == "/v1/chat/completions")
-                if job["stream"]:
+                if job.stream:
                     return self._stream(job)
-                self._send(200, job["future"].result())
+                self._send(200, job.future.result())
             except RequestError as exc:
                 self._error(exc.status, str(exc))
             except Exception as exc:  # noqa: BLE001 - the server keeps serving
                 self._error(500, f"generation failed: {type(exc).__name__}: {exc}")
 
-        def _stream(self, job: dict) -> None:
+        def _stream(self, job: Job) -> None:
             """Server-sent events until `data: [DONE]`; the connection then closes (no
             length is known in advance). A failure mid-stream is sent as an error event."""
             self.send_response(200)
@@ -432,10 +451,10 @@ def make_server(engine: Engine, host: str = "127.0.0.1", port: int = 8000,
             self.send_header("Connection", "close")
             self.end_headers()
             self.close_connection = True
-            while (event := job["events"].get()) is not None:
+            while (event := job.events.get()) is not None:
                 self.wfile.write(b"data: " + json.dumps(event).encode() + b"\n\n")
                 self.wfile.flush()
-            error = job["future"].exception()
+            error = job.future.exception()
             if error is not None:
                 self.wfile.write(b"data: " + json.dumps({"error": {
                     "message": f"generation failed: {type(error).__name__}: {error}",
