@@ -14,8 +14,9 @@ from click.testing import CliRunner
 
 from tests.conftest import python_or_skip
 from tracekit.cli import main
+from tracekit.cli.exits import EXIT_CODES
 from tracekit.sandbox import bwrap_problem
-from tracekit.trace import EXIT_CODES, STATUSES, Trace
+from tracekit.trace import STATUSES, Trace
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "data" / "programs" / "bubble_sort.py"
@@ -159,7 +160,7 @@ def test_what_a_person_reads_names_the_call_and_nothing_prints_before_an_error(t
     """A trace cut by a limit still says which call ran; a dataset row's trace is titled by its
     call (rows keep no entry name); a build refused at once prints its one line alone; a
     degenerate frame beside a real one is a few lines, not a screenful."""
-    from tracekit.pretty import FRAME_TEXT_CHARS, frame_text
+    from tracekit.cli.pretty import FRAME_TEXT_CHARS, frame_text
     from tracekit.trace import Frame
 
     endless = tmp_path / "endless.py"

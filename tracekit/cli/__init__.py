@@ -1,5 +1,5 @@
 """The `tracekit` command line: one module per command group, errors handled once
-(`common.Failure`), exit codes from `tracekit.trace.EXIT_MEANINGS`."""
+(`common.Failure`), exit codes from `tracekit.cli.exits.EXIT_MEANINGS`."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import click
 from tracekit import sandbox
 from tracekit.cli import chat, datasets, debug, demo, evaluation, models, tracing, training
 from tracekit.cli.common import exit_help, print_error
+from tracekit.cli.exits import EXIT_BUG, EXIT_DATA, EXIT_INTERRUPTED, EXIT_MEANINGS, EXIT_TOO_LONG
 from tracekit.model.errors import ContextError
-from tracekit.trace import EXIT_BUG, EXIT_DATA, EXIT_INTERRUPTED, EXIT_MEANINGS, EXIT_TOO_LONG
 
 
 class _Main(click.Group):

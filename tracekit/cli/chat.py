@@ -18,7 +18,7 @@ from tracekit.cli.common import (
     stderr,
     typed_lines,
 )
-from tracekit.trace import EXIT_MODEL, EXIT_TOO_LONG
+from tracekit.cli.exits import EXIT_MODEL, EXIT_TOO_LONG
 
 PROMPT = "you> "
 COMMANDS = ("/reset", "/quit", "/exit")

@@ -11,10 +11,11 @@ from pathlib import Path
 import click
 from rich.text import Text
 
+from tracekit.cli.exits import EXIT_BUG, EXIT_CODES, EXIT_MEANINGS
+from tracekit.cli.pretty import make_console
 from tracekit.model.spec import ModelSpec
-from tracekit.pretty import make_console
 from tracekit.sandbox import SANDBOX_MODES, Limits, TraceOptions, run_trace
-from tracekit.trace import EXIT_BUG, EXIT_CODES, EXIT_MEANINGS, Trace
+from tracekit.trace import Trace
 from tracekit.tracer.constants import DEFAULT_MAX_FRAMES, DEFAULT_REPR_TIMEOUT
 from tracekit.tracer.context import call_from_comment
 
@@ -23,7 +24,7 @@ stderr = make_console(stderr=True)
 
 class Failure(click.ClickException):
     """A failure the user can fix: `LABEL: message` on one line of stderr, then exit `code`
-    (tracekit.trace.EXIT_MEANINGS). Commands raise it; click prints it, once, for all."""
+    (tracekit.cli.exits.EXIT_MEANINGS). Commands raise it; click prints it, once, for all."""
 
     def __init__(self, label: str, message: str, code: int):
         super().__init__(message)

@@ -15,8 +15,8 @@ from tracekit.cli.common import (
     resume_option,
     tracing_options,
 )
-from tracekit.pretty import print_trace
-from tracekit.trace import EXIT_DATA
+from tracekit.cli.exits import EXIT_DATA
+from tracekit.cli.pretty import print_trace
 
 DIRECTORY = click.Path(exists=True, file_okay=False, path_type=Path)
 

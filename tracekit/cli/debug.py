@@ -20,6 +20,7 @@ from tracekit.cli.common import (
     tracing_options,
     typed_lines,
 )
+from tracekit.cli.exits import EXIT_MODEL
 from tracekit.debugger import (
     MOVE_LIMIT,
     DebuggerError,
@@ -30,7 +31,7 @@ from tracekit.debugger import (
     differences,
 )
 from tracekit.predict import MAX_FRAME_TOKENS
-from tracekit.trace import EXIT_MODEL, Frame
+from tracekit.trace import Frame
 
 PROMPT = "(tracekit) "
 HELP = f"""\

@@ -8,10 +8,10 @@ import click
 
 from tracekit.cli.common import Failure, exit_help, tracing_options
 from tracekit.cli.evaluation import print_eval
+from tracekit.cli.exits import EXIT_DATA, EXIT_MODEL
+from tracekit.cli.pretty import make_console, print_comparison, print_trace, summary_table
 from tracekit.evals.compare import Mode
-from tracekit.pretty import make_console, print_comparison, print_trace, summary_table
 from tracekit.sources import SAMPLE_PROGRAMS
-from tracekit.trace import EXIT_DATA, EXIT_MODEL
 
 
 @click.command(epilog=exit_help(0, 2, 7, 8, 10))

@@ -17,11 +17,11 @@ from tracekit.cli.common import (
     resume_option,
     sampling_options,
 )
+from tracekit.cli.exits import EXIT_DATA, EXIT_MODEL
 from tracekit.cli.models import COMPILE_HELP, DRAFT_HELP
+from tracekit.cli.pretty import make_console
 from tracekit.evals.compare import Mode
 from tracekit.predict import MAX_FRAME_TOKENS
-from tracekit.pretty import make_console
-from tracekit.trace import EXIT_DATA, EXIT_MODEL
 
 
 class _DefaultToRun(click.Group):

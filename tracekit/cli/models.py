@@ -17,10 +17,10 @@ from tracekit.cli.common import (
     traced_for_a_model,
     tracing_options,
 )
+from tracekit.cli.exits import EXIT_DATA, EXIT_MODEL
 from tracekit.model.prompt_lookup import DRAFT_TOKENS
 from tracekit.model.spec import ModelSpec
 from tracekit.predict import MAX_FRAME_TOKENS
-from tracekit.trace import EXIT_DATA, EXIT_MODEL
 
 COMPILE_HELP = ("Our runtime: compile batch-1 decode steps (torch.compile; on CUDA also "
                 "replayed as a CUDA graph). Compiling takes tens of seconds once; then "
@@ -57,10 +57,10 @@ def predict(file: Path, spec, openai_model, mode, k, entry, call, max_frame_toke
     tracekit predict prog.py --model ./checkpoint
     tracekit predict prog.py --model openai:http://localhost:8000 --openai-model cwm
     """
+    from tracekit.cli.pretty import print_comparison
     from tracekit.evals.compare import judge_predicted_frames
     from tracekit.model.errors import BackendError, ContextError
     from tracekit.predict import load_predictor
-    from tracekit.pretty import print_comparison
 
     result = traced_for_a_model(file, call, entry, tracing, spec, openai_model)
     real = result.frames

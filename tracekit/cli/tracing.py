@@ -17,9 +17,10 @@ from tracekit.cli.common import (
     tracing_options,
     write_output,
 )
-from tracekit.pretty import make_console, print_trace
+from tracekit.cli.exits import EXIT_CODES, EXIT_MODEL
+from tracekit.cli.pretty import make_console, print_trace
 from tracekit.prompts import trace_text
-from tracekit.trace import EXIT_CODES, EXIT_MODEL, Trace
+from tracekit.trace import Trace
 from tracekit.tracer.constants import MARKER
 from tracekit.tracer.context import TraceSetupError, prepare_context
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 
 from tracekit.cli.common import Failure, device_option, exit_help, progress_bar, resume_option
+from tracekit.cli.exits import EXIT_DATA
 from tracekit.dataset import BuildError
-from tracekit.trace import EXIT_DATA
 
 
 @click.command(epilog=exit_help(0, 2, 8, 130))
