@@ -1,17 +1,26 @@
-"""`tracekit demo`: the whole pipeline on the sample programs, explained as it goes."""
+"""`tracekit demo`: the whole pipeline on the sample programs, explained as it goes: trace
+the sample programs, make room for the demo's output, predict one program beside its real
+trace, build a dataset of the programs and evaluate a predictor on it, teacher-forced and
+free-running."""
 
 from __future__ import annotations
 
+import shutil
+import time
 from pathlib import Path
 
 import click
 
-from tracekit.cli.common import Failure, exit_help, tracing_options
+from tracekit.cli.common import Failure, exit_help, read_program, run_program, tracing_options
 from tracekit.cli.evaluation import print_eval
 from tracekit.cli.exits import EXIT_DATA, EXIT_MODEL
 from tracekit.cli.pretty import make_console, print_comparison, print_trace, summary_table
 from tracekit.evals.compare import Mode
+from tracekit.sandbox import TraceOptions
 from tracekit.sources import SAMPLE_PROGRAMS
+from tracekit.trace import Trace
+
+DEMO_ROLLOUT_BUDGET = 2048  # tokens per free-running trace: a model that loops stops here
 
 
 @click.command(epilog=exit_help(0, 2, 7, 8, 10))
@@ -31,16 +40,11 @@ def demo(programs: Path, show, output: Path, spec, tracing) -> None:
     """Trace every sample program; predict one with a model, real beside predicted frames;
     build a dataset of them, evaluate the model on it teacher-forced and free-running, and
     print what it measured and where the reports are."""
+    from tracekit import sources
+    from tracekit.dataset import BuildOptions, build
     from tracekit.evals.baselines import BASELINES
     from tracekit.evals.compare import judge_predicted_frames
-    from tracekit.evals.demo import (
-        DemoError,
-        build_dataset,
-        evaluate_on,
-        output_directories,
-        trace_programs,
-    )
-    from tracekit.evals.run import EvalError
+    from tracekit.evals.run import EvalError, RunOptions, evaluate
     from tracekit.model.errors import BackendError
     from tracekit.predict import load_predictor
 
@@ -56,10 +60,7 @@ def demo(programs: Path, show, output: Path, spec, tracing) -> None:
     console.print(f"{len(results)} programs traced, {len(results) - len(bad)} complete"
                   + (f"; incomplete: {', '.join(bad)}" if bad else "")
                   + f" (python {first.python}, sandbox {first.sandbox})")
-    try:
-        dataset_dir, *eval_dirs = output_directories(output)
-    except DemoError as exc:
-        raise click.UsageError(str(exc)) from None
+    dataset_dir, *eval_dirs = output_directories(output)
     name, shown = next(((n, r) for n, r, _ in results if n == show), results[0][:2])
     predictor = ("the copy baseline (repeat the state, next line in file order)"
                  if spec == "copy" else f"the {spec} model" if spec == "bundled" else spec)
@@ -74,11 +75,12 @@ def demo(programs: Path, show, output: Path, spec, tracing) -> None:
             print_comparison(shown.frames, steps, matches, 0, f"{name}: each frame predicted "
                              "from the real frames before it", console)
         with console.status("building a dataset…"):
-            stats = build_dataset(programs, dataset_dir, tracing)
+            stats = build(sources.python_files([programs]), dataset_dir, BuildOptions(tracing))
         console.print(f"\ndataset: {stats['rows']} rows in {dataset_dir}", highlight=False)
         for mode, eval_dir in zip((Mode.TEACHER_FORCED, Mode.ROLLOUT), eval_dirs):
             with console.status(f"evaluating {predictor}, {mode}…"):
-                summary, info = evaluate_on(dataset_dir, eval_dir, spec, mode)
+                summary, info = evaluate(RunOptions(str(dataset_dir), mode, spec,
+                                                    budget_tokens=DEMO_ROLLOUT_BUDGET), eval_dir)
             console.print(f"\nevaluated {predictor}, {mode}:", highlight=False)
             print_eval(summary, info, eval_dir, console)
         console.print(f"\nthe demo's output is in {output.resolve()} (dataset/, eval/, "
@@ -87,3 +89,26 @@ def demo(programs: Path, show, output: Path, spec, tracing) -> None:
         raise Failure("eval", str(exc), EXIT_DATA) from None
     except BackendError as exc:
         raise Failure("model", str(exc), EXIT_MODEL) from None
+
+
+def trace_programs(files: list[Path], tracing: TraceOptions) -> list[tuple[str, Trace, float]]:
+    """(name, trace, seconds) for each program file, traced as `tracekit trace` runs it."""
+    results = []
+    for path in files:
+        start = time.perf_counter()
+        result = run_program(read_program(path), path, None, None, tracing)
+        results.append((path.stem, result, time.perf_counter() - start))
+    return results
+
+
+def output_directories(output: Path) -> tuple[Path, Path, Path]:
+    """OUTPUT/dataset, OUTPUT/eval (teacher-forced) and OUTPUT/eval-rollout, emptied when an
+    earlier demo made them; refused when something else is there."""
+    directories = (output / "dataset", output / "eval", output / "eval-rollout")
+    for directory, made_by_demo in zip(directories, ("manifest.json", "run.json", "run.json")):
+        if directory.exists():
+            if not (directory / made_by_demo).exists():
+                raise click.UsageError(f"{directory} exists and is not a demo's output: choose "
+                                       "another --output")
+            shutil.rmtree(directory)
+    return directories
