@@ -221,7 +221,7 @@ def test_set_with_the_oracle_edits_the_frame_it_cannot_go_on_from_and_back_undoe
     stop = track.step()  # the oracle knows no run from n = 7
     assert stop.reason == "refused" and "edited frame" in stop.message
     assert track.back() and track.frames == trace.frames[:1] and not track.is_edited
-    assert track.step().reason == "" and track.frames == trace.frames[:2]
+    assert track.step().reason == "landed" and track.frames == trace.frames[:2]
 
 
 def test_set_with_a_model_is_the_state_the_next_step_starts_from(tmp_path):

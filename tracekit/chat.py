@@ -33,7 +33,7 @@ class CheckpointTemplate:
     def __init__(self, source: str, specials: dict[str, str], origin: str = "template"):
         self.source, self.specials, self.origin = source, specials, origin
         try:
-            self.compiled = _environment().from_string(source)
+            self.compiled = _checkpoint_template_environment().from_string(source)
         except Exception as exc:  # noqa: BLE001 - jinja's syntax errors, one line
             raise ChatError(f"{origin}: the chat template does not parse ({exc})") from None
 
@@ -50,7 +50,7 @@ class CheckpointTemplate:
 
 
 @functools.lru_cache(maxsize=1)
-def _environment():
+def _checkpoint_template_environment():
     import jinja2
     import jinja2.ext
     from jinja2.sandbox import ImmutableSandboxedEnvironment

@@ -30,11 +30,11 @@ class DebuggerError(Exception):
 
 @dataclass
 class Stop:
-    """How a command ended: `reason` is "" (it landed), "ended" (the trace is over),
-    "malformed" (`prediction` holds the model's raw output), "limit", "interrupted", or
-    "refused" (`message` says why)."""
+    """How a command ended: `reason` is "landed" (on the frame it was after), "ended" (the
+    trace is over), "malformed" (`prediction` holds the model's raw output), "limit",
+    "interrupted", or "refused" (`message` says why)."""
 
-    reason: str = ""
+    reason: str = "landed"
     prediction: FramePrediction | None = None
     message: str = ""
 
@@ -195,7 +195,7 @@ class Track:
 
     def step(self) -> Stop:
         """Into: after a call frame the next one is forced to be a line of its body."""
-        return self._advance("line" if self.current.event == "call" else None) or Stop()
+        return self._advance("line" if self.current.event == "call" else None) or Stop("landed")
 
     def next(self) -> Stop:
         """Over: a call the step lands on is answered by its return at once (forced), then the
@@ -203,7 +203,7 @@ class Track:
         stop = self._advance("line" if self.current.event == "call" else None)
         for _ in range(MOVE_LIMIT):
             if stop is not None or self.current.event != "call":
-                return stop or Stop()
+                return stop or Stop("landed")
             stop = self._advance("return") or self._advance()
         return Stop("limit")
 
@@ -211,7 +211,7 @@ class Track:
         """To the frame after the current function's return; calls on the way are answered by
         their returns at once (a call frame's own function returns at once)."""
         if self.current.event == "call":
-            return self._advance("return") or self._advance() or Stop()
+            return self._advance("return") or self._advance() or Stop("landed")
         for _ in range(MOVE_LIMIT):
             stop = self._advance()
             if stop is not None:
@@ -221,14 +221,14 @@ class Track:
                 if stop is not None:
                     return stop
             elif self.current.event == "return":
-                return self._advance() or Stop()
+                return self._advance() or Stop("landed")
         return Stop("limit")
 
     def run_to(self, lines: set[int]) -> Stop:
         """Step (into calls) until a call or line frame at one of `lines`."""
         for _ in range(MOVE_LIMIT):
             stop = self.step()
-            if stop.reason:
+            if stop.reason != "landed":
                 return stop
             if self.current.event in ("call", "line") and self.lineno() in lines:
                 return stop

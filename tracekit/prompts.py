@@ -20,7 +20,7 @@ ROLES = ("system", "user", "assistant", "tool")
 
 
 @functools.lru_cache(maxsize=1)
-def _environment() -> jinja2.Environment:
+def _shipped_templates() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("tracekit", "templates"),
                              autoescape=False, undefined=jinja2.StrictUndefined)
     env.filters["json"] = json.dumps  # default settings, as CWM's data (jinja's tojson is not)
@@ -29,7 +29,7 @@ def _environment() -> jinja2.Environment:
 
 def render(template: str, **values) -> str:
     """Render `tracekit/templates/<template>.jinja`."""
-    return _environment().get_template(f"{template}.jinja").render(**values)
+    return _shipped_templates().get_template(f"{template}.jinja").render(**values)
 
 
 REASONING_SYSTEM_PROMPT = render("reasoning_system")

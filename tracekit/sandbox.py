@@ -197,7 +197,8 @@ def run_trace(source: str, call: str | None = None, entry: str | None = None,
     limits = options.limits
     with tempfile.TemporaryDirectory(prefix="tracekit-") as workdir:
         command, tmp = _command(interp, mode, limits, workdir, readable)
-        outcome = _run_child(command, request, _environment(tmp, options.seed), workdir, limits)
+        outcome = _run_child(command, request, _child_environment(tmp, options.seed), workdir,
+                             limits)
     return _finish(outcome, failed, interp, mode)
 
 
@@ -238,7 +239,7 @@ def run_lines(make_request: Callable[[str | None], dict], options: TraceOptions,
     with tempfile.TemporaryDirectory(prefix="tracekit-") as workdir:
         command, tmp = _command(interp, mode, limits, workdir,
                                 _readable(readable, None, options), writable)
-        run = _spawn(command, request, _environment(tmp, options.seed), workdir, limits)
+        run = _spawn(command, request, _child_environment(tmp, options.seed), workdir, limits)
     return _lines_of(run, request, limits)
 
 
@@ -285,7 +286,7 @@ def _request(source: str, call: str | None, entry: str | None, filename: str,
     }
 
 
-def _environment(tmp: str, seed: int) -> dict:
+def _child_environment(tmp: str, seed: int) -> dict:
     return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": tmp, "TMPDIR": tmp,
             "LANG": "C.UTF-8", "PYTHONHASHSEED": str(seed), "PYTHONIOENCODING": "utf-8",
             "PYTHONDONTWRITEBYTECODE": "1"}
@@ -342,7 +343,7 @@ class WarmSandbox:
                    *(["--pytest"] if self.pytest else [])]
         return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL, start_new_session=True,
-                                env=_environment("/tmp", 0), cwd=self.workdir)
+                                env=_child_environment("/tmp", 0), cwd=self.workdir)
 
     def trace(self, source: str, call: str | None = None, entry: str | None = None,
               filename: str = "<tracekit>", module: str | None = None,
