@@ -20,7 +20,7 @@ Same weights, same operations as the fast path (oneDNN for large fp32 weights on
 attention written out, see `attend`), so equal to it to rounding, not bit for bit. Used by
 `generate` for batch-1 KVCache decode steps when `model.compile_decode` is set (batched steps
 are bound by their matrix products, which the eager path does with blocked weights). The first
-step compiles: 20-30 s on a 2-core CPU. Measured on the CPU (benchmarks/runtime.py
+step compiles (how long, and what it gains: benchmarks/RESULTS.md, from benchmarks/runtime.py
 --compile); the CUDA graph path is written for benchmarks/gpu_runtime.py and has not yet run
 on a GPU.
 """

@@ -36,11 +36,11 @@ ONEDNN_PACK_ROWS = 16  # the row count oneDNN's blocked layout is chosen for (an
 def linear(x: torch.Tensor, layer: nn.Module, fast: bool) -> torch.Tensor:
     """`layer(x)` without the module call. On the fast path, on the CPU, in fp32 and without
     autograd: one row (a decode step) goes through oneDNN for weights of 2 MiB and more, which
-    reads them up to 1.5x faster than the default BLAS call; more rows (prefill, batched decode)
-    go through oneDNN with a copy of the weight reordered once into oneDNN's blocked layout:
-    at 4 and 16 rows 1.4-4.3x faster than the default BLAS call from 1 MiB up, at 64 rows
-    1.1-1.9x (`benchmarks/linear_kernels.py`). That copy doubles those
-    weights' memory; it is made at the first such call and again after the weight changes."""
+    reads them faster than the default BLAS call; more rows (prefill, batched decode) go
+    through oneDNN with a copy of the weight reordered once into oneDNN's blocked layout, for
+    weights from 1 MiB up (the figures: `benchmarks/linear_kernels.py`, benchmarks/RESULTS.md).
+    That copy doubles those weights' memory; it is made at the first such call and again after
+    the weight changes."""
     if type(layer) is not nn.Linear:  # e.g. Int8Linear
         return layer(x)
     weight = layer.weight

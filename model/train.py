@@ -158,7 +158,7 @@ def orthogonalize(update: torch.Tensor, coefficients: tuple[float, float, float]
 class Muon(torch.optim.Muon):
     """torch.optim.Muon (Nesterov momentum, Newton-Schulz, decoupled decay, the update scaled
     to AdamW's RMS), orthogonalizing in float32 on CPUs: torch's always does it in bfloat16,
-    9.3 s per step of the small preset's matrices on one busy core here (float32: 0.29 s)."""
+    which is many times slower there (benchmarks/RESULTS.md, the Muon measurements)."""
 
     @torch.no_grad()
     def step(self, closure=None):

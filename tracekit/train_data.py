@@ -28,9 +28,8 @@ TOKENIZER_SAMPLE_CHARS = 16_000_000  # a sample this size learns nearly the same
 def train_tokenizer(texts: Iterable[str], vocab_size: int, path: Path) -> HFTokenizer:
     """Learn a byte-level BPE of `vocab_size` (CWM's special tokens included) from `texts`
     (wire text: the special tokens in it are not learned from) and write it to `path`. Of
-    more than `TOKENIZER_SAMPLE_CHARS` characters it reads every k-th text, spread evenly:
-    on stage 2's 70,588 traces (373M characters, 2 busy cores) 15 s instead of 255 s, for
-    1.5% more tokens per trace (6.93 characters a token instead of 7.03)."""
+    more than `TOKENIZER_SAMPLE_CHARS` characters it reads every k-th text, spread evenly
+    (what that costs and saves: benchmarks/RESULTS.md, "The tokenizer's sample")."""
     from tokenizers import Tokenizer as HFBackend
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
