@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 
+from tracekit.synthetic import distinct, entered
 from tracekit.vocabulary import rename, text
 
 INTS = ("n", "k", "count", "limit", "size", "m", "steps", "times", "width", "x")
@@ -238,24 +239,11 @@ def generate_basic_program(seed: int, index: int, kind: str = "basic") -> tuple[
     lines, args = rng.choice(KINDS[kind])(p)
     call = f"f({', '.join(args)})"
     entry = next(k for k, line in enumerate(lines) if line.startswith("def f("))
-    if rng.random() < 0.5:  # as CRUXEval runs a program
-        source = "\n".join([*lines, "", "def main():  # << START_OF_TRACE",
-                             f"    return {call}"]) + "\n"
-        call = "main()"
-    else:
-        lines[entry] += "  # << START_OF_TRACE"
-        source = "\n".join(lines) + "\n"
+    source, call = entered(lines, entry, call, harness=rng.random() < 0.5)
     return rename(source, call, rng)
 
 
 def generate_basic_programs(count: int, seed: int = 0, kind: str = "basic"):
-    """`count` distinct programs (duplicates are skipped), as (id, source, call); fewer only
-    if the stream repeats itself for 50 programs per one asked for."""
-    seen: set[tuple[str, str]] = set()
-    index = 0
-    while len(seen) < count and index < 50 * count:
-        program = generate_basic_program(seed, index, kind)
-        index += 1
-        if program not in seen:
-            seen.add(program)
-            yield f"{kind}-{seed}-{index - 1}", *program
+    """`count` distinct programs, as (id, source, call) (see `synthetic.distinct`)."""
+    return distinct(f"{kind}-{seed}", lambda index: generate_basic_program(seed, index, kind),
+                    count)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator
 
+from tracekit.synthetic import distinct, entered
 from tracekit.vocabulary import rename, text
 
 CHAR_TESTS = ("{c}.isupper()", "{c}.islower()", "{c}.isdigit()", "{c}.isalpha()",
@@ -292,23 +293,10 @@ def generate_method_program(seed: int, index: int) -> tuple[str, str]:
     lines = [f"def f({', '.join(params)}):", *("    " + line for line in p.lines),
              f"    return {result}"]
     call = f"f({', '.join(args)})"
-    if rng.random() < 0.5:  # as CRUXEval runs a program
-        source = "\n".join([*lines, "", "def main():  # << START_OF_TRACE",
-                            f"    return {call}"]) + "\n"
-        call = "main()"
-    else:
-        lines[0] += "  # << START_OF_TRACE"
-        source = "\n".join(lines) + "\n"
+    source, call = entered(lines, 0, call, harness=rng.random() < 0.5)
     return rename(source, call, rng)
 
 
 def generate_method_programs(count: int, seed: int = 0) -> Iterator[tuple[str, str, str]]:
-    """`count` distinct programs (duplicates skipped), as (id, source, call)."""
-    seen: set[tuple[str, str]] = set()
-    index = 0
-    while len(seen) < count and index < 50 * count:
-        program = generate_method_program(seed, index)
-        index += 1
-        if program not in seen:
-            seen.add(program)
-            yield f"methods-{seed}-{index - 1}", *program
+    """`count` distinct programs, as (id, source, call) (see `synthetic.distinct`)."""
+    return distinct(f"methods-{seed}", lambda index: generate_method_program(seed, index), count)

@@ -23,8 +23,10 @@ Knobs: `size` (statements per body, roughly) and `features` (which constructs ma
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from tracekit.tracer.constants import MARKER
 from tracekit.vocabulary import rename, text
 
 FEATURES = ("loops", "while", "branches", "helpers", "comprehensions", "exceptions",
@@ -421,13 +423,20 @@ def generate_program(seed: int, index: int, size: int = 4,
     params = list(zip(names, kinds))
     body, _ = writer.function("f", params, rng.randint(max(1, size - 2), size + 2))
     call = f"f({', '.join(writer.literal(t) for _, t in params)})"
-    if writer.has("harness") and rng.random() < 0.5:  # as CRUXEval runs a program
-        lines += body + ["", "def main():  # << START_OF_TRACE", f"    return {call}"]
-        source, call = "\n".join(lines) + "\n", "main()"
-    else:
-        body[0] += "  # << START_OF_TRACE"
-        source = "\n".join(lines + body) + "\n"
+    harness = writer.has("harness") and rng.random() < 0.5
+    source, call = entered(lines + body, len(lines), call, harness)
     return rename(source, call, rng) if writer.has("methods") else (source, call)
+
+
+def entered(lines: list[str], entry: int, call: str, harness: bool) -> tuple[str, str]:
+    """A generated program's source and call, its entry marked: with `harness`, as CRUXEval
+    runs a program (a `main()` that returns `call`, marked); else the function that starts at
+    `lines[entry]`, marked and called as it is. Every generator ends here."""
+    if harness:
+        return "\n".join([*lines, "", f"def main():{MARKER}", f"    return {call}"]) + "\n", \
+            "main()"
+    marked = [line + MARKER if k == entry else line for k, line in enumerate(lines)]
+    return "\n".join(marked) + "\n", call
 
 
 GENERATORS = {
@@ -441,13 +450,21 @@ GENERATORS = {
 
 def generate_programs(count: int, seed: int = 0, size: int = 4,
                       features: tuple[str, ...] = FEATURES):
-    """`count` distinct programs (duplicates are skipped), as (id, source, call)."""
+    """`count` distinct programs, as (id, source, call) (see `distinct`)."""
+    return distinct(f"synthetic-{seed}",
+                    lambda index: generate_program(seed, index, size, features), count)
+
+
+def distinct(prefix: str, make: Callable[[int], tuple[str, str]],
+             count: int) -> Iterator[tuple[str, str, str]]:
+    """`count` distinct programs of `make(index)` for index 0, 1, ... (a duplicate is skipped),
+    as (id, source, call), the id `PREFIX-INDEX`; fewer only if the stream repeats itself for
+    50 programs per one asked for. Every generator ends here."""
     seen: set[tuple[str, str]] = set()
     index = 0
-    while len(seen) < count:
-        source, call = generate_program(seed, index, size, features)
+    while len(seen) < count and index < 50 * count:
+        program = make(index)
         index += 1
-        if (source, call) in seen:
-            continue
-        seen.add((source, call))
-        yield f"synthetic-{seed}-{index - 1}", source, call
+        if program not in seen:
+            seen.add(program)
+            yield f"{prefix}-{index - 1}", *program
