@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 
-from tracekit.synthetic import distinct, entered
+from tracekit.generators import distinct, entered
 from tracekit.vocabulary import rename, text
 
 INTS = ("n", "k", "count", "limit", "size", "m", "steps", "times", "width", "x")
@@ -244,6 +244,6 @@ def generate_basic_program(seed: int, index: int, kind: str = "basic") -> tuple[
 
 
 def generate_basic_programs(count: int, seed: int = 0, kind: str = "basic"):
-    """`count` distinct programs, as (id, source, call) (see `synthetic.distinct`)."""
+    """`count` distinct programs, as (id, source, call) (see `generators.distinct`)."""
     return distinct(f"{kind}-{seed}", lambda index: generate_basic_program(seed, index, kind),
                     count)

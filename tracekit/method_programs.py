@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator
 
-from tracekit.synthetic import distinct, entered
+from tracekit.generators import distinct, entered
 from tracekit.vocabulary import rename, text
 
 CHAR_TESTS = ("{c}.isupper()", "{c}.islower()", "{c}.isdigit()", "{c}.isalpha()",
@@ -298,5 +298,5 @@ def generate_method_program(seed: int, index: int) -> tuple[str, str]:
 
 
 def generate_method_programs(count: int, seed: int = 0) -> Iterator[tuple[str, str, str]]:
-    """`count` distinct programs, as (id, source, call) (see `synthetic.distinct`)."""
+    """`count` distinct programs, as (id, source, call) (see `generators.distinct`)."""
     return distinct(f"methods-{seed}", lambda index: generate_method_program(seed, index), count)

@@ -23,10 +23,9 @@ Knobs: `size` (statements per body, roughly) and `features` (which constructs ma
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from tracekit.tracer.constants import MARKER
+from tracekit.generators import distinct, entered
 from tracekit.vocabulary import rename, text
 
 FEATURES = ("loops", "while", "branches", "helpers", "comprehensions", "exceptions",
@@ -63,6 +62,15 @@ TYPES = ("int", "str", "list", "bool", "dict")
 STR_METHODS = ("lower", "upper", "strip", "title", "swapcase", "capitalize", "lstrip", "rstrip",
                "casefold")
 STR_TESTS = ("isdigit", "isalpha", "islower", "isupper", "isspace", "isalnum")
+# The statements a function body draws from, in the order their choices are listed (the order
+# fixes what a seed generates): (kind, weight, the feature it needs, where it may go: "shallow"
+# inside fewer than two loops, "nested" not at the function's top level). `_Writer._KIND` writes
+# each.
+STATEMENTS = (("assign", 4, None, None), ("augment", 1, None, None), ("append", 1, None, None),
+              ("if", 2, "branches", None), ("for", 2, "loops", "shallow"),
+              ("while", 1, "while", "shallow"), ("try", 1, "exceptions", None),
+              ("return", 1, "early_return", "nested"), ("setitem", 1, "dicts", None),
+              ("mutate", 2, "methods", None), ("raise", 1, "raise", None))
 
 
 @dataclass
@@ -268,94 +276,97 @@ class _Writer:
         return lines
 
     def statement(self, scope: Scope, indent: int, loop_depth: int) -> list[str]:
-        r, pad = self.rng, "    " * indent
-        choices = ["assign"] * 4 + ["augment", "append"]
-        if self.has("branches"):
-            choices += ["if"] * 2
-        if self.has("loops") and loop_depth < 2:
-            choices += ["for"] * 2
-        if self.has("while") and loop_depth < 2:
-            choices.append("while")
-        if self.has("exceptions"):
-            choices.append("try")
-        if self.has("early_return") and indent > 1:
-            choices.append("return")
-        if self.has("dicts"):
-            choices.append("setitem")
-        if self.has("methods"):
-            choices += ["mutate"] * 2
-        if self.has("raise"):
-            choices.append("raise")
-        kind = r.choice(choices)
-        if kind == "assign":
-            t = r.choice(self.kinds())
-            targets = scope.of(t, writable=True)
-            name = r.choice(targets) if targets and r.random() < 0.4 else self.fresh(t[0])
-            value = self.expr(t, scope)
-            scope.names[name] = t
-            return [f"{pad}{name} = {value}"]
-        if kind == "augment":
-            ints = scope.of("int", writable=True)
-            if not ints:
-                return self.statement(scope, indent, loop_depth)
-            return [f"{pad}{r.choice(ints)} += {self.expr('int', scope)}"]
-        if kind == "append":
-            lists = scope.of("list", writable=True)
-            if not lists:
-                return self.statement(scope, indent, loop_depth)
-            return [f"{pad}{r.choice(lists)}.append({self.expr('int', scope)})"]
-        if kind == "setitem":
-            dicts = scope.of("dict", writable=True)
-            if not dicts:
-                return self.statement(scope, indent, loop_depth)
-            key = self.expr("str", scope) if self.has("strings") else self.literal("str")
-            return [f"{pad}{r.choice(dicts)}[{key}] = {self.expr('int', scope)}"]
-        if kind == "mutate":
-            return self.mutation(scope, pad) or self.statement(scope, indent, loop_depth)
-        if kind == "raise":
-            name, error = self.fresh("msg"), r.choice(["ValueError", "KeyError", "TypeError"])
-            condition, message = self.expr("bool", scope), self.expr("str", scope)
-            scope.names[name] = "str"
-            return [f"{pad}try:", f"{pad}    if {condition}:",
-                    f"{pad}        raise {error}({message})",
-                    f"{pad}    {name} = 'fine'", f"{pad}except {error} as err:",
-                    f"{pad}    {name} = str(err)"]
-        if kind == "if":
-            lines = [f"{pad}if {self.expr('bool', scope)}:"]
+        """One statement of a kind drawn from STATEMENTS (by weight, among those the writer's
+        features and this place allow); a kind with nothing to work on draws again."""
+        allowed = {None: True, "shallow": loop_depth < 2, "nested": indent > 1}
+        choices = [kind for kind, weight, feature, where in STATEMENTS
+                   if (feature is None or self.has(feature)) and allowed[where]
+                   for _ in range(weight)]
+        kind = self.rng.choice(choices)
+        lines = getattr(self, f"_{kind}")(scope, indent, loop_depth, "    " * indent)
+        return lines or self.statement(scope, indent, loop_depth)
+
+    def _assign(self, scope: Scope, indent: int, loop_depth: int, pad: str) -> list[str]:
+        r = self.rng
+        t = r.choice(self.kinds())
+        targets = scope.of(t, writable=True)
+        name = r.choice(targets) if targets and r.random() < 0.4 else self.fresh(t[0])
+        value = self.expr(t, scope)
+        scope.names[name] = t
+        return [f"{pad}{name} = {value}"]
+
+    def _augment(self, scope: Scope, indent: int, loop_depth: int, pad: str) -> list[str]:
+        ints = scope.of("int", writable=True)
+        return [f"{pad}{self.rng.choice(ints)} += {self.expr('int', scope)}"] if ints else []
+
+    def _append(self, scope: Scope, indent: int, loop_depth: int, pad: str) -> list[str]:
+        lists = scope.of("list", writable=True)
+        return ([f"{pad}{self.rng.choice(lists)}.append({self.expr('int', scope)})"] if lists
+                else [])
+
+    def _setitem(self, scope: Scope, indent: int, loop_depth: int, pad: str) -> list[str]:
+        dicts = scope.of("dict", writable=True)
+        if not dicts:
+            return []
+        key = self.expr("str", scope) if self.has("strings") else self.literal("str")
+        return [f"{pad}{self.rng.choice(dicts)}[{key}] = {self.expr('int', scope)}"]
+
+    def _mutate(self, scope: Scope, indent: int, loop_depth: int, pad: str) -> list[str]:
+        return self.mutation(scope, pad) or []
+
+    def _raise(self, scope: Scope, indent: int, loop_depth: int, pad: str) -> list[str]:
+        name, error = self.fresh("msg"), self.rng.choice(["ValueError", "KeyError", "TypeError"])
+        condition, message = self.expr("bool", scope), self.expr("str", scope)
+        scope.names[name] = "str"
+        return [f"{pad}try:", f"{pad}    if {condition}:",
+                f"{pad}        raise {error}({message})",
+                f"{pad}    {name} = 'fine'", f"{pad}except {error} as err:",
+                f"{pad}    {name} = str(err)"]
+
+    def _if(self, scope: Scope, indent: int, loop_depth: int, pad: str) -> list[str]:
+        r = self.rng
+        lines = [f"{pad}if {self.expr('bool', scope)}:"]
+        lines += self.block(self._child(scope), indent + 1, r.randint(1, 2), loop_depth)
+        if r.random() < 0.5:
+            lines.append(f"{pad}else:")
             lines += self.block(self._child(scope), indent + 1, r.randint(1, 2), loop_depth)
-            if r.random() < 0.5:
-                lines.append(f"{pad}else:")
-                lines += self.block(self._child(scope), indent + 1, r.randint(1, 2), loop_depth)
-            return lines
-        if kind == "for":
-            inner = self._child(scope)
-            var = self.fresh("v")
-            sources = [f"range({r.randint(0, 5)})"] + scope.of("list")
-            if self.has("strings"):
-                sources += scope.of("str")
-            source = r.choice(sources)
-            inner.names[var] = "str" if scope.names.get(source) == "str" else "int"
-            inner.frozen |= {var, source}  # the loop never grows what it walks
-            walk = source if source.startswith("range") else f"{source}[:{r.randint(2, 6)}]"
-            return [f"{pad}for {var} in {walk}:",
-                    *self.block(inner, indent + 1, r.randint(1, 3), loop_depth + 1)]
-        if kind == "while":
-            counter = self.fresh("i")
-            inner = self._child(scope)
-            inner.names[counter] = "int"
-            inner.frozen.add(counter)
-            return [f"{pad}{counter} = 0", f"{pad}while {counter} < {r.randint(1, 4)}:",
-                    *self.block(inner, indent + 1, r.randint(1, 2), loop_depth + 1),
-                    f"{pad}    {counter} += 1"]
-        if kind == "try":
-            name = self.fresh("n")
-            risky = r.choice([f"int({self.expr('str', scope)})" if self.has("strings") else
-                              f"int({self.literal('str')})",
-                              f"({self.expr('list', scope)})[{self.expr('int', scope)}]"])
-            scope.names[name] = "int"
-            return [f"{pad}try:", f"{pad}    {name} = {risky}",
-                    f"{pad}except (ValueError, IndexError):", f"{pad}    {name} = -1"]
-        # early return, of the function's return type
+        return lines
+
+    def _for(self, scope: Scope, indent: int, loop_depth: int, pad: str) -> list[str]:
+        r = self.rng
+        inner = self._child(scope)
+        var = self.fresh("v")
+        sources = [f"range({r.randint(0, 5)})"] + scope.of("list")
+        if self.has("strings"):
+            sources += scope.of("str")
+        source = r.choice(sources)
+        inner.names[var] = "str" if scope.names.get(source) == "str" else "int"
+        inner.frozen |= {var, source}  # the loop never grows what it walks
+        walk = source if source.startswith("range") else f"{source}[:{r.randint(2, 6)}]"
+        return [f"{pad}for {var} in {walk}:",
+                *self.block(inner, indent + 1, r.randint(1, 3), loop_depth + 1)]
+
+    def _while(self, scope: Scope, indent: int, loop_depth: int, pad: str) -> list[str]:
+        r = self.rng
+        counter = self.fresh("i")
+        inner = self._child(scope)
+        inner.names[counter] = "int"
+        inner.frozen.add(counter)
+        return [f"{pad}{counter} = 0", f"{pad}while {counter} < {r.randint(1, 4)}:",
+                *self.block(inner, indent + 1, r.randint(1, 2), loop_depth + 1),
+                f"{pad}    {counter} += 1"]
+
+    def _try(self, scope: Scope, indent: int, loop_depth: int, pad: str) -> list[str]:
+        name = self.fresh("n")
+        risky = self.rng.choice([f"int({self.expr('str', scope)})" if self.has("strings") else
+                                 f"int({self.literal('str')})",
+                                 f"({self.expr('list', scope)})[{self.expr('int', scope)}]"])
+        scope.names[name] = "int"
+        return [f"{pad}try:", f"{pad}    {name} = {risky}",
+                f"{pad}except (ValueError, IndexError):", f"{pad}    {name} = -1"]
+
+    def _return(self, scope: Scope, indent: int, loop_depth: int, pad: str) -> list[str]:
+        """An early return, of the function's return type."""
         return [f"{pad}if {self.expr('bool', scope)}:", f"{pad}    return {self.value(scope)}"]
 
     def mutation(self, scope: Scope, pad: str) -> list[str]:
@@ -428,17 +439,6 @@ def generate_program(seed: int, index: int, size: int = 4,
     return rename(source, call, rng) if writer.has("methods") else (source, call)
 
 
-def entered(lines: list[str], entry: int, call: str, harness: bool) -> tuple[str, str]:
-    """A generated program's source and call, its entry marked: with `harness`, as CRUXEval
-    runs a program (a `main()` that returns `call`, marked); else the function that starts at
-    `lines[entry]`, marked and called as it is. Every generator ends here."""
-    if harness:
-        return "\n".join([*lines, "", f"def main():{MARKER}", f"    return {call}"]) + "\n", \
-            "main()"
-    marked = [line + MARKER if k == entry else line for k, line in enumerate(lines)]
-    return "\n".join(marked) + "\n", call
-
-
 GENERATORS = {
     "evens": ["def evens(xs):", "    for x in xs:", "        if x % 2 == 0:",
               "            yield x"],
@@ -450,21 +450,6 @@ GENERATORS = {
 
 def generate_programs(count: int, seed: int = 0, size: int = 4,
                       features: tuple[str, ...] = FEATURES):
-    """`count` distinct programs, as (id, source, call) (see `distinct`)."""
+    """`count` distinct programs, as (id, source, call) (see `generators.distinct`)."""
     return distinct(f"synthetic-{seed}",
                     lambda index: generate_program(seed, index, size, features), count)
-
-
-def distinct(prefix: str, make: Callable[[int], tuple[str, str]],
-             count: int) -> Iterator[tuple[str, str, str]]:
-    """`count` distinct programs of `make(index)` for index 0, 1, ... (a duplicate is skipped),
-    as (id, source, call), the id `PREFIX-INDEX`; fewer only if the stream repeats itself for
-    50 programs per one asked for. Every generator ends here."""
-    seen: set[tuple[str, str]] = set()
-    index = 0
-    while len(seen) < count and index < 50 * count:
-        program = make(index)
-        index += 1
-        if program not in seen:
-            seen.add(program)
-            yield f"{prefix}-{index - 1}", *program
