@@ -112,8 +112,8 @@ class CwmConfig:
         return data
 
     def validate(self) -> None:
-        """Raise ConfigError naming the first bad field."""
-        self._check_types()
+        """Raise ConfigError naming the first bad field (the types are checked first, in
+        __post_init__)."""
         positive = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                     "num_attention_heads", "num_key_value_heads", "head_dim",
                     "max_position_embeddings"]

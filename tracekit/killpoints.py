@@ -10,8 +10,6 @@ import os
 import signal
 
 ENV = "TRACEKIT_KILL_AT"
-
-
 SIGNAL_ENV = "TRACEKIT_KILL_SIGNAL"  # INT: Ctrl-C instead, to the process's whole group
 
 

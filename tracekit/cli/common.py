@@ -36,7 +36,8 @@ class Failure(click.ClickException):
 
 def progress_bar(*columns, **options):
     """rich's Progress, shown from its first update: a command that fails before any work
-    prints its one line alone, with no empty bar above it."""
+    prints its one line alone, with no empty bar above it. (rich.progress is imported here,
+    where a bar is wanted: 40 ms that `--help` and `trace` do not pay.)"""
     from rich.progress import Progress
 
     class LazyProgress(Progress):

@@ -30,8 +30,7 @@ def dataset() -> None:
 @click.argument("specs", nargs=-1, required=True, metavar="SOURCE...")
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
               help="Directory for the Parquet shards, stats.json and README.md.")
-@resume_option("Finish a build that was interrupted (same "
-              "sources and options).")
+@resume_option("Finish a build that was interrupted (same sources and options).")
 @click.option("--workers", type=click.IntRange(min=1), help="Programs traced at once. "
               "Default: all cores.")
 @click.option("--call", metavar="EXPR", help="Call for .py sources without a call line.")
@@ -135,8 +134,8 @@ def build(specs, out, resume, workers, call, max_tokens, drop_failed, skip_bad_r
                 "FILE.py, DIR, FILE.jsonl, cruxeval, realworld, humaneval, synthetic:N, "
                 "basic:N, loops:N, methods:N)")
         with progress_bar(TextColumn("tracing"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("{task.fields[rate]} programs/s  {task.fields[statuses]}"),
-                      TimeRemainingColumn(), transient=False) as bar:
+                          TextColumn("{task.fields[rate]} programs/s  {task.fields[statuses]}"),
+                          TimeRemainingColumn(), transient=False) as bar:
             task = bar.add_task("build", total=len(programs), rate="-", statuses="")
             started = time.monotonic()
 

@@ -49,10 +49,10 @@ EVAL_EXIT = (exit_help(0, 2, 7, 8, 10, 130) + " After 7 the predictions made so 
 
 @eval_group.command("run", epilog=EVAL_EXIT)
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@model_options(None, "bundled (tracekit's own small model, "
-              "the default without --predictions), a checkpoint directory, transformers:DIR, "
-              "openai:URL (with --openai-model), or a baseline: oracle (the real trace) or "
-              "copy (repeat the state, next line in file order).")
+@model_options(None, "bundled (tracekit's own small model, the default without "
+               "--predictions), a checkpoint directory, transformers:DIR, openai:URL (with "
+               "--openai-model), or a baseline: oracle (the real trace) or copy (repeat the "
+               "state, next line in file order).")
 @click.option("--predictions", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Score a JSONL of predictions made elsewhere instead: one {\"id\", "
                    "\"text\"} per trace (rollout/output), or {\"id\", \"texts\": [one per "
@@ -68,8 +68,8 @@ EVAL_EXIT = (exit_help(0, 2, 7, 8, 10, 130) + " After 7 the predictions made so 
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
               help="Directory for report.html, report.md, metrics.json, frames.parquet and "
                    "predictions.jsonl.")
-@resume_option("Finish an eval that was interrupted (same "
-              "options): only the missing predictions are made.")
+@resume_option("Finish an eval that was interrupted (same options): only the missing "
+               "predictions are made.")
 @click.option("--split", type=click.Choice(["train", "validation", "test"]),
               help="Evaluate one split. Default: every row.")
 @click.option("--limit", type=click.IntRange(min=1), help="The first N complete traces only.")
@@ -135,7 +135,7 @@ def eval_run(dataset: Path, spec, predictions, mode, out: Path, resume, split, l
         raise click.UsageError("--compile runs one trace at a time: drop --concurrency")
     try:
         with progress_bar(TextColumn("predicting"), BarColumn(), MofNCompleteColumn(),
-                      TimeRemainingColumn(), transient=True) as bar:
+                          TimeRemainingColumn(), transient=True) as bar:
             task = bar.add_task("eval", total=None)
             summary, info = evaluate(
                 options, out, resume, concurrency,

@@ -28,6 +28,8 @@ COMPILE_HELP = ("Our runtime: compile batch-1 decode steps (torch.compile; on CU
 DRAFT_HELP = ("Our runtime, greedy decoding: tokens guessed by prompt lookup and checked in "
               "each forward (0: one token per forward). Same predictions, to rounding, in fewer "
               f"forwards.  [default: {DRAFT_TOKENS}]")
+
+
 @click.command(epilog=exit_help(0, 1, 2, 3, 4, 5, 6, 7, 8, 10))
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @model_options()
@@ -126,18 +128,19 @@ def serve(checkpoint: str, host, port, name, device, max_batch) -> None:
     from tracekit.predict import load_predictor
     from tracekit.tokenizer import decode, encode
 
+    spec = ModelSpec.parse(checkpoint)
     try:
-        if ModelSpec.parse(checkpoint).kind != "runtime":
+        if spec.kind != "runtime":
             raise BackendError(f"{checkpoint}: serve runs a checkpoint directory with our "
                                "runtime; pass the directory")
-        predictor = load_predictor(checkpoint, device=device)
+        predictor = load_predictor(spec, device=device)
     except BackendError as exc:
         raise Failure("model", str(exc), EXIT_MODEL) from None
     assert isinstance(predictor.backend, RuntimeBackend)  # a directory: our runtime
     tokenizer = predictor.tokenizer
     name = name or ("bundled" if checkpoint == "bundled" else Path(checkpoint).resolve().name)
     try:
-        template = checkpoint_template(ModelSpec.parse(checkpoint).directory())
+        template = checkpoint_template(spec.directory())
     except ChatError as exc:
         raise Failure("model", str(exc), EXIT_MODEL) from None
     stops = tuple(tokenizer.special_ids[t] for t in END_OF_TURN if t in tokenizer.special_ids)

@@ -60,8 +60,8 @@ from tracekit.dataset import BuildError
                    "train` wrote, e.g. model/bundled) instead of random ones: to continue "
                    "training on more or other data with a new schedule. --size, --set and "
                    "--vocab-size then do not apply.")
-@resume_option("Continue a run killed or stopped in OUT (the same "
-              "datasets and options): it ends with the weights the whole run would have.")
+@resume_option("Continue a run killed or stopped in OUT (the same datasets and options): it "
+               "ends with the weights the whole run would have.")
 def train(datasets, out: Path, size, overrides, steps, batch_rows, accumulation, seq_len,
           vocab_size, lr, optimizer, warmup, seed, eval_every, save_every, val_traces,
           loss_on_context, bf16, device, compile_model, init, resume) -> None:
@@ -102,9 +102,9 @@ def train(datasets, out: Path, size, overrides, steps, batch_rows, accumulation,
         torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     rank = torch.distributed.get_rank() if distributed else 0
     try:
-        with progress_bar(TextColumn("training"), BarColumn(), TextColumn("{task.completed}/"
-                      "{task.total} steps  loss {task.fields[loss]}  {task.fields[rate]} tok/s"),
-                      TimeRemainingColumn(), disable=rank != 0) as bar:
+        with progress_bar(TextColumn("training"), BarColumn(), TextColumn(
+                "{task.completed}/{task.total} steps  loss {task.fields[loss]}  "
+                "{task.fields[rate]} tok/s"), TimeRemainingColumn(), disable=rank != 0) as bar:
             task = bar.add_task("train", total=steps, loss="-", rate="-")
 
             def progress(entry: dict) -> None:

@@ -47,10 +47,11 @@ def _run_request(request: dict, result_fd: int) -> None:
     # Address space (RLIMIT_AS) held back, given back to report a MemoryError: a mapping never
     # touched, so it costs no page faults (a bytearray would write 4 MiB per program).
     reserve = [mmap.mmap(-1, 4 << 20)]
-    running = {"recorder": None, "context": normalize_newlines(request["source"])}
-    base = {"context": running["context"], "entry": request.get("entry"),
-            "call": request.get("call"), "python": ".".join(map(str, sys.version_info[:3])),
-            "return_value": None}
+    # what is known of the run: the request's entry and call, the prepared ones once it starts
+    running = {"recorder": None, "context": normalize_newlines(request["source"]),
+               "entry": request.get("entry"), "call": request.get("call")}
+    base = {"context": running["context"], "entry": running["entry"], "call": running["call"],
+            "python": ".".join(map(str, sys.version_info[:3])), "return_value": None}
 
     def write_result(result: dict, locked: bool = False) -> None:
         if not locked:
@@ -80,8 +81,7 @@ def _run_request(request: dict, result_fd: int) -> None:
             recorder.done = True
         frames = list(recorder.frames) if recorder else []
         write_result({**base, "context": running["context"], "status": status,
-                      "entry": running.get("entry", base["entry"]),
-                      "call": running.get("call", base["call"]), "error": message,
+                      "entry": running["entry"], "call": running["call"], "error": message,
                       "frames": frames}, locked=True)
         _flush_and_exit()
 
