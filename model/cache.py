@@ -1,6 +1,12 @@
 """The KV cache: preallocated per layer. Full-attention layers keep every position; sliding
 layers keep only the last `sliding_window` positions in a ring buffer, so memory stays bounded
-on long traces. Keys are stored after RoPE."""
+on long traces. Keys are stored after RoPE.
+
+Three views of it, each passed to the model's forward as `cache`: `KVCache` itself (prefill,
+decode, rewind), `PrefixForks` (branches over one stored prefix) and `StaticStep` (one token
+at a sequence index held in a tensor, for compiled steps and CUDA graphs). Each stores this
+forward's keys/values and says which keys each query may see; the attention itself is
+computed in model/modeling.py."""
 
 from __future__ import annotations
 
@@ -76,8 +82,10 @@ class KVCache:
         indices = self.key_indices(True)
         return keep[:, indices.clamp(min=0)] & (indices >= 0)
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        """Store this forward's keys/values; return what the layer attends to."""
+    def store(self, layer: int, k: torch.Tensor,
+              v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this forward's keys/values (batch, kv_heads, new, dim); return every key/value
+        the layer's queries attend to (batch, kv_heads, keys, dim), laid out as `key_indices`."""
         start, new = self.length, k.shape[2]
         if not self.sliding[layer] or self.slots_are_positions:  # slot i holds position i
             self.keys[layer][:, :, start:start + new] = k
@@ -201,39 +209,23 @@ class PrefixForks:
         """Position ids of the next `new` tokens of each branch."""
         return self.lengths[:, None] + self.length + torch.arange(new, device=self.lengths.device)
 
-    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               scale: float) -> torch.Tensor:
-        """Store this forward's keys/values and return the attention output (batch, heads,
-        new, head_dim), with eager attention's operation order inside each part."""
+    def mask(self, window: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The additive masks of this forward's two parts for layers of this window:
+        (batch, 1, shared keys) over the prefix, (new, own keys) over the branch's tokens."""
+        return self._biases[window is not None]
+
+    def store(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Store this forward's keys/values (batch, kv_heads, new, dim); return the shared
+        prefix's (kv_heads, held, dim) and the branches' own (batch, kv_heads, own, dim)."""
         start, new = self.length, k.shape[2]
         self.keys[layer][:, :, start:start + new] = k
         self.values[layer][:, :, start:start + new] = v
-        own_k = self.keys[layer][:, :, :start + new]
-        own_v = self.values[layer][:, :, :start + new]
+        own = self.keys[layer][:, :, :start + new], self.values[layer][:, :, :start + new]
         shared_k, shared_v = self.prefix.keys[layer][0], self.prefix.values[layer][0]
         if not self.sliding[layer]:
             shared_k = shared_k[:, :self.prefix.length]
             shared_v = shared_v[:, :self.prefix.length]
-        batch, heads, _, dim = q.shape
-        kv_heads, held = shared_k.shape[0], shared_k.shape[1]
-        groups = heads // kv_heads
-        q = q.reshape(batch, kv_heads, groups * new, dim)
-        folded = q.transpose(0, 1).reshape(kv_heads, batch * groups * new, dim)
-        shared_scores = torch.matmul(folded, shared_k.transpose(1, 2)) * scale
-        shared_scores = shared_scores.view(kv_heads, batch, groups, new, held).transpose(0, 1)
-        own_scores = torch.matmul(q, own_k.transpose(2, 3)) * scale
-        own_scores = own_scores.view(batch, kv_heads, groups, new, start + new)
-        shared_bias, own_bias = self._biases[self.sliding[layer]]
-        scores = torch.cat((shared_scores + shared_bias[:, None, None],
-                            own_scores + own_bias), dim=-1)
-        weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-        shared_w, own_w = weights.split([held, start + new], dim=-1)
-        shared_w = shared_w.transpose(0, 1).reshape(kv_heads, batch * groups * new, held)
-        out = torch.matmul(shared_w, shared_v).view(kv_heads, batch, groups, new, dim)
-        out = out.transpose(0, 1) + torch.matmul(
-            own_w.reshape(batch, kv_heads, groups * new, start + new), own_v
-        ).view(batch, kv_heads, groups, new, dim)
-        return out.reshape(batch, heads, new, dim)
+        return (shared_k, shared_v), own
 
     def advance(self, new: int) -> None:
         self.length += new
@@ -243,6 +235,51 @@ class PrefixForks:
         if not 0 <= length <= self.length:
             raise ValueError(f"cannot rewind to {length}: the forks hold 0..{self.length}")
         self.length = length
+
+
+class StaticStep:
+    """One token at sequence index `index` (a one-element tensor) through a KVCache, with no
+    Python number that changes from step to step: its keys/values are written with
+    `index_copy_` and attention reads every preallocated slot under a mask made of tensors.
+    So one traced graph serves every step (torch.compile) and one recording replays them all
+    (CUDA graphs): model/compiled_decode.py. The caller checks room and advances the KVCache
+    (`prepare(1)` before, `advance(1)` after); every cached position must be a real token."""
+
+    def __init__(self, cache: KVCache, index: torch.Tensor):
+        self.cache, self.index = cache, index
+        ring = cache.ring_index
+        self.slot = index % ring.numel()  # the ring slot this step writes
+        device = index.device
+        # Which slots the token may see: full layers hold sequence index i in slot i; sliding
+        # layers hold a ring whose slot s holds sequence index ring[s] (-1: empty), this
+        # step's included. (1, 1, 1, slots): batch, kv_heads, groups, slots.
+        full = torch.arange(cache.max_length, device=device) <= index
+        held = torch.where(torch.arange(ring.numel(), device=device) == self.slot, index, ring)
+        windowed = (held >= 0) & (held > index - (cache.window or 0))
+        self._masks = {False: full[None, None, None], True: windowed[None, None, None]}
+
+    def prepare(self, new: int) -> None:
+        pass  # checked by the caller, outside the fixed graph
+
+    def advance(self, new: int) -> None:
+        pass
+
+    def _ringed(self, layer: int) -> bool:
+        return self.cache.sliding[layer] and not self.cache.windows_reach_all
+
+    def mask(self, window: int | None) -> torch.Tensor:
+        """Which slots the token may read (boolean), on layers of this window."""
+        return self._masks[window is not None and not self.cache.windows_reach_all]
+
+    def store(self, layer: int, k: torch.Tensor,
+              v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this token's key/value (batch, kv_heads, 1, dim) into its slot; return the
+        layer's whole preallocated keys/values (batch, kv_heads, slots, dim)."""
+        keys, values = self.cache.keys[layer], self.cache.values[layer]
+        slot = self.slot if self._ringed(layer) else self.index
+        keys.index_copy_(2, slot, k)
+        values.index_copy_(2, slot, v)
+        return keys, values
 
 
 def _bias(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

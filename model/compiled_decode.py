@@ -1,12 +1,14 @@
 """One decode step as a fixed graph (gpt-fast's recipe): compiled, and on CUDA replayed as a
 CUDA graph.
 
-`model.forward` takes the cache's length as a Python int and slices the cache to it, so every
-step has new shapes and torch.compile would trace each one anew. Here the new token's sequence
-index is a tensor: its keys/values are written with `index_copy_`, and attention reads the
-whole preallocated cache under a mask built from tensors. One compiled graph then serves every
-step of every cache of the same shapes (a second cache size makes that dimension dynamic).
-The compiler fuses the ~40 small operator calls per layer that eager mode issues one by one.
+Through a KVCache, `model.forward` takes the cache's length as a Python int and slices the
+cache to it, so every step has new shapes and torch.compile would trace each one anew. Here the
+same forward runs through a `StaticStep` view of the cache (model/cache.py): the new token's
+sequence index is a tensor, its keys/values are written with `index_copy_`, and attention reads
+the whole preallocated cache under a mask built from tensors. One compiled graph then serves
+every step of every cache of the same shapes (a second cache size makes that dimension
+dynamic). The compiler fuses the ~40 small operator calls per layer that eager mode issues one
+by one.
 
 Each cache gets its own `CacheStep`, whose inputs (token, position, index) live in fixed
 tensors. On CUDA the step is recorded once as a CUDA graph (after two warm-up runs, which
@@ -16,8 +18,9 @@ the addresses of the cache's tensors and the model's weights: weights changed in
 as changed; weights replaced (model.to, quantize_int8, a new model) make a new step at the next
 `decode_steps` call.
 
-Same weights, same operations as the fast path (oneDNN for large fp32 weights on the CPU;
-attention written out, see `attend`), so equal to it to rounding, not bit for bit. Used by
+The model's own forward on its fast path (oneDNN for large fp32 weights on the CPU; attention
+written out, modeling.grouped_attention), so equal to the eager steps to rounding, not bit for
+bit. Used by
 `generate` for batch-1 KVCache decode steps when `model.compile_decode` is set (batched steps
 are bound by their matrix products, which the eager path does with blocked weights). The first
 step compiles (how long, and what it gains: benchmarks/RESULTS.md, from benchmarks/runtime.py
@@ -32,43 +35,12 @@ import weakref
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from .cache import KVCache
-from .modeling import (
-    ONEDNN_LINEAR,
-    ONEDNN_MIN_WEIGHT,
-    CwmForCausalLM,
-    apply_rope,
-    onednn_runs,
-    rope_tables,
-)
+from .cache import KVCache, StaticStep
+from .modeling import CwmForCausalLM
 
 _COMPILED: dict[str, object] = {}  # device type -> the compiled step
 _STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # KVCache -> its CacheStep
-
-
-@torch.library.custom_op("tracekit::onednn_linear", mutates_args=())
-def onednn_linear(x: torch.Tensor, weight: torch.Tensor,
-                  bias: torch.Tensor | None) -> torch.Tensor:
-    """oneDNN's matmul as one opaque call in the compiled graph (the compiler would otherwise
-    lower a linear layer to the default BLAS call, which reads large weights more slowly)."""
-    return ONEDNN_LINEAR(x, weight, bias, "none", [], "")
-
-
-@onednn_linear.register_fake
-def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return x.new_empty(*x.shape[:-1], weight.shape[0])
-
-
-def linear(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
-    """modeling.linear's choice for one row, in a form the compiler traces."""
-    if type(layer) is not nn.Linear:  # e.g. Int8Linear
-        return layer(x)
-    if onednn_runs(x, layer.weight) and layer.weight.numel() >= ONEDNN_MIN_WEIGHT:
-        return onednn_linear(x, layer.weight, layer.bias)
-    return F.linear(x, layer.weight, layer.bias)
 
 
 def decode_steps(model: CwmForCausalLM, cache: KVCache,
@@ -144,48 +116,8 @@ class CacheStep:
         self.graph = graph
 
 
-def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, allowed: torch.Tensor,
-           scale: float) -> torch.Tensor:
-    """One query per row (q: batch, heads, 1, dim) against every slot of the cache where
-    `allowed`, grouped-query without copying keys/values (with a mask and GQA, SDPA is
-    reported to fall back to its math kernel on CUDA, which repeats them per query head; not
-    checked here). Eager attention's operation order: scores * scale, masked, softmax in fp32."""
-    batch, heads, _, dim = q.shape
-    kv = keys.shape[1]
-    scores = torch.matmul(q.view(batch, kv, heads // kv, dim), keys.transpose(2, 3)) * scale
-    scores = scores.masked_fill(~allowed, float("-inf"))
-    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-    return torch.matmul(weights, values).view(batch, heads, 1, dim)
-
-
 def _step(model: CwmForCausalLM, cache: KVCache, token: torch.Tensor, position: torch.Tensor,
           index: torch.Tensor) -> torch.Tensor:
-    x = model.model.embed_tokens(token)
-    cos, sin = rope_tables(position, model.inv_freq, x.dtype)
-    # Which keys the row may see: full layers hold sequence index i in slot i; sliding layers
-    # hold a ring whose slot s holds sequence index ring[s] (-1: empty), this step's included.
-    full = torch.arange(cache.max_length, device=x.device) <= index
-    ring = cache.ring_index
-    slot = index % ring.numel()
-    held = torch.where(torch.arange(ring.numel(), device=x.device) == slot, index, ring)
-    windowed = (held >= 0) & (held > index - (cache.window or 0))
-    full, windowed = full[None, None, None], windowed[None, None, None]
-    for layer in model.model.layers:
-        attention = layer.self_attn
-        batch, heads, kv, dim = x.shape[0], attention.n_heads, attention.n_kv, attention.head_dim
-        ringed = cache.sliding[attention.layer] and not cache.windows_reach_all
-        h = layer.input_layernorm(x)
-        q = linear(h, attention.q_proj).view(batch, 1, heads, dim).transpose(1, 2)
-        k = linear(h, attention.k_proj).view(batch, 1, kv, dim).transpose(1, 2)
-        v = linear(h, attention.v_proj).view(batch, 1, kv, dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        keys, values = cache.keys[attention.layer], cache.values[attention.layer]
-        keys.index_copy_(2, slot if ringed else index, k)
-        values.index_copy_(2, slot if ringed else index, v)
-        out = attend(q, keys, values, windowed if ringed else full, dim ** -0.5)
-        x = x + linear(out.transpose(1, 2).reshape(batch, 1, -1), attention.o_proj)
-        h = layer.post_attention_layernorm(x)
-        mlp = layer.mlp
-        x = x + linear(F.silu(linear(h, mlp.gate_proj)) * linear(h, mlp.up_proj),
-                       mlp.down_proj)
-    return linear(model.model.norm(x), model.lm_head)[:, -1]
+    """The model's forward of one token (1, 1) at `position` (1, 1), sequence index `index`
+    (1,): logits (1, vocab)."""
+    return model(token, position_ids=position, cache=StaticStep(cache, index)).logits[:, -1]

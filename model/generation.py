@@ -1,6 +1,12 @@
 """Generation through the KV cache: greedy or sampled (temperature, top-k, top-p, seeded),
 stops on any of a set of token ids, batched prompts of different lengths (left-padded, as
-transformers does), returning each sequence's new tokens and their log-probabilities."""
+transformers does), returning each sequence's new tokens and their log-probabilities.
+
+In the manner of gpt-fast, in small parts: `_Sequences.prefill` runs the prompts (and the
+first guesses), `_Sequences.decode` one step (one token per row; or, greedy and batch 1, the
+last token with prompt-lookup guesses checked in the same forward; or a compiled step),
+`_Choices.take` picks the tokens from a forward's logits and keeps count of stops, and
+`generate` is the loop over them that streams and extends the lookup."""
 
 from __future__ import annotations
 
@@ -45,115 +51,175 @@ def generate(model: CwmForCausalLM, prompts: list[list[int]], max_new_tokens: in
 
     `on_tokens` (one prompt): called after each forward with the tokens it chose, for
     streaming; the last call ends with the stop token when there is one."""
-    device, dtype = model.device, model.dtype
-    batch = len(prompts)
-    width = max(len(p) for p in prompts)
-    if cache is not None and (cache.keys[0].shape[0] != batch
-                              or any(len(p) != width for p in prompts) or width == 0):
-        raise ValueError("with a cache, give one non-empty continuation per cached row, all "
-                         "of the same length")
-    past = cache.length if cache is not None else 0
-    ids = torch.zeros(batch, width, dtype=torch.long, device=device)
-    mask = torch.zeros(batch, past + width + max_new_tokens, dtype=torch.long, device=device)
-    mask[:, :past] = 1
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt):] = torch.tensor(prompt, device=device)
-        mask[row, past + width - len(prompt):] = 1
-    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-    if cache is None:
-        cache = KVCache(model.config, batch, width + max_new_tokens, dtype, device,
-                        rewind_margin=draft_tokens)
-    positions = (mask[:, :past + width].cumsum(-1) - 1).clamp(min=0)[:, past:]
-    forked = isinstance(cache, PrefixForks)  # no padding; positions follow each prefix
-    if forked:
-        positions = cache.next_positions(width)
-    # Greedy batch-1 decoding guesses tokens by prompt lookup and checks them in the same
-    # forward; the cache must be able to forget wrong guesses (a ring keeps rewind_margin more).
-    if temperature > 0 or batch != 1 or forked:
-        draft_tokens = 0
-    elif not cache.windows_reach_all:
-        draft_tokens = min(draft_tokens, cache.rewind_margin)
-    if (lookup is not None or on_tokens is not None) and batch != 1:
+    if (lookup is not None or on_tokens is not None) and len(prompts) != 1:
         raise ValueError("a PromptLookup or on_tokens follows one sequence: give one prompt")
+    sequences = _Sequences(model, prompts, max_new_tokens, cache, draft_tokens,
+                           greedy=temperature <= 0)
+    draft_tokens = sequences.draft_tokens
     if lookup is None and draft_tokens > 0:
         lookup = PromptLookup()
     if lookup is not None:
         lookup.extend(prompts[0])
+    choices = _Choices(len(prompts), max_new_tokens, stop_ids, temperature, top_k, top_p, seed,
+                       model.device)
     # guesses run in the last forward, after the last chosen token (first: after the prompt)
     guessed = lookup.guess(min(draft_tokens, max_new_tokens - 1)) if draft_tokens > 0 else []
-    feed, feed_positions = ids, positions
-    if guessed:
-        feed = torch.cat((ids, torch.tensor([guessed], device=device)), 1)
-        feed_positions = torch.cat((positions, positions[:, -1:] + 1 + torch.arange(
-            len(guessed), device=device)), 1)
-        mask[:, past + width:past + width + len(guessed)] = 1
-    logits = model(feed, attention_mask=None if forked else mask[:, :past + feed.shape[1]],
-                   position_ids=feed_positions, cache=cache,
-                   logits_to_keep=1 + len(guessed)).logits
-    width = past + width  # from here on, lengths count the cached prefix too
-    chosen_tokens, chosen_logprobs = [], []
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
-    finished_at = torch.full((batch,), max_new_tokens, dtype=torch.long, device=device)
-    stops = torch.tensor(list(stop_ids) or [-1], device=device)
-    # Compiled steps for one row: batched steps are bound by their products (blocked weights)
-    compiled = model.compile_decode and isinstance(cache, KVCache) and batch == 1
-    step = None  # made at the first compiled step
-    produced = 0
+    logits = sequences.prefill(guessed)
     while True:
         rows = logits.float()  # (batch, 1 + len(guessed), vocab)
         agreed = agreement(guessed, rows[0, :len(guessed)].argmax(-1).tolist()) if guessed else 0
-        logprobs = torch.log_softmax(rows[:, :agreed + 1], dim=-1)
-        before = produced
-        for row in range(agreed + 1):  # each agreed guess is the greedy choice; then one more
-            token = _choose(rows[:, row], temperature, top_k, top_p, generator)
-            logprob = logprobs[:, row].gather(-1, token[:, None])[:, 0]
-            chosen_tokens.append(token)
-            chosen_logprobs.append(logprob)
-            stopped_now = torch.isin(token, stops) & ~done
-            finished_at = torch.where(stopped_now, produced + 1, finished_at)
-            done |= stopped_now
-            produced += 1
-            if produced == max_new_tokens or bool(done.all()):
-                break
+        chosen = choices.take(rows, agreed)
         if lookup is not None:
-            lookup.extend(t.item() for t in chosen_tokens[before:])
+            lookup.extend(t.item() for t in chosen)
         if on_tokens is not None:
-            on_tokens([t[0].item() for t in chosen_tokens[before:]])
-        if produced == max_new_tokens or bool(done.all()):
+            on_tokens([t[0].item() for t in chosen])
+        if choices.finished:
             break
-        if len(guessed) > agreed:  # forget the rejected guesses' keys/values
-            cache.rewind(cache.length - (len(guessed) - agreed))
-        length = width + produced
-        position = positions[:, -1:] + produced
+        sequences.forget(len(guessed) - agreed)
         guessed = []
         if draft_tokens > 0:
-            guessed = lookup.guess(min(draft_tokens, max_new_tokens - produced - 1))
-        if guessed:
-            feed = torch.tensor([[token.item(), *guessed]], device=device)
-            mask[:, length - 1:length + len(guessed)] = 1
-            logits = model(feed, attention_mask=mask[:, :length + len(guessed)],
-                           position_ids=position + torch.arange(feed.shape[1], device=device),
-                           cache=cache, logits_to_keep=feed.shape[1]).logits
-            continue
-        mask[:, length - 1] = 1
-        if compiled:
-            step = step or decode_steps(model, cache)
-            logits = step(token[:, None], position)[:, None]
-            continue
-        logits = model(token[:, None], attention_mask=None if forked else mask[:, :length],
-                       position_ids=position, cache=cache).logits[:, -1:]
+            guessed = lookup.guess(min(draft_tokens, max_new_tokens - choices.produced - 1))
+        logits = sequences.decode(chosen[-1], choices.produced, guessed)
     if draft_tokens > 0:  # the cache ends on the tokens chosen, less the last (as without)
-        cache.rewind(width + produced - 1)
-    tokens = torch.stack(chosen_tokens, 1).tolist()
-    logprobs = torch.stack(chosen_logprobs, 1).tolist()
-    ends = finished_at.tolist()
-    stopped = done.tolist()
-    return [Generation(t[:end], lp[:end], s)
-            for t, lp, end, s in zip(tokens, logprobs, ends, stopped)]
+        sequences.cache.rewind(sequences.width + choices.produced - 1)
+    return choices.generations()
+
+
+class _Sequences:
+    """The rows being continued: their tokens' padding mask and positions, the cache, and the
+    forwards that feed them to the model."""
+
+    def __init__(self, model: CwmForCausalLM, prompts: list[list[int]], max_new_tokens: int,
+                 cache: KVCache | PrefixForks | None, draft_tokens: int, greedy: bool):
+        device = model.device
+        batch, width = len(prompts), max(len(p) for p in prompts)
+        if cache is not None and (cache.keys[0].shape[0] != batch
+                                  or any(len(p) != width for p in prompts) or width == 0):
+            raise ValueError("with a cache, give one non-empty continuation per cached row, "
+                             "all of the same length")
+        past = cache.length if cache is not None else 0
+        self.ids = torch.zeros(batch, width, dtype=torch.long, device=device)  # left-padded
+        # real tokens (1) and padding (0), for the cached prefix, the prompts and what follows
+        self.mask = torch.zeros(batch, past + width + max_new_tokens, dtype=torch.long,
+                                device=device)
+        self.mask[:, :past] = 1
+        for row, prompt in enumerate(prompts):
+            self.ids[row, width - len(prompt):] = torch.tensor(prompt, device=device)
+            self.mask[row, past + width - len(prompt):] = 1
+        if cache is None:
+            cache = KVCache(model.config, batch, width + max_new_tokens, model.dtype, device,
+                            rewind_margin=draft_tokens)
+        self.model, self.cache, self.device = model, cache, device
+        self.forked = isinstance(cache, PrefixForks)  # no padding; positions follow each prefix
+        if self.forked:
+            self.positions = cache.next_positions(width)
+        else:
+            self.positions = (self.mask[:, :past + width].cumsum(-1) - 1).clamp(min=0)[:, past:]
+        self.width = past + width  # the lengths from here on count the cached prefix too
+        # Greedy batch-1 decoding guesses tokens by prompt lookup and checks them in the same
+        # forward; the cache must be able to forget wrong guesses (a ring keeps rewind_margin).
+        self.draft_tokens = draft_tokens
+        if not greedy or batch != 1 or self.forked:
+            self.draft_tokens = 0
+        elif not cache.windows_reach_all:
+            self.draft_tokens = min(draft_tokens, cache.rewind_margin)
+        # Compiled steps for one row: batched steps are bound by their products (blocked weights)
+        self.compiled = model.compile_decode and isinstance(cache, KVCache) and batch == 1
+        self._step: Callable | None = None  # the compiled step, made at its first use
+
+    def prefill(self, guessed: list[int]) -> torch.Tensor:
+        """Run the prompts, then `guessed` (one row): logits (batch, 1 + len(guessed), vocab)
+        of the prompt's last token and of each guess."""
+        feed, positions = self.ids, self.positions
+        if guessed:
+            feed = torch.cat((feed, torch.tensor([guessed], device=self.device)), 1)
+            positions = torch.cat((positions, positions[:, -1:] + 1 + torch.arange(
+                len(guessed), device=self.device)), 1)
+            self.mask[:, self.width:self.width + len(guessed)] = 1
+        past = self.width - self.ids.shape[1]
+        return self.model(feed, attention_mask=self._mask(past + feed.shape[1]),
+                          position_ids=positions, cache=self.cache,
+                          logits_to_keep=1 + len(guessed)).logits
+
+    def forget(self, rejected: int) -> None:
+        """Forget the keys/values of the last forward's rejected guesses."""
+        if rejected > 0:
+            self.cache.rewind(self.cache.length - rejected)
+
+    def decode(self, token: torch.Tensor, produced: int, guessed: list[int]) -> torch.Tensor:
+        """Run the latest chosen `token` (batch,), the `produced`-th new one, and then
+        `guessed` (one row): logits (batch, 1 + len(guessed), vocab)."""
+        length = self.width + produced  # tokens in each row, this one included
+        position = self.positions[:, -1:] + produced  # (batch, 1)
+        if guessed:
+            feed = torch.tensor([[token.item(), *guessed]], device=self.device)
+            self.mask[:, length - 1:length + len(guessed)] = 1
+            return self.model(feed, attention_mask=self._mask(length + len(guessed)),
+                              position_ids=position + torch.arange(feed.shape[1],
+                                                                   device=self.device),
+                              cache=self.cache, logits_to_keep=feed.shape[1]).logits
+        self.mask[:, length - 1] = 1
+        if self.compiled:
+            self._step = self._step or decode_steps(self.model, self.cache)
+            return self._step(token[:, None], position)[:, None]
+        return self.model(token[:, None], attention_mask=self._mask(length),
+                          position_ids=position, cache=self.cache).logits[:, -1:]
+
+    def _mask(self, length: int) -> torch.Tensor | None:
+        return None if self.forked else self.mask[:, :length]
+
+
+class _Choices:
+    """The tokens chosen so far for each row, their log-probabilities, and where each row
+    stopped."""
+
+    def __init__(self, batch: int, max_new_tokens: int, stop_ids: tuple[int, ...],
+                 temperature: float, top_k: int, top_p: float, seed: int | None,
+                 device: torch.device):
+        self.max_new_tokens = max_new_tokens
+        self.sampling = temperature, top_k, top_p
+        self.generator = (torch.Generator(device=device).manual_seed(seed)
+                          if seed is not None else None)
+        self.tokens: list[torch.Tensor] = []  # (batch,) per step
+        self.logprobs: list[torch.Tensor] = []
+        self.done = torch.zeros(batch, dtype=torch.bool, device=device)
+        self.finished_at = torch.full((batch,), max_new_tokens, dtype=torch.long, device=device)
+        self.stops = torch.tensor(list(stop_ids) or [-1], device=device)
+        self.produced = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.produced == self.max_new_tokens or bool(self.done.all())
+
+    def take(self, rows: torch.Tensor, agreed: int) -> list[torch.Tensor]:
+        """Choose from a forward's logits (batch, positions, vocab): each of the `agreed`
+        guesses is the greedy choice, then one more; stop early when every row is finished.
+        Returns the tokens chosen (batch,), in order."""
+        logprobs = torch.log_softmax(rows[:, :agreed + 1], dim=-1)
+        chosen = []
+        for row in range(agreed + 1):
+            token = _choose(rows[:, row], *self.sampling, self.generator)
+            chosen.append(token)
+            self.tokens.append(token)
+            self.logprobs.append(logprobs[:, row].gather(-1, token[:, None])[:, 0])
+            stopped_now = torch.isin(token, self.stops) & ~self.done
+            self.finished_at = torch.where(stopped_now, self.produced + 1, self.finished_at)
+            self.done |= stopped_now
+            self.produced += 1
+            if self.finished:
+                break
+        return chosen
+
+    def generations(self) -> list[Generation]:
+        tokens = torch.stack(self.tokens, 1).tolist()
+        logprobs = torch.stack(self.logprobs, 1).tolist()
+        return [Generation(t[:end], lp[:end], s) for t, lp, end, s in
+                zip(tokens, logprobs, self.finished_at.tolist(), self.done.tolist())]
 
 
 def _choose(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
             generator: torch.Generator | None) -> torch.Tensor:
+    """One token per row (batch, vocab) -> (batch,): argmax at temperature 0, else sampled."""
     if temperature <= 0:
         return logits.argmax(-1)
     logits = logits / temperature

@@ -6,12 +6,18 @@ dtype, scores * head_dim**-0.5 plus an additive mask, softmax in fp32. That is t
 (`model.fast = False`, the default, for parity tests). `model.fast = True` runs attention through
 `torch.nn.functional.scaled_dot_product_attention` and, on the CPU, the linear layers through
 oneDNN's matmul (what torch.compile uses there): faster, equal to rounding, not bit-identical.
+
+This module is the one forward: every call of the model's projections and every attention
+product is here. One `CwmForCausalLM.forward` serves training and teacher forcing (no cache),
+prefill and decode through a `KVCache`, branches over a shared prefix (`PrefixForks`) and the
+fixed one-token step that `torch.compile` and CUDA graphs replay (`StaticStep`, driven by
+model/compiled_decode.py); the caches (model/cache.py) only store keys/values and say which
+keys each query may see.
 """
 
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .cache import PrefixForks
+from .cache import KVCache, PrefixForks, StaticStep
 from .config import CwmConfig
 
 CAUSAL = "causal"  # stands for a plain causal mask, which SDPA applies itself
@@ -44,13 +50,29 @@ def linear(x: torch.Tensor, layer: nn.Module, fast: bool) -> torch.Tensor:
     if type(layer) is not nn.Linear:  # e.g. Int8Linear
         return layer(x)
     weight = layer.weight
-    if fast and onednn_runs(x, weight):
+    if fast and onednn_runs(x, weight) and torch.compiler.is_compiling():
+        if weight.numel() >= ONEDNN_MIN_WEIGHT:  # one opaque call in the compiled graph
+            return onednn_linear(x, weight, layer.bias)
+    elif fast and onednn_runs(x, weight):
         if (x.numel() > x.shape[-1] and weight.numel() >= ONEDNN_PACK_MIN_WEIGHT
                 and not weight.is_inference()):  # (whose changes no version counter tells)
             return ONEDNN_LINEAR(x, _blocked_weight(layer), layer.bias, "none", [], "")
         if weight.numel() >= ONEDNN_MIN_WEIGHT:
             return ONEDNN_LINEAR(x, weight, layer.bias, "none", [], "")
     return F.linear(x, weight, layer.bias)
+
+
+@torch.library.custom_op("tracekit::onednn_linear", mutates_args=())
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor,
+                  bias: torch.Tensor | None) -> torch.Tensor:
+    """oneDNN's matmul as one opaque call for torch.compile (which would otherwise lower a
+    linear layer to the default BLAS call, which reads large weights more slowly)."""
+    return ONEDNN_LINEAR(x, weight, bias, "none", [], "")
+
+
+@onednn_linear.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], weight.shape[0])
 
 
 def onednn_runs(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -147,6 +169,77 @@ def blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
     return torch.cat(blocks, dim=2)
 
 
+def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    mask: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """The exact operation order of transformers' eager attention: keys/values repeated per
+    query head, scores * scale plus the additive mask, softmax in fp32. q (batch, heads,
+    queries, dim); k, v (batch, kv_heads, keys, dim); out like q."""
+    groups = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(groups, dim=1)
+    v = v.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(q, k.transpose(2, 3)) * scale  # (batch, heads, queries, keys)
+    if mask is not None:
+        scores = scores + mask
+    weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    return torch.matmul(weights, v)
+
+
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   mask: torch.Tensor | str | None, scale: float) -> torch.Tensor:
+    """SDPA, grouped-query without copying keys/values; `mask` CAUSAL uses its causal kernel."""
+    causal = mask is CAUSAL
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=None if causal else mask,
+                                          is_causal=causal, enable_gqa=True, scale=scale)
+
+
+def grouped_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                      allowed: torch.Tensor, scale: float) -> torch.Tensor:
+    """One query per row (q: batch, heads, 1, dim) against every slot of a cache (keys, values:
+    batch, kv_heads, slots, dim) where `allowed` (broadcast to batch, kv_heads, groups,
+    slots), grouped-query without copying keys/values: the static step's attention, written out
+    for torch.compile (with a mask and GQA, SDPA is reported to fall back to its math kernel on
+    CUDA, which repeats them per query head; not checked here). Eager attention's order."""
+    batch, heads, _, dim = q.shape
+    kv = keys.shape[1]
+    scores = torch.matmul(q.view(batch, kv, heads // kv, dim), keys.transpose(2, 3)) * scale
+    scores = scores.masked_fill(~allowed, float("-inf"))  # (batch, kv, groups, slots)
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    return torch.matmul(weights, values).view(batch, heads, 1, dim)
+
+
+def forked_attention(q: torch.Tensor, shared: tuple[torch.Tensor, torch.Tensor],
+                     own: tuple[torch.Tensor, torch.Tensor],
+                     biases: tuple[torch.Tensor, torch.Tensor], scale: float) -> torch.Tensor:
+    """Attention of PrefixForks' branches, in two parts under one softmax: over the shared
+    prefix (keys/values kv_heads, held, dim, read by every branch in one matrix product, never
+    copied) and over each branch's own tokens (batch, kv_heads, own, dim). q (batch, heads,
+    new, dim); `biases` the additive masks of the two parts, (batch, 1, held) and (new, own).
+    Eager attention's operation order inside each part."""
+    (shared_k, shared_v), (own_k, own_v) = shared, own
+    batch, heads, new, dim = q.shape
+    kv_heads, held = shared_k.shape[0], shared_k.shape[1]
+    mine, groups = own_k.shape[2], heads // kv_heads
+    q = q.reshape(batch, kv_heads, groups * new, dim)
+    folded = q.transpose(0, 1).reshape(kv_heads, batch * groups * new, dim)
+    shared_scores = torch.matmul(folded, shared_k.transpose(1, 2)) * scale
+    shared_scores = shared_scores.view(kv_heads, batch, groups, new, held).transpose(0, 1)
+    own_scores = torch.matmul(q, own_k.transpose(2, 3)) * scale
+    own_scores = own_scores.view(batch, kv_heads, groups, new, mine)
+    shared_bias, own_bias = biases
+    scores = torch.cat((shared_scores + shared_bias[:, None, None], own_scores + own_bias), -1)
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    shared_w, own_w = weights.split([held, mine], dim=-1)
+    shared_w = shared_w.transpose(0, 1).reshape(kv_heads, batch * groups * new, held)
+    out = torch.matmul(shared_w, shared_v).view(kv_heads, batch, groups, new, dim)
+    out = out.transpose(0, 1) + torch.matmul(
+        own_w.reshape(batch, kv_heads, groups * new, mine), own_v
+    ).view(batch, kv_heads, groups, new, dim)
+    return out.reshape(batch, heads, new, dim)
+
+
+Cache = KVCache | PrefixForks | StaticStep
+
+
 class Attention(nn.Module):
     def __init__(self, config: CwmConfig, layer: int):
         super().__init__()
@@ -161,37 +254,38 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, kv_width, bias=False)
         self.v_proj = nn.Linear(config.hidden_size, kv_width, bias=False)
         self.o_proj = nn.Linear(width, config.hidden_size, bias=False)
+        self.fast = False  # set by CwmForCausalLM.fast
 
-    def forward(self, x, cos, sin, mask, cache=None, fast: bool = False):
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask,
+                cache: Cache | None = None) -> torch.Tensor:
+        """x (batch, length, hidden) -> (batch, length, hidden). `mask`: what
+        CwmForCausalLM._masks made for this layer's window and this cache."""
         batch, length, _ = x.shape
-        q = linear(x, self.q_proj, fast).view(batch, length, self.n_heads, self.head_dim)
-        k = linear(x, self.k_proj, fast).view(batch, length, self.n_kv, self.head_dim)
-        v = linear(x, self.v_proj, fast).view(batch, length, self.n_kv, self.head_dim)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q = self._heads(linear(x, self.q_proj, self.fast), self.n_heads)  # (b, heads, len, dim)
+        k = self._heads(linear(x, self.k_proj, self.fast), self.n_kv)  # (b, kv, len, dim)
+        v = self._heads(linear(x, self.v_proj, self.fast), self.n_kv)
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        scale = self.head_dim ** -0.5
         if isinstance(cache, PrefixForks):  # the shared prefix read in place, not copied
-            out = cache.attend(self.layer, q, k, v, self.head_dim ** -0.5)
-            return linear(out.transpose(1, 2).reshape(batch, length, -1), self.o_proj, fast)
-        if cache is not None:
-            k, v = cache.update(self.layer, k, v)
-        if fast and cache is None and isinstance(mask, torch.Tensor) and length > ATTENTION_BLOCK:
-            out = blocked_attention(q, k, v, mask, self.window, self.head_dim ** -0.5)
-        elif fast:  # grouped-query attention without copying keys/values
-            causal = mask is CAUSAL
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if causal else mask,
-                                                 is_causal=causal, enable_gqa=True,
-                                                 scale=self.head_dim ** -0.5)
-        else:  # the exact operation order of transformers' eager attention
-            groups = self.n_heads // self.n_kv
-            k = k.repeat_interleave(groups, dim=1)
-            v = v.repeat_interleave(groups, dim=1)
-            scores = torch.matmul(q, k.transpose(2, 3)) * self.head_dim ** -0.5
-            if mask is not None:
-                scores = scores + mask
-            weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-            out = torch.matmul(weights, v)
-        out = out.transpose(1, 2).reshape(batch, length, -1)
-        return linear(out, self.o_proj, fast)
+            shared, own = cache.store(self.layer, k, v)
+            out = forked_attention(q, shared, own, mask, scale)
+        else:
+            if cache is not None:  # k, v become every key this forward's queries may read
+                k, v = cache.store(self.layer, k, v)
+            if isinstance(cache, StaticStep):
+                out = grouped_attention(q, k, v, mask, scale)
+            elif not self.fast:
+                out = eager_attention(q, k, v, mask, scale)
+            elif cache is None and isinstance(mask, torch.Tensor) and length > ATTENTION_BLOCK:
+                out = blocked_attention(q, k, v, mask, self.window, scale)
+            else:
+                out = sdpa_attention(q, k, v, mask, scale)
+        out = out.transpose(1, 2).reshape(batch, length, -1)  # (batch, length, heads * dim)
+        return linear(out, self.o_proj, self.fast)
+
+    def _heads(self, x: torch.Tensor, heads: int) -> torch.Tensor:
+        """(batch, length, heads * dim) -> (batch, heads, length, dim)"""
+        return x.view(*x.shape[:2], heads, self.head_dim).transpose(1, 2)
 
 
 class MLP(nn.Module):
@@ -200,10 +294,11 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.fast = False  # set by CwmForCausalLM.fast
 
-    def forward(self, x, fast: bool = False):
-        hidden = F.silu(linear(x, self.gate_proj, fast)) * linear(x, self.up_proj, fast)
-        return linear(hidden, self.down_proj, fast)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = F.silu(linear(x, self.gate_proj, self.fast)) * linear(x, self.up_proj, self.fast)
+        return linear(hidden, self.down_proj, self.fast)
 
 
 class DecoderLayer(nn.Module):
@@ -214,9 +309,9 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x, cos, sin, mask, cache=None, fast=False):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, fast)
-        return x + self.mlp(self.post_attention_layernorm(x), fast)
+    def forward(self, x, rope, mask, cache=None):
+        x = x + self.self_attn(self.input_layernorm(x), rope, mask, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
 
 
 class Backbone(nn.Module):
@@ -240,8 +335,22 @@ class CwmForCausalLM(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.register_buffer("inv_freq", rope_inverse_frequencies(config), persistent=False)
-        self.fast = False  # True: SDPA attention and oneDNN linear layers on the CPU
+        self.fast = False
         self.compile_decode = False  # True: generate compiles batch-1 decode steps
+
+    @property
+    def fast(self) -> bool:
+        """False (the default): the exact path, transformers' eager operation order (parity).
+        True: SDPA attention and oneDNN linear layers on the CPU. Set on the model, it holds for
+        every forward of every layer."""
+        return self.__dict__["_fast"]
+
+    @fast.setter
+    def fast(self, value: bool) -> None:
+        self.__dict__["_fast"] = value
+        for module in self.modules():
+            if isinstance(module, (Attention, MLP)):
+                module.fast = value
 
     @property
     def dtype(self) -> torch.dtype:
@@ -255,45 +364,31 @@ class CwmForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor | None = None, *,
                 inputs_embeds: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, cache=None,
+                position_ids: torch.Tensor | None = None, cache: Cache | None = None,
                 labels: torch.Tensor | None = None, logits_to_keep: int = 0,
                 document_ids: torch.Tensor | None = None) -> CausalLMOutput:
-        """`attention_mask` (batch, past + new) marks real tokens (1) and padding (0);
-        `cache` (a KVCache, or PrefixForks with no attention_mask) carries keys/values
-        across calls; `labels` (-100 = ignored) gives the loss;
+        """`input_ids` (batch, length), or `inputs_embeds` (batch, length, hidden);
+        `attention_mask` (batch, past + new) marks real tokens (1) and padding (0);
+        `cache` carries keys/values across calls (PrefixForks and StaticStep take no
+        attention_mask); `labels` (-100 = ignored) gives the loss;
         `logits_to_keep` > 0 computes logits for the last that many positions only;
         `document_ids` (batch, length; training, no cache) keeps attention inside each document
-        of a packed row, whose positions should restart with each document."""
+        of a packed row, whose positions should restart with each document.
+        Logits (batch, length or logits_to_keep, vocab)."""
         x = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         batch, length, _ = x.shape
-        past = cache.length if cache is not None else 0
         if position_ids is None:
             position_ids = (cache.next_positions(length, batch) if cache is not None
                             else torch.arange(length, device=x.device).expand(batch, -1))
-        cos, sin = rope_tables(position_ids, self.inv_freq, x.dtype)
+        rope = rope_tables(position_ids, self.inv_freq, x.dtype)
         if cache is not None:
             cache.prepare(length)
-        # A prefill without padding whose keys are exactly its own tokens (full layers; sliding
-        # layers without a cache, when the window covers it: with a cache they also read the
-        # ring) is plain causal attention, which SDPA's causal kernel does without a mask.
-        plain = (self.fast and past == 0 and length > 1 and document_ids is None
-                 and (attention_mask is None or bool(attention_mask.all())))
-        windows = {layer.self_attn.window for layer in self.model.layers}
-        if isinstance(cache, PrefixForks):
-            if attention_mask is not None:
-                raise ValueError("PrefixForks branches have no padding: pass no attention_mask")
-            masks = dict.fromkeys(windows)  # the forks mask their two parts themselves
+        masks = self._masks(x, cache, attention_mask, document_ids)
+        if self.fast and x.is_cuda and not isinstance(cache, StaticStep):
+            with sdpa_kernel(CUDA_ATTENTION):
+                x = self._layers(x, rope, masks, cache)
         else:
-            reach = {w: None if cache is not None and cache.windows_reach_all else w
-                     for w in windows}  # a window that reaches every cached position is none
-            masks = {window: CAUSAL if plain and (reach[window] is None
-                                                  or (cache is None and length <= window))
-                     else self._mask(reach[window], attention_mask, cache, past, length, x,
-                                     document_ids)
-                     for window in windows}
-        with sdpa_kernel(CUDA_ATTENTION) if self.fast and x.is_cuda else nullcontext():
-            for layer in self.model.layers:
-                x = layer(x, cos, sin, masks[layer.self_attn.window], cache, self.fast)
+            x = self._layers(x, rope, masks, cache)
         if cache is not None:
             cache.advance(length)
         x = self.model.norm(x)
@@ -306,32 +401,63 @@ class CwmForCausalLM(nn.Module):
                                    labels[:, 1:].reshape(-1), ignore_index=-100)
         return CausalLMOutput(logits, loss)
 
-    def _mask(self, window, attention_mask, cache, past, length, x,
-              document_ids=None) -> torch.Tensor | None:
-        """Additive mask (batch or 1, 1, queries, keys): causal by sequence index (as
-        transformers does, whatever the position ids), the sliding window, padding, and the
-        documents of a packed row. None when a one-token step may see every key it is given
-        (the common decode step)."""
-        device = x.device
-        if (cache is not None and length == 1
-                and (attention_mask is None or bool(attention_mask.all()))
-                and (window is None or (cache.in_place_decode and cache.ring_full()))):
-            return None
-        queries = torch.arange(past, past + length, device=device)[:, None]
-        if cache is not None:
-            keys = cache.key_indices(window is not None)[None, :]
-        else:
-            keys = torch.arange(length, device=device)[None, :]
-        allowed = (keys <= queries) & (keys >= 0)
-        if window is not None:
-            allowed = allowed & (keys > queries - window)
-        allowed = allowed[None]
-        if attention_mask is not None:
-            keep = attention_mask.bool()
-            keep = cache.padding_of(keep, window is not None) if cache is not None else keep
-            allowed = allowed & keep[:, None, :]
-        if document_ids is not None:
-            allowed = allowed & (document_ids[:, :, None] == document_ids[:, None, :])
-        bias = torch.zeros(allowed.shape, dtype=x.dtype, device=device)
-        bias.masked_fill_(~allowed, torch.finfo(x.dtype).min)
-        return bias[:, None]
+    def _layers(self, x, rope, masks, cache) -> torch.Tensor:
+        for layer in self.model.layers:
+            x = layer(x, rope, masks[layer.self_attn.window], cache)
+        return x
+
+    def _masks(self, x, cache, attention_mask, document_ids) -> dict:
+        """Each layer window's mask for this forward: CAUSAL, None (every key given may be
+        read), an additive mask (batch or 1, 1, queries, keys), or what a PrefixForks or a
+        StaticStep makes itself."""
+        windows = {layer.self_attn.window for layer in self.model.layers}
+        if isinstance(cache, (PrefixForks, StaticStep)):
+            if attention_mask is not None:
+                raise ValueError(f"a {type(cache).__name__} has no padding: pass no "
+                                 "attention_mask")
+            return {window: cache.mask(window) for window in windows}
+        batch, length, _ = x.shape
+        past = cache.length if cache is not None else 0
+        # A prefill without padding whose keys are exactly its own tokens (full layers; sliding
+        # layers without a cache, when the window covers it: with a cache they also read the
+        # ring) is plain causal attention, which SDPA's causal kernel does without a mask.
+        plain = (self.fast and past == 0 and length > 1 and document_ids is None
+                 and (attention_mask is None or bool(attention_mask.all())))
+        reach = {w: None if cache is not None and cache.windows_reach_all else w
+                 for w in windows}  # a window that reaches every cached position is none
+        return {window: CAUSAL if plain and (reach[window] is None
+                                             or (cache is None and length <= window))
+                else _mask(reach[window], attention_mask, cache, past, length, x, document_ids)
+                for window in windows}
+
+
+def _mask(window: int | None, attention_mask: torch.Tensor | None, cache: KVCache | None,
+          past: int, length: int, x: torch.Tensor,
+          document_ids: torch.Tensor | None) -> torch.Tensor | None:
+    """Additive mask (batch or 1, 1, queries, keys): causal by sequence index (as transformers
+    does, whatever the position ids), the sliding window, padding, and the documents of a
+    packed row. None when a one-token step may see every key it is given (the common decode
+    step)."""
+    device = x.device
+    if (cache is not None and length == 1
+            and (attention_mask is None or bool(attention_mask.all()))
+            and (window is None or (cache.in_place_decode and cache.ring_full()))):
+        return None
+    queries = torch.arange(past, past + length, device=device)[:, None]
+    if cache is not None:
+        keys = cache.key_indices(window is not None)[None, :]
+    else:
+        keys = torch.arange(length, device=device)[None, :]
+    allowed = (keys <= queries) & (keys >= 0)
+    if window is not None:
+        allowed = allowed & (keys > queries - window)
+    allowed = allowed[None]
+    if attention_mask is not None:
+        keep = attention_mask.bool()
+        keep = cache.padding_of(keep, window is not None) if cache is not None else keep
+        allowed = allowed & keep[:, None, :]
+    if document_ids is not None:
+        allowed = allowed & (document_ids[:, :, None] == document_ids[:, None, :])
+    bias = torch.zeros(allowed.shape, dtype=x.dtype, device=device)
+    bias.masked_fill_(~allowed, torch.finfo(x.dtype).min)
+    return bias[:, None]

@@ -164,3 +164,37 @@ print("none")
     ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          cwd=ROOT, timeout=300)
     assert ran.stdout.strip() == "none", ran.stderr[-2000:]
+
+
+ATTENTION_OR_PROJECTION = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                           "down_proj", "scaled_dot_product_attention", "matmul")
+
+
+def forward_outside_modeling(root: Path) -> list[str]:
+    """`file:line name` for every use of a layer's projections or an attention product outside
+    model/modeling.py, the one forward (attribute names and calls, read from the syntax tree)."""
+    found = []
+    for path in sorted(p for layer in ("model", "tracekit", "evals")
+                       for p in (root / layer).rglob("*.py")):
+        if path.relative_to(root).as_posix() == "model/modeling.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            name = (node.attr if isinstance(node, ast.Attribute)
+                    else node.id if isinstance(node, ast.Name) else None)
+            if name in ATTENTION_OR_PROJECTION:
+                found.append(f"{path.relative_to(root)}:{node.lineno} {name}")
+    return found
+
+
+def test_one_forward_computes_attention_and_calls_the_projections():
+    assert forward_outside_modeling(ROOT) == []
+
+
+def test_the_forward_check_sees_a_second_forward(tmp_path):
+    for layer in ("model", "tracekit", "evals"):
+        (tmp_path / layer).mkdir()
+    (tmp_path / "model" / "modeling.py").write_text("y = layer.q_proj(x)\n")
+    (tmp_path / "model" / "step.py").write_text(
+        "def step(layer, h):\n    return torch.matmul(layer.self_attn.q_proj(h), h)\n")
+    assert forward_outside_modeling(tmp_path) == ["model/step.py:2 matmul",
+                                                  "model/step.py:2 q_proj"]
