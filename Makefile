@@ -50,8 +50,7 @@ model: $(BIN)/.installed
 	$(call dataset,$(MODEL_DATA)/basic,basic:30000:303)
 	$(call train,$(MODEL_RUN2),$(MODEL_DATA)/names2 $(MODEL_DATA)/names3 $(MODEL_DATA)/basic \
 	    --init $(MODEL_RUN) --steps 1000 --lr 2e-3 --optimizer muon)
-	$(BIN)/python -c "from pathlib import Path; from tracekit.evals.train_run import bundle; \
-	    bundle(Path('$(MODEL_RUN2)'), Path('model/bundled'))"
+	$(BIN)/python -m tracekit.training bundle $(MODEL_RUN2) model/bundled
 
 # The real-code evaluation set (data/realworld/): the pinned PyPI projects of
 # evals/realworld.py downloaded into build/realworld/, their test suites cut into episodes.

@@ -1,5 +1,5 @@
 """Dataset build throughput: CRUXEval programs (repeated to --count) traced with full isolation
-by `tracekit.dataset.build` with 1 and 2 workers, and the in-process tracing rate (no
+by `tracekit.datasets.build.build` with 1 and 2 workers, and the in-process tracing rate (no
 sandbox, no child process) as the ceiling.
 
     python benchmarks/dataset.py [--count 5000] [--data data/cruxeval/cruxeval.jsonl]
@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tracekit import sources  # noqa: E402
-from tracekit.dataset import BuildOptions, build  # noqa: E402
-from tracekit.sandbox import bwrap_problem  # noqa: E402
+from tracekit.datasets.build import BuildOptions, build  # noqa: E402
+from tracekit.execution.sandbox import bwrap_problem  # noqa: E402
+from tracekit.programs import sources  # noqa: E402
 from tracekit.tracer.run import trace_source  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent / "data/cruxeval/cruxeval.jsonl"

@@ -24,10 +24,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tracekit.debugger import ModelStepper, Program, Track  # noqa: E402
-from tracekit.predict import GREEDY, load_predictor  # noqa: E402
-from tracekit.sandbox import run_trace  # noqa: E402
-from tracekit.sources import SAMPLE_PROGRAMS, python_files  # noqa: E402
+from tracekit.execution.sandbox import run_trace  # noqa: E402
+from tracekit.prediction.debugger import ModelStepper, SourceMap, Track  # noqa: E402
+from tracekit.prediction.predict import GREEDY, load_predictor  # noqa: E402
+from tracekit.programs.sources import SAMPLE_PROGRAMS, python_files  # noqa: E402
 
 LOOP = """\
 def f(nums):  # << START_OF_TRACE
@@ -99,7 +99,7 @@ def measure(predictor, source: str, call: str, steps: int, back_every: int) -> d
     """Seconds each way took for the scripted session on one program (after 5 warm-up steps);
     the two ways' frames asserted identical."""
     trace = run_trace(source, call)
-    program = Program(trace.context)
+    program = SourceMap(trace.context)
     steppers = {"ours (cached session)": ModelStepper, "re-sending the prompt": ResendingStepper}
     warm = {name: Track(stepper(predictor, trace.context, GREEDY), trace.frames[:1], program)
             for name, stepper in steppers.items()}

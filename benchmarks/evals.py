@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tracekit import sources  # noqa: E402
-from tracekit.dataset import BuildOptions, build  # noqa: E402
+from tracekit.datasets.build import BuildOptions, build  # noqa: E402
 from tracekit.evals.run import RunOptions, evaluate  # noqa: E402
+from tracekit.programs import sources  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent / "data/cruxeval/cruxeval.jsonl"
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tracekit.cwm import parse_trace  # noqa: E402
-from tracekit.prompts import trace_text  # noqa: E402
-from tracekit.tokenizer import cwm_tokenizer, encode, parse_ids  # noqa: E402
-from tracekit.trace import Trace  # noqa: E402
+from tracekit.format.cwm import parse_trace  # noqa: E402
+from tracekit.format.prompts import trace_text  # noqa: E402
+from tracekit.format.tokenizer import cwm_tokenizer, encode, parse_ids  # noqa: E402
+from tracekit.format.trace import Trace  # noqa: E402
 from tracekit.tracer.run import trace_source  # noqa: E402
 
 PROGRAM = '''\

@@ -1,8 +1,8 @@
 """Does a model follow loops? Two measures on programs it never trained on.
 
 1. Stay or leave, teacher-forced: `loops:COUNT:SEED` programs (everyday functions whose loops
-   the arguments bound, `tracekit.basic_programs`), traced for real; at each frame that comes
-   after a `for`/`while` header, is the model's next line the real one (into the body, or past
+   the arguments bound, `tracekit.programs.basic_programs`), traced for real; at each frame that
+   comes after a `for`/`while` header, is the model's next line the real one (into the body, or past
    the loop)? Printed beside the rate of always entering the body: a model that has not
    learned when a loop ends scores about that.
 2. `set` in the debugger: four one-loop functions; the loop's bound in the call frame edited
@@ -23,11 +23,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tracekit.debugger import ModelStepper, Program, Track  # noqa: E402
-from tracekit.predict import GREEDY, load_predictor  # noqa: E402
-from tracekit.sandbox import run_trace  # noqa: E402
-from tracekit.sources import basic  # noqa: E402
-from tracekit.trace import Trace  # noqa: E402
+from tracekit.execution.sandbox import run_trace  # noqa: E402
+from tracekit.format.trace import Trace  # noqa: E402
+from tracekit.prediction.debugger import ModelStepper, Program, Track  # noqa: E402
+from tracekit.prediction.predict import GREEDY, load_predictor  # noqa: E402
+from tracekit.programs.sources import basic  # noqa: E402
 
 MAX_FRAMES = 60  # longer traces are left out of the stay-or-leave count (time on 2 cores)
 # name: (source, the body's line, the bound's name, the traced call's bound, the bounds set)

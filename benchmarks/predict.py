@@ -33,12 +33,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import tracekit.model.generation as generation  # noqa: E402
+from tracekit.format.trace import Trace  # noqa: E402
 from tracekit.model.backends import RuntimeBackend, TransformersBackend  # noqa: E402
 from tracekit.model.config import CwmConfig  # noqa: E402
 from tracekit.model.modeling import CwmForCausalLM  # noqa: E402
 from tracekit.model.prompt_lookup import DRAFT_TOKENS, PromptLookup, agreement  # noqa: E402
-from tracekit.predict import TracePredictor  # noqa: E402
-from tracekit.trace import Trace  # noqa: E402
+from tracekit.prediction.predict import TracePredictor  # noqa: E402
 from tracekit.tracer.run import trace_source  # noqa: E402
 
 PROGRAM = '''

@@ -23,9 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tracekit.format.tokenizer import decode, encode, load_tokenizer  # noqa: E402
 from tracekit.model.checkpoint import BUNDLED, load_checkpoint  # noqa: E402
 from tracekit.model.serve import Engine, make_server  # noqa: E402
-from tracekit.tokenizer import decode, encode, load_tokenizer  # noqa: E402
 
 PROMPT = "def f(items):\n    total = 0\n    for x in items:\n        total += x\n"
 

@@ -33,10 +33,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tracekit import dataset, sources  # noqa: E402
-from tracekit.sandbox import bwrap_problem  # noqa: E402
-from tracekit.episode_rows import FunctionIndex  # noqa: E402
-from tracekit.suites import EpisodeOptions  # noqa: E402
+from tracekit.datasets import build as dataset  # noqa: E402
+from tracekit.datasets.episode_rows import FunctionIndex  # noqa: E402
+from tracekit.datasets.files import load_rows  # noqa: E402
+from tracekit.execution.sandbox import bwrap_problem  # noqa: E402
+from tracekit.programs import sources  # noqa: E402
+from tracekit.programs.suites import EpisodeOptions  # noqa: E402
 
 # Loaded by the bare run with `-p`: every call of a function or method (not a lambda,
 # comprehension or class body) of the project's source files while a test runs.
@@ -87,7 +89,7 @@ def bare_run(project: Path, suites: list, python: str, profile: bool) -> tuple[f
 
 def traced_run(project: Path, settings: EpisodeOptions, workers: int, python: str
                ) -> tuple[float, dict, list[dict]]:
-    from tracekit.sandbox import TraceOptions
+    from tracekit.execution.sandbox import TraceOptions
 
     suites = list(sources.from_specs([f"tests:{project}"], episodes=settings))
     with tempfile.TemporaryDirectory(prefix="tracekit-bench-") as work:
@@ -95,7 +97,7 @@ def traced_run(project: Path, settings: EpisodeOptions, workers: int, python: st
         stats = dataset.build(suites, Path(work) / "ds",
                               dataset.BuildOptions(TraceOptions(python=python)), workers)
         seconds = time.perf_counter() - start
-        rows = dataset.load_rows(Path(work) / "ds", columns=["file", "function"])
+        rows = load_rows(Path(work) / "ds", columns=["file", "function"])
     return seconds, stats, rows
 
 
@@ -117,8 +119,8 @@ def kill_check(project: Path, workers: int) -> None:
                   f"({'SIGKILL' if run.returncode == -signal.SIGKILL else 'NOT KILLED'})")
         subprocess.run([*command, "-o", str(killed), "--resume"], check=True,
                        capture_output=True)
-        same = dataset.load_rows(killed) == dataset.load_rows(whole)
-        print(f"{project.name}: {len(dataset.load_rows(whole))} rows; killed twice and "
+        same = load_rows(killed) == load_rows(whole)
+        print(f"{project.name}: {len(load_rows(whole))} rows; killed twice and "
               f"resumed: {'the same rows' if same else 'DIFFERENT ROWS'}")
 
 

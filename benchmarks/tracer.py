@@ -29,8 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tracekit.prompts import trace_text  # noqa: E402
-from tracekit.trace import Trace  # noqa: E402
+from tracekit.format.prompts import trace_text  # noqa: E402
+from tracekit.format.trace import Trace  # noqa: E402
 from tracekit.tracer.context import _entry_code, prepare_context  # noqa: E402
 from tracekit.tracer.recorder import Recorder  # noqa: E402
 from tracekit.tracer.values import Renderer  # noqa: E402

@@ -1,4 +1,4 @@
-"""Training throughput: our loop's step (tracekit.model.train) against a plain transformers
+"""Training throughput: our loop's step (tracekit.training.loop) against a plain transformers
 CwmForCausalLM loop, same weights, same packed batches, same AdamW; tokens per second and the
 ratio, interleaved rounds, median.
 
@@ -25,13 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import transformers  # noqa: E402
 
-from tracekit import sources  # noqa: E402
-from tracekit.model import train as loop  # noqa: E402
+from tracekit.format.prompts import trace_text  # noqa: E402
+from tracekit.format.trace import Trace  # noqa: E402
 from tracekit.model.modeling import CwmForCausalLM  # noqa: E402
-from tracekit.prompts import trace_text  # noqa: E402
-from tracekit.trace import Trace  # noqa: E402
+from tracekit.programs import sources  # noqa: E402
 from tracekit.tracer.run import trace_source  # noqa: E402
-from tracekit.train_data import pack, train_tokenizer  # noqa: E402
+from tracekit.training import loop  # noqa: E402
+from tracekit.training.data import pack, train_tokenizer  # noqa: E402
 
 
 def batches(rows: loop.Rows, batch_rows: int, steps: int) -> list[dict]:

@@ -13,9 +13,9 @@
 
 from __future__ import annotations
 
-from tracekit.cwm import END_OF_TEXT, frame_wire_text, parse_trace
 from tracekit.evals.compare import Mode
-from tracekit.trace import DotsResolver, Frame, Trace
+from tracekit.format.cwm import END_OF_TEXT, frame_wire_text, parse_trace
+from tracekit.format.trace import DotsResolver, Frame, Trace
 from tracekit.tracer.constants import DOTS, MARKER
 from tracekit.tracer.context import marker_line
 

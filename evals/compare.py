@@ -22,8 +22,8 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from functools import lru_cache
 
-from tracekit.cwm import ParsedTrace, frame_wire_text, parse_segments, parse_trace
-from tracekit.trace import DotsResolver, Frame, resolve_dots
+from tracekit.format.cwm import ParsedTrace, frame_wire_text, parse_segments, parse_trace
+from tracekit.format.trace import DotsResolver, Frame, resolve_dots
 from tracekit.tracer.constants import DOTS
 
 

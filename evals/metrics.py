@@ -21,7 +21,6 @@ from functools import lru_cache
 
 import numpy as np
 
-from tracekit.cwm import state_json
 from tracekit.evals.compare import (
     ANSWERS_ONLY,
     VALUE_TYPES,
@@ -30,7 +29,8 @@ from tracekit.evals.compare import (
     has_event,
     value_type,
 )
-from tracekit.trace import Frame
+from tracekit.format.cwm import state_json
+from tracekit.format.trace import Frame
 
 BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED = 1000, 0
 LENGTH_BUCKETS = (1, 9, 17, 33, 65, 129, 257, 513)  # real frames: 1-8, 9-16, ..., 513+
@@ -141,7 +141,7 @@ PUBLISHED_CRUXEVAL = {"output_pass1": 88.0, "valid_format": 99.6, "state_exact":
 
 @lru_cache(maxsize=1 << 16)
 def _tokens(text: str) -> int:
-    from tracekit.tokenizer import cwm_tokenizer, encode
+    from tracekit.format.tokenizer import cwm_tokenizer, encode
 
     return len(encode(cwm_tokenizer(), text))
 

@@ -6,7 +6,8 @@ so that the programs import what they import. `tracekit dataset build realworld`
 
     make realworld     # python -m tracekit.evals.realworld -o data/realworld
 
-Never train on it: `held_out_programs` (evals/train_run.py) keeps it out of every training run.
+Never train on it: `held_out_programs` (tracekit/training/run.py) keeps it out of every
+training run.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from tracekit import dataset, sources
-from tracekit.suites import EpisodeOptions
+from tracekit.datasets import build as dataset
+from tracekit.datasets.files import load_rows
+from tracekit.programs import sources
+from tracekit.programs.suites import EpisodeOptions
 
 # name -> (version, licence): the projects `make realworld` downloads (pure Python, MIT or
 # BSD, tests in their source distributions)
@@ -41,7 +44,7 @@ def make(checkouts: list[Path], out: Path, per_project: int = PER_PROJECT, seed:
         target = out / "project-files" / name
         with tempfile.TemporaryDirectory(prefix="tracekit-realworld-") as work:
             dataset.build(suites, Path(work) / "ds", workers=workers)
-            episodes = dataset.load_rows(Path(work) / "ds")
+            episodes = load_rows(Path(work) / "ds")
         episodes = sorted(episodes, key=lambda row: row["id"])
         random.Random(f"{seed}:{name}").shuffle(episodes)
         if target.exists():
@@ -63,7 +66,7 @@ def make(checkouts: list[Path], out: Path, per_project: int = PER_PROJECT, seed:
     with tempfile.TemporaryDirectory(prefix="tracekit-realworld-") as work:
         dataset.build(sources.realworld(out / "realworld.jsonl"), Path(work) / "ds",
                       workers=workers)
-        traced = {row["id"]: row for row in dataset.load_rows(Path(work) / "ds")}
+        traced = {row["id"]: row for row in load_rows(Path(work) / "ds")}
     kept = []
     for row in rows:
         trace = traced.get(row["id"])

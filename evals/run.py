@@ -31,16 +31,17 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tracekit.cwm import frame_wire_text
-from tracekit.dataset import BuildError, load_rows, row_trace
+from tracekit.datasets.files import BuildError, load_rows
+from tracekit.datasets.rows import row_trace
 from tracekit.evals import baselines
 from tracekit.evals.compare import Mode, TraceComparison, compare
+from tracekit.format.cwm import frame_wire_text
+from tracekit.format.trace import COMPLETE_STATUSES, Trace
 from tracekit.killpoints import kill_point
 from tracekit.model.checkpoint import CheckpointError, checkpoint_fingerprint
 from tracekit.model.errors import ContextError
 from tracekit.model.spec import ModelSpec
-from tracekit.predict import MAX_FRAME_TOKENS
-from tracekit.trace import COMPLETE_STATUSES, Trace
+from tracekit.prediction.predict import MAX_FRAME_TOKENS
 
 PREDICTIONS, RUN = "predictions.jsonl", "run.json"
 
@@ -256,7 +257,7 @@ def _clean(record: dict, mode: str, problems: Counter) -> dict:
 
 def _from_ids(record: dict, ids, tokenizer) -> dict:
     """The clean record with each text replaced by its `ids`' segments, if they are well-formed."""
-    from tracekit.tokenizer import id_segments
+    from tracekit.format.tokenizer import id_segments
 
     if record["mode"] == Mode.TEACHER_FORCED:
         if (isinstance(ids, list) and len(ids) == len(record["texts"])
@@ -278,8 +279,8 @@ def too_long(traces: list[tuple[str, Trace]], options: RunOptions, predictor=Non
     model's context (teacher-forced and rollout: the whole trace, rollout with its end
     token; output: the call frame's prompt and the return frame), or is longer than
     --max-tokens (the whole trace with its end, in the model's tokens, else CWM's)."""
-    from tracekit.prompts import trace_prompt_ids
-    from tracekit.tokenizer import cwm_tokenizer
+    from tracekit.format.prompts import trace_prompt_ids
+    from tracekit.format.tokenizer import cwm_tokenizer
 
     tokenizer = predictor.tokenizer if predictor is not None else cwm_tokenizer()
     limit = predictor.context_length if predictor is not None else None
@@ -318,7 +319,7 @@ def model_predictor(options: RunOptions) -> tuple[Callable[[Trace], dict], str, 
     if options.model in baselines.BASELINES:
         return (lambda trace: baselines.predict(options.model, trace, options.mode)), \
             options.model, None, None
-    from tracekit.predict import Sampling, load_predictor
+    from tracekit.prediction.predict import Sampling, load_predictor
 
     predictor = load_predictor(options.model, options.openai_model, options.device,
                                options.max_frame_tokens, options.compile_decode,
@@ -353,9 +354,9 @@ def _reasoning_predictor(options: RunOptions, predictor, sampling) -> Callable[[
     """Output prediction by reasoning: CWM's reasoning system prompt, the program and its call
     as the user's turn, one reply of at most `budget_tokens`; the record holds the whole reply
     (its opening <think> included), its length and whether the budget cut it off."""
-    from tracekit.chat import ChatError, ChatOptions, chat_turn, checkpoint_template
+    from tracekit.format.prompts import output_prediction_question
     from tracekit.model.errors import BackendError
-    from tracekit.prompts import output_prediction_question
+    from tracekit.prediction.chat import ChatError, ChatOptions, chat_turn, checkpoint_template
 
     spec = ModelSpec.parse(options.model)
     try:

@@ -323,11 +323,9 @@ def load_backend(spec: str | ModelSpec, openai_model: str | None = None, device:
     `compile_decode` (batch-1 decode steps compiled, model/compiled_decode.py) and
     `draft_tokens` (prompt-lookup guesses per forward; None: DRAFT_TOKENS)."""
     spec = ModelSpec.parse(spec, openai_model)
-    runtime_only = (("--compile", compile_decode), ("--draft-tokens", draft_tokens is not None))
-    for flag, given in runtime_only:
-        if given and spec.kind != "runtime":
-            raise BackendError(f"{flag} applies to our runtime (a checkpoint directory), not to "
-                               f"{spec}: drop {flag}")
+    if (compile_decode or draft_tokens is not None) and spec.kind != "runtime":
+        raise BackendError(f"compile_decode and draft_tokens apply to our runtime (a checkpoint "
+                           f"directory), not to {spec}")
     if spec.needs_name:
         raise BackendError(f"{spec} needs the name the model is served under")
     if spec.served:

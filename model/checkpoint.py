@@ -173,7 +173,7 @@ def check_device(device, dtype: torch.dtype) -> None:
         count = torch.cuda.device_count()  # 0 without a GPU or with a CPU-only torch
         if count == 0:
             raise CheckpointError(f"device {device}: no CUDA GPU here (torch "
-                                  f"{torch.__version__}): use the cpu device (--device cpu)")
+                                  f"{torch.__version__}): use the cpu device")
         if kind.index is not None and kind.index >= count:
             raise CheckpointError(f"device {device}: this machine has {count} CUDA GPU(s), "
                                   f"cuda:0 to cuda:{count - 1}")
@@ -183,7 +183,7 @@ def check_device(device, dtype: torch.dtype) -> None:
     elif kind.type == "mps":
         if not torch.backends.mps.is_available():
             raise CheckpointError(f"device {device}: MPS is not available here: use the cpu "
-                                  "device (--device cpu)")
+                                  "device")
     elif kind.type != "cpu":
         raise CheckpointError(f"device {device}: checkpoints load on cpu, cuda, cuda:N or mps")
     if dtype == torch.float16 and kind.type == "cpu":

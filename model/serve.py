@@ -348,120 +348,126 @@ class _Streamer:
                                 "model": self.engine.name, "choices": [choice]})
 
 
+class Handler(BaseHTTPRequestHandler):
+    """One connection's requests: the OpenAI-compatible endpoints over `engine`."""
+
+    protocol_version = "HTTP/1.1"
+    engine: Engine  # set per server by make_server
+    timeout = SOCKET_TIMEOUT  # a client that stops sending is dropped, not waited for
+
+    def log_message(self, *args) -> None:  # quiet: one line per request is noise here
+        pass
+
+    def _send(self, status: int, payload: dict) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, status: int, message: str) -> None:
+        self._send(status, {"error": {"message": message, "type": "invalid_request_error",
+                                      "code": status}})
+
+    def do_GET(self) -> None:
+        if self.path == "/health":
+            self._send(200, {"status": "ok"})
+        elif self.path == "/v1/models":
+            self._send(200, {"object": "list", "data": [
+                {"id": self.engine.name, "object": "model", "owned_by": "tracekit",
+                 "max_model_len": self.engine.context}]})
+        else:
+            self._refuse("GET")
+
+    def _refuse(self, method: str) -> None:
+        """A 405 for an endpoint that takes another method, else a 404; both as JSON."""
+        if self.path in POST_PATHS:
+            return self._error(405, f"{self.path} takes POST, not {method}")
+        if self.path in GET_PATHS:
+            return self._error(405, f"{self.path} takes GET, not {method}")
+        self._error(404, f"no such endpoint: {method} {self.path}")
+
+    def do_PUT(self) -> None:
+        self._refuse("PUT")
+
+    def do_DELETE(self) -> None:
+        self._refuse("DELETE")
+
+    def do_PATCH(self) -> None:
+        self._refuse("PATCH")
+
+    def send_error(self, code: int, message=None, explain=None) -> None:
+        """A method with no handler (501) answered in OpenAI's JSON shape, not HTML."""
+        if code == 501 and getattr(self, "command", None):
+            self.close_connection = True
+            return self._error(501, f"{self.command} is not supported: use GET or POST")
+        super().send_error(code, message, explain)
+
+    def handle_one_request(self) -> None:
+        """One request; a client that goes away mid-request ends its connection quietly."""
+        try:
+            super().handle_one_request()
+        except (ConnectionError, TimeoutError):
+            self.close_connection = True
+
+    def do_POST(self) -> None:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_BODY:
+            self.close_connection = True  # the body is not read: the connection is over
+            return self._error(413 if length > MAX_BODY else 400,
+                               f"Content-Length must be 0..{MAX_BODY} bytes, got "
+                               f"{self.headers.get('Content-Length')}")
+        raw = self.rfile.read(length)
+        if len(raw) < length:  # the client went away mid-body: nothing to answer
+            self.close_connection = True
+            return
+        if self.path not in POST_PATHS:
+            return self._refuse("POST")
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:
+            return self._error(400, f"the body is not valid JSON ({exc})")
+        try:
+            if self.path in ("/tokenize", "/detokenize"):
+                return self._send(200, self.engine.tokens(body, self.path == "/tokenize"))
+            job = self.engine.submit(body, chat=self.path == "/v1/chat/completions")
+            if job.stream:
+                return self._stream(job)
+            self._send(200, job.future.result())
+        except RequestError as exc:
+            self._error(exc.status, str(exc))
+        except Exception as exc:  # noqa: BLE001 - the server keeps serving
+            self._error(500, f"generation failed: {type(exc).__name__}: {exc}")
+
+    def _stream(self, job: Job) -> None:
+        """Server-sent events until `data: [DONE]`; the connection then closes (no
+        length is known in advance). A failure mid-stream is sent as an error event."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        while (event := job.events.get()) is not None:
+            self.wfile.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+            self.wfile.flush()
+        error = job.future.exception()
+        if error is not None:
+            self.wfile.write(b"data: " + json.dumps({"error": {
+                "message": f"generation failed: {type(error).__name__}: {error}",
+                "type": "server_error", "code": 500}}).encode() + b"\n\n")
+        self.wfile.write(b"data: [DONE]\n\n")
+
+
 def make_server(engine: Engine, host: str = "127.0.0.1", port: int = 8000,
                 socket_timeout: float = SOCKET_TIMEOUT) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        timeout = socket_timeout  # a client that stops sending is dropped, not waited for
-
-        def log_message(self, *args) -> None:  # quiet: one line per request is noise here
-            pass
-
-        def _send(self, status: int, payload: dict) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _error(self, status: int, message: str) -> None:
-            self._send(status, {"error": {"message": message, "type": "invalid_request_error",
-                                          "code": status}})
-
-        def do_GET(self) -> None:
-            if self.path == "/health":
-                self._send(200, {"status": "ok"})
-            elif self.path == "/v1/models":
-                self._send(200, {"object": "list", "data": [
-                    {"id": engine.name, "object": "model", "owned_by": "tracekit",
-                     "max_model_len": engine.context}]})
-            else:
-                self._refuse("GET")
-
-        def _refuse(self, method: str) -> None:
-            """A 405 for an endpoint that takes another method, else a 404; both as JSON."""
-            if self.path in POST_PATHS:
-                return self._error(405, f"{self.path} takes POST, not {method}")
-            if self.path in GET_PATHS:
-                return self._error(405, f"{self.path} takes GET, not {method}")
-            self._error(404, f"no such endpoint: {method} {self.path}")
-
-        def do_PUT(self) -> None:
-            self._refuse("PUT")
-
-        def do_DELETE(self) -> None:
-            self._refuse("DELETE")
-
-        def do_PATCH(self) -> None:
-            self._refuse("PATCH")
-
-        def send_error(self, code: int, message=None, explain=None) -> None:
-            """A method with no handler (501) answered in OpenAI's JSON shape, not HTML."""
-            if code == 501 and getattr(self, "command", None):
-                self.close_connection = True
-                return self._error(501, f"{self.command} is not supported: use GET or POST")
-            super().send_error(code, message, explain)
-
-        def handle_one_request(self) -> None:
-            """One request; a client that goes away mid-request ends its connection quietly."""
-            try:
-                super().handle_one_request()
-            except (ConnectionError, TimeoutError):
-                self.close_connection = True
-
-        def do_POST(self) -> None:
-            try:
-                length = int(self.headers.get("Content-Length") or 0)
-            except ValueError:
-                length = -1
-            if not 0 <= length <= MAX_BODY:
-                self.close_connection = True  # the body is not read: the connection is over
-                return self._error(413 if length > MAX_BODY else 400,
-                                   f"Content-Length must be 0..{MAX_BODY} bytes, got "
-                                   f"{self.headers.get('Content-Length')}")
-            raw = self.rfile.read(length)
-            if len(raw) < length:  # the client went away mid-body: nothing to answer
-                self.close_connection = True
-                return
-            if self.path not in POST_PATHS:
-                return self._refuse("POST")
-            try:
-                body = json.loads(raw)
-            except ValueError as exc:
-                return self._error(400, f"the body is not valid JSON ({exc})")
-            try:
-                if self.path in ("/tokenize", "/detokenize"):
-                    return self._send(200, engine.tokens(body, self.path == "/tokenize"))
-                job = engine.submit(body, chat=self.path == "/v1/chat/completions")
-                if job.stream:
-                    return self._stream(job)
-                self._send(200, job.future.result())
-            except RequestError as exc:
-                self._error(exc.status, str(exc))
-            except Exception as exc:  # noqa: BLE001 - the server keeps serving
-                self._error(500, f"generation failed: {type(exc).__name__}: {exc}")
-
-        def _stream(self, job: Job) -> None:
-            """Server-sent events until `data: [DONE]`; the connection then closes (no
-            length is known in advance). A failure mid-stream is sent as an error event."""
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Cache-Control", "no-cache")
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.close_connection = True
-            while (event := job.events.get()) is not None:
-                self.wfile.write(b"data: " + json.dumps(event).encode() + b"\n\n")
-                self.wfile.flush()
-            error = job.future.exception()
-            if error is not None:
-                self.wfile.write(b"data: " + json.dumps({"error": {
-                    "message": f"generation failed: {type(error).__name__}: {error}",
-                    "type": "server_error", "code": 500}}).encode() + b"\n\n")
-            self.wfile.write(b"data: [DONE]\n\n")
-
-    return Server((host, port), Handler)
+    """The HTTP server over `engine` (not yet serving: call serve_forever)."""
+    handler = type("Handler", (Handler,), {"engine": engine, "timeout": socket_timeout})
+    return Server((host, port), handler)
 
 
 class Server(ThreadingHTTPServer):

@@ -65,6 +65,6 @@ def checkpoint_directory(spec: str) -> Path:
     if spec != "bundled":
         return Path(spec)
     if not (BUNDLED / "config.json").is_file():
-        raise CheckpointError(f"the bundled model is missing from {BUNDLED}: run `make model` "
-                              "(or pass --model DIR)")
+        raise CheckpointError(f"the bundled model is missing from {BUNDLED}: rebuild it (README: "
+                              "the bundled model) or name a checkpoint directory")
     return BUNDLED

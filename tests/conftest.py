@@ -7,7 +7,7 @@ from types import ModuleType
 
 import pytest
 
-from tracekit.interpreters import SandboxUnavailable, find_python
+from tracekit.execution.interpreters import SandboxUnavailable, find_python
 
 SUPPORTED_PYTHONS = ("3.10", "3.11", "3.12", "3.13")
 # small projects whose own test suites the tests: source runs (tests/test_suites.py): not ours
@@ -25,7 +25,7 @@ def skip_or_fail(reason: str) -> None:
 
 def needs_bwrap() -> None:
     """Skip or fail (see skip_or_fail) unless bubblewrap can make a sandbox here."""
-    from tracekit.sandbox import bwrap_problem
+    from tracekit.execution.sandbox import bwrap_problem
 
     problem = bwrap_problem()
     if problem:
@@ -61,8 +61,8 @@ def converted_tokenizer_dir(tmp_path_factory) -> Path:
     a tokenizer.json by transformers' tiktoken converter."""
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
-    from tracekit.cwm import SPECIAL_TOKENS
-    from tracekit.tokenizer import LLAMA3_PATTERN, _llama3_bpe_file
+    from tracekit.format.cwm import SPECIAL_TOKENS
+    from tracekit.format.tokenizer import LLAMA3_PATTERN, _llama3_bpe_file
 
     converter = TikTokenConverter(
         vocab_file=str(_llama3_bpe_file()), pattern=LLAMA3_PATTERN,

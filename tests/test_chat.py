@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tracekit.chat import (
+from tracekit.format.tokenizer import decode, encode, load_tokenizer
+from tracekit.prediction.chat import (
     ChatOptions,
     chat_turn,
     checkpoint_template,
@@ -26,7 +27,6 @@ from tracekit.chat import (
     server_prompt,
     split_reply,
 )
-from tracekit.tokenizer import decode, encode, load_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -125,9 +125,9 @@ def test_a_reply_splits_at_the_end_of_its_thinking():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     """A tiny random-weight CWM checkpoint with the bundled tokenizer and TEMPLATE."""
-    from tracekit.model import train as loop
     from tracekit.model.checkpoint import BUNDLED, save_checkpoint
     from tracekit.model.modeling import CwmForCausalLM
+    from tracekit.training import loop
 
     directory = tmp_path_factory.mktemp("tiny")
     tokenizer = load_tokenizer(BUNDLED)
@@ -144,9 +144,9 @@ def tiny(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def served(tiny):
-    from tracekit.chat import END_OF_TURN
     from tracekit.model.checkpoint import load_checkpoint
     from tracekit.model.serve import Engine, make_server
+    from tracekit.prediction.chat import END_OF_TURN
 
     model = load_checkpoint(tiny)
     model.fast = True
@@ -177,7 +177,7 @@ def events(text: str) -> list[dict]:
 
 
 def test_served_chat_is_the_runtimes_reply_streamed_or_not(served, tiny):
-    from tracekit.predict import GREEDY, load_predictor
+    from tracekit.prediction.predict import GREEDY, load_predictor
 
     predictor = load_predictor(str(tiny))
     template = checkpoint_template(tiny)
@@ -236,7 +236,7 @@ def test_earlier_thinking_is_dropped_unless_preserved_in_every_renderer(served, 
     """preserve_previous_think=False drops an earlier assistant turn's <think> block in
     tracekit's own template, in the checkpoint's template, in the server's renderer, and in a
     served /v1/chat/completions, whose reply is then chat_turn's with the same option."""
-    from tracekit.predict import GREEDY, load_predictor
+    from tracekit.prediction.predict import GREEDY, load_predictor
 
     messages = CONVERSATIONS[2]
     tokenizer = load_tokenizer(tiny)

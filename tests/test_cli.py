@@ -15,8 +15,8 @@ from click.testing import CliRunner
 from tests.conftest import python_or_skip
 from tracekit.cli import main
 from tracekit.cli.exits import EXIT_CODES
-from tracekit.sandbox import bwrap_problem
-from tracekit.trace import STATUSES, Trace
+from tracekit.execution.sandbox import bwrap_problem
+from tracekit.format.trace import STATUSES, Trace
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "data" / "programs" / "bubble_sort.py"
@@ -161,7 +161,7 @@ def test_what_a_person_reads_names_the_call_and_nothing_prints_before_an_error(t
     call (rows keep no entry name); a build refused at once prints its one line alone; a
     degenerate frame beside a real one is a few lines, not a screenful."""
     from tracekit.cli.pretty import FRAME_TEXT_CHARS, frame_text
-    from tracekit.trace import Frame
+    from tracekit.format.trace import Frame
 
     endless = tmp_path / "endless.py"
     endless.write_text("def spin():  # << START_OF_TRACE\n    x = 0\n    while True:\n"
@@ -187,12 +187,13 @@ def test_every_status_has_an_exit_code():
 
 def test_a_model_spec_is_parsed_in_one_place_and_each_default_is_defined_once():
     """Every command reads --model through ModelSpec; --max-frame-tokens' default is
-    tracekit.predict.MAX_FRAME_TOKENS in every command, the eval's options and the loader."""
+    tracekit.prediction.predict.MAX_FRAME_TOKENS in every command, the eval's options and the
+    loader."""
     import inspect
 
     from tracekit.evals.run import RunOptions
     from tracekit.model.spec import ModelSpec
-    from tracekit.predict import MAX_FRAME_TOKENS, TracePredictor, load_predictor
+    from tracekit.prediction.predict import MAX_FRAME_TOKENS, TracePredictor, load_predictor
 
     served = ModelSpec.parse("openai:http://127.0.0.1:8000/v1", "cwm")
     assert (served.kind, served.target, served.served, served.needs_name) == (
@@ -219,3 +220,26 @@ def test_a_model_spec_is_parsed_in_one_place_and_each_default_is_defined_once():
                if re.search(r'(startswith|removeprefix)\(\(?f?"(openai|transformers|\{kind\})',
                             path.read_text())]
     assert parsing == ["model/spec.py"]
+
+
+def test_the_train_commands_defaults_are_the_training_configs():
+    """`tracekit train`'s defaults are read from TrainConfig and TrainOptions (one place each):
+    a default changed there changes the command, and no option says otherwise."""
+    from dataclasses import MISSING, fields
+
+    import click
+
+    from tracekit.training.config import SIZES, TrainConfig, TrainOptions
+
+    command = main.commands["train"]
+    options = {p.name: p for p in command.params}
+    context = click.Context(command)
+    shared = 0
+    for settings in (TrainConfig(), TrainOptions(datasets=())):
+        for field in fields(settings):
+            if field.name in options and field.default not in (MISSING, None):
+                default = options[field.name].get_default(context)
+                assert default == getattr(settings, field.name), field.name
+                shared += 1
+    assert shared >= 12
+    assert list(options["size"].type.choices) == list(SIZES)

@@ -17,9 +17,10 @@ import pyarrow.dataset as ds
 import pytest
 
 from tests.conftest import needs_bwrap, skip_or_fail
-from tracekit import sources
-from tracekit.dataset import BuildError, BuildOptions, build, load_rows
-from tracekit.sandbox import Limits, TraceOptions
+from tracekit.datasets.build import BuildError, BuildOptions, build
+from tracekit.datasets.files import load_rows
+from tracekit.execution.sandbox import Limits, TraceOptions
+from tracekit.programs import sources
 
 ROOT = Path(__file__).resolve().parent.parent
 PROGRAMS = ROOT / "data" / "programs"
@@ -310,7 +311,7 @@ def test_a_damaged_dataset_is_refused_in_one_line_by_resume_stats_show_eval_and_
 
 
 def test_a_warm_sandbox_traces_like_a_fresh_one_and_clears_up_between_programs():
-    from tracekit.sandbox import WarmSandbox, run_trace
+    from tracekit.execution.sandbox import WarmSandbox, run_trace
 
     needs_bwrap()
     rows = {row["id"]: row for row in HOSTILE}

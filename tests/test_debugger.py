@@ -15,11 +15,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tracekit.cli.debug import DebugSession, split_commands
-from tracekit.debugger import DebuggerError, ModelStepper, Program, ReplayStepper, Track
-from tracekit.predict import GREEDY, load_predictor
-from tracekit.sandbox import run_trace
-from tracekit.tokenizer import decode
-from tracekit.trace import resolve_dots
+from tracekit.execution.sandbox import run_trace
+from tracekit.format.tokenizer import decode
+from tracekit.format.trace import resolve_dots
+from tracekit.prediction.debugger import (
+    DebuggerError,
+    ModelStepper,
+    ReplayStepper,
+    SourceMap,
+    Track,
+)
+from tracekit.prediction.predict import GREEDY, load_predictor
 
 ROOT = Path(__file__).resolve().parent.parent
 PROGRAM = '''\
@@ -100,7 +106,7 @@ def test_the_oracle_lands_where_a_real_debugger_does_and_back_restores(name):
     code_lines = sorted({f.lineno for f in real if f.event == "line"})
     rng = random.Random(name)
     for _ in range(40):  # random walks, each from the entry
-        track = Track(ReplayStepper(real), real[:1], Program(trace.context))
+        track = Track(ReplayStepper(real), real[:1], SourceMap(trace.context))
         index, ended = 0, False
         undo = []
         for _ in range(12):
@@ -137,7 +143,7 @@ def test_the_oracle_lands_where_a_real_debugger_does_and_back_restores(name):
 
 def session_for(name: str, real_beside: bool = True) -> DebugSession:
     trace = real_trace(name)
-    program = Program(trace.context)
+    program = SourceMap(trace.context)
     truth = Track(ReplayStepper(trace.frames), trace.frames[:1], program) if real_beside \
         else None
     return DebugSession(Track(ReplayStepper(trace.frames), trace.frames[:1], program), truth,
@@ -200,7 +206,7 @@ def test_random_command_lines_never_crash_the_debugger(lines):
 
 def test_a_track_refuses_to_edit_what_has_no_locals():
     trace = real_trace("recursion")
-    track = Track(ReplayStepper(trace.frames), trace.frames[:1], Program(trace.context))
+    track = Track(ReplayStepper(trace.frames), trace.frames[:1], SourceMap(trace.context))
     with pytest.raises(DebuggerError, match="no local named 'm'"):
         track.set_value("m", "3")
     track.save()
@@ -213,7 +219,7 @@ def test_a_track_refuses_to_edit_what_has_no_locals():
 
 def test_set_with_the_oracle_edits_the_frame_it_cannot_go_on_from_and_back_undoes_it():
     trace = real_trace("recursion")
-    track = Track(ReplayStepper(trace.frames), trace.frames[:1], Program(trace.context))
+    track = Track(ReplayStepper(trace.frames), trace.frames[:1], SourceMap(trace.context))
     track.save()
     track.set_value("n", "7")
     assert track.current.locals == {"n": "7"} and track.is_edited
@@ -232,7 +238,7 @@ def test_set_with_a_model_is_the_state_the_next_step_starts_from(tmp_path):
     from tests.test_evals import tiny_checkpoint
 
     trace = run_trace(LOOP, "f(2)")
-    program = Program(trace.context)
+    program = SourceMap(trace.context)
     predictor = load_predictor(str(tiny_checkpoint(tmp_path / "tiny")), max_frame_tokens=24)
     stepper = ModelStepper(predictor, trace.context, GREEDY)
     given = []
@@ -280,7 +286,7 @@ def test_back_over_a_set_compares_with_the_real_run_again(bundled):
     """After `set` and `back` the track holds no edited frame, however many frames the model
     writes next (a freed edited frame's id must not make a new frame look edited)."""
     trace = run_trace(LOOP, "f(2)")
-    program = Program(trace.context)
+    program = SourceMap(trace.context)
     track = Track(ModelStepper(bundled, trace.context, GREEDY), trace.frames[:1], program)
     track.step()
     track.save()
@@ -311,7 +317,7 @@ def test_set_of_a_loop_bound_changes_how_many_rounds_the_model_predicts(bundled)
 
     def predicted(edit: str | None) -> tuple[int, str]:
         track = Track(ModelStepper(bundled, trace.context, GREEDY), trace.frames[:1],
-                      Program(trace.context))
+                      SourceMap(trace.context))
         if edit is not None:
             track.set_value("k", edit)
             assert track.frames[0].locals == {"k": edit} and track.is_edited
@@ -328,7 +334,7 @@ def test_ctrl_c_during_a_prediction_stops_it_and_keeps_the_session(bundled, caps
     its fifth forward, exactly where a person's Ctrl-C would land): the command stops, the
     frames so far stay, and the next command predicts as if nothing had happened."""
     trace = run_trace(LOOP, "f(2)")
-    program = Program(trace.context)
+    program = SourceMap(trace.context)
     track = Track(ModelStepper(bundled, trace.context, GREEDY), trace.frames[:1], program)
     session = DebugSession(track, None, color=False)
     model = bundled.backend.model

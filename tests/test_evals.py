@@ -16,9 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tracekit import sources
-from tracekit.cwm import END_OF_TEXT, frame_wire_text
-from tracekit.dataset import BuildOptions, build
+from tracekit.datasets.build import BuildOptions, build
 from tracekit.evals.compare import (
     compare_output,
     compare_rollout,
@@ -27,7 +25,9 @@ from tracekit.evals.compare import (
 )
 from tracekit.evals.metrics import CWM_TABLE, METRICS, summarize, trace_counts
 from tracekit.evals.run import RunOptions, evaluate
-from tracekit.trace import COMPLETE_STATUSES, Frame, Trace
+from tracekit.format.cwm import END_OF_TEXT, frame_wire_text
+from tracekit.format.trace import COMPLETE_STATUSES, Frame, Trace
+from tracekit.programs import sources
 from tracekit.tracer.run import trace_source
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -328,10 +328,11 @@ def test_oracle_and_copy_runs_write_every_report_file(dataset, tmp_path):
 
 def test_the_demos_sample_programs_fit_the_bundled_models_context(dataset):
     """So that `tracekit demo` predicts and scores every one of them, its end included."""
-    from tracekit.dataset import load_rows, row_trace
+    from tracekit.datasets.files import load_rows
+    from tracekit.datasets.rows import row_trace
+    from tracekit.format.prompts import trace_prompt_ids
+    from tracekit.format.tokenizer import load_tokenizer
     from tracekit.model.checkpoint import BUNDLED
-    from tracekit.prompts import trace_prompt_ids
-    from tracekit.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(BUNDLED)
     rows = load_rows(dataset)
@@ -347,10 +348,11 @@ def test_traces_over_the_context_are_left_out_and_counted_in_every_mode(tmp_path
     in its tokenizer): teacher-forced and rollout runs predict and score the short one only
     (an output run all three: the call and return frames fit), and metrics.json, report.md and the command's output count the long ones per
     trace and per frame; --max-tokens leaves out what is longer than it, for a baseline too."""
-    from tracekit.dataset import load_rows, row_trace
+    from tracekit.datasets.files import load_rows
+    from tracekit.datasets.rows import row_trace
+    from tracekit.format.prompts import trace_prompt_ids
+    from tracekit.format.tokenizer import cwm_tokenizer, load_tokenizer
     from tracekit.model.checkpoint import BUNDLED
-    from tracekit.prompts import trace_prompt_ids
-    from tracekit.tokenizer import cwm_tokenizer, load_tokenizer
 
     source = tmp_path / "progs.jsonl"
     body = "def f(n):\n    total = 0\n    for i in range(n):\n        total += i * i\n" \
@@ -395,7 +397,7 @@ def test_traces_over_the_context_are_left_out_and_counted_in_every_mode(tmp_path
 
 
 def test_a_garbage_prediction_file_is_scored_with_its_errors_counted(dataset, tmp_path):
-    from tracekit.dataset import load_rows
+    from tracekit.datasets.files import load_rows
 
     ids = [row["id"] for row in load_rows(dataset) if row["status"] in COMPLETE_STATUSES]
     rng = random.Random(0)
@@ -485,7 +487,7 @@ def test_a_model_run_shows_rollouts_cut_off_by_the_budget(dataset, tmp_path):
     from tests.test_predict import bigram_model
     from tracekit.model.backends import RuntimeBackend
     from tracekit.model.checkpoint import save_checkpoint
-    from tracekit.predict import TracePredictor
+    from tracekit.prediction.predict import TracePredictor
 
     predictor = TracePredictor(RuntimeBackend(bigram_model([])))
     cycle = predictor.frame_ids(Frame("line", None, "    pass\n", {}))
@@ -536,9 +538,9 @@ def test_an_openai_server_run_with_concurrency_equals_the_runtime_run(dataset, t
     the predictions the in-process runtime gives."""
     import threading
 
+    from tracekit.format.tokenizer import cwm_tokenizer, decode, encode
     from tracekit.model.checkpoint import load_checkpoint
     from tracekit.model.serve import Engine, make_server
-    from tracekit.tokenizer import cwm_tokenizer, decode, encode
 
     checkpoint = tiny_checkpoint(tmp_path / "tiny")
     served = load_checkpoint(checkpoint)
@@ -614,9 +616,9 @@ def test_predictions_are_scored_from_their_token_ids_where_text_is_ambiguous():
     """A value that spells a special token: its text splits the frame at the fake separator,
     its ids (the model's real output) do not. With the tokenizer the run used, records score
     from `ids`; without one (a predictions file from elsewhere), from text."""
-    from tracekit.cwm import frame_segments
     from tracekit.evals.run import score
-    from tracekit.tokenizer import cwm_tokenizer, decode, encode_segments
+    from tracekit.format.cwm import frame_segments
+    from tracekit.format.tokenizer import cwm_tokenizer, decode, encode_segments
 
     result = trace_source("def f():  # << START_OF_TRACE\n    s = 'a<|frame_sep|>b'\n"
                           "    return s\n")

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from tests.golden.expected_for import EXPECTED, PROGRAMS
 from tracekit.cli import main
-from tracekit.cwm import (
+from tracekit.format.cwm import (
     BEGIN_OF_TEXT,
     END_OF_TEXT,
     FRAME_SEP,
@@ -24,7 +24,7 @@ from tracekit.cwm import (
     prompt_segments,
     state_json,
 )
-from tracekit.prompts import (
+from tracekit.format.prompts import (
     REASONING_SYSTEM_PROMPT,
     chat_prompt,
     output_prediction_prompt,
@@ -33,7 +33,7 @@ from tracekit.prompts import (
     trace_prompt_ids,
     trace_text,
 )
-from tracekit.tokenizer import (
+from tracekit.format.tokenizer import (
     HFTokenizer,
     cwm_tokenizer,
     decode,
@@ -42,7 +42,7 @@ from tracekit.tokenizer import (
     load_tokenizer,
     parse_ids,
 )
-from tracekit.trace import Frame, Trace
+from tracekit.format.trace import Frame, Trace
 from tracekit.tracer.context import call_from_comment
 from tracekit.tracer.run import trace_source
 

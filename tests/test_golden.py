@@ -13,9 +13,9 @@ import pytest
 
 from tests.conftest import SUPPORTED_PYTHONS, python_or_skip
 from tests.golden.expected_for import PROGRAMS, expected_path, trace_program
-from tracekit.cwm import parse_trace
-from tracekit.prompts import trace_text
-from tracekit.trace import Trace, resolve_dots
+from tracekit.format.cwm import parse_trace
+from tracekit.format.prompts import trace_text
+from tracekit.format.trace import Trace, resolve_dots
 
 NAMES = sorted(p.stem for p in PROGRAMS.glob("*.py"))
 VERSION = "import platform; print(platform.python_version())"
@@ -70,7 +70,7 @@ def test_entry_marker_spacing_and_entry_on_a_marked_file():
     do; only CWM's exact two-space form is stripped from actions, so the one-space marker stays
     in the call frame's action (as CWM's generations for such harnesses show). `--entry` naming
     the marked function gives the same trace; naming another moves the marker there."""
-    from tracekit.sandbox import run_trace
+    from tracekit.execution.sandbox import run_trace
 
     golden = (PROGRAMS / "harness_one_space.py").read_text()
     assert "def main(): # << START_OF_TRACE\n" in golden

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import needs_bwrap
-from tracekit.interpreters import find_python
-from tracekit.sandbox import Limits, TraceOptions, bwrap_problem, run_trace
+from tracekit.execution.interpreters import find_python
+from tracekit.execution.sandbox import Limits, TraceOptions, bwrap_problem, run_trace
 from tracekit.tracer.constants import MARKER, REPORT_GRACE
 
 # Wall-clock bounds here only tell "ended" from "hung": each bounded program never ends by
@@ -419,7 +419,7 @@ def test_a_program_reads_the_files_beside_it_and_writes_none_of_them(tmp_path, b
     expected = repr([True, "beside", "beside", third, "refused", "refused"])
     assert trace["return_value"] == expected
     # a dataset build runs it the same way, in a warm sandbox (a fork per program)
-    from tracekit.dataset import load_rows
+    from tracekit.datasets.files import load_rows
 
     args = ["dataset", "build", str(project), "-o", str(tmp_path / "ds"), "--sandbox", "bwrap"]
     built = CliRunner().invoke(main, args + (["--bind", str(other)] if bind else []),

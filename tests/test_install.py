@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import IN_CI
-from tracekit.sandbox import bwrap_problem
+from tracekit.execution.sandbox import bwrap_problem
 
 ROOT = Path(__file__).resolve().parent.parent
 PROGRAM = "def total(xs):  # << START_OF_TRACE\n    s = 0\n    for x in xs:\n        s += x\n" \
@@ -116,8 +116,9 @@ def test_an_installed_wheel_works_from_an_empty_folder_without_the_checkout(whee
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     tracekit = [*prefix, venv / "bin" / "tracekit"]
 
-    where = run([*prefix, python, "-c", "import tracekit.sources as s, tracekit.model.checkpoint "
-                 "as c; print(s.DATA, c.BUNDLED, sep='\\n')"], work, env).stdout.split()
+    where = run([*prefix, python, "-c", "import tracekit.programs.sources as s, "
+                 "tracekit.model.checkpoint as c; print(s.DATA, c.BUNDLED, sep='\\n')"], work,
+                env).stdout.split()
     assert all(Path(p).is_relative_to(site) for p in where), where
     if prefix:
         hidden = run([*prefix, python, "-c", f"import os; print(os.listdir({str(ROOT)!r}))"],

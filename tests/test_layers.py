@@ -36,7 +36,10 @@ def imports(path: Path, root: Path = ROOT) -> list[tuple[int, str]]:
     return found
 
 
-CORE_ABOVE = ("tracekit.evals", "tracekit.cli")  # what the core layer must not import
+CORE_ABOVE = ("tracekit.evals", "tracekit.training", "tracekit.cli")  # the core must not import
+# The core's subpackages, one concept each (README: Layout); the tracer is checked on its own.
+CORE_PACKAGES = ("tracekit/format", "tracekit/programs", "tracekit/execution",
+                 "tracekit/datasets", "tracekit/prediction")
 
 
 def forbidden(module: str, name: str) -> bool:
@@ -46,7 +49,12 @@ def forbidden(module: str, name: str) -> bool:
 
     if module.startswith("tracekit.model."):
         return within("tracekit") and not within("tracekit.model")
+    if module == "tracekit.training.loop":  # the loop is over token ids, as model/ is
+        return within("tracekit") and not within("tracekit.model") and \
+            name != "tracekit.training.config"
     if module.startswith("tracekit.evals."):
+        return within("tracekit.training") or within("tracekit.cli")
+    if module.startswith("tracekit.training."):
         return within("tracekit.cli")
     if module.startswith(("tracekit.cli", "tracekit.tracer.")) or module == "tracekit.__main__":
         return False  # the top (python -m tracekit is the CLI); the tracer is checked more
@@ -98,10 +106,21 @@ def test_the_check_sees_wrong_imports(tmp_path):
     (tmp_path / "evals" / "probe.py").write_text("from tracekit.cli import main\n")
     (tmp_path / "tracekit").mkdir()
     (tmp_path / "tracekit" / "probe.py").write_text("from .evals import run\n")
+    (tmp_path / "tracekit" / "training").mkdir()
+    (tmp_path / "tracekit" / "training" / "loop.py").write_text(
+        "from tracekit.model.modeling import CwmForCausalLM\nfrom .config import TrainConfig\n"
+        "from tracekit.format.trace import Trace\n")
+    (tmp_path / "tracekit" / "training" / "run.py").write_text(
+        "from tracekit.evals.compare import Mode\nfrom tracekit.cli import main\n")
+    (tmp_path / "evals" / "uses_training.py").write_text("from tracekit.training import run\n")
     assert upward_imports(tmp_path) == ["evals/probe.py:1 imports tracekit.cli",
+                                        "evals/uses_training.py:1 imports tracekit.training",
                                         "model/probe.py:4 imports tracekit",
                                         "model/probe.py:5 imports tracekit.evals.run",
-                                        "tracekit/probe.py:1 imports tracekit.evals"]
+                                        "tracekit/probe.py:1 imports tracekit.evals",
+                                        "tracekit/training/loop.py:3 imports "
+                                        "tracekit.format.trace",
+                                        "tracekit/training/run.py:2 imports tracekit.cli"]
 
 
 def unlisted_files(readme: str, root: Path = ROOT) -> list[str]:
@@ -118,11 +137,12 @@ def unlisted_files(readme: str, root: Path = ROOT) -> list[str]:
         if directory is not None:
             entries[directory] += " " + line
     missing = []
-    for folder in ("model", "tracekit", "tracekit/cli", "evals", "benchmarks"):
+    for folder in ("model", "tracekit", *CORE_PACKAGES, "tracekit/training", "tracekit/cli",
+                   "evals", "benchmarks"):
         for path in sorted((root / folder).glob("*.py")):
             if path.name != "__init__.py" and path.name not in entries.get(folder, ""):
                 missing.append(f"{folder}/{path.name}")
-    tracer = entries.get("tracekit", "")
+    tracer = entries.get("tracekit/tracer", "")
     for path in sorted((root / "tracekit" / "tracer").glob("*.py")):
         if path.name != "__init__.py" and path.stem not in tracer:
             missing.append(f"tracekit/tracer/{path.name}")
@@ -138,7 +158,7 @@ def test_the_layout_check_sees_a_missing_file():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "debugger.py" in readme
     without = readme.replace("debugger.py (the neural", "(the neural")
-    assert "tracekit/debugger.py" in unlisted_files(without)
+    assert "tracekit/prediction/debugger.py" in unlisted_files(without)
 
 
 def test_commands_that_run_no_model_do_not_import_torch(tmp_path):
@@ -198,3 +218,28 @@ def test_the_forward_check_sees_a_second_forward(tmp_path):
         "def step(layer, h):\n    return torch.matmul(layer.self_attn.q_proj(h), h)\n")
     assert forward_outside_modeling(tmp_path) == ["model/step.py:2 matmul",
                                                   "model/step.py:2 q_proj"]
+
+
+def long_functions(root: Path, limit: int = 60) -> list[str]:
+    """`file:line name (n lines)` for each function over `limit` lines (decorators aside) in
+    the three layers whose docstring does not say why it is that long ("over 60 lines")."""
+    found = []
+    for path in sorted(p for layer in ("model", "tracekit", "evals")
+                       for p in (root / layer).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > limit and "over 60 lines" not in (ast.get_docstring(node) or ""):
+                    found.append(f"{path.relative_to(root)}:{node.lineno} {node.name} "
+                                 f"({length} lines)")
+    return found
+
+
+def test_no_function_is_over_60_lines_unless_it_says_why(tmp_path):
+    assert long_functions(ROOT) == []
+    (tmp_path / "model").mkdir()
+    body = "".join(f"    x{i} = {i}\n" for i in range(60))
+    (tmp_path / "model" / "long.py").write_text(
+        f"def long():\n{body}\ndef explained():\n    '''Kept whole: over 60 lines because "
+        f"...'''\n{body}")
+    assert long_functions(tmp_path) == ["model/long.py:1 long (61 lines)"]

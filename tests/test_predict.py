@@ -11,12 +11,12 @@ import torch
 import transformers
 
 from tests.test_serve import post
+from tracekit.format.prompts import trace_prompt_ids
+from tracekit.format.trace import Frame, Trace
 from tracekit.model.backends import RuntimeBackend, TransformersBackend
 from tracekit.model.config import CwmConfig
 from tracekit.model.modeling import CwmForCausalLM
-from tracekit.predict import Sampling, TracePredictor
-from tracekit.prompts import trace_prompt_ids
-from tracekit.trace import Frame, Trace
+from tracekit.prediction.predict import Sampling, TracePredictor
 from tracekit.tracer.run import trace_source
 
 TINY_CWM = dict(vocab_size=128256, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
@@ -261,8 +261,8 @@ def test_forced_event_and_malformed_output_never_raise(trace, models):
 def server(models):
     import threading
 
+    from tracekit.format.tokenizer import cwm_tokenizer, decode, encode
     from tracekit.model.serve import Engine, make_server
-    from tracekit.tokenizer import cwm_tokenizer, decode, encode
 
     _, ours = models
     tokenizer = cwm_tokenizer()

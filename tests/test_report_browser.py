@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import skip_or_fail
-from tracekit import sources
-from tracekit.dataset import BuildOptions, build
+from tracekit.datasets.build import BuildOptions, build
 from tracekit.evals.plots import MAIN_COLOR
 from tracekit.evals.run import RunOptions, evaluate
+from tracekit.programs import sources
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADER_RGB = (0xdd, 0xe6, 0xf3)  # th background in evals/templates/report.html.jinja

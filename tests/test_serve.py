@@ -18,9 +18,9 @@ import torch
 
 @pytest.fixture(scope="module")
 def served():
+    from tracekit.format.tokenizer import decode, encode, load_tokenizer
     from tracekit.model.checkpoint import BUNDLED, load_checkpoint
     from tracekit.model.serve import Engine, make_server
-    from tracekit.tokenizer import decode, encode, load_tokenizer
 
     model = load_checkpoint(BUNDLED, dtype=torch.float32)
     model.fast = True
@@ -176,8 +176,8 @@ def test_a_client_that_leaves_mid_body_is_dropped_quietly(served, capfd):
 
 def test_stop_strings_cut_the_text_and_count_the_tokens_as_vllm_does(served):
     url, _, _ = served
+    from tracekit.format.tokenizer import decode, load_tokenizer
     from tracekit.model.checkpoint import BUNDLED
-    from tracekit.tokenizer import decode, load_tokenizer
 
     tokenizer = load_tokenizer(BUNDLED)
     request = {"prompt": PROMPTS[0], "max_tokens": 24, "temperature": 0, "logprobs": 0,
@@ -205,8 +205,8 @@ def test_a_client_predicts_with_the_served_models_own_tokenizer(served):
     """The bundled model (its own 2,048-token vocabulary) behind the server: `openai:URL`
     asks the server to tokenize (vLLM's /tokenize, /detokenize), so its predictions are the
     local model's, frame for frame, and it knows the model's context for the one rule."""
-    from tracekit.predict import load_predictor
-    from tracekit.sandbox import run_trace
+    from tracekit.execution.sandbox import run_trace
+    from tracekit.prediction.predict import load_predictor
 
     url, _, _ = served
     trace = run_trace("def f(xs):  # << START_OF_TRACE\n    out = []\n    for x in xs:\n"

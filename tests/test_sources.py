@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tracekit import sources
-from tracekit.trace import Trace
+from tracekit.format.trace import Trace
+from tracekit.programs import sources
 from tracekit.tracer.run import trace_source
 
 

@@ -21,11 +21,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import needs_bwrap
-from tracekit import dataset, sources
-from tracekit.prompts import trace_text
-from tracekit.sandbox import Limits, TraceOptions, run_trace
-from tracekit.suites import EpisodeOptions
-from tracekit.trace import resolve_dots
+from tracekit.datasets import build as dataset
+from tracekit.datasets.files import load_rows
+from tracekit.datasets.rows import row_trace
+from tracekit.execution.sandbox import Limits, TraceOptions, run_trace
+from tracekit.format.prompts import trace_text
+from tracekit.format.trace import resolve_dots
+from tracekit.programs import sources
+from tracekit.programs.suites import EpisodeOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "tests" / "fixtures" / "tinyproj"
@@ -35,7 +38,7 @@ HOSTILE = ROOT / "tests" / "fixtures" / "hostileproj"
 def build(tmp_path: Path, name: str, project: Path = TINY, **settings) -> list[dict]:
     programs = sources.from_specs([f"tests:{project}"], episodes=EpisodeOptions(**settings))
     dataset.build(programs, tmp_path / name, dataset.BuildOptions(), workers=2)
-    return dataset.load_rows(tmp_path / name)
+    return load_rows(tmp_path / name)
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +110,7 @@ def test_step_in_zero_steps_over_callees_and_keeps_the_callers_baseline(tiny_row
     normalize = {"def normalize(word):\n", "    return word.strip(\"'\").lower()\n"}
 
     def resolved(row, keep=lambda frame: True):
-        trace = dataset.row_trace(row)
+        trace = row_trace(row)
         states = resolve_dots(trace.frames)
         return [(f.event, f.source, state, f.arg)
                 for f, state in zip(trace.frames, states) if keep(f)]
@@ -118,7 +121,7 @@ def test_step_in_zero_steps_over_callees_and_keeps_the_callers_baseline(tiny_row
     # after the stepped-over call the caller's baseline holds ("raw" unchanged is ".."); after
     # a callee stepped into, the caller's next frame is written in full
     for row, raw in ((over[call], '".."'), (full[call], "\"'the'\"")):
-        frames = dataset.row_trace(row).frames
+        frames = row_trace(row).frames
         calling = next(i for i, f in enumerate(frames) if "normalize(raw)" in f.source)
         after = next(f for f in frames[calling + 1:] if f.source == "        if word:\n")
         assert json.dumps(after.locals["raw"]) == raw
@@ -126,10 +129,10 @@ def test_step_in_zero_steps_over_callees_and_keeps_the_callers_baseline(tiny_row
     assert any("lambda kv" in f[1] and f[0] == "call" for f in resolved(over[limited]))
 
     shallow = by_call(build(tmp_path, "shallow", max_depth=1))
-    calls = [f for f in dataset.row_trace(shallow["fib(5)"]).frames if f.event == "call"]
+    calls = [f for f in row_trace(shallow["fib(5)"]).frames if f.event == "call"]
     assert len(calls) == 3  # fib(5), and fib(4) and fib(3) one level down, no deeper
     entry_only = by_call(build(tmp_path, "flat", max_depth=0))
-    assert [f.event for f in dataset.row_trace(entry_only["fib(5)"]).frames].count("call") == 1
+    assert [f.event for f in row_trace(entry_only["fib(5)"]).frames].count("call") == 1
 
 
 def test_per_function_caps_the_episodes_of_each_function(tmp_path):
@@ -146,7 +149,7 @@ def test_per_function_caps_the_episodes_of_each_function(tmp_path):
 def test_check_harness_keeps_pure_functions_and_drops_one_that_read_a_changed_global(tmp_path):
     programs = sources.from_specs([f"tests:{TINY}"], episodes=EpisodeOptions(check_harness=True))
     stats = dataset.build(programs, tmp_path / "checked", dataset.BuildOptions(), workers=2)
-    rows = by_call(dataset.load_rows(tmp_path / "checked"))
+    rows = by_call(load_rows(tmp_path / "checked"))
     assert "split_fields('a, b')" in rows and "split_fields('a;b ')" not in rows
     assert all(row["harness"] for row in rows.values())
     checks = stats["suites"]["harness check"]
@@ -163,7 +166,7 @@ def test_a_build_is_deterministic_and_resumes_after_sigkill_to_the_same_rows(tmp
     subprocess.run([*command, "-o", str(whole)], check=True, cwd=ROOT, capture_output=True)
     again = tmp_path / "again"
     subprocess.run([*command, "-o", str(again)], check=True, cwd=ROOT, capture_output=True)
-    assert dataset.load_rows(again) == dataset.load_rows(whole)
+    assert load_rows(again) == load_rows(whole)
     killed = tmp_path / "killed"
     for point in ("traced:1", "written:2"):
         proc = subprocess.run([*command, "-o", str(killed), "--resume"], cwd=ROOT,
@@ -171,7 +174,7 @@ def test_a_build_is_deterministic_and_resumes_after_sigkill_to_the_same_rows(tmp
         assert proc.returncode == -signal.SIGKILL, (point, proc.stderr[-500:])
     subprocess.run([*command, "-o", str(killed), "--resume"], check=True, cwd=ROOT,
                    capture_output=True)
-    assert dataset.load_rows(killed) == dataset.load_rows(whole)
+    assert load_rows(killed) == load_rows(whole)
     assert json.loads((killed / "stats.json").read_text())["suites"] == json.loads(
         (whole / "stats.json").read_text())["suites"]
 
@@ -189,7 +192,7 @@ def test_long_files_are_shortened_around_what_the_episode_ran(tmp_path):
         assert len(context.splitlines()) < len(source.splitlines()) and kept in context
         assert "def fib(n):  # << START_OF_TRACE\n" in context and "import re" in context
         lines = context.replace("  # << START_OF_TRACE", "").split("\n")
-        for frame in dataset.row_trace(row).frames:
+        for frame in row_trace(row).frames:
             assert lines[frame.lineno - 1] + "\n" == frame.source
 
 
@@ -226,7 +229,7 @@ def test_hostile_test_files_are_contained_and_the_others_episodes_kept(tmp_path)
     assert stats["tests"] == {"passed": 6}
     assert stats["other tracer active in"] == {"test files": 1}  # and its episode kept
     assert stats["episodes dropped"]["over 10,000 events"] == 1  # spin()
-    rows = dataset.load_rows(tmp_path / "out")
+    rows = load_rows(tmp_path / "out")
     assert sorted(row["call"] for row in rows) == [
         "double(2)", "double(3)", "double(4)", "double(5)", "double(6)", "double(7)",
         "double(9)"]
@@ -272,7 +275,7 @@ def test_a_suite_that_runs_long_is_killed_at_the_timeout(tmp_path):
     options = dataset.BuildOptions(TraceOptions(limits=Limits(timeout=2)))
     stats = dataset.build(programs, tmp_path / "loop", options, workers=1)
     assert stats["suites"]["test files"] == {"timeout": 1}
-    assert [row["call"] for row in dataset.load_rows(tmp_path / "loop")] == ["double(5)"]
+    assert [row["call"] for row in load_rows(tmp_path / "loop")] == ["double(5)"]
 
 
 def test_doctest_examples_become_programs_with_their_expected_output(tmp_path):
@@ -287,7 +290,7 @@ def test_doctest_examples_become_programs_with_their_expected_output(tmp_path):
                                        "    return count_words(\"a b a\")\n")
     assert programs[0].module == "tinyproj.text"
     stats = dataset.build(programs, tmp_path / "doc", dataset.BuildOptions(), workers=2)
-    rows = dataset.load_rows(tmp_path / "doc")
+    rows = load_rows(tmp_path / "doc")
     assert stats["statuses"] == {"ok": 4}
     assert [row["return_value"] for row in rows] == [row["expected"] for row in rows]
     fractions = list(sources.from_specs(["doctest:fractions"]))
@@ -300,8 +303,8 @@ def test_the_realworld_set_traces_as_shipped_and_is_held_out(tmp_path):
     """data/realworld/: each program, traced from the project files shipped beside it,
     returns what it returned when the set was made; contexts are shortened around what ran;
     the training runs' leakage check holds its files out."""
-    from evals.train_run import held_out_programs
-    from tracekit.train_data import leaks
+    from tracekit.training.data import leaks
+    from tracekit.training.run import held_out_programs
 
     programs = list(sources.from_specs(["realworld"]))
     assert len(programs) == 286 and len({p.id for p in programs}) == 286
@@ -310,13 +313,13 @@ def test_the_realworld_set_traces_as_shipped_and_is_held_out(tmp_path):
         assert (ROOT / "data" / "realworld" / "project-files" / project / licence).is_file()
     sample = random.Random(0).sample(programs, 40)
     stats = dataset.build(sample, tmp_path / "rw", dataset.BuildOptions(), workers=2)
-    rows = dataset.load_rows(tmp_path / "rw")
+    rows = load_rows(tmp_path / "rw")
     assert len(rows) == 40 and set(stats["statuses"]) <= {"ok", "raised"}
     assert [row["return_value"] for row in rows] == [row["expected"] for row in rows]
     for row in rows:
         lines = row["context"].split("\n")
         assert lines[-3] == "def main():  # << START_OF_TRACE"
-        for frame in dataset.row_trace(row).frames:
+        for frame in row_trace(row).frames:
             assert lines[frame.lineno - 1].replace("  # << START_OF_TRACE", "") + "\n" == (
                 frame.source)
     held_out = held_out_programs()

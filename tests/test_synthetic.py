@@ -10,11 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tracekit.synthetic import generate_program, generate_programs
+from tracekit.programs.synthetic import generate_program, generate_programs
 from tracekit.tracer.run import trace_source
 
 ROOT = Path(__file__).resolve().parent.parent
-DIGEST = ("import hashlib, sys; from tracekit.synthetic import generate_programs; "
+DIGEST = ("import hashlib, sys; from tracekit.programs.synthetic import generate_programs; "
           "h = hashlib.sha256(); [h.update(repr(p).encode()) for p in "
           "generate_programs(int(sys.argv[1]), seed=7)]; print(h.hexdigest())")
 
@@ -73,7 +73,11 @@ def test_size_grows_the_programs():
 
 
 def test_basic_programs_are_distinct_repeatable_everyday_functions_that_all_run():
-    from tracekit.basic_programs import TEMPLATES, generate_basic_program, generate_basic_programs
+    from tracekit.programs.basic_programs import (
+        TEMPLATES,
+        generate_basic_program,
+        generate_basic_programs,
+    )
 
     programs = list(generate_basic_programs(2_000, seed=3))
     assert len({(source, call) for _, source, call in programs}) == 2_000
@@ -96,7 +100,7 @@ def test_basic_programs_are_distinct_repeatable_everyday_functions_that_all_run(
 
 
 def test_loop_programs_run_as_many_rounds_as_their_arguments_say():
-    from tracekit.basic_programs import generate_basic_programs
+    from tracekit.programs.basic_programs import generate_basic_programs
 
     programs = list(generate_basic_programs(500, seed=3, kind="loops"))
     assert len({(source, call) for _, source, call in programs}) == 500
@@ -123,8 +127,8 @@ def test_loop_programs_run_as_many_rounds_as_their_arguments_say():
 
 
 def test_method_programs_chain_methods_on_their_arguments_and_all_run():
-    from tracekit.method_programs import generate_method_program, generate_method_programs
-    from tracekit.sources import from_specs
+    from tracekit.programs.method_programs import generate_method_program, generate_method_programs
+    from tracekit.programs.sources import from_specs
 
     programs = list(generate_method_programs(2_000, seed=5))
     assert len({(source, call) for _, source, call in programs}) == 2_000

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.golden.expected_for import PROGRAMS
-from tracekit.prompts import trace_text
-from tracekit.sandbox import run_trace
-from tracekit.trace import Frame, Trace, resolve_dots
+from tracekit.execution.sandbox import run_trace
+from tracekit.format.prompts import trace_text
+from tracekit.format.trace import Frame, Trace, resolve_dots
 from tracekit.tracer.constants import MARKER
 from tracekit.tracer.context import TraceSetupError, call_from_comment, prepare_context
 from tracekit.tracer.run import trace_source

@@ -16,15 +16,15 @@ import numpy as np
 import pytest
 import torch
 
-from tracekit import sources
-from tracekit.cwm import SPECIAL_TOKENS
-from tracekit.dataset import BuildOptions, build
-from tracekit.prompts import trace_text
-from tracekit.tokenizer import decode, encode, parse_ids
-from tracekit.trace import Trace
+from tracekit.datasets.build import BuildOptions, build
+from tracekit.format.cwm import SPECIAL_TOKENS
+from tracekit.format.prompts import trace_text
+from tracekit.format.tokenizer import decode, encode, parse_ids
+from tracekit.format.trace import Trace
+from tracekit.programs import sources
 from tracekit.tracer.context import call_from_comment
 from tracekit.tracer.run import trace_source
-from tracekit.train_data import function_shapes, leaks, pack, trace_ids, train_tokenizer
+from tracekit.training.data import function_shapes, leaks, pack, trace_ids, train_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--size", "tiny", "--seq-len", "512", "--vocab-size", "600", "--batch-rows", "4",
@@ -71,7 +71,7 @@ def test_the_tokenizer_splits_digits_and_keeps_cwm_special_tokens(tokenizer, tra
 
 def test_packing_keeps_traces_whole_and_apart(tokenizer, traces):
     from tracekit.model.modeling import CwmForCausalLM
-    from tracekit.model.train import init_weights, model_config
+    from tracekit.training.loop import init_weights, model_config
 
     lengths = [len(trace_ids(tokenizer, t)[0]) for t in traces]
     length = sorted(lengths)[len(lengths) // 2] + 10  # about half the traces fit
@@ -108,8 +108,8 @@ def test_packing_keeps_traces_whole_and_apart(tokenizer, traces):
 def test_a_compiled_training_step_computes_what_the_eager_one_does(tokenizer, traces, tmp_path):
     """--compile changes how the step runs, not what: the same losses and weights (within
     float rounding of fused kernels) over three steps from the same start."""
-    from tracekit.model import train as loop
     from tracekit.model.modeling import CwmForCausalLM
+    from tracekit.training import loop
 
     rows = pack(traces, tokenizer, 512).rows
     config = loop.TrainConfig(steps=3, batch_rows=2, warmup=1, eval_every=0, save_every=3)
@@ -133,7 +133,7 @@ def test_our_muon_is_torchs_with_a_float32_orthogonalization_on_cpu():
     float32 (ours, on a CPU) lands within bfloat16's rounding of torch's step."""
     from torch.optim._muon import _zeropower_via_newtonschulz
 
-    from tracekit.model import train as loop
+    from tracekit.training import loop
 
     torch.manual_seed(0)
     for shape in ((48, 80), (80, 48)):
@@ -162,8 +162,8 @@ def test_muon_trains_the_matrices_and_a_stopped_run_resumes_to_the_same_weights(
     norms), the loss falls, and a run stopped right after a save resumes, both optimizers'
     states restored, to the uninterrupted run's weights bit for bit; so does an AdamW run
     from a state file written before Muon existed."""
-    from tracekit.model import train as loop
     from tracekit.model.modeling import CwmForCausalLM
+    from tracekit.training import loop
 
     # short traces, so that the 12 steps read 24 of 21 rows: each step another pair, and an
     # epoch's end half way (a resume that read its rows from step 0 again would differ)
@@ -246,6 +246,20 @@ def test_training_lowers_the_loss_and_writes_a_checkpoint_both_runtimes_load(dat
         assert (ours(ids).logits - reference.eval()(ids).logits).abs().max() <= 1e-5
     again = train(str(dataset), "-o", str(out), *TINY, "--steps", "40")
     assert again.returncode == 8 and "--resume" in again.stderr
+    # as `make model` ends: the run bundled with its card, its weights rounded to bf16
+    bundle = [sys.executable, "-m", "tracekit.training", "bundle"]
+    bundled = subprocess.run([*bundle, str(out), str(tmp_path / "bundled")],
+                             capture_output=True, text=True, timeout=300)
+    assert bundled.returncode == 0, bundled.stderr
+    assert {p.name for p in (tmp_path / "bundled").iterdir()} >= {
+        "config.json", "model.safetensors", "tokenizer.json", "README.md", "training_run.json"}
+    assert (tmp_path / "bundled" / "README.md").read_text() == (out / "README.md").read_text()
+    shipped = load_checkpoint(tmp_path / "bundled").state_dict()
+    for name, weight in ours.state_dict().items():
+        assert torch.equal(shipped[name].float(), weight.to(torch.bfloat16).float()), name
+    unfinished = subprocess.run([*bundle, str(tmp_path), str(tmp_path / "elsewhere")],
+                                capture_output=True, text=True, timeout=300)
+    assert unfinished.returncode == 2 and "holds no finished run" in unfinished.stderr
 
 
 def test_a_run_killed_after_a_save_resumes_to_the_same_weights(dataset, tmp_path):
@@ -364,9 +378,9 @@ def test_the_bundled_model_is_small_bf16_and_equal_in_both_runtimes():
     (fp32 on the CPU) and transformers give the same logits on a real trace."""
     import transformers
 
+    from tracekit.format.tokenizer import load_tokenizer
     from tracekit.model.backends import load_backend
     from tracekit.model.checkpoint import BUNDLED
-    from tracekit.tokenizer import load_tokenizer
 
     assert sum(p.stat().st_size for p in BUNDLED.iterdir()) <= 30 << 20
     assert json.loads((BUNDLED / "config.json").read_text())["dtype"] == "bfloat16"

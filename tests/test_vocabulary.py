@@ -5,11 +5,11 @@ from __future__ import annotations
 import ast
 import random
 
-from tracekit.basic_programs import generate_basic_program
-from tracekit.synthetic import FEATURES, generate_program
+from tracekit.format.vocabulary import rename
+from tracekit.programs.basic_programs import generate_basic_program
+from tracekit.programs.synthetic import FEATURES, generate_program
 from tracekit.tracer.run import trace_source
-from tracekit.train_data import function_shapes
-from tracekit.vocabulary import rename
+from tracekit.training.data import function_shapes
 
 HOSTILE = '''def f(count, text):  # << START_OF_TRACE
     key = sorted(text, key=lambda count: -ord(count))

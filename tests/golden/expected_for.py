@@ -33,7 +33,7 @@ def expected_path(name: str, version: str) -> Path:
 
 
 def trace_program(name: str, python: str | None):
-    from tracekit.sandbox import TraceOptions, run_trace
+    from tracekit.execution.sandbox import TraceOptions, run_trace
     from tracekit.tracer.context import call_from_comment
 
     path = PROGRAMS / f"{name}.py"
@@ -43,7 +43,7 @@ def trace_program(name: str, python: str | None):
 
 
 def main() -> None:
-    from tracekit.prompts import trace_text
+    from tracekit.format.prompts import trace_text
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--python", default="3.10")

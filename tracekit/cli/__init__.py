@@ -9,10 +9,10 @@ import warnings
 
 import click
 
-from tracekit import sandbox
 from tracekit.cli import chat, datasets, debug, demo, evaluation, models, tracing, training
 from tracekit.cli.common import exit_help, print_error
 from tracekit.cli.exits import EXIT_BUG, EXIT_DATA, EXIT_INTERRUPTED, EXIT_MEANINGS, EXIT_TOO_LONG
+from tracekit.execution import sandbox
 from tracekit.model.errors import ContextError
 
 

@@ -56,10 +56,10 @@ def chat(spec, openai_model, message, system, no_thinking, hide_thinking,
     tracekit chat --model openai:http://localhost:8000 --openai-model facebook/cwm
     tracekit chat -m "What does sorted('bca') return?" --hide-thinking
     """
-    from tracekit.chat import ChatError, ChatOptions, checkpoint_template
+    from tracekit.format.prompts import REASONING_SYSTEM_PROMPT
     from tracekit.model.errors import BackendError
-    from tracekit.predict import Sampling, load_predictor
-    from tracekit.prompts import REASONING_SYSTEM_PROMPT
+    from tracekit.prediction.chat import ChatError, ChatOptions, checkpoint_template
+    from tracekit.prediction.predict import Sampling, load_predictor
 
     parsed = model_spec(spec, openai_model)
     try:
@@ -94,8 +94,8 @@ class Conversation:
     def send(self, text: str) -> int:
         """One user turn and the model's reply, printed as it comes; 0, or the exit code of
         why the model could not answer (the turn is then forgotten)."""
-        from tracekit.chat import ChatError, chat_turn
         from tracekit.model.errors import BackendError, ContextError
+        from tracekit.prediction.chat import ChatError, chat_turn
 
         messages = [*self.messages, {"role": "user", "content": text}]
         printer = _Printer(self.options.enable_thinking, self.hide_thinking, self.styled)
@@ -132,7 +132,7 @@ class _Printer:
         self.pending = ""  # text that may be the start of "</think>"
 
     def write(self, text: str) -> None:
-        from tracekit.chat import THINK_END
+        from tracekit.prediction.chat import THINK_END
 
         text = self.pending + text
         self.pending = ""

@@ -11,11 +11,11 @@ from pathlib import Path
 import click
 from rich.text import Text
 
-from tracekit.cli.exits import EXIT_BUG, EXIT_CODES, EXIT_MEANINGS
+from tracekit.cli.exits import EXIT_BUG, EXIT_CODES, EXIT_MEANINGS, EXIT_MODEL
 from tracekit.cli.pretty import make_console
+from tracekit.execution.sandbox import SANDBOX_MODES, Limits, TraceOptions, run_trace
+from tracekit.format.trace import Trace
 from tracekit.model.spec import ModelSpec
-from tracekit.sandbox import SANDBOX_MODES, Limits, TraceOptions, run_trace
-from tracekit.trace import Trace
 from tracekit.tracer.constants import DEFAULT_MAX_FRAMES, DEFAULT_REPR_TIMEOUT
 from tracekit.tracer.context import call_from_comment
 
@@ -207,6 +207,24 @@ def model_spec(spec: str, openai_model: str | None) -> ModelSpec:
         raise click.UsageError("--model openai:URL needs --openai-model NAME (the served "
                                "model's name)")
     return parsed
+
+
+def runtime_flags(spec: str | None, openai_model: str | None, compile_decode: bool,
+                  draft_tokens: int | None) -> None:
+    """--compile and --draft-tokens tune our runtime, so with any other model they are refused
+    before anything loads: with a baseline (or no model) as a usage error, with another
+    backend as the model's (exit 7)."""
+    from tracekit.evals.baselines import BASELINES
+
+    given = {"--compile": compile_decode, "--draft-tokens": draft_tokens is not None}
+    for flag in (flag for flag, on in given.items() if on):
+        if spec is None or spec in BASELINES:
+            raise click.UsageError(f"{flag} applies to a model run by our runtime (a checkpoint "
+                                   f"directory): drop {flag}")
+        parsed = ModelSpec.parse(spec, openai_model)
+        if parsed.kind != "runtime":
+            raise Failure("model", f"{flag} applies to our runtime (a checkpoint directory), not "
+                          f"to {parsed}: drop {flag}", EXIT_MODEL)
 
 
 def traced_for_a_model(file: Path, call: str | None, entry: str | None, tracing: TraceOptions,

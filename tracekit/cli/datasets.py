@@ -94,60 +94,88 @@ def build(specs, out, resume, workers, call, max_tokens, drop_failed, skip_bad_r
     tracekit dataset build cruxeval:50 -o sample/
     tracekit dataset build synthetic:1000000 -o traces/ --engine ray --address HEAD:6379
     """
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        TextColumn,
-        TimeRemainingColumn,
-    )
+    from tracekit.datasets import build as datasets
+    from tracekit.programs import sources
 
-    from tracekit import dataset as datasets
-    from tracekit import sources
-    from tracekit.suites import EpisodeOptions
+    options = datasets.BuildOptions(tracing, drop_failed=drop_failed, max_tokens=max_tokens,
+                                    dedup=not no_dedup, split=_split_weights(split),
+                                    shard_size=shard_size, check_determinism=check_determinism,
+                                    max_context_tokens=max_context_tokens)
+    bad: list[str] = []  # the rows and files skipped (--skip-bad-rows)
+    try:
+        episodes = _episode_options(per_function, step_in, max_depth, max_context_tokens,
+                                    check_harness, tracing)
+        programs = _programs(specs, call, synthetic_size, bad if skip_bad_rows else None,
+                             episodes)
+        stats = _traced(programs, out, options, workers, resume, engine, address)
+    except (sources.SourceError, datasets.BuildError) as exc:
+        raise Failure("dataset", str(exc), EXIT_DATA) from None
+    _print_built(stats, out, bad)
 
+
+def _split_weights(split: str) -> tuple[int, int, int]:
     try:
         weights = tuple(int(w) for w in split.split(","))
         assert len(weights) == 3 and min(weights) >= 0 and sum(weights) > 0
     except (ValueError, AssertionError):
         raise click.BadParameter("three non-negative integers, e.g. 98,1,1",
                                  param_hint="--split") from None
-    options = datasets.BuildOptions(tracing, drop_failed=drop_failed, max_tokens=max_tokens,
-                                    dedup=not no_dedup, split=weights, shard_size=shard_size,
-                                    check_determinism=check_determinism,
-                                    max_context_tokens=max_context_tokens)
-    try:
-        bad: list[str] = []
+    return weights
 
-        def skip(message: str) -> None:
-            bad.append(message)
-            print_error("skipped", message, "yellow")
-        timeout_given = click.get_current_context().get_parameter_source("timeout") not in (
-            None, click.core.ParameterSource.DEFAULT)
-        episodes = EpisodeOptions(per_function, step_in, max_depth, max_context_tokens,
-                                  check_harness, tracing.limits.timeout if timeout_given
-                                  else EpisodeOptions.timeout)
-        programs = list(sources.from_specs(specs, call, synthetic_size,
-                                           skip if skip_bad_rows else None, episodes))
-        if not programs:
-            raise sources.SourceError(
-                f"nothing to trace in {' '.join(specs)}: give programs (tests:DIR, doctest:PATH, "
-                "FILE.py, DIR, FILE.jsonl, cruxeval, realworld, humaneval, synthetic:N, "
-                "basic:N, loops:N, methods:N)")
-        with progress_bar(TextColumn("tracing"), BarColumn(), MofNCompleteColumn(),
-                          TextColumn("{task.fields[rate]} programs/s  {task.fields[statuses]}"),
-                          TimeRemainingColumn(), transient=False) as bar:
-            task = bar.add_task("build", total=len(programs), rate="-", statuses="")
-            started = time.monotonic()
 
-            def progress(done, statuses):
-                rate = done / max(time.monotonic() - started, 1e-9)
-                shown = " ".join(f"{s}={n}" for s, n in statuses.most_common())
-                bar.update(task, completed=done, rate=f"{rate:.0f}", statuses=shown)
+def _episode_options(per_function, step_in, max_depth, max_context_tokens, check_harness,
+                     tracing):
+    """The tests: source's options; its --timeout is per test file, EpisodeOptions' own
+    default unless --timeout is given."""
+    from tracekit.programs.suites import EpisodeOptions
 
-            stats = datasets.build(programs, out, options, workers, resume, progress, engine,
-                                   address)
-    except (sources.SourceError, datasets.BuildError) as exc:
-        raise Failure("dataset", str(exc), EXIT_DATA) from None
+    timeout_given = click.get_current_context().get_parameter_source("timeout") not in (
+        None, click.core.ParameterSource.DEFAULT)
+    return EpisodeOptions(per_function, step_in, max_depth, max_context_tokens, check_harness,
+                          tracing.limits.timeout if timeout_given else EpisodeOptions.timeout)
+
+
+def _programs(specs, call, synthetic_size, bad: list[str] | None, episodes) -> list:
+    """Every program of the specs; with `bad`, a row or file that names no program is
+    reported, added to it and skipped (else it stops the build)."""
+    from tracekit.programs import sources
+
+    def skip(message: str) -> None:
+        bad.append(message)
+        print_error("skipped", message, "yellow")
+    programs = list(sources.from_specs(specs, call, synthetic_size,
+                                       skip if bad is not None else None, episodes))
+    if not programs:
+        raise sources.SourceError(
+            f"nothing to trace in {' '.join(specs)}: give programs (tests:DIR, doctest:PATH, "
+            "FILE.py, DIR, FILE.jsonl, cruxeval, realworld, humaneval, synthetic:N, "
+            "basic:N, loops:N, methods:N)")
+    return programs
+
+
+def _traced(programs, out, options, workers, resume, engine, address) -> dict:
+    """Build the dataset under a progress bar (programs/s and the statuses so far)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+
+    from tracekit.datasets import build as datasets
+
+    with progress_bar(TextColumn("tracing"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.fields[rate]} programs/s  {task.fields[statuses]}"),
+                      TimeRemainingColumn(), transient=False) as bar:
+        task = bar.add_task("build", total=len(programs), rate="-", statuses="")
+        started = time.monotonic()
+
+        def progress(done, statuses):
+            rate = done / max(time.monotonic() - started, 1e-9)
+            shown = " ".join(f"{s}={n}" for s, n in statuses.most_common())
+            bar.update(task, completed=done, rate=f"{rate:.0f}", statuses=shown)
+
+        return datasets.build(programs, out, options, workers, resume, progress, engine,
+                              address)
+
+
+def _print_built(stats: dict, out: Path, bad: list[str]) -> None:
+    """What a build made: its test files' errors and counts, then one line of rows."""
     dropped = stats.get("filtered") or {}
     if "suites" in stats:
         for test_file, error in stats["suites"].get("errors", {}).items():
@@ -198,7 +226,7 @@ def stats(directory: Path) -> None:
     (each listed file there, readable, with its rows; no other shard file)."""
     import json
 
-    from tracekit.dataset_files import MANIFEST, BuildError, check_shards
+    from tracekit.datasets.files import MANIFEST, BuildError, check_shards
 
     path = directory / "stats.json"
     if not path.exists():
@@ -221,7 +249,7 @@ def show(directory: Path, program_id: str) -> None:
     """Print one row's trace, readable."""
     import pyarrow.dataset as ds
 
-    from tracekit.dataset import row_trace
+    from tracekit.datasets.rows import row_trace
 
     try:
         table = ds.dataset(sorted(str(p) for p in directory.glob("*-*.parquet")),

@@ -21,17 +21,17 @@ from tracekit.cli.common import (
     typed_lines,
 )
 from tracekit.cli.exits import EXIT_MODEL
-from tracekit.debugger import (
+from tracekit.format.trace import Frame
+from tracekit.prediction.debugger import (
     MOVE_LIMIT,
     DebuggerError,
-    Program,
     ReplayStepper,
+    SourceMap,
     Stop,
     Track,
     differences,
 )
-from tracekit.predict import MAX_FRAME_TOKENS
-from tracekit.trace import Frame
+from tracekit.prediction.predict import MAX_FRAME_TOKENS
 
 PROMPT = "(tracekit) "
 HELP = f"""\
@@ -343,15 +343,15 @@ def debug(file: Path, entry, call, spec, openai_model, real, temperature, seed, 
     tracekit debug prog.py --model openai:http://localhost:8000 --openai-model cwm
     """
     from tracekit.model.errors import BackendError
-    from tracekit.predict import Sampling, load_predictor
+    from tracekit.prediction.predict import Sampling, load_predictor
 
     result = traced_for_a_model(file, call, entry, tracing, spec, openai_model)
-    program = Program(result.context)
+    program = SourceMap(result.context)
     first = result.frames[:1]
     if spec == "oracle":
         stepper = ReplayStepper(result.frames)
     else:
-        from tracekit.debugger import ModelStepper
+        from tracekit.prediction.debugger import ModelStepper
 
         try:
             predictor = load_predictor(spec, openai_model, device, max_frame_tokens)

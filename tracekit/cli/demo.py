@@ -16,9 +16,9 @@ from tracekit.cli.evaluation import print_eval
 from tracekit.cli.exits import EXIT_DATA, EXIT_MODEL
 from tracekit.cli.pretty import make_console, print_comparison, print_trace, summary_table
 from tracekit.evals.compare import Mode
-from tracekit.sandbox import TraceOptions
-from tracekit.sources import SAMPLE_PROGRAMS
-from tracekit.trace import Trace
+from tracekit.execution.sandbox import TraceOptions
+from tracekit.format.trace import Trace
+from tracekit.programs.sources import SAMPLE_PROGRAMS
 
 DEMO_ROLLOUT_BUDGET = 2048  # tokens per free-running trace: a model that loops stops here
 
@@ -40,13 +40,13 @@ def demo(programs: Path, show, output: Path, spec, tracing) -> None:
     """Trace every sample program; predict one with a model, real beside predicted frames;
     build a dataset of them, evaluate the model on it teacher-forced and free-running, and
     print what it measured and where the reports are."""
-    from tracekit import sources
-    from tracekit.dataset import BuildOptions, build
+    from tracekit.datasets.build import BuildOptions, build
     from tracekit.evals.baselines import BASELINES
     from tracekit.evals.compare import judge_predicted_frames
     from tracekit.evals.run import EvalError, RunOptions, evaluate
     from tracekit.model.errors import BackendError
-    from tracekit.predict import load_predictor
+    from tracekit.prediction.predict import load_predictor
+    from tracekit.programs import sources
 
     console = make_console()
     files = sorted(programs.glob("*.py"))

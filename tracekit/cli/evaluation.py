@@ -15,13 +15,14 @@ from tracekit.cli.common import (
     model_spec,
     progress_bar,
     resume_option,
+    runtime_flags,
     sampling_options,
 )
 from tracekit.cli.exits import EXIT_DATA, EXIT_MODEL
 from tracekit.cli.models import COMPILE_HELP, DRAFT_HELP
 from tracekit.cli.pretty import make_console
 from tracekit.evals.compare import Mode
-from tracekit.predict import MAX_FRAME_TOKENS
+from tracekit.prediction.predict import MAX_FRAME_TOKENS
 
 
 class _DefaultToRun(click.Group):
@@ -109,7 +110,6 @@ def eval_run(dataset: Path, spec, predictions, mode, out: Path, resume, split, l
         TimeRemainingColumn,
     )
 
-    from tracekit.evals.baselines import BASELINES
     from tracekit.evals.run import EvalError, RunOptions, evaluate
     from tracekit.model.errors import BackendError
 
@@ -126,11 +126,7 @@ def eval_run(dataset: Path, spec, predictions, mode, out: Path, resume, split, l
         seed=seed, max_frame_tokens=max_frame_tokens, budget_tokens=budget_tokens,
         device=device, compile_decode=compile_decode, draft_tokens=draft_tokens)
     concurrency = concurrency or (8 if served else 1)
-    runtime_only = (("--compile", compile_decode), ("--draft-tokens", draft_tokens is not None))
-    for flag, given in runtime_only:
-        if given and (spec is None or spec in BASELINES):
-            raise click.UsageError(f"{flag} applies to a model run by our runtime (a checkpoint "
-                                   f"directory): drop {flag}")
+    runtime_flags(spec, openai_model, compile_decode, draft_tokens)
     if compile_decode and concurrency > 1:
         raise click.UsageError("--compile runs one trace at a time: drop --concurrency")
     try:

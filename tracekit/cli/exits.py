@@ -1,5 +1,5 @@
 """The command line's exit codes: a traced program's status gives its code (beside
-`tracekit.trace.STATUSES`), and the codes past 6 are the command line's own. Every command's
+`tracekit.format.trace.STATUSES`), and the codes past 6 are the command line's own. Every command's
 `--help` and README's table are written from EXIT_MEANINGS."""
 
 EXIT_CODES = {

@@ -13,6 +13,7 @@ from tracekit.cli.common import (
     device_option,
     exit_help,
     model_options,
+    runtime_flags,
     stderr,
     traced_for_a_model,
     tracing_options,
@@ -20,7 +21,7 @@ from tracekit.cli.common import (
 from tracekit.cli.exits import EXIT_DATA, EXIT_MODEL
 from tracekit.model.prompt_lookup import DRAFT_TOKENS
 from tracekit.model.spec import ModelSpec
-from tracekit.predict import MAX_FRAME_TOKENS
+from tracekit.prediction.predict import MAX_FRAME_TOKENS
 
 COMPILE_HELP = ("Our runtime: compile batch-1 decode steps (torch.compile; on CUDA also "
                 "replayed as a CUDA graph). Compiling takes tens of seconds once; then "
@@ -62,8 +63,9 @@ def predict(file: Path, spec, openai_model, mode, k, entry, call, max_frame_toke
     from tracekit.cli.pretty import print_comparison
     from tracekit.evals.compare import judge_predicted_frames
     from tracekit.model.errors import BackendError, ContextError
-    from tracekit.predict import load_predictor
+    from tracekit.prediction.predict import load_predictor
 
+    runtime_flags(spec, openai_model, compile_decode, draft_tokens)
     result = traced_for_a_model(file, call, entry, tracing, spec, openai_model)
     real = result.frames
     if mode != "teacher-forced" and k >= len(real):
@@ -121,12 +123,12 @@ def serve(checkpoint: str, host, port, name, device, max_batch) -> None:
     """
     from functools import partial
 
-    from tracekit.chat import END_OF_TURN, ChatError, checkpoint_template, server_prompt
+    from tracekit.format.tokenizer import decode, encode
     from tracekit.model.backends import RuntimeBackend
     from tracekit.model.errors import BackendError
     from tracekit.model.serve import Engine, make_server
-    from tracekit.predict import load_predictor
-    from tracekit.tokenizer import decode, encode
+    from tracekit.prediction.chat import END_OF_TURN, ChatError, checkpoint_template, server_prompt
+    from tracekit.prediction.predict import load_predictor
 
     spec = ModelSpec.parse(checkpoint)
     try:

@@ -7,7 +7,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from tracekit.trace import Trace
+from tracekit.format.trace import Trace
 from tracekit.tracer.constants import DOTS
 
 

@@ -19,8 +19,8 @@ from tracekit.cli.common import (
 )
 from tracekit.cli.exits import EXIT_CODES, EXIT_MODEL
 from tracekit.cli.pretty import make_console, print_trace
-from tracekit.prompts import trace_text
-from tracekit.trace import Trace
+from tracekit.format.prompts import trace_text
+from tracekit.format.trace import Trace
 from tracekit.tracer.constants import MARKER
 from tracekit.tracer.context import TraceSetupError, prepare_context
 
@@ -109,8 +109,8 @@ def prompt(file: Path, entry, call, k, force, chat, no_thinking, ids, count, che
     tracekit prompt prog.py --frames 1 --force return   # step over the entry's first call
     tracekit prompt prog.py --chat               # predict the output, with reasoning
     """
-    from tracekit import prompts
-    from tracekit import tokenizer as tokenizers
+    from tracekit.format import prompts
+    from tracekit.format import tokenizer as tokenizers
 
     conflicts = [("--chat", chat and k, "--frames"), ("--chat", chat and force, "--force"),
                  ("--ids", ids and count, "--count"),

@@ -9,7 +9,10 @@ import click
 
 from tracekit.cli.common import Failure, device_option, exit_help, progress_bar, resume_option
 from tracekit.cli.exits import EXIT_DATA
-from tracekit.dataset import BuildError
+from tracekit.datasets.build import BuildError
+from tracekit.training.config import SIZES, TrainConfig, TrainOptions
+
+CONFIG, OPTIONS = TrainConfig(), TrainOptions(datasets=())  # the defaults
 
 
 @click.command(epilog=exit_help(0, 2, 8, 130))
@@ -18,32 +21,39 @@ from tracekit.dataset import BuildError
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
               help="The checkpoint directory: config.json, model.safetensors, tokenizer.json, "
                    "README.md (the model card), training_log.jsonl, training_curve.png.")
-@click.option("--size", type=click.Choice(["tiny", "small", "base"]), default="small",
+@click.option("--size", type=click.Choice(list(SIZES)), default=OPTIONS.size,
               show_default=True, help="Shape preset (README: Train a model): tiny for tests, "
               "small for a 2-core CPU in about two hours, base for a GPU.")
 @click.option("--set", "overrides", multiple=True, metavar="FIELD=INT",
               help="Override a shape field of the preset, e.g. --set num_hidden_layers=8.")
-@click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True)
-@click.option("--batch-rows", type=click.IntRange(min=1), default=8, show_default=True,
+@click.option("--steps", type=click.IntRange(min=1), default=CONFIG.steps, show_default=True)
+@click.option("--batch-rows", type=click.IntRange(min=1), default=CONFIG.batch_rows,
+              show_default=True,
               help="Rows per optimizer step (over every process and accumulation step).")
-@click.option("--accumulation", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--seq-len", type=click.IntRange(min=64), default=1024, show_default=True,
+@click.option("--accumulation", type=click.IntRange(min=1), default=CONFIG.accumulation,
+              show_default=True)
+@click.option("--seq-len", type=click.IntRange(min=64), default=OPTIONS.seq_len,
+              show_default=True,
               help="Tokens per row; traces longer than this are left out, never split.")
-@click.option("--vocab-size", type=click.IntRange(min=512), default=2048, show_default=True,
+@click.option("--vocab-size", type=click.IntRange(min=512), default=OPTIONS.vocab_size,
+              show_default=True,
               help="Of the byte-level BPE trained on the training split (256 special tokens "
                    "included).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3,
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=CONFIG.lr,
               show_default=True)
-@click.option("--optimizer", type=click.Choice(["adamw", "muon"]), default="adamw",
+@click.option("--optimizer", type=click.Choice(["adamw", "muon"]), default=CONFIG.optimizer,
               show_default=True, help="muon: Muon on the attention and MLP matrices (AdamW "
               "keeps embeddings and norms), at the same --lr: ~1.2x the steps' worth for ~6% "
               "slower steps at the small preset (benchmarks/RESULTS.md).")
-@click.option("--warmup", type=click.IntRange(min=1), default=100, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--eval-every", type=click.IntRange(min=0), default=500, show_default=True,
+@click.option("--warmup", type=click.IntRange(min=1), default=CONFIG.warmup, show_default=True)
+@click.option("--seed", type=int, default=CONFIG.seed, show_default=True)
+@click.option("--eval-every", type=click.IntRange(min=0), default=CONFIG.eval_every,
+              show_default=True,
               help="Steps between validations (0: at the end only).")
-@click.option("--save-every", type=click.IntRange(min=1), default=100, show_default=True)
-@click.option("--val-traces", type=click.IntRange(min=0), default=100, show_default=True,
+@click.option("--save-every", type=click.IntRange(min=1), default=CONFIG.save_every,
+              show_default=True)
+@click.option("--val-traces", type=click.IntRange(min=0), default=OPTIONS.val_traces,
+              show_default=True,
               help="Validation traces predicted teacher-forced at each validation (0: none; the "
                    "validation loss is measured either way).")
 @click.option("--loss-on-context", is_flag=True, help="Also learn to write the program text "
@@ -78,18 +88,10 @@ def train(datasets, out: Path, size, overrides, steps, batch_rows, accumulation,
     import torch
     from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
 
-    from tracekit.evals.train_run import TrainOptions, run
-    from tracekit.model.train import TrainConfig
+    from tracekit.training.run import run
 
-    shape = []
-    for item in overrides:
-        field, _, value = item.partition("=")
-        if not value.isdigit():
-            raise click.BadParameter(f"{item!r}: write FIELD=INTEGER", param_hint="--set")
-        shape.append((field, int(value)))
-    if init is not None and shape:
-        raise click.UsageError("--set changes a new model's shape; --init keeps the checkpoint's")
-    options = TrainOptions(tuple(str(d) for d in datasets), size, tuple(shape), seq_len,
+    shape = _shape(overrides, init)
+    options = TrainOptions(tuple(str(d) for d in datasets), size, shape, seq_len,
                            vocab_size, val_traces, loss_on_context, device,
                            str(init) if init is not None else None)
     config = TrainConfig(steps=steps, batch_rows=batch_rows, accumulation=accumulation, lr=lr,
@@ -107,21 +109,8 @@ def train(datasets, out: Path, size, overrides, steps, batch_rows, accumulation,
                 "{task.fields[rate]} tok/s"), TimeRemainingColumn(), disable=rank != 0) as bar:
             task = bar.add_task("train", total=steps, loss="-", rate="-")
 
-            def progress(entry: dict) -> None:
-                bar.update(task, completed=entry["step"], loss=f"{entry['loss']:.3f}",
-                           rate=f"{entry['tokens_per_s']:.0f}")
-                if not bar.console.is_terminal and entry["step"] % save_every == 0:
-                    # no live bar in a log file: a line at each save instead
-                    left = (steps - entry["step"]) * batch_rows * seq_len / entry["tokens_per_s"]
-                    bar.console.print(f"step {entry['step']}/{steps}: loss {entry['loss']:.3f}, "
-                                      f"{entry['tokens_per_s']:.0f} tokens/s, "
-                                      f"{left / 60:.0f} min left", highlight=False)
-                shown = {k: round(v, 3) for k, v in entry.items()
-                         if k in ("val_loss", "state_exact", "action_exact") and v is not None}
-                if shown:
-                    bar.console.print(f"step {entry['step']}: {shown}", highlight=False)
-
-            last = run(options, config, out, resume, progress, compile_model)
+            last = run(options, config, out, resume,
+                       _progress(bar, task, config, seq_len), compile_model)
         if distributed:  # the ranks shut down together, after rank 0 wrote the checkpoint (a
             torch.distributed.barrier()  # rank that left first once aborted in gloo's exit)
     except (ValueError, BuildError) as exc:
@@ -131,3 +120,35 @@ def train(datasets, out: Path, size, overrides, steps, batch_rows, accumulation,
             torch.distributed.destroy_process_group()
     if rank == 0:
         click.echo(f"model: {out} (step {last['step']}, loss {last['loss']:.3f})")
+
+
+def _shape(overrides: tuple[str, ...], init) -> tuple[tuple[str, int], ...]:
+    """--set FIELD=INT... as (field, value) pairs; a new model's only (--init keeps its own)."""
+    shape = []
+    for item in overrides:
+        field, _, value = item.partition("=")
+        if not value.isdigit():
+            raise click.BadParameter(f"{item!r}: write FIELD=INTEGER", param_hint="--set")
+        shape.append((field, int(value)))
+    if init is not None and shape:
+        raise click.UsageError("--set changes a new model's shape; --init keeps the checkpoint's")
+    return tuple(shape)
+
+
+def _progress(bar, task, config: TrainConfig, seq_len: int):
+    """What the run reports after each step: the bar, a line at each save when there is no
+    live bar (a log file), and each validation's figures."""
+    def progress(entry: dict) -> None:
+        bar.update(task, completed=entry["step"], loss=f"{entry['loss']:.3f}",
+                   rate=f"{entry['tokens_per_s']:.0f}")
+        if not bar.console.is_terminal and entry["step"] % config.save_every == 0:
+            left = ((config.steps - entry["step"]) * config.batch_rows * seq_len
+                    / entry["tokens_per_s"])
+            bar.console.print(f"step {entry['step']}/{config.steps}: loss {entry['loss']:.3f}, "
+                              f"{entry['tokens_per_s']:.0f} tokens/s, "
+                              f"{left / 60:.0f} min left", highlight=False)
+        shown = {k: round(v, 3) for k, v in entry.items()
+                 if k in ("val_loss", "state_exact", "action_exact") and v is not None}
+        if shown:
+            bar.console.print(f"step {entry['step']}: {shown}", highlight=False)
+    return progress

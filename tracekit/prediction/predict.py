@@ -2,10 +2,10 @@
 predicts every frame of a real trace from the real frames before it (teacher forcing).
 
 One API over every backend (`tracekit.model.backends.Backend`): prompts are CWM trace prompts
-as token ids (`tracekit.prompts.trace_prompt_ids`), a frame is generated up to `<|frame_sep|>` (or
-`<|end_of_text|>`, the model's way of saying the trace is over), and whatever comes back is
-parsed by the one parser of `tracekit.cwm`, which never raises: malformed output becomes a
-frame with an `error`.
+as token ids (`tracekit.format.prompts.trace_prompt_ids`), a frame is generated up to
+`<|frame_sep|>` (or `<|end_of_text|>`, the model's way of saying the trace is over), and
+whatever comes back is parsed by the one parser of `tracekit.format.cwm`, which never raises:
+malformed output becomes a frame with an `error`.
 """
 
 from __future__ import annotations
@@ -13,17 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from tracekit.cwm import (
+from tracekit.format.cwm import (
     END_OF_TEXT,
     EVENT_TOKENS,
     FRAME_SEP,
     frame_segments,
     parse_segments,
 )
-from tracekit.model.errors import BackendError, ContextError
-from tracekit.model.spec import ModelSpec
-from tracekit.prompts import trace_prompt_ids
-from tracekit.tokenizer import (
+from tracekit.format.prompts import trace_prompt_ids
+from tracekit.format.tokenizer import (
     ServerTokenizer,
     Tokenizer,
     TokenizerError,
@@ -32,7 +30,9 @@ from tracekit.tokenizer import (
     id_segments,
     load_tokenizer,
 )
-from tracekit.trace import Frame
+from tracekit.format.trace import Frame
+from tracekit.model.errors import BackendError, ContextError
+from tracekit.model.spec import ModelSpec
 
 if TYPE_CHECKING:  # the model layer (torch) is imported where a model is loaded
     from tracekit.model.backends import Backend
@@ -252,7 +252,7 @@ class Session:
         self.frames = list(frames)
         # the cache can step back over about two frames without running the prompt again
         margin = max(512, 4 * predictor.max_frame_tokens)
-        self.state = predictor.backend.new_session(margin)
+        self.cached = predictor.backend.new_session(margin)  # None: no cache to keep
         self._context_ids: list[int] | None = None
         self._frame_ids: dict[int, tuple[Frame, list[int]]] = {}  # id(frame) -> (frame, ids)
 
@@ -280,9 +280,9 @@ class Session:
              max_tokens: int | None = None) -> FramePrediction:
         """Predict the next frame (not added: call append)."""
         p = self.predictor
-        if self.state is None:  # a backend without a cache: the whole prompt each time
+        if self.cached is None:  # a backend without a cache: the whole prompt each time
             return p.next_frame(self.context, self.frames, force_event, sampling, max_tokens)
-        generation = self.state.generate(self.prompt(force_event), p._budget(max_tokens),
+        generation = self.cached.generate(self.prompt(force_event), p._budget(max_tokens),
                                          p.stop_ids, sampling)
         return p.read(generation.tokens, generation.logprobs, force_event)
 

@@ -12,8 +12,8 @@ import re
 
 import jinja2
 
-from tracekit.cwm import prompt_segments, prompt_text
-from tracekit.trace import Frame, Trace
+from tracekit.format.cwm import prompt_segments, prompt_text
+from tracekit.format.trace import Frame, Trace
 
 _THINK_BLOCK = re.compile(r"<think>.*?</think>\s*", re.DOTALL)
 ROLES = ("system", "user", "assistant", "tool")
@@ -54,7 +54,7 @@ def trace_prompt_ids(tokenizer, context: str, frames: list[Frame] = (),
                      force_event: str | None = None, end: bool = False) -> list[int]:
     """The same prompt as token ids: special tokens as ids, the rest encoded as plain text (so
     a value that spells a special token stays text, which the text route cannot tell)."""
-    from tracekit.tokenizer import encode_segments
+    from tracekit.format.tokenizer import encode_segments
 
     return encode_segments(tokenizer, prompt_segments(context, frames, force_event, end))
 

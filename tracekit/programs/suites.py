@@ -4,7 +4,7 @@ Each test file of the project is one `Suite`, run with pytest in a fresh sandbox
 of the project (`run_suite`; the child side is `tracer.suite`): every call of a function of
 the project's own source files can become an episode, a trace of that call as `tracekit
 trace` records the function called the same way (`tracer.episodes` says which calls and how
-callees are stepped into). `tracekit.episode_rows` turns a suite's episodes into dataset
+callees are stepped into). `tracekit.datasets.episode_rows` turns a suite's episodes into dataset
 rows; `--check-harness` traces each row's harness (`run_harness`) and keeps the episode only
 if the function's frames come out the same (`harness_verdict`). With `--check-determinism`
 each test file runs twice, in other processes, and `repeated` keeps the episodes that came
@@ -28,7 +28,7 @@ import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from tracekit.sandbox import TraceOptions, WarmSandbox, run_lines
+from tracekit.execution.sandbox import TraceOptions, WarmSandbox, run_lines
 
 TEST_DIRS = frozenset({"tests", "test", "testing"})
 NOT_SOURCE_DIRS = TEST_DIRS | {"docs", "doc"}
@@ -73,7 +73,7 @@ class SuiteResult:
 def tests_source(directory: str | Path, settings: EpisodeOptions = EpisodeOptions()
                  ) -> list[Suite]:
     """The suites of the project at `directory`, one per test file, in path order."""
-    from tracekit.sources import SourceError
+    from tracekit.programs.sources import SourceError
 
     project = Path(directory).resolve()
     if not project.is_dir():

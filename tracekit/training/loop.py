@@ -1,4 +1,5 @@
-"""Training a CWM-architecture model on packed token rows: the loop, over token ids only.
+"""Training a CWM-architecture model on packed token rows: the loop, over token ids only (it
+imports nothing of tracekit but the model layer and the settings: a test checks).
 
 The rows come from the caller (tracekit turns traces into them): `Rows.tokens` (n, length),
 `Rows.documents` (which document each position belongs to; attention stays inside it) and
@@ -25,28 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import CwmConfig
-from .modeling import CwmForCausalLM
+from tracekit.model.config import CwmConfig
+from tracekit.model.modeling import CwmForCausalLM
+from tracekit.training.config import SIZES, TrainConfig
 
 STATE = "training_state.pt"
 LOG = "training_log.jsonl"
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    steps: int = 1000
-    batch_rows: int = 8  # rows per optimizer step, over all ranks and accumulation
-    accumulation: int = 1  # micro-batches per step (on each rank)
-    lr: float = 2e-3
-    min_lr: float = 2e-4
-    warmup: int = 100
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    seed: int = 0
-    eval_every: int = 200  # steps between validations (0: only at the end)
-    save_every: int = 100  # steps between saved states (each is one atomic file)
-    autocast: str | None = None  # "bfloat16" to train under autocast; None: the weights' dtype
-    optimizer: str = "adamw"  # "muon": Muon on attention and MLP matrices, AdamW on the rest
 
 
 @dataclass
@@ -223,16 +208,7 @@ def train(model: CwmForCausalLM, rows: Rows, config: TrainConfig, out: Path,
     optimizers = optimizer_for(model, config)
     step, log = 0, []
     if resume and (out / STATE).exists():
-        state = torch.load(out / STATE, map_location=device, weights_only=False)
-        if {"optimizer": "adamw", **state["config"]} != asdict(config):  # (a state before Muon)
-            raise ValueError(f"{out / STATE} was made with other training settings: resume "
-                             "with the same ones, or train into another directory")
-        model.load_state_dict(state["model"])
-        saved_states = state.get("optimizers") or [state["optimizer"]]  # one, before Muon
-        for optimizer, saved in zip(optimizers, saved_states, strict=True):
-            optimizer.load_state_dict(saved)
-        torch.set_rng_state(state["rng"])
-        step, log = state["step"], state["log"]
+        step, log = _restore(out, model, optimizers, config, device)
     wrapped = (torch.nn.parallel.DistributedDataParallel(model) if distributed else model)
     forward = torch.compile(wrapped) if compile_model else wrapped
     model.train()
@@ -244,30 +220,12 @@ def train(model: CwmForCausalLM, rows: Rows, config: TrainConfig, out: Path,
             group["lr"] = learning_rate(config, step)
         mine = step_rows(config, step, len(rows))[rank * per_rank:(rank + 1) * per_rank]
         batches = [rows.batch(mine[i:i + micro], device) for i in range(0, per_rank, micro)]
-        targets = sum(int((b["targets"] != -100).sum()) for b in batches)
-        if distributed:  # every rank divides by the whole step's target count
-            count = torch.tensor(targets, device=device)
-            torch.distributed.all_reduce(count)
-            targets = int(count)
-        total = 0.0
-        for i, batch in enumerate(batches):
-            sync = not distributed or i == len(batches) - 1
-            with wrapped.no_sync() if not sync else nullcontext():
-                loss, _ = loss_of(forward, batch, config.autocast)
-                (loss / max(targets, 1) * world).backward()
-            total += float(loss.detach())
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        for optimizer in optimizers:
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        if distributed:
-            summed = torch.tensor(total, device=device)
-            torch.distributed.all_reduce(summed)
-            total = float(summed)
+        total, targets, norm = _optimizer_step(model, wrapped, forward, optimizers, batches,
+                                               config, world)
         step += 1
         tokens_seen += config.batch_rows * rows.tokens.shape[1]
         entry = {"step": step, "loss": total / max(targets, 1),
-                 "lr": learning_rate(config, step - 1), "grad_norm": float(norm),
+                 "lr": learning_rate(config, step - 1), "grad_norm": norm,
                  "tokens_per_s": tokens_seen / max(time.monotonic() - started, 1e-9)}
         if validate is not None and (step == config.steps or (
                 config.eval_every and step % config.eval_every == 0)):
@@ -285,6 +243,50 @@ def train(model: CwmForCausalLM, rows: Rows, config: TrainConfig, out: Path,
     return log
 
 
+def _restore(out: Path, model, optimizers: list, config: TrainConfig,
+             device) -> tuple[int, list[dict]]:
+    """Load a saved state into the model and optimizers: (its step, its log)."""
+    state = torch.load(out / STATE, map_location=device, weights_only=False)
+    if {"optimizer": "adamw", **state["config"]} != asdict(config):  # (a state before Muon)
+        raise ValueError(f"{out / STATE} was made with other training settings: resume "
+                         "with the same ones, or train into another directory")
+    model.load_state_dict(state["model"])
+    saved_states = state.get("optimizers") or [state["optimizer"]]  # one, before Muon
+    for optimizer, saved in zip(optimizers, saved_states, strict=True):
+        optimizer.load_state_dict(saved)
+    torch.set_rng_state(state["rng"])
+    return state["step"], state["log"]
+
+
+def _optimizer_step(model, wrapped, forward, optimizers: list, batches: list[dict],
+                    config: TrainConfig, world: int) -> tuple[float, int, float]:
+    """One optimizer step over this rank's micro-batches, gradients synchronised once (on the
+    last): (the summed loss over every rank, the step's target count, the gradient norm)."""
+    distributed = isinstance(wrapped, torch.nn.parallel.DistributedDataParallel)
+    device = next(model.parameters()).device
+    targets = sum(int((b["targets"] != -100).sum()) for b in batches)
+    if distributed:  # every rank divides by the whole step's target count
+        count = torch.tensor(targets, device=device)
+        torch.distributed.all_reduce(count)
+        targets = int(count)
+    total = 0.0
+    for i, batch in enumerate(batches):
+        sync = not distributed or i == len(batches) - 1
+        with wrapped.no_sync() if not sync else nullcontext():
+            loss, _ = loss_of(forward, batch, config.autocast)
+            (loss / max(targets, 1) * world).backward()
+        total += float(loss.detach())
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    for optimizer in optimizers:
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    if distributed:
+        summed = torch.tensor(total, device=device)
+        torch.distributed.all_reduce(summed)
+        total = float(summed)
+    return total, targets, float(norm)
+
+
 def _save_state(out: Path, model, optimizers: list, step: int, log: list[dict],
                 config: TrainConfig) -> None:
     """Everything a resume needs, in one file written whole and then renamed into place."""
@@ -298,23 +300,11 @@ def _save_state(out: Path, model, optimizers: list, step: int, log: list[dict],
     os.replace(temporary, out / STATE)
 
 
-# Shapes by --size. tiny: for tests (seconds on a CPU). small: the bundled model, sized for a
-# 2-core CPU in about two hours (~3.7M parameters at a 2k vocabulary). base: a GPU in minutes.
-# CWM's layer pattern: full attention where i % 4 == 0 and on the last layer, sliding elsewhere.
-SIZES = {
-    "tiny": dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=64),
-    "small": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4,
-                  num_attention_heads=4, num_key_value_heads=2, head_dim=64, sliding_window=256),
-    "base": dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=10,
-                 num_attention_heads=6, num_key_value_heads=2, head_dim=64, sliding_window=512),
-}
-
-
 def model_config(size: str, vocab_size: int, context: int, special_ids: dict[str, int],
                  **overrides) -> CwmConfig:
     """A CwmConfig for a new model of preset `size` (any field overridable), over a vocabulary
-    whose special tokens have `special_ids`, for sequences of `context` tokens."""
+    whose special tokens have `special_ids`, for sequences of `context` tokens. CWM's layer
+    pattern: full attention where i % 4 == 0 and on the last layer, sliding elsewhere."""
     shape = {**SIZES[size], **overrides}
     layers = shape["num_hidden_layers"]
     eos = [special_ids[t] for t in ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>")]

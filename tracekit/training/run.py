@@ -1,7 +1,7 @@
 """A training run end to end: trace datasets in, a checkpoint out that tracekit and transformers
-load, with its tokenizer, log, curve and model card. The loop itself is
-`tracekit.model.train`; the data, `tracekit.train_data`; this joins them and validates with the
-eval's own teacher-forced metrics."""
+load, with its tokenizer, log, curve and model card; and `bundle`, a finished run as the bundled
+model. The loop itself is loop.py; the data, data.py; this joins them and validates with the
+eval's own teacher-forced metrics (so this package sits above evals/, below the CLI)."""
 
 from __future__ import annotations
 
@@ -9,33 +9,22 @@ import itertools
 import json
 import shutil
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from tracekit import sources
-from tracekit.dataset import load_rows, row_trace
+from tracekit.datasets.files import load_rows
+from tracekit.datasets.rows import row_trace
+from tracekit.format.trace import COMPLETE_STATUSES, Trace
 from tracekit.killpoints import kill_point
-from tracekit.model import train as loop
-from tracekit.trace import COMPLETE_STATUSES, Trace
-from tracekit.train_data import leaks, pack, trace_ids, train_tokenizer
+from tracekit.programs import sources
+from tracekit.training import loop
+from tracekit.training.config import TrainConfig, TrainOptions
+from tracekit.training.data import leaks, pack, trace_ids, train_tokenizer
 
 TOKENIZER = "tokenizer.json"
 VAL_LOSS_TRACES = 400  # the validation loss is over the validation split's first this many
-
-
-@dataclass(frozen=True)
-class TrainOptions:
-    datasets: tuple[str, ...]
-    size: str = "small"
-    shape: tuple[tuple[str, int], ...] = ()  # overrides of the preset
-    seq_len: int = 1024
-    vocab_size: int = 2048
-    val_traces: int = 100
-    loss_on_context: bool = False
-    device: str = "cpu"
-    init: str | None = None  # a checkpoint to start from: its weights, shape and tokenizer
 
 
 def traces_of(datasets: tuple[str, ...], split: str) -> list[tuple[str, Trace]]:
@@ -63,7 +52,7 @@ def held_out_programs() -> list[tuple[str, str]]:
     return programs
 
 
-def run(options: TrainOptions, config: loop.TrainConfig, out: Path, resume: bool = False,
+def run(options: TrainOptions, config: TrainConfig, out: Path, resume: bool = False,
         progress=None, compile_model: bool = False) -> dict:
     """Train into `out`; returns the final log entry. Raises ValueError in one line when the
     data cannot train a model (no traces, leaked test programs, another run's directory)."""
@@ -162,7 +151,7 @@ def teacher_forced_accuracy(model, tokenizer, traces: list[Trace]) -> dict:
     from tracekit.evals.compare import compare_teacher_forced
     from tracekit.evals.metrics import summarize
     from tracekit.model.backends import RuntimeBackend
-    from tracekit.predict import TracePredictor
+    from tracekit.prediction.predict import TracePredictor
 
     was_training = model.training
     model.eval()
@@ -197,8 +186,8 @@ def _claim(out: Path, manifest: dict, resume: bool) -> None:
 
 def _tokenizer(out: Path, training, options: TrainOptions, resume: bool, rank: int,
                distributed: bool):
-    from tracekit.prompts import trace_text
-    from tracekit.tokenizer import HFTokenizer
+    from tracekit.format.prompts import trace_text
+    from tracekit.format.tokenizer import HFTokenizer
 
     path = out / TOKENIZER
     if not (resume and path.exists()):
@@ -220,7 +209,7 @@ def _tokenizer(out: Path, training, options: TrainOptions, resume: bool, rank: i
 
 
 def _finish(out: Path, model, log: list[dict], options: TrainOptions,
-            config: loop.TrainConfig, packed, tokenizer, leaked: list[str]) -> None:
+            config: TrainConfig, packed, tokenizer, leaked: list[str]) -> None:
     """The loadable checkpoint, the curve and the model card."""
     from tracekit.model.checkpoint import save_checkpoint
 

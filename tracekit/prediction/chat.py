@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from tracekit.prompts import REASONING_SYSTEM_PROMPT, ROLES, chat_prompt
+from tracekit.format.prompts import REASONING_SYSTEM_PROMPT, ROLES, chat_prompt
 
 END_OF_TURN = ("<|eot_id|>", "<|end_of_text|>")  # a reply ends at the first of these
 THINK_END = "</think>"
@@ -141,7 +141,7 @@ def render_chat(messages: list[dict], options: ChatOptions = ChatOptions(),
 def server_prompt(tokenizer, template: CheckpointTemplate | None):
     """`tracekit serve`'s chat renderer: (messages, chat_template_kwargs) to prompt ids, the
     messages rendered as given (no system prompt added), as vLLM renders them."""
-    from tracekit.tokenizer import encode
+    from tracekit.format.tokenizer import encode
 
     def render(messages, kwargs: dict) -> list[int]:
         known = {"enable_thinking", "preserve_previous_think"}
@@ -202,7 +202,7 @@ def chat_reply(backend, tokenizer, prompt: str, max_new_tokens: int, sampling,
                on_text: Callable[[str], None] | None = None) -> Reply:
     """Generate one assistant turn for a rendered `prompt`; `on_text` receives the text as it
     is decoded (each piece once, the end-of-turn token left out)."""
-    from tracekit.tokenizer import decode, encode
+    from tracekit.format.tokenizer import decode, encode
 
     ids = encode(tokenizer, prompt)
     stops = tuple(tokenizer.special_ids[t] for t in END_OF_TURN if t in tokenizer.special_ids)
@@ -235,9 +235,9 @@ def chat_turn(predictor, messages: list[dict], options: ChatOptions,
     with its own template through its chat endpoint; any other backend gets the prompt
     rendered here and continues it, at most to the end of the model's context. Raises
     ContextError (does not fit), ChatError (cannot render) and BackendError."""
+    from tracekit.format.tokenizer import encode
     from tracekit.model.backends import OpenAIBackend
     from tracekit.model.errors import ContextError
-    from tracekit.tokenizer import encode
 
     backend = predictor.backend
     if isinstance(backend, OpenAIBackend):

@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Protocol
 
-from tracekit.cwm import (
+from tracekit.format.cwm import (
     SPECIAL_TOKENS,
     ParsedTrace,
     Segment,

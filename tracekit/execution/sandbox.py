@@ -23,8 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tracekit.interpreters import Interpreter, SandboxUnavailable, find_python
-from tracekit.trace import Trace
+from tracekit.execution.interpreters import Interpreter, SandboxUnavailable, find_python
+from tracekit.format.trace import Trace
 from tracekit.tracer import constants
 from tracekit.tracer.context import normalize_newlines
 from tracekit.tracer.pump import OutputPump
@@ -177,7 +177,7 @@ def run_trace(source: str, call: str | None = None, entry: str | None = None,
               module: str | None = None, sys_path: tuple[str, ...] = (),
               directory: str | None = None) -> Trace:
     """Trace one program in a fresh sandboxed child process. Never raises for a bad program:
-    every outcome is a Trace whose `status` is one of `tracekit.trace.STATUSES`.
+    every outcome is a Trace whose `status` is one of `tracekit.format.trace.STATUSES`.
     `filename` is the program's `__file__`; `directory` (its file's, absolute) its working
     directory. `module` runs the program as that module (a project's file, for its relative
     imports and reprs); `sys_path` directories (a project's import roots) go first on

@@ -19,14 +19,15 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
-from tracekit.suites import HarnessCheck, Suite, SuiteResult, harness_verdict
-from tracekit.trace import Trace
+from tracekit.datasets.rows import DatasetRow, trace_row
+from tracekit.format.trace import Trace
+from tracekit.programs.suites import HarnessCheck, Suite, SuiteResult, harness_verdict
 from tracekit.tracer.constants import MARKER, MAX_EPISODE_BYTES
 from tracekit.tracer.context import read_source
 
 
 def suite_rows(suite: Suite, result: SuiteResult, manifest: dict, statuses: Counter,
-                tracers) -> list[dict]:
+                tracers) -> list[DatasetRow]:
     """The rows of one test file's episodes (`episode_rows`), with --check-harness applied
     (`tracers.map` traces the harnesses); what happened is added to manifest["suites"]."""
     summary = result.summary
@@ -48,11 +49,11 @@ def suite_rows(suite: Suite, result: SuiteResult, manifest: dict, statuses: Coun
         _add(stats, "episodes dropped", reasons.get(reason, reason), n)
     _add(stats, "episodes", "recorded", len(result.episodes))
     pairs = episode_rows(suite, result, manifest.setdefault("functions", {}), dropped)
-    _add(stats, "episodes", "with a harness", sum(1 for row, _ in pairs if row["harness"]))
+    _add(stats, "episodes", "with a harness", sum(1 for row, _ in pairs if row.harness))
     if suite.settings.check_harness:
         pairs = _check_harnesses(suite, pairs, tracers, stats)
     for row, _ in pairs:
-        statuses[row["status"]] += 1
+        statuses[row.status] += 1
     _add(stats, "episodes", "kept", len(pairs))
     return [row for row, _ in pairs]
 
@@ -60,14 +61,14 @@ def suite_rows(suite: Suite, result: SuiteResult, manifest: dict, statuses: Coun
 def _check_harnesses(suite: Suite, pairs: list, tracers, stats: dict) -> list:
     """Trace each harness; keep the episodes whose function's frames come out the same (one
     without a harness cannot be checked and is dropped too)."""
-    checks = [HarnessCheck(suite.project, row["file"], episode["module"], suite.roots,
-                           (episode["file"], episode["line"], episode["name"]), row["harness"],
+    checks = [HarnessCheck(suite.project, row.file, episode["module"], suite.roots,
+                           (episode["file"], episode["line"], episode["name"]), row.harness,
                            suite.settings.step_in, suite.settings.max_depth)
-              for row, episode in pairs if row["harness"]]
+              for row, episode in pairs if row.harness]
     results = iter(tracers.map(checks))
     kept = []
     for row, episode in pairs:
-        if not row["harness"]:
+        if not row.harness:
             _add(stats, "harness check", "no harness")
             continue
         verdict = harness_verdict(episode, next(results))
@@ -114,7 +115,7 @@ class FunctionIndex:
                     self._walk(getattr(node, block, []) or [], prefix)
 
     def tokens(self, lines: list[str]) -> int:
-        from tracekit.tokenizer import cwm_tokenizer
+        from tracekit.format.tokenizer import cwm_tokenizer
 
         total, cache = 0, self._line_tokens
         for line in lines:
@@ -244,14 +245,13 @@ def function_key(episode: dict) -> str:
 
 
 def episode_rows(suite: Suite, result: SuiteResult, seen: dict[str, list[str]],
-                 counts: dict[str, int]) -> list[tuple[dict, dict]]:
+                 counts: dict[str, int]) -> list[tuple[DatasetRow, dict]]:
     """(row, episode) for each of the suite's episodes kept: at most `per_function` per
     function over the build (`seen`: function key -> the argument digests taken so far, kept
     across shards), under MAX_EPISODE_BYTES of wire text; `counts` gets the others, by why."""
-    from tracekit.cwm import prompt_text
-    from tracekit.dataset import trace_row
-    from tracekit.sources import Program
-    from tracekit.trace import Frame
+    from tracekit.format.cwm import prompt_text
+    from tracekit.format.trace import Frame
+    from tracekit.programs.sources import Program
 
     settings = suite.settings
     paths = result.summary.get("harness", {})  # episode number -> how its module reaches it
@@ -267,10 +267,7 @@ def episode_rows(suite: Suite, result: SuiteResult, seen: dict[str, list[str]],
             continue
         path = episode["file"]
         if path not in indexes:
-            try:
-                indexes[path] = FunctionIndex(read_source(str(Path(suite.project) / path)))
-            except (OSError, UnicodeDecodeError, SyntaxError, ValueError):
-                indexes[path] = None
+            indexes[path] = _function_index(Path(suite.project) / path)
         index = indexes[path]
         found = index.defs.get((episode["line"], episode["name"])) if index else None
         if found is None:
@@ -298,14 +295,22 @@ def episode_rows(suite: Suite, result: SuiteResult, seen: dict[str, list[str]],
             continue
         program = Program(f"{path}::{qualname}::{digest[:8]}", context, call, qualname,
                           suite.id)
-        row = trace_row(program, trace)
+        row = replace(trace_row(program, trace), function=qualname, file=path,
+                      module=episode["module"], test=episode["test"],
+                      args=json.dumps(episode["args"]),
+                      harness=harness_program(index.source, call) if standalone else None,
+                      hash=int(hashlib.sha256(key.encode()).hexdigest()[:8], 16))
         taken.append(digest)
-        row.update(function=qualname, file=path, module=episode["module"], test=episode["test"],
-                   args=json.dumps(episode["args"]),
-                   harness=harness_program(index.source, call) if standalone else None,
-                   hash=int(hashlib.sha256(key.encode()).hexdigest()[:8], 16))
         kept.append((row, episode))
     return kept
+
+
+def _function_index(path: Path) -> FunctionIndex | None:
+    """The file's functions, None when it cannot be read as Python."""
+    try:
+        return FunctionIndex(read_source(str(path)))
+    except (OSError, UnicodeDecodeError, SyntaxError, ValueError):
+        return None
 
 
 def shortened(trace: Trace, budget: int) -> Trace:

@@ -22,22 +22,23 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tracekit import episode_rows, sandbox, suites
-from tracekit.dataset_files import (
+from tracekit.datasets import episode_rows
+from tracekit.datasets.files import (
     LOCK,
     MANIFEST,
     SPLITS,
     BuildError,
     BuildLock,
     check_shards,
-    load_rows,  # noqa: F401 - the dataset's rows are read from here (tracekit.dataset)
 )
-from tracekit.interpreters import SandboxUnavailable
+from tracekit.datasets.rows import DatasetRow, parquet_schema, trace_row
+from tracekit.execution import sandbox
+from tracekit.execution.interpreters import SandboxUnavailable
+from tracekit.format.trace import COMPLETE_STATUSES, Trace
 from tracekit.killpoints import kill_point
-from tracekit.sources import Program
-from tracekit.suites import HarnessCheck, Suite, SuiteResult
-from tracekit.trace import COMPLETE_STATUSES, Frame, Trace
-
+from tracekit.programs import suites
+from tracekit.programs.sources import Program
+from tracekit.programs.suites import HarnessCheck, Suite, SuiteResult
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ def _build(programs: list, out: Path, options: BuildOptions, workers: int | None
     if engine not in ENGINES:
         raise BuildError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
     if engine == "ray":
-        from tracekit.ray_engine import RayEngine
+        from tracekit.datasets.ray_engine import RayEngine
 
         tracers = RayEngine(options, workers, address)
     else:
@@ -97,41 +98,9 @@ def _build(programs: list, out: Path, options: BuildOptions, workers: int | None
             name = _shard_name(k)
             if name in manifest["shards"]:
                 continue
-            traces = tracers.map(shard)
-            kill_point(f"traced:{k}")
-            if options.check_determinism:
-                again = tracers.map(shard, again=True)  # in other processes (other addresses)
-                # a test file's run keeps the episodes that came out the same both times
-                same = [isinstance(a, SuiteResult) or _same(a, b) for a, b in zip(traces, again)]
-                traces = [suites.repeated(a, b) if isinstance(a, SuiteResult) else a
-                          for a, b in zip(traces, again)]
-            else:
-                same = [True] * len(shard)
-            rows = []
-            for program, trace, repeatable in zip(shard, traces, same):
-                if isinstance(program, Suite):
-                    if trace.summary.get("status") == "no_pytest":
-                        raise BuildError(f"{trace.summary['error']}: install pytest there (and "
-                                         "the project's dependencies), or pass --python an "
-                                         "interpreter that has them")
-                    rows += episode_rows.suite_rows(program, trace, manifest, statuses, tracers)
-                    continue
-                if program.module is not None:
-                    trace = episode_rows.shortened(trace, options.max_context_tokens)
-                row = trace_row(program, trace)
-                reason = _dropped(row, repeatable, options)
-                if reason:
-                    filtered[reason] += 1
-                else:
-                    rows.append(row)
-                statuses[trace.status] += 1
-            files = {}
-            for split in SPLITS:
-                part = [row for row in rows
-                        if _split_of(row["hash"], options.split) == split]
-                if part:  # files named by split: load_dataset makes the splits from them
-                    files[f"{split}-{k:05d}.parquet"] = len(part)
-                    _write_shard(out / f"{split}-{k:05d}.parquet", part)
+            traces, same = _traced(tracers, shard, options, k)
+            rows = _rows(shard, traces, same, options, manifest, statuses, filtered, tracers)
+            files = _write_splits(out, k, rows, options)
             kill_point(f"written:{k}")  # the shard's files in place, not yet in the manifest
             manifest["shards"][name] = files
             manifest["statuses"] = dict(statuses)
@@ -146,6 +115,58 @@ def _build(programs: list, out: Path, options: BuildOptions, workers: int | None
     _write_json(out / "stats.json", stats)
     (out / "README.md").write_text(_card(stats), encoding="utf-8")
     return stats
+
+
+def _traced(tracers, shard: list, options: BuildOptions, k: int) -> tuple[list, list[bool]]:
+    """Shard k's traces, and whether each came out the same when traced again (with
+    --check-determinism; else all True)."""
+    traces = tracers.map(shard)
+    kill_point(f"traced:{k}")
+    if not options.check_determinism:
+        return traces, [True] * len(shard)
+    again = tracers.map(shard, again=True)  # in other processes (other addresses)
+    # a test file's run keeps the episodes that came out the same both times
+    same = [isinstance(a, SuiteResult) or _same(a, b) for a, b in zip(traces, again)]
+    traces = [suites.repeated(a, b) if isinstance(a, SuiteResult) else a
+              for a, b in zip(traces, again)]
+    return traces, same
+
+
+def _rows(shard: list, traces: list, same: list[bool], options: BuildOptions, manifest: dict,
+          statuses: Counter, filtered: Counter, tracers) -> list[DatasetRow]:
+    """The rows of a shard's traces (a test file's run gives one per episode), counting each
+    status and each row dropped by why."""
+    rows = []
+    for program, trace, repeatable in zip(shard, traces, same):
+        if isinstance(program, Suite):
+            if trace.summary.get("status") == "no_pytest":
+                raise BuildError(f"{trace.summary['error']}: install pytest there (and the "
+                                 "project's dependencies), or pass --python an interpreter "
+                                 "that has them")
+            rows += episode_rows.suite_rows(program, trace, manifest, statuses, tracers)
+            continue
+        if program.module is not None:
+            trace = episode_rows.shortened(trace, options.max_context_tokens)
+        row = trace_row(program, trace)
+        reason = _dropped(row, repeatable, options)
+        if reason:
+            filtered[reason] += 1
+        else:
+            rows.append(row)
+        statuses[trace.status] += 1
+    return rows
+
+
+def _write_splits(out: Path, k: int, rows: list[DatasetRow],
+                  options: BuildOptions) -> dict[str, int]:
+    """Shard k's rows written as one Parquet file per split that has any: {file: rows}."""
+    files = {}
+    for split in SPLITS:
+        part = [row for row in rows if _split_of(row.hash, options.split) == split]
+        if part:  # files named by split: load_dataset makes the splits from them
+            files[f"{split}-{k:05d}.parquet"] = len(part)
+            _write_shard(out / f"{split}-{k:05d}.parquet", part)
+    return files
 
 
 SUITE_SHARD = 8  # test files per shard: a killed tests: build loses at most these runs
@@ -176,17 +197,6 @@ def _check_suites(manifest: dict) -> None:
         raise BuildError(f"no test file of the project ran ({first[0]}: {first[1]}): "
                          "install the project's dependencies in the interpreter --python "
                          "names, or check the project's tests")
-
-
-def row_trace(row: dict) -> Trace:
-    """A dataset row back as a Trace (frames without scope ids, which `resolve_dots` and the
-    evaluation do not need)."""
-    frames = [Frame(f["event"], f["lineno"], f["source"],
-                    json.loads(f["locals"]) if f["locals"] is not None else None, f["arg"])
-              for f in row["frames"]]
-    return Trace(context=row["context"], entry=None, call=row["call"], frames=frames,
-                 status=row["status"], error=row["error"], return_value=row["return_value"],
-                 python=row["interpreter"])
 
 
 class _Tracers:
@@ -258,35 +268,11 @@ class _Tracers:
             warm.__exit__(None, None, None)
 
 
-def trace_row(program: Program, trace: Trace) -> dict:
-    from tracekit.cwm import prompt_segments, state_json
-    from tracekit.tokenizer import cwm_tokenizer, encode_segments
-
-    segments = prompt_segments(trace.context, trace.frames, end=trace.complete)
-    text = "".join(segments)  # as trace_text writes it
-    key = json.dumps([program.source, program.entry, program.call]).encode()
-    digest = int(hashlib.sha256(key).hexdigest()[:8], 16)  # the split follows the program
-    return {
-        "id": program.id, "source": program.origin, "context": trace.context,
-        "call": trace.call, "interpreter": trace.python, "status": trace.status,
-        "error": trace.error,
-        "frames": [{"event": f.event, "lineno": f.lineno, "source": f.source,
-                    "locals": state_json(f.locals) if f.locals is not None else None,
-                    "arg": f.arg} for f in trace.frames],
-        "cwm": text, "n_frames": len(trace.frames),
-        "n_tokens": len(encode_segments(cwm_tokenizer(), segments)),  # the ids a model sees
-        "return_value": trace.return_value,
-        "expected": program.expected, "hash": digest,
-        "function": None, "file": None, "module": None, "test": None, "args": None,
-        "harness": None,
-    }
-
-
-def _dropped(row: dict, repeatable: bool, options: BuildOptions) -> str | None:
+def _dropped(row: DatasetRow, repeatable: bool, options: BuildOptions) -> str | None:
     """Why a filter drops this row (None: kept)."""
-    if options.drop_failed and row["status"] not in COMPLETE_STATUSES:
+    if options.drop_failed and row.status not in COMPLETE_STATUSES:
         return "failed"
-    if options.max_tokens is not None and row["n_tokens"] > options.max_tokens:
+    if options.max_tokens is not None and row.n_tokens > options.max_tokens:
         return "max_tokens"
     if not repeatable:
         return "nondeterministic"
@@ -304,24 +290,11 @@ def _split_of(digest: int, split: tuple[int, int, int]) -> str:
         else SPLITS[2]
 
 
-def _write_shard(path: Path, rows: list[dict]) -> None:
+def _write_shard(path: Path, rows: list[DatasetRow]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    frame = pa.struct([("event", pa.string()), ("lineno", pa.int32()), ("source", pa.string()),
-                       ("locals", pa.string()), ("arg", pa.string())])
-    schema = pa.schema([("id", pa.string()), ("source", pa.string()), ("context", pa.string()),
-                        ("call", pa.string()), ("interpreter", pa.string()),
-                        ("status", pa.string()), ("error", pa.string()),
-                        ("frames", pa.list_(frame)), ("cwm", pa.string()),
-                        ("n_frames", pa.int32()), ("n_tokens", pa.int32()),
-                        ("return_value", pa.string()), ("expected", pa.string()),
-                        # the tests: source's episodes (null for other rows)
-                        ("function", pa.string()), ("file", pa.string()),
-                        ("module", pa.string()), ("test", pa.string()), ("args", pa.string()),
-                        ("harness", pa.string())])
-    table = pa.Table.from_pylist([{k: v for k, v in row.items() if k != "hash"}
-                                  for row in rows], schema=schema)
+    table = pa.Table.from_pylist([row.written() for row in rows], schema=parquet_schema())
     temporary = path.with_suffix(".tmp")
     pq.write_table(table, temporary)
     _fsync(temporary)

@@ -1,9 +1,9 @@
 """Traces as training data: a compact tokenizer trained on their wire text, and whole traces
-packed into fixed-length rows of token ids for `tracekit.model.train`.
+packed into fixed-length rows of token ids for `tracekit.training.loop`.
 
 The tokenizer is a byte-level BPE (Hugging Face `tokenizers`) with every digit its own token and
 each of CWM's 256 special tokens a named special token, so prompts, parsing and metrics work on
-it as on CWM's own (`tracekit.tokenizer.HFTokenizer` reads the `tokenizer.json` it writes).
+it as on CWM's own (`tracekit.format.tokenizer.HFTokenizer` reads the `tokenizer.json` it writes).
 A row holds whole traces, each `<|begin_of_text|> ... <|end_of_text|>`; a trace longer than a
 row is dropped, never split; attention and positions restart with each trace in a row.
 """
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tracekit.cwm import FRAME_SEP, SPECIAL_TOKENS, prompt_segments, text_segments
-from tracekit.model.train import Rows
-from tracekit.tokenizer import HFTokenizer, Tokenizer, encode_segments
-from tracekit.trace import Trace
+from tracekit.format.cwm import FRAME_SEP, SPECIAL_TOKENS, prompt_segments, text_segments
+from tracekit.format.tokenizer import HFTokenizer, Tokenizer, encode_segments
+from tracekit.format.trace import Trace
+from tracekit.training.loop import Rows
 
 TOKENIZER_SAMPLE_CHARS = 16_000_000  # a sample this size learns nearly the same merges
 

@@ -1,7 +1,8 @@
 """A seeded generator of short everyday functions: the loops, counters, accumulators, searches
-and string and list building that real code is made of, named afresh by `tracekit.vocabulary`.
+and string and list building that real code is made of, named afresh by
+`tracekit.format.vocabulary`.
 
-Where `tracekit.synthetic` writes long random bodies (constant loop
+Where `tracekit.programs.synthetic` writes long random bodies (constant loop
 bounds), these are a dozen lines at most whose control flow depends on the arguments: a loop
 runs `n` times, a search stops at the `target`, a branch reads the value. A model learns from
 them to read the code and the state rather than to recall a template. Program i of seed s
@@ -12,8 +13,8 @@ from __future__ import annotations
 
 import random
 
-from tracekit.generators import distinct, entered
-from tracekit.vocabulary import rename, text
+from tracekit.format.vocabulary import rename, text
+from tracekit.programs.generators import distinct, entered
 
 INTS = ("n", "k", "count", "limit", "size", "m", "steps", "times", "width", "x")
 ACCUMULATORS = ("total", "acc", "result", "s", "score", "count", "value", "out")
@@ -26,7 +27,7 @@ WORDS = ("apple", "banana", "cherry", "hello", "world", "python", "code", "data"
          "a", "bb", "ccc", "level", "noon", "abc", "xyz", "Hello", "Mixed Case")
 
 
-class _Program:
+class _Choices:
     """One program's choices: names never repeat, constants are small."""
 
     def __init__(self, rng: random.Random):
@@ -66,7 +67,7 @@ class _Program:
                                 f"{var}.isalpha()", f"{var} not in 'aeiou '", f"{var} > 'm'"])
 
 
-def _counting(p: _Program) -> tuple[list[str], list[str]]:
+def _counting(p: _Choices) -> tuple[list[str], list[str]]:
     n, acc, i = p.name(INTS), p.name(ACCUMULATORS), p.name(INDEXES)
     start = p.small(0, 2)
     if p.rng.random() < 0.5:
@@ -83,7 +84,7 @@ def _counting(p: _Program) -> tuple[list[str], list[str]]:
             [str(p.small(0, 7))])
 
 
-def _bounded(p: _Program) -> tuple[list[str], list[str]]:
+def _bounded(p: _Choices) -> tuple[list[str], list[str]]:
     """A loop whose round count only the argument decides: up or down, by 1 or 2, < or <=."""
     n, i, acc = p.name(INTS), p.name(INDEXES), p.name(ACCUMULATORS)
     body = f"        {acc} += {p.int_expr(i)}"
@@ -106,7 +107,7 @@ def _bounded(p: _Program) -> tuple[list[str], list[str]]:
             [str(p.small(0, 8))])
 
 
-def _filtering(p: _Program) -> tuple[list[str], list[str]]:
+def _filtering(p: _Choices) -> tuple[list[str], list[str]]:
     items, out, x = p.name(LISTS), p.name(("out", "result", "kept", "evens", "found")), \
         p.name(ELEMENTS)
     keep = p.rng.choice([f"{out}.append({p.int_expr(x)})", f"{out}.insert(0, {x})"])
@@ -117,7 +118,7 @@ def _filtering(p: _Program) -> tuple[list[str], list[str]]:
     return lines + [f"    return {out}"], [p.ints()]
 
 
-def _searching(p: _Program) -> tuple[list[str], list[str]]:
+def _searching(p: _Choices) -> tuple[list[str], list[str]]:
     items, target, i, x = p.name(LISTS), p.name(("target", "key", "goal", "wanted")), \
         p.name(INDEXES), p.name(ELEMENTS)
     if p.rng.random() < 0.5:
@@ -131,7 +132,7 @@ def _searching(p: _Program) -> tuple[list[str], list[str]]:
     return lines, [p.ints(), str(p.rng.randint(-2, 8))]
 
 
-def _text_loop(p: _Program) -> tuple[list[str], list[str]]:
+def _text_loop(p: _Choices) -> tuple[list[str], list[str]]:
     text, c = p.name(TEXTS), p.name(CHARS)
     if p.rng.random() < 0.5:
         count = p.name(("count", "n", "vowels", "total", "upper"))
@@ -147,7 +148,7 @@ def _text_loop(p: _Program) -> tuple[list[str], list[str]]:
     return lines, [p.text()]
 
 
-def _counting_words(p: _Program) -> tuple[list[str], list[str]]:
+def _counting_words(p: _Choices) -> tuple[list[str], list[str]]:
     text, counts, w = p.name(TEXTS), p.name(("counts", "freq", "seen", "d")), \
         p.name(("w", "word", "token", "part"))
     split = p.rng.choice(["split()", "lower().split()", "split(' ')"])
@@ -156,7 +157,7 @@ def _counting_words(p: _Program) -> tuple[list[str], list[str]]:
             [p.text()])
 
 
-def _nested(p: _Program) -> tuple[list[str], list[str]]:
+def _nested(p: _Choices) -> tuple[list[str], list[str]]:
     a, b = p.name(INTS), p.name(INTS)
     i, j, acc = p.name(INDEXES), p.name(INDEXES), p.name(ACCUMULATORS)
     return ([f"def f({a}, {b}):", f"    {acc} = 0", f"    for {i} in range({a}):",
@@ -164,7 +165,7 @@ def _nested(p: _Program) -> tuple[list[str], list[str]]:
              f"    return {acc}"], [str(p.small(0, 3)), str(p.small(0, 3))])
 
 
-def _branches(p: _Program) -> tuple[list[str], list[str]]:
+def _branches(p: _Choices) -> tuple[list[str], list[str]]:
     x, label = p.name(INTS), p.name(("label", "kind", "size", "grade"))
     high, low = p.small(6, 12), p.small(1, 5)
     return ([f"def f({x}):", f"    if {x} > {high}:", f"        {label} = 'big'",
@@ -173,7 +174,7 @@ def _branches(p: _Program) -> tuple[list[str], list[str]]:
             [str(p.rng.randint(-3, 15))])
 
 
-def _with_helper(p: _Program) -> tuple[list[str], list[str]]:
+def _with_helper(p: _Choices) -> tuple[list[str], list[str]]:
     helper = p.rng.choice(["double", "square", "clamp", "score", "weight", "bump"])
     y = p.name(("y", "z", "t", "v"))
     items, out, x = p.name(LISTS), p.name(("out", "result", "mapped")), p.name(ELEMENTS)
@@ -184,7 +185,7 @@ def _with_helper(p: _Program) -> tuple[list[str], list[str]]:
              f"        {out}.append({helper}({x}))", f"    return {out}"], [p.ints()])
 
 
-def _breaking(p: _Program) -> tuple[list[str], list[str]]:
+def _breaking(p: _Choices) -> tuple[list[str], list[str]]:
     items, total, x = p.name(LISTS), p.name(ACCUMULATORS), p.name(ELEMENTS)
     jump = p.rng.choice(["break", "continue"])
     return ([f"def f({items}):", f"    {total} = 0", f"    for {x} in {items}:",
@@ -192,7 +193,7 @@ def _breaking(p: _Program) -> tuple[list[str], list[str]]:
              f"    return {total}"], [p.ints()])
 
 
-def _swapping(p: _Program) -> tuple[list[str], list[str]]:
+def _swapping(p: _Choices) -> tuple[list[str], list[str]]:
     a, b, n = p.name(("a", "x", "lo", "first")), p.name(("b", "y", "hi", "second")), \
         p.name(INTS)
     i = p.name(INDEXES)
@@ -201,7 +202,7 @@ def _swapping(p: _Program) -> tuple[list[str], list[str]]:
             [str(p.small(0, 3)), str(p.small(1, 3)), str(p.small(0, 6))])
 
 
-def _list_methods(p: _Program) -> tuple[list[str], list[str]]:
+def _list_methods(p: _Choices) -> tuple[list[str], list[str]]:
     items, x = p.name(LISTS), p.name(ELEMENTS)
     steps = p.rng.sample([f"{items}.append({p.small()})", f"{items}.sort()",
                           f"{items}.reverse()", f"{x} = {items}.pop() if {items} else 0",
@@ -212,7 +213,7 @@ def _list_methods(p: _Program) -> tuple[list[str], list[str]]:
              f"    return {items}, {x}"], [p.ints()])
 
 
-def _string_methods(p: _Program) -> tuple[list[str], list[str]]:
+def _string_methods(p: _Choices) -> tuple[list[str], list[str]]:
     text, words, out = p.name(TEXTS), p.name(("words", "parts", "tokens")), \
         p.name(("out", "result", "joined"))
     change = p.rng.choice(["w.capitalize()", "w[::-1]", "w.upper()", "w[0]", "w + w",
@@ -235,7 +236,7 @@ def generate_basic_program(seed: int, index: int, kind: str = "basic") -> tuple[
     """Program `index` of stream `seed` of `kind` (KINDS): (source with the entry marked, call
     expression)."""
     rng = random.Random(f"tracekit-{kind}:{seed}:{index}")
-    p = _Program(rng)
+    p = _Choices(rng)
     lines, args = rng.choice(KINDS[kind])(p)
     call = f"f({', '.join(args)})"
     entry = next(k for k, line in enumerate(lines) if line.startswith("def f("))

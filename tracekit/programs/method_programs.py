@@ -1,14 +1,14 @@
 """A seeded generator of short functions that chain the methods of str, list and dict.
 
-Where `tracekit.basic_programs` fills a dozen fixed shapes, these functions are built a
+Where `tracekit.programs.basic_programs` fills a dozen fixed shapes, these functions are built a
 statement at a time: two to six steps over the arguments (a text, a list of numbers, a list of
 words, a dict, a number), each a common operation: a method (`replace`, `split`, `find`,
 `insert`, `pop`, `setdefault`, ...), a slice, a comprehension, a loop over characters or
 indexes with a branch on the value, a `while` that shrinks a value, a lookup caught in
 `try`. Each step reads what the earlier ones made, so its result has to be worked out from the
 state, not recalled. This is where small models (and CWM) get execution wrong. Names come from
-`tracekit.vocabulary`; `tracekit train` drops any program equal to a test program up to names
-(`tracekit.train_data.leaks`: none of 30,000 was). Program i of seed s depends on (s, i) only;
+`tracekit.format.vocabulary`; `tracekit train` drops any program equal to a test program up to names
+(`tracekit.training.data.leaks`: none of 30,000 was). Program i of seed s depends on (s, i) only;
 every loop is bounded by the size of its (small) arguments.
 """
 
@@ -17,8 +17,8 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator
 
-from tracekit.generators import distinct, entered
-from tracekit.vocabulary import rename, text
+from tracekit.format.vocabulary import rename, text
+from tracekit.programs.generators import distinct, entered
 
 CHAR_TESTS = ("{c}.isupper()", "{c}.islower()", "{c}.isdigit()", "{c}.isalpha()",
               "{c} == ' '", "{c} in {vowels!r}", "{c} not in {vowels!r}", "{c} == {ch!r}",

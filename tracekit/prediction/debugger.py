@@ -14,10 +14,10 @@ import ast
 import re
 from dataclasses import dataclass, replace
 
-from tracekit.cwm import frame_wire_text
+from tracekit.format.cwm import frame_wire_text
+from tracekit.format.trace import DotsResolver, Frame
 from tracekit.model.errors import BackendError
-from tracekit.predict import FramePrediction, Sampling, TracePredictor
-from tracekit.trace import DotsResolver, Frame
+from tracekit.prediction.predict import FramePrediction, Sampling, TracePredictor
 from tracekit.tracer.constants import MARKER
 
 MOVE_LIMIT = 200  # frames one command may predict (continue, until, out, next over calls)
@@ -109,7 +109,7 @@ class Level:
     locals: dict[str, str]
 
 
-class Program:
+class SourceMap:
     """The debugged program's lines, and where a frame's source line is in them (model frames
     carry no line number: the line is found by its text, inside the current function first)."""
 
@@ -143,7 +143,7 @@ class Program:
 class Track:
     """The frames of one execution (predicted or real), moved by cwmdbg's commands."""
 
-    def __init__(self, stepper, start: list[Frame], program: Program):
+    def __init__(self, stepper, start: list[Frame], program: SourceMap):
         self.stepper, self.start, self.program = stepper, list(start), program
         self.frames = list(start)
         self.ended = False

@@ -20,8 +20,8 @@ import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 
-from tracekit.sources import Program, SourceError
-from tracekit.episode_rows import harness_program
+from tracekit.datasets.episode_rows import harness_program
+from tracekit.programs.sources import Program, SourceError
 from tracekit.tracer.context import read_source
 
 
