@@ -22,7 +22,7 @@ import torch
 
 from .cache import KVCache
 from .errors import BackendError  # noqa: F401 - raised here, imported from here too
-from .generation import Generation, generate
+from .generation import Generation, forced_generation, generate
 from .prompt_lookup import DRAFT_TOKENS, PromptLookup
 from .spec import ModelSpec
 
@@ -57,6 +57,7 @@ class RuntimeBackend(Backend):
     token per forward): the same tokens, in fewer forwards."""
 
     name = "runtime"
+    exact_from_forward = True  # greedy teacher forcing decodes only the frames it gets wrong
 
     def __init__(self, model, branch_batch: int = 64, prefill_chunk: int = 2048,
                  draft_tokens: int = DRAFT_TOKENS):
@@ -72,25 +73,57 @@ class RuntimeBackend(Backend):
 
     @torch.inference_mode()
     def teacher_forced(self, ids, starts, max_new_tokens, stop_ids, sampling):
-        """Branch i continues `ids[:starts[i]]`: one prefill of the trace, then the branches
-        decode together, `branch_batch` at a time, each reading the shared cached prefix."""
-        model, prefix = self.model, ids[:max(starts) - 1]
+        """Branch i continues `ids[:starts[i]]`, `ids` being the real trace: one prefill of
+        the trace, then the branches decode together, `branch_batch` at a time, each reading
+        the shared cached prefix. Greedy (and `exact_from_forward`, the default), the prefill
+        runs the whole trace and keeps every position's argmax: a branch whose real
+        continuation is the model's own choice token after token up to its stop is that
+        continuation (generation.forced_generation), with no decoding; only the others
+        decode. (The forward's logits round differently from a decode step's, so a near-tie
+        could go the other way there, as in any batched decode.)"""
+        model, parent = self.model, max(starts) - 1
+        greedy = sampling.temperature <= 0 and self.exact_from_forward
         cache = KVCache(model.config, 1, max(starts), model.dtype, model.device,
                         rewind_margin=max(starts))
-        for first in range(0, len(prefix), self.prefill_chunk):  # bounded masks on long traces
-            model(torch.tensor([prefix[first:first + self.prefill_chunk]], device=model.device),
-                  cache=cache, logits_to_keep=1)
-        out = []
-        for first in range(0, len(starts), self.branch_batch):
-            chunk = starts[first:first + self.branch_batch]
+        argmax, logprobs = [], []  # of every position, greedy only
+        for first in range(0, parent, self.prefill_chunk):  # bounded masks on long traces
+            chunk = ids[first:min(first + self.prefill_chunk, parent)]
+            logits = model(torch.tensor([chunk], device=model.device), cache=cache,
+                           logits_to_keep=0 if greedy else 1).logits[0]
+            if greedy:
+                _choices(logits, ids[first + 1:first + 1 + len(chunk)], argmax, logprobs)
+        out: list[Generation | None] = [None] * len(starts)
+        if greedy:  # the rest of the trace through a fork: the cache stays the branches' prefix
+            tail = ids[parent:]
+            logits = model(torch.tensor([tail], device=model.device),
+                           cache=cache.fork([parent], max_new=len(tail))).logits[0]
+            _choices(logits, ids[parent + 1:], argmax, logprobs)
+            out = [forced_generation(ids, n, argmax, logprobs, max_new_tokens, stop_ids)
+                   for n in starts]
+        todo = [i for i, generation in enumerate(out) if generation is None]
+        for first in range(0, len(todo), self.branch_batch):
+            chunk = todo[first:first + self.branch_batch]
             # each branch re-feeds its prompt's last token, whose logits start its frame
-            forks = cache.fork([n - 1 for n in chunk], max_new=max_new_tokens + 1)
-            out += generate(model, [[ids[n - 1]] for n in chunk], max_new_tokens, stop_ids,
-                            cache=forks, **vars(sampling))
+            forks = cache.fork([starts[i] - 1 for i in chunk], max_new=max_new_tokens + 1)
+            decoded = generate(model, [[ids[starts[i] - 1]] for i in chunk], max_new_tokens,
+                               stop_ids, cache=forks, **vars(sampling))
+            for i, generation in zip(chunk, decoded):
+                out[i] = generation
         return out
 
     def new_session(self, rewind_margin: int) -> RuntimeSession:
         return RuntimeSession(self.model, rewind_margin, draft_tokens=self.draft_tokens)
+
+
+def _choices(logits: torch.Tensor, following: list[int], argmax: list[int],
+             logprobs: list[float]) -> None:
+    """Append each position's argmax of `logits` (positions, vocab), and the log-probability
+    of the token that really follows it (`following`, one shorter at the trace's end)."""
+    argmax += logits.argmax(-1).tolist()
+    if following:
+        real = torch.tensor(following, device=logits.device)[:, None]
+        logprobs += torch.log_softmax(logits[:len(following)].float(), -1).gather(
+            -1, real)[:, 0].tolist()
 
 
 class RuntimeSession:

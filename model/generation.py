@@ -233,3 +233,22 @@ def _choose(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     return torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0]
+
+
+def forced_generation(ids: list[int], start: int, argmax: list[int], logprobs: list[float],
+                      max_new_tokens: int, stop_ids: tuple[int, ...]) -> Generation | None:
+    """What greedy `generate` writes after `ids[:start]`, known without decoding when it is
+    the real continuation `ids[start:]`: `argmax[p]` is the model's choice after `ids[:p + 1]`
+    and `logprobs[p]` the log-probability of `ids[p + 1]` there (one forward over `ids`
+    gives both). Greedy decoding writes the real tokens up to the first stop token (kept) or
+    `max_new_tokens` exactly when the argmax is the real token at each of them; then that
+    generation, else None (decode it: the model writes something else, or the real ids end
+    before a stop)."""
+    stops = set(stop_ids)
+    for p in range(start, start + max_new_tokens):
+        if p >= len(ids) or argmax[p - 1] != ids[p]:
+            return None
+        if ids[p] in stops:
+            return Generation(ids[start:p + 1], logprobs[start - 1:p], True)
+    end = start + max_new_tokens
+    return Generation(ids[start:end], logprobs[start - 1:end - 1], False)

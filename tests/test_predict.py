@@ -587,3 +587,56 @@ def test_the_openai_client_reads_vllm_shaped_responses(case, tokens, logprobs, s
     assert path == "/v1/completions" and request["prompt"] == [128000, 128107, 755]
     assert request["stop_token_ids"] == [128100, 128001] and request["logprobs"] == 1
     assert request["return_tokens_as_token_ids"] and request["skip_special_tokens"] is False
+
+
+@pytest.mark.parametrize("max_frame_tokens", [256, 12])
+def test_greedy_teacher_forcing_decodes_only_the_frames_the_forward_says_are_wrong(
+        max_frame_tokens, monkeypatch):
+    """The bundled model over the sample programs, teacher-forced and greedy: each frame's
+    prediction equals the decode-every-frame path's token for token (ids, log-probs to
+    rounding, parsed frame), while only the frames that path gets wrong (in the state, in the
+    action, cut at max_frame_tokens, or ended early) are decoded; the right ones come from
+    the trace's one forward. Both kinds occur, and a batch of wrong branches ends at
+    different lengths."""
+    from collections import Counter
+
+    import tracekit.model.backends as backends
+    from tracekit.model.generation import generate
+    from tracekit.prediction.predict import load_predictor
+    from tracekit.programs.sources import SAMPLE_PROGRAMS, python_files
+
+    decoded = []
+
+    def counted(model, prompts, *args, **kwargs):
+        decoded.append(len(prompts))
+        return generate(model, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(backends, "generate", counted)
+    predictor = load_predictor("bundled", max_frame_tokens=max_frame_tokens)  # as commands do
+    backend = predictor.backend
+    backend.branch_batch = 4
+    right, wrong = 0, Counter()  # wrong frames by what is wrong
+    for program in list(python_files([str(SAMPLE_PROGRAMS)]))[:6]:
+        trace = Trace.from_dict(trace_source(program.source, call=program.call))
+        backend.exact_from_forward = False
+        decoded.clear()
+        every = predictor.teacher_forced(trace.context, trace.frames)
+        assert sum(decoded) == len(every) == len(trace.frames)
+        backend.exact_from_forward = True
+        decoded.clear()
+        forced = predictor.teacher_forced(trace.context, trace.frames)
+        for real, one, other in zip(trace.frames, every, forced):
+            assert other.tokens == one.tokens and other.frame == one.frame
+            assert other.logprobs == pytest.approx(one.logprobs, abs=1e-4)
+        exact = [one.tokens == predictor.frame_ids(real)[:max_frame_tokens]
+                 for real, one in zip(trace.frames, every)]
+        assert sum(decoded) == exact.count(False)
+        right += exact.count(True)
+        for real, one, ok in zip(trace.frames, every, exact):
+            frame = one.frame
+            if not ok:
+                wrong["malformed" if frame is None or frame.error else "action" if (
+                    frame.event, frame.source.strip()) != (real.event, real.source.strip())
+                    else "state"] += 1
+    assert right > 10 and min(wrong.values()) > 0 and set(wrong) == {"malformed", "action",
+                                                                    "state"}

@@ -62,7 +62,10 @@ EVAL_EXIT = (exit_help(0, 2, 7, 8, 10, 130) + " After 7 the predictions made so 
               show_default=True, callback=lambda ctx, param, value: Mode(value),
               help="rollout: the whole trace free-running from the entry's real call frame "
                    "(which holds the arguments; it is not scored), the CWM table's setting; "
-                   "teacher-forced: every frame from the real frames before it; "
+                   "teacher-forced: every frame from the real frames before it (greedy, "
+                   "with our runtime, one forward over the real trace says which frames the "
+                   "model writes exactly, and only the others are decoded; with "
+                   "--temperature > 0 every frame is sampled, so every frame is decoded); "
                    "output: the entry's return frame straight after its call frame; "
                    "reasoning: the return value by CWM's chat (think, then answer "
                    "[OUTPUT]value[/OUTPUT]; --budget-tokens per reply), no trace.")

@@ -1,0 +1,113 @@
+"""`tracekit eval` with a model, teacher-forced: decoding every frame (the old path) against
+exact match from one forward over the real trace, decoding only the frames the model gets
+wrong (the new path), in one run on the same dataset and model. Each is a whole eval run
+(`evaluate`: load, predict, score with the bootstrap, report). Prints traces/s, the tokens
+decoded per second, the share of the prediction time spent in model forwards, the speed-up,
+and whether the two runs' predictions and metrics are identical (how many frames differ).
+
+    python benchmarks/eval_speed.py [--source cruxeval:200] [--model bundled]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tracekit.datasets.build import BuildOptions, build  # noqa: E402
+from tracekit.evals.run import RunOptions, evaluate  # noqa: E402
+from tracekit.model.backends import RuntimeBackend  # noqa: E402
+from tracekit.model.modeling import CwmForCausalLM  # noqa: E402
+from tracekit.programs import sources  # noqa: E402
+
+PATHS = {"decode every frame": False, "exact from one forward": True}
+
+
+class ForwardClock:
+    """Seconds spent in the model's forward (every call of CwmForCausalLM.forward)."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        self.original = CwmForCausalLM.forward
+
+    def __enter__(self):
+        clock = self
+
+        def timed(model, *args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return clock.original(model, *args, **kwargs)
+            finally:
+                clock.seconds += time.perf_counter() - start
+
+        CwmForCausalLM.forward = timed
+        return self
+
+    def __exit__(self, *exc):
+        CwmForCausalLM.forward = self.original
+
+
+def run(data: Path, out: Path, model: str, exact: bool) -> dict:
+    RuntimeBackend.exact_from_forward = exact
+    with ForwardClock() as clock:
+        start = time.perf_counter()
+        summary, info = evaluate(RunOptions(str(data), "teacher-forced", model), out)
+        seconds = time.perf_counter() - start
+    records = [json.loads(line) for line in (out / "predictions.jsonl").open()]
+    return {"seconds": seconds, "predict": info["seconds"]["load and predict"],
+            "forwards": clock.seconds, "traces": summary["traces"],
+            "tokens": sum(r.get("tokens", 0) for r in records), "records": records,
+            "metrics": {k: v["value"] for k, v in summary["metrics"].items()}}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--source", default="cruxeval", help="a source spec (default: all "
+                        "800 CRUXEval programs)")
+    parser.add_argument("--model", default="bundled")
+    args = parser.parse_args(argv)
+    base = Path(tempfile.mkdtemp(prefix="tracekit-bench-eval-speed-"))
+    try:
+        build(list(sources.from_specs([args.source])), base / "data", BuildOptions())
+        print(f"{platform.machine()}, {torch.get_num_threads()} threads ({os.cpu_count()} CPUs), "
+              f"torch {torch.__version__}, Python {platform.python_version()}, "
+              f"{time.strftime('%Y-%m-%d')}; {args.source}, model {args.model}, teacher-forced, "
+              "greedy")
+        print(f"{'path':<24}{'traces':>7}{'total s':>9}{'predict s':>10}{'traces/s':>10}"
+              f"{'tokens':>9}{'tokens/s':>10}{'in forwards':>12}")
+        runs = {}
+        for name, exact in PATHS.items():
+            runs[name] = result = run(base / "data", base / name.replace(" ", "-"), args.model,
+                                      exact)
+            print(f"{name:<24}{result['traces']:>7}{result['seconds']:>9.1f}"
+                  f"{result['predict']:>10.1f}{result['traces'] / result['seconds']:>10.2f}"
+                  f"{result['tokens']:>9}{result['tokens'] / result['predict']:>10.0f}"
+                  f"{result['forwards'] / result['predict']:>11.0%}", flush=True)
+        old, new = runs.values()
+        print(f"speed-up: {old['seconds'] / new['seconds']:.1f}x the whole run, "
+              f"{old['predict'] / new['predict']:.1f}x predicting")
+        frames = differ = 0
+        for a, b in zip(old["records"], new["records"], strict=True):
+            frames += len(a["ids"])
+            differ += sum(x != y for x, y in zip(a["ids"], b["ids"], strict=True))
+        changed = {k: (old["metrics"][k], new["metrics"][k]) for k in old["metrics"]
+                   if old["metrics"][k] != new["metrics"][k]}
+        print(f"predictions: {differ} of {frames} frames differ; metrics "
+              + ("identical" if not changed else f"differ: {changed}"))
+    finally:
+        RuntimeBackend.exact_from_forward = True
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
