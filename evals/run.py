@@ -180,30 +180,33 @@ def _resume_file(path: Path) -> dict[str, dict]:
     return read_predictions(path)[0]
 
 
-def predict_all(traces: list[tuple[str, Trace]], out: Path, predict_one: Callable[[Trace], dict],
-                mode: str, concurrency: int = 1,
-                progress: Callable[[int, int], None] | None = None) -> dict[str, dict]:
-    """Predictions for every trace, made only for those OUT/predictions.jsonl lacks; each is
-    appended (and flushed) as soon as it is made."""
+def predict_all(traces: list[tuple[str, Trace]], out: Path,
+                predict: Callable[[list[Trace]], list[dict]], mode: str, concurrency: int = 1,
+                progress: Callable[[int, int], None] | None = None,
+                group: int = 1) -> dict[str, dict]:
+    """Predictions for every trace, made only for those OUT/predictions.jsonl lacks, `group`
+    traces per call of `predict` (`concurrency` calls at once); each record is appended (and
+    flushed) as soon as its group is done."""
     path = out / PREDICTIONS
     records = _resume_file(path)
     todo = [(tid, trace) for tid, trace in traces if tid not in records]
     done = len(traces) - len(todo)
     if progress:
         progress(done, len(traces))
+    groups = [todo[first:first + group] for first in range(0, len(todo), group)]
     with path.open("a", encoding="utf-8") as sink, ThreadPoolExecutor(concurrency) as pool:
-        futures = {pool.submit(predict_one, trace): tid for tid, trace in todo}
+        futures = {pool.submit(predict, [trace for _, trace in part]): part for part in groups}
         try:
             for future in as_completed(futures):
-                tid = futures[future]
-                record = {"id": tid, "mode": mode, **future.result()}
-                sink.write(json.dumps(record) + "\n")
-                sink.flush()
-                records[tid] = record
-                done += 1
-                kill_point(f"predicted:{done}")
-                if progress:
-                    progress(done, len(traces))
+                for (tid, _), result in zip(futures[future], future.result(), strict=True):
+                    record = {"id": tid, "mode": mode, **result}
+                    sink.write(json.dumps(record) + "\n")
+                    sink.flush()
+                    records[tid] = record
+                    done += 1
+                    kill_point(f"predicted:{done}")
+                    if progress:
+                        progress(done, len(traces))
         finally:
             for future in futures:
                 future.cancel()
@@ -311,14 +314,18 @@ def too_long(traces: list[tuple[str, Trace]], options: RunOptions, predictor=Non
     return kept, why, len(traces) - len(kept), frames
 
 
-def model_predictor(options: RunOptions) -> tuple[Callable[[Trace], dict], str, object, object]:
-    """A function that predicts one trace in the run's mode, the backend's name, the
-    tokenizer its ids are in (None for a baseline, which writes text), and the predictor
-    (None for a baseline). Raises model.backends.BackendError when the model cannot be
-    loaded."""
+TEACHER_FORCED_GROUP = 128  # traces per call: their wrong frames decode in one batch
+
+
+def model_predictor(options: RunOptions) -> tuple[Callable[[list[Trace]], list[dict]], str,
+                                                  object, object]:
+    """A function that predicts a list of traces in the run's mode (one record each), the
+    backend's name, the tokenizer its ids are in (None for a baseline, which writes text),
+    and the predictor (None for a baseline). Raises model.backends.BackendError when the
+    model cannot be loaded."""
     if options.model in baselines.BASELINES:
-        return (lambda trace: baselines.predict(options.model, trace, options.mode)), \
-            options.model, None, None
+        return (lambda traces: [baselines.predict(options.model, trace, options.mode)
+                                for trace in traces]), options.model, None, None
     from tracekit.prediction.predict import Sampling, load_predictor
 
     predictor = load_predictor(options.model, options.openai_model, options.device,
@@ -326,14 +333,18 @@ def model_predictor(options: RunOptions) -> tuple[Callable[[Trace], dict], str, 
                                options.draft_tokens)
     sampling = Sampling(options.temperature, options.top_k, options.top_p, options.seed)
     if options.mode == Mode.REASONING:
-        return (_reasoning_predictor(options, predictor, sampling), predictor.backend.name,
-                None, predictor)
+        reason = _reasoning_predictor(options, predictor, sampling)
+        return (lambda traces: [reason(trace) for trace in traces]), predictor.backend.name, \
+            None, predictor
+    if options.mode == Mode.TEACHER_FORCED:
+        def predict(traces: list[Trace]) -> list[dict]:
+            predicted = predictor.teacher_forced_many([(t.context, t.frames) for t in traces],
+                                                      sampling)
+            return [{"texts": [s.text for s in steps], "ids": [s.tokens for s in steps],
+                     "tokens": sum(len(s.logprobs) for s in steps)} for steps in predicted]
+        return predict, predictor.backend.name, predictor.tokenizer, predictor
 
     def predict_one(trace: Trace) -> dict:
-        if options.mode == Mode.TEACHER_FORCED:
-            steps = predictor.teacher_forced(trace.context, trace.frames, sampling)
-            return {"texts": [s.text for s in steps], "ids": [s.tokens for s in steps],
-                    "tokens": sum(len(s.logprobs) for s in steps)}
         if options.mode == Mode.OUTPUT:
             step = predictor.next_frame(trace.context, trace.frames[:1], "return", sampling)
             return {"text": step.text, "ids": step.tokens, "tokens": len(step.logprobs)}
@@ -347,7 +358,8 @@ def model_predictor(options: RunOptions) -> tuple[Callable[[Trace], dict], str, 
                         *(t for s in rollout.steps for t in s.tokens)],
                 "given": len(given), "stop": rollout.stop, "tokens": rollout.tokens_used}
 
-    return predict_one, predictor.backend.name, predictor.tokenizer, predictor
+    return (lambda traces: [predict_one(trace) for trace in traces]), \
+        predictor.backend.name, predictor.tokenizer, predictor
 
 
 def _reasoning_predictor(options: RunOptions, predictor, sampling) -> Callable[[Trace], dict]:
@@ -396,7 +408,7 @@ def evaluate(options: RunOptions, out: Path, resume: bool = False, concurrency: 
     described = start(out, options, resume)
     unreadable, tokenizer, loaded = 0, None, None
     if not options.predictions:
-        predict_one, backend, tokenizer, loaded = model_predictor(options)  # OUT untouched
+        predict, backend, tokenizer, loaded = model_predictor(options)  # OUT untouched
     traces, why, left_out, left_out_frames = too_long(traces, options, loaded)
     if not traces:
         raise ContextError(f"every complete trace of {options.dataset} is {why}: evaluate a "
@@ -410,7 +422,9 @@ def evaluate(options: RunOptions, out: Path, resume: bool = False, concurrency: 
         predictor = options.predictor_name
     else:
         claim(out, described)
-        records = predict_all(traces, out, predict_one, options.mode, concurrency, progress)
+        group = (TEACHER_FORCED_GROUP if options.mode == Mode.TEACHER_FORCED
+                 and loaded is not None and concurrency == 1 else 1)
+        records = predict_all(traces, out, predict, options.mode, concurrency, progress, group)
         predictor = options.model if backend == options.model else f"{options.model} ({backend})"
     predicted = time.monotonic()
     comparisons, problems = score(traces, records, options.mode, tokenizer)

@@ -22,7 +22,7 @@ import torch
 
 from .cache import KVCache
 from .errors import BackendError  # noqa: F401 - raised here, imported from here too
-from .generation import Generation, forced_generation, generate
+from .generation import Generation, RowJob, decode_rows, forced_generation, generate
 from .prompt_lookup import DRAFT_TOKENS, PromptLookup
 from .spec import ModelSpec
 
@@ -44,6 +44,12 @@ class Backend:
                        sampling) -> list[Generation]:
         """Branch i continues `ids[:starts[i]]`. By default, one request per branch."""
         return [self.generate([ids[:n]], max_new_tokens, stop_ids, sampling)[0] for n in starts]
+
+    def teacher_forced_many(self, traces: list[tuple[list[int], list[int]]], max_new_tokens: int,
+                            stop_ids, sampling) -> list[list[Generation]]:
+        """`teacher_forced` of each (ids, starts). By default, one trace after the other."""
+        return [self.teacher_forced(ids, starts, max_new_tokens, stop_ids, sampling)
+                for ids, starts in traces]
 
     def new_session(self, rewind_margin: int) -> RuntimeSession | None:
         """A session that keeps the prompt's cache from step to step, or None when the backend
@@ -71,44 +77,74 @@ class RuntimeBackend(Backend):
         return generate(self.model, prompts, max_new_tokens, stop_ids,
                         draft_tokens=self.draft_tokens, on_tokens=on_tokens, **vars(sampling))
 
-    @torch.inference_mode()
     def teacher_forced(self, ids, starts, max_new_tokens, stop_ids, sampling):
-        """Branch i continues `ids[:starts[i]]`, `ids` being the real trace: one prefill of
-        the trace, then the branches decode together, `branch_batch` at a time, each reading
-        the shared cached prefix. Greedy (and `exact_from_forward`, the default), the prefill
-        runs the whole trace and keeps every position's argmax: a branch whose real
-        continuation is the model's own choice token after token up to its stop is that
-        continuation (generation.forced_generation), with no decoding; only the others
-        decode. (The forward's logits round differently from a decode step's, so a near-tie
-        could go the other way there, as in any batched decode.)"""
-        model, parent = self.model, max(starts) - 1
-        greedy = sampling.temperature <= 0 and self.exact_from_forward
+        """Branch i continues `ids[:starts[i]]`, `ids` being the real trace (see
+        teacher_forced_many)."""
+        return self.teacher_forced_many([(ids, starts)], max_new_tokens, stop_ids, sampling)[0]
+
+    @torch.inference_mode()
+    def teacher_forced_many(self, traces, max_new_tokens, stop_ids, sampling):
+        """Teacher forcing of many traces ((ids, starts) each): greedy (and
+        `exact_from_forward`, the default), one forward over each real trace keeps every
+        position's argmax, and a branch whose real continuation is the model's own choice
+        token after token up to its stop is that continuation (generation.forced_generation),
+        with no decoding; the other branches, of every trace, decode together in one batch of
+        `branch_batch` rows refilled as rows finish (generation.decode_rows). (The forward's
+        logits round differently from a decode step's, so a near-tie could go the other way
+        there, as in any batched decode.) Sampled, each trace's branches decode over its
+        shared cached prefix (`_decoded`)."""
+        if sampling.temperature > 0 or not self.exact_from_forward:
+            return [self._decoded(ids, starts, max_new_tokens, stop_ids, sampling)
+                    for ids, starts in traces]
+        out = [[None] * len(starts) for _, starts in traces]
+
+        def jobs():
+            for t, (ids, starts) in enumerate(traces):
+                cache, argmax, logprobs = self._forward(ids)
+                for i, n in enumerate(starts):
+                    out[t][i] = forced_generation(ids, n, argmax, logprobs, max_new_tokens,
+                                                  stop_ids)
+                    if out[t][i] is None:
+                        yield RowJob((t, i), cache, n - 1, ids[n - 1])
+
+        longest = max(len(ids) for ids, _ in traces)
+        for (t, i), generation in decode_rows(self.model, jobs(), self.branch_batch,
+                                              longest + max_new_tokens + 1, max_new_tokens,
+                                              stop_ids):
+            out[t][i] = generation
+        return out
+
+    def _forward(self, ids: list[int]) -> tuple[KVCache, list[int], list[float]]:
+        """One forward over a whole trace, in chunks (bounded masks on long traces): a cache
+        holding every position in order, each position's argmax, and the log-probability of
+        each real next token."""
+        model = self.model
+        cache = KVCache(model.config, 1, len(ids), model.dtype, model.device,
+                        rewind_margin=len(ids))
+        argmax, logprobs = [], []
+        for first in range(0, len(ids), self.prefill_chunk):
+            chunk = ids[first:first + self.prefill_chunk]
+            logits = model(torch.tensor([chunk], device=model.device), cache=cache).logits[0]
+            _choices(logits, ids[first + 1:first + 1 + len(chunk)], argmax, logprobs)
+        return cache, argmax, logprobs
+
+    def _decoded(self, ids, starts, max_new_tokens, stop_ids, sampling) -> list[Generation]:
+        """Every branch decoded: one prefill of the trace, then the branches decode together,
+        `branch_batch` at a time, each reading the shared cached prefix."""
+        model = self.model
+        prefix = ids[:max(starts) - 1]
         cache = KVCache(model.config, 1, max(starts), model.dtype, model.device,
                         rewind_margin=max(starts))
-        argmax, logprobs = [], []  # of every position, greedy only
-        for first in range(0, parent, self.prefill_chunk):  # bounded masks on long traces
-            chunk = ids[first:min(first + self.prefill_chunk, parent)]
-            logits = model(torch.tensor([chunk], device=model.device), cache=cache,
-                           logits_to_keep=0 if greedy else 1).logits[0]
-            if greedy:
-                _choices(logits, ids[first + 1:first + 1 + len(chunk)], argmax, logprobs)
-        out: list[Generation | None] = [None] * len(starts)
-        if greedy:  # the rest of the trace through a fork: the cache stays the branches' prefix
-            tail = ids[parent:]
-            logits = model(torch.tensor([tail], device=model.device),
-                           cache=cache.fork([parent], max_new=len(tail))).logits[0]
-            _choices(logits, ids[parent + 1:], argmax, logprobs)
-            out = [forced_generation(ids, n, argmax, logprobs, max_new_tokens, stop_ids)
-                   for n in starts]
-        todo = [i for i, generation in enumerate(out) if generation is None]
-        for first in range(0, len(todo), self.branch_batch):
-            chunk = todo[first:first + self.branch_batch]
+        for first in range(0, len(prefix), self.prefill_chunk):
+            model(torch.tensor([prefix[first:first + self.prefill_chunk]], device=model.device),
+                  cache=cache, logits_to_keep=1)
+        out = []
+        for first in range(0, len(starts), self.branch_batch):
+            chunk = starts[first:first + self.branch_batch]
             # each branch re-feeds its prompt's last token, whose logits start its frame
-            forks = cache.fork([starts[i] - 1 for i in chunk], max_new=max_new_tokens + 1)
-            decoded = generate(model, [[ids[starts[i] - 1]] for i in chunk], max_new_tokens,
-                               stop_ids, cache=forks, **vars(sampling))
-            for i, generation in zip(chunk, decoded):
-                out[i] = generation
+            forks = cache.fork([n - 1 for n in chunk], max_new=max_new_tokens + 1)
+            out += generate(model, [[ids[n - 1]] for n in chunk], max_new_tokens, stop_ids,
+                            cache=forks, **vars(sampling))
         return out
 
     def new_session(self, rewind_margin: int) -> RuntimeSession:

@@ -2,11 +2,12 @@
 layers keep only the last `sliding_window` positions in a ring buffer, so memory stays bounded
 on long traces. Keys are stored after RoPE.
 
-Three views of it, each passed to the model's forward as `cache`: `KVCache` itself (prefill,
-decode, rewind), `PrefixForks` (branches over one stored prefix) and `StaticStep` (one token
-at a sequence index held in a tensor, for compiled steps and CUDA graphs). Each stores this
-forward's keys/values and says which keys each query may see; the attention itself is
-computed in model/modeling.py."""
+Four views of it, each passed to the model's forward as `cache`: `KVCache` itself (prefill,
+decode, rewind), `PrefixForks` (branches over one stored prefix), `StaticStep` (one token
+at a sequence index held in a tensor, for compiled steps and CUDA graphs) and `RowCache`
+(rows that each continue a prefix of their own, at their own length: continuous batching).
+Each stores this forward's keys/values and says which keys each query may see; the attention
+itself is computed in model/modeling.py."""
 
 from __future__ import annotations
 
@@ -280,6 +281,94 @@ class StaticStep:
         keys.index_copy_(2, slot, k)
         values.index_copy_(2, slot, v)
         return keys, values
+
+
+class RowCache:
+    """Rows that each continue a prefix of their own, at their own length: continuous
+    batching, where a row that finishes is loaded with the next prefix while the others go on.
+    The rows in use are always the first `active` (`drop` moves the last one into a freed
+    place), and a forward runs those only, one token each, written at the row's own length;
+    attention reads the slots up to the longest row under a per-row mask. Every slot holds its
+    position (no ring: a sliding layer's window is a mask). `load` copies a prefix in from a
+    one-row KVCache."""
+
+    def __init__(self, config: CwmConfig, rows: int, max_length: int, dtype: torch.dtype,
+                 device: torch.device | str = "cpu"):
+        self.max_length, self.window = max_length, config.sliding_window
+        shape = (rows, config.num_key_value_heads, max_length, config.head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in config.layer_types]
+        self.values = [torch.zeros_like(k) for k in self.keys]
+        self.lengths = torch.zeros(rows, dtype=torch.long, device=device)  # positions held
+        self.active = 0
+        self._rows = torch.arange(rows, device=device)
+        self._masks: dict[bool, torch.Tensor] = {}
+        self._span = max_length
+
+    def load(self, row: int, prefix: KVCache, length: int) -> None:
+        """Row `row` (one in use, or the next free one: `active`) continues the first `length`
+        positions of `prefix`, a one-row KVCache whose slots are its positions (made with a
+        rewind_margin of its whole length)."""
+        if not prefix.slots_are_positions or length > prefix.length:
+            raise ValueError("load from a KVCache that holds every position of the prefix")
+        if length >= self.max_length:
+            raise ValueError(f"a prefix of {length} positions leaves no room in a RowCache of "
+                             f"{self.max_length}")
+        if not 0 <= row <= self.active or row >= len(self.lengths):
+            raise ValueError(f"load row {row}: rows in use are 0..{self.active - 1}")
+        for mine, theirs in ((self.keys, prefix.keys), (self.values, prefix.values)):
+            for layer, tensor in enumerate(mine):
+                tensor[row, :, :length] = theirs[layer][0, :, :length]
+        self.lengths[row] = length
+        self.active = max(self.active, row + 1)
+
+    def drop(self, row: int) -> int | None:
+        """Stop using `row`: the last row in use moves into its place. Returns the row that
+        moved (its old index), or None when `row` was the last."""
+        last = self.active - 1
+        self.active = last
+        if row == last:
+            return None
+        length = int(self.lengths[last])
+        for tensors in (self.keys, self.values):
+            for tensor in tensors:
+                tensor[row, :, :length] = tensor[last, :, :length]
+        self.lengths[row] = length
+        return last
+
+    def prepare(self, new: int) -> None:
+        """Check room for this step's token in every row in use; build its masks."""
+        if new != 1:
+            raise ValueError("a RowCache runs one token per row per forward")
+        lengths = self.lengths[:self.active]
+        longest = int(lengths.max())
+        if longest >= self.max_length:
+            raise ValueError(f"a row of the RowCache is full ({self.max_length} positions)")
+        self._span = longest + 1  # the slots any row reads this step
+        slots = torch.arange(self._span, device=lengths.device)
+        seen = slots[None] <= lengths[:, None]  # (rows, slots): this step's own slot included
+        windowed = seen & (slots[None] > lengths[:, None] - (self.window or 0))
+        # (rows, 1, 1, slots): broadcast over kv_heads and query groups
+        self._masks = {False: seen[:, None, None], True: windowed[:, None, None]}
+
+    def next_positions(self, new: int, batch: int | None = None) -> torch.Tensor:
+        return self.lengths[:self.active, None]
+
+    def mask(self, window: int | None) -> torch.Tensor:
+        """Which slots each row's token may read, on layers of this window."""
+        return self._masks[window is not None]
+
+    def store(self, layer: int, k: torch.Tensor,
+              v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write each row's key/value (rows in use, kv_heads, 1, dim) at its own length;
+        return the layer's keys/values of those rows up to the longest (rows, kv_heads, slots
+        read, dim)."""
+        n = self.active
+        self.keys[layer][self._rows[:n], :, self.lengths[:n]] = k[:, :, 0]
+        self.values[layer][self._rows[:n], :, self.lengths[:n]] = v[:, :, 0]
+        return self.keys[layer][:n, :, :self._span], self.values[layer][:n, :, :self._span]
+
+    def advance(self, new: int) -> None:
+        self.lengths[:self.active] += new
 
 
 def _bias(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

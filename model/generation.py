@@ -10,12 +10,12 @@ last token with prompt-lookup guesses checked in the same forward; or a compiled
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
 
-from .cache import KVCache, PrefixForks
+from .cache import KVCache, PrefixForks, RowCache
 from .compiled_decode import decode_steps
 from .modeling import CwmForCausalLM
 from .prompt_lookup import PromptLookup, agreement
@@ -252,3 +252,73 @@ def forced_generation(ids: list[int], start: int, argmax: list[int], logprobs: l
             return Generation(ids[start:p + 1], logprobs[start - 1:p], True)
     end = start + max_new_tokens
     return Generation(ids[start:end], logprobs[start - 1:end - 1], False)
+
+
+@dataclass
+class RowJob:
+    """One greedy continuation for `decode_rows`: after the first `length` positions of
+    `prefix` (a one-row KVCache holding them in order), starting by running `first` (the
+    prefix's next token, whose logits give the first new token); `key` names it."""
+
+    key: object
+    prefix: KVCache
+    length: int
+    first: int
+
+
+@torch.inference_mode()
+def decode_rows(model: CwmForCausalLM, jobs: Iterable[RowJob], rows: int, max_length: int,
+                max_new_tokens: int, stop_ids: tuple[int, ...]) -> Iterator[tuple[object,
+                                                                                  Generation]]:
+    """Greedy continuations of many prefixes, decoded up to `rows` at a time in one batch
+    that is refilled as rows finish (continuous batching, as vLLM schedules requests): a row
+    that stops or reaches `max_new_tokens` yields (its job's key, its generation) and takes the
+    next job, whose prefix is copied in, while the others go on; once the jobs run out, the
+    batch shrinks to the rows still running. Jobs are drawn only as rows free up, so a lazy
+    iterable is prefilled as needed. `max_length` bounds every job's prefix plus its new
+    tokens."""
+    cache = RowCache(model.config, rows, max_length, model.dtype, model.device)
+    pending = iter(jobs)
+    feed = torch.zeros(rows, 1, dtype=torch.long, device=model.device)
+    running: list[tuple[object, list[int], list[float]]] = []  # row i's job, in cache row i
+    stops = set(stop_ids)
+
+    def start(row: int) -> bool:
+        """Load the next job into `row` (in use, or the next free one); False if none is left."""
+        job = next(pending, None)
+        if job is None:
+            return False
+        cache.load(row, job.prefix, job.length)
+        feed[row, 0] = job.first
+        state = (job.key, [], [])
+        if row < len(running):
+            running[row] = state
+        else:
+            running.append(state)
+        return True
+
+    while len(running) < rows and start(len(running)):
+        pass
+    while running:
+        n = len(running)
+        logits = model(feed[:n], cache=cache).logits[:, -1].float()  # (rows in use, vocab)
+        chosen = logits.argmax(-1)
+        logprobs = torch.log_softmax(logits, -1).gather(-1, chosen[:, None])[:, 0].tolist()
+        finished = []
+        for row, token in enumerate(chosen.tolist()):
+            key, tokens, their_logprobs = running[row]
+            tokens.append(token)
+            their_logprobs.append(logprobs[row])
+            if token in stops or len(tokens) == max_new_tokens:
+                finished.append(row)
+            else:
+                feed[row, 0] = token
+        for row in reversed(finished):  # the rows above each have found their place already
+            key, tokens, their_logprobs = running[row]
+            yield key, Generation(tokens, their_logprobs, tokens[-1] in stops)
+            if not start(row):
+                moved = cache.drop(row)
+                last = running.pop()
+                if moved is not None:
+                    running[row] = last
+                    feed[row, 0] = feed[moved, 0]

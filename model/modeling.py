@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .cache import KVCache, PrefixForks, StaticStep
+from .cache import KVCache, PrefixForks, RowCache, StaticStep
 from .config import CwmConfig
 
 CAUSAL = "causal"  # stands for a plain causal mask, which SDPA applies itself
@@ -237,7 +237,7 @@ def forked_attention(q: torch.Tensor, shared: tuple[torch.Tensor, torch.Tensor],
     return out.reshape(batch, heads, new, dim)
 
 
-Cache = KVCache | PrefixForks | StaticStep
+Cache = KVCache | PrefixForks | StaticStep | RowCache
 
 
 class Attention(nn.Module):
@@ -272,7 +272,7 @@ class Attention(nn.Module):
         else:
             if cache is not None:  # k, v become every key this forward's queries may read
                 k, v = cache.store(self.layer, k, v)
-            if isinstance(cache, StaticStep):
+            if isinstance(cache, (StaticStep, RowCache)):  # one token a row, every slot
                 out = grouped_attention(q, k, v, mask, scale)
             elif not self.fast:
                 out = eager_attention(q, k, v, mask, scale)
@@ -369,8 +369,8 @@ class CwmForCausalLM(nn.Module):
                 document_ids: torch.Tensor | None = None) -> CausalLMOutput:
         """`input_ids` (batch, length), or `inputs_embeds` (batch, length, hidden);
         `attention_mask` (batch, past + new) marks real tokens (1) and padding (0);
-        `cache` carries keys/values across calls (PrefixForks and StaticStep take no
-        attention_mask); `labels` (-100 = ignored) gives the loss;
+        `cache` carries keys/values across calls (PrefixForks, StaticStep and RowCache take
+        no attention_mask); `labels` (-100 = ignored) gives the loss;
         `logits_to_keep` > 0 computes logits for the last that many positions only;
         `document_ids` (batch, length; training, no cache) keeps attention inside each document
         of a packed row, whose positions should restart with each document.
@@ -408,10 +408,10 @@ class CwmForCausalLM(nn.Module):
 
     def _masks(self, x, cache, attention_mask, document_ids) -> dict:
         """Each layer window's mask for this forward: CAUSAL, None (every key given may be
-        read), an additive mask (batch or 1, 1, queries, keys), or what a PrefixForks or a
-        StaticStep makes itself."""
+        read), an additive mask (batch or 1, 1, queries, keys), or what a PrefixForks, a
+        StaticStep or a RowCache makes itself."""
         windows = {layer.self_attn.window for layer in self.model.layers}
-        if isinstance(cache, (PrefixForks, StaticStep)):
+        if isinstance(cache, (PrefixForks, StaticStep, RowCache)):
             if attention_mask is not None:
                 raise ValueError(f"a {type(cache).__name__} has no padding: pass no "
                                  "attention_mask")

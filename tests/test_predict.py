@@ -595,23 +595,29 @@ def test_greedy_teacher_forcing_decodes_only_the_frames_the_forward_says_are_wro
     """The bundled model over the sample programs, teacher-forced and greedy: each frame's
     prediction equals the decode-every-frame path's token for token (ids, log-probs to
     rounding, parsed frame), while only the frames that path gets wrong (in the state, in the
-    action, cut at max_frame_tokens, or ended early) are decoded; the right ones come from
-    the trace's one forward. Both kinds occur, and a batch of wrong branches ends at
-    different lengths."""
+    action, cut at max_frame_tokens, or ended early) are decoded, four rows at a time in a
+    batch refilled as rows finish (their lengths differ); the right ones come from the
+    trace's one forward. Both kinds occur."""
     from collections import Counter
 
     import tracekit.model.backends as backends
-    from tracekit.model.generation import generate
+    from tracekit.model.generation import decode_rows, generate
     from tracekit.prediction.predict import load_predictor
     from tracekit.programs.sources import SAMPLE_PROGRAMS, python_files
 
-    decoded = []
+    decoded = []  # branches decoded, by either way of decoding them
 
     def counted(model, prompts, *args, **kwargs):
         decoded.append(len(prompts))
         return generate(model, prompts, *args, **kwargs)
 
+    def counted_rows(*args):
+        for key, generation in decode_rows(*args):
+            decoded.append(1)
+            yield key, generation
+
     monkeypatch.setattr(backends, "generate", counted)
+    monkeypatch.setattr(backends, "decode_rows", counted_rows)
     predictor = load_predictor("bundled", max_frame_tokens=max_frame_tokens)  # as commands do
     backend = predictor.backend
     backend.branch_batch = 4

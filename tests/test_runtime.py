@@ -727,3 +727,33 @@ def test_a_loaded_model_does_not_live_in_its_files(tmp_path):
             mapped.append((start, end))
     for name, param in ours.named_parameters():
         assert not any(start <= param.data_ptr() < end for start, end in mapped), name
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_continuous_batching_decodes_each_job_as_it_would_decode_alone(fast):
+    """decode_rows over prefixes of different lengths (sliding layers past their window):
+    two rows, five jobs; a row whose job stops early (a stop token it writes) takes the next
+    job while the other row goes on. Each job's tokens are greedy `generate`'s from its whole
+    prompt, its log-probs equal to rounding, and every job comes back once."""
+    from tracekit.model.generation import RowJob, decode_rows
+
+    _, ours = pair(21)
+    ours.fast = fast
+    torch.manual_seed(3)
+    ids = torch.randint(3, 300, (60,)).tolist()
+    with torch.inference_mode():
+        cache = KVCache(ours.config, 1, len(ids), torch.float32, rewind_margin=len(ids))
+        ours(torch.tensor([ids]), cache=cache)
+    lengths = [12, 40, 5, 59, 23]
+    alone = {n: generate(ours, [ids[:n + 1]], 14)[0] for n in lengths}
+    stop = alone[40].tokens[3]  # job 40 stops on its 4th token; others may stop on it too
+    alone = {n: generate(ours, [ids[:n + 1]], 14, stop_ids=(stop,))[0] for n in lengths}
+    assert alone[40].stopped and len(alone[40].tokens) == 4
+    assert any(len(g.tokens) == 14 for g in alone.values())
+    order = []
+    jobs = (RowJob(n, cache, n, ids[n]) for n in lengths)
+    for n, generation in decode_rows(ours, jobs, 2, len(ids) + 16, 14, (stop,)):
+        order.append(n)
+        assert generation.tokens == alone[n].tokens and generation.stopped == alone[n].stopped
+        assert generation.logprobs == pytest.approx(alone[n].logprobs, abs=1e-4)
+    assert sorted(order) == sorted(lengths) and order != lengths  # finished out of order

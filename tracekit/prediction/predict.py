@@ -160,14 +160,19 @@ class TracePredictor:
         `frames`). Backends that can (ours) run one prefill of the real trace and decode all
         branches at once. (A branch that runs past the context is longer than its real frame,
         which fits: wrong however it ends.)"""
-        frames = frames[:self.frames_that_fit(context, frames)]
-        if not frames:
-            return []
-        ids = self.prompt(context, frames)
-        lengths = self._frame_starts(context, frames)
-        generations = self.backend.teacher_forced(ids, lengths, self.max_frame_tokens,
-                                                  self.stop_ids, sampling)
-        return [self.read(g.tokens, g.logprobs) for g in generations]
+        return self.teacher_forced_many([(context, frames)], sampling)[0]
+
+    def teacher_forced_many(self, traces: list[tuple[str, list[Frame]]],
+                            sampling: Sampling = GREEDY) -> list[list[FramePrediction]]:
+        """`teacher_forced` of each (context, frames), in one call to the backend: ours then
+        decodes the frames it gets wrong in every trace together (continuous batching)."""
+        fitting = [frames[:self.frames_that_fit(context, frames)] for context, frames in traces]
+        asked = [(self.prompt(context, frames), self._frame_starts(context, frames))
+                 for (context, _), frames in zip(traces, fitting) if frames]
+        answers = iter(self.backend.teacher_forced_many(asked, self.max_frame_tokens,
+                                                        self.stop_ids, sampling))
+        return [[self.read(g.tokens, g.logprobs) for g in next(answers)] if frames else []
+                for frames in fitting]
 
     def rollout(self, context: str, seed_frames: list[Frame] = (), max_frames: int = 1000,
                 budget_tokens: int | None = None, sampling: Sampling = GREEDY) -> Rollout:

@@ -156,12 +156,10 @@ def teacher_forced_accuracy(model, tokenizer, traces: list[Trace]) -> dict:
     was_training = model.training
     model.eval()
     predictor = TracePredictor(RuntimeBackend(model, draft_tokens=0), tokenizer, 256)
-    comparisons = []
     with torch.inference_mode():
-        for i, trace in enumerate(traces):
-            steps = predictor.teacher_forced(trace.context, trace.frames)
-            comparisons.append(compare_teacher_forced(str(i), trace.frames,
-                                                      [s.text for s in steps]))
+        predicted = predictor.teacher_forced_many([(t.context, t.frames) for t in traces])
+    comparisons = [compare_teacher_forced(str(i), trace.frames, [s.text for s in steps])
+                   for i, (trace, steps) in enumerate(zip(traces, predicted))]
     model.train(was_training)
     metrics = summarize(comparisons)["metrics"]
     return {key: metrics[key]["value"] for key in ("state_exact", "action_exact", "frame_match")}
