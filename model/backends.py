@@ -93,7 +93,7 @@ class RuntimeBackend(Backend):
         logits round differently from a decode step's, so a near-tie could go the other way
         there, as in any batched decode.) Sampled, each trace's branches decode over its
         shared cached prefix (`_decoded`)."""
-        if sampling.temperature > 0 or not self.exact_from_forward:
+        if sampling.temperature > 0 or not self.exact_from_forward or not traces:
             return [self._decoded(ids, starts, max_new_tokens, stop_ids, sampling)
                     for ids, starts in traces]
         out = [[None] * len(starts) for _, starts in traces]

@@ -170,7 +170,7 @@ class TracePredictor:
         asked = [(self.prompt(context, frames), self._frame_starts(context, frames))
                  for (context, _), frames in zip(traces, fitting) if frames]
         answers = iter(self.backend.teacher_forced_many(asked, self.max_frame_tokens,
-                                                        self.stop_ids, sampling))
+                                                        self.stop_ids, sampling) if asked else [])
         return [[self.read(g.tokens, g.logprobs) for g in next(answers)] if frames else []
                 for frames in fitting]
 
