@@ -6,6 +6,7 @@ import statement counts, at module level or inside a function."""
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -140,7 +141,8 @@ def unlisted_files(readme: str, root: Path = ROOT) -> list[str]:
     for folder in ("model", "tracekit", *CORE_PACKAGES, "tracekit/training", "tracekit/cli",
                    "evals", "benchmarks"):
         for path in sorted((root / folder).glob("*.py")):
-            if path.name != "__init__.py" and path.name not in entries.get(folder, ""):
+            named = re.search(rf"(?<![\w/.]){re.escape(path.name)}", entries.get(folder, ""))
+            if path.name != "__init__.py" and not named:  # a whole name: not rows.py in x_rows.py
                 missing.append(f"{folder}/{path.name}")
     tracer = entries.get("tracekit/tracer", "")
     for path in sorted((root / "tracekit" / "tracer").glob("*.py")):
