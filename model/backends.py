@@ -212,8 +212,31 @@ class TransformersBackend(Backend):
 
     name = "transformers"
 
-    def __init__(self, model):
+    def __init__(self, model, branch_batch: int = 16):
         self.model = model.eval()
+        self.branch_batch = branch_batch
+
+    @torch.no_grad()
+    def teacher_forced(self, ids, starts, max_new_tokens, stop_ids, sampling):
+        """Greedy: one forward over the real trace says which frames `generate` would write
+        exactly (generation.forced_generation: those are the real frame); the others are
+        generated from their prompts, `branch_batch` at a time (left-padded). Sampled: one
+        request per branch."""
+        if sampling.temperature > 0:
+            return super().teacher_forced(ids, starts, max_new_tokens, stop_ids, sampling)
+        logits = self.model(torch.tensor([ids], device=self.model.device)).logits[0]
+        argmax, logprobs = [], []
+        _choices(logits, ids[1:], argmax, logprobs)
+        out = [forced_generation(ids, n, argmax, logprobs, max_new_tokens, stop_ids)
+               for n in starts]
+        wrong = [i for i, generation in enumerate(out) if generation is None]
+        for first in range(0, len(wrong), self.branch_batch):
+            chunk = wrong[first:first + self.branch_batch]
+            generated = self.generate([ids[:starts[i]] for i in chunk], max_new_tokens,
+                                      stop_ids, sampling)
+            for i, generation in zip(chunk, generated):
+                out[i] = generation
+        return out
 
     @torch.no_grad()
     def generate(self, prompts, max_new_tokens, stop_ids, sampling,

@@ -646,3 +646,41 @@ def test_greedy_teacher_forcing_decodes_only_the_frames_the_forward_says_are_wro
                     else "state"] += 1
     assert right > 10 and min(wrong.values()) > 0 and set(wrong) == {"malformed", "action",
                                                                     "state"}
+
+
+def test_transformers_teacher_forcing_generates_only_the_frames_its_forward_says_are_wrong(
+        tmp_path, monkeypatch):
+    """transformers' model, greedy teacher forcing: a model that writes one real frame after
+    every <|frame_sep|> has that frame exactly right, which its one forward over the real
+    trace says, so it is not generated; the others are (in one padded batch), and every
+    prediction equals one `generate` per frame (the default path) and our runtime's."""
+    from tracekit.model.backends import Backend
+    from tracekit.model.checkpoint import save_checkpoint
+
+    source = ("def f():  # << START_OF_TRACE\n    x = 1\n    pass\n    return x\n"
+              "\n# tracekit-call: f()\n")
+    real = Trace.from_dict(trace_source(source, call="f()")).frames
+    predictor = TracePredictor(RuntimeBackend(bigram_model([])))
+    k = next(i for i in range(1, len(real)) if len(set(predictor.frame_ids(real[i]))) == len(
+        predictor.frame_ids(real[i])))  # a frame a bigram model can write: no token twice
+    bigram = bigram_model(predictor.frame_ids(real[k]))  # writes real[k] after each frame
+    save_checkpoint(bigram, tmp_path / "bigram")
+    reference = transformers.CwmForCausalLM.from_pretrained(tmp_path / "bigram",
+                                                            attn_implementation="eager")
+    backend = TransformersBackend(reference)
+    asked = []
+    generate = backend.generate
+    monkeypatch.setattr(backend, "generate", lambda prompts, *a, **kw: asked.append(
+        len(prompts)) or generate(prompts, *a, **kw))
+    ids = predictor.prompt(source, real)
+    starts = predictor._frame_starts(source, real)
+    right = [i for i, frame in enumerate(real) if i > 0 and frame == real[k]]
+    forced = backend.teacher_forced(ids, starts, 64, predictor.stop_ids, Sampling())
+    assert right and asked == [len(real) - len(right)]
+    per_frame = Backend.teacher_forced(backend, ids, starts, 64, predictor.stop_ids, Sampling())
+    runtime = RuntimeBackend(bigram).teacher_forced(ids, starts, 64, predictor.stop_ids,
+                                                    Sampling())
+    for a, b, c in zip(forced, per_frame, runtime, strict=True):
+        assert a.tokens == b.tokens == c.tokens and a.stopped == b.stopped == c.stopped
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+    assert all(forced[i].tokens == predictor.frame_ids(real[k]) for i in right)

@@ -134,11 +134,11 @@ def eval_run(dataset: Path, spec, predictions, mode, out: Path, resume, split, l
         raise click.UsageError("--compile runs one trace at a time: drop --concurrency")
     try:
         with progress_bar(TextColumn("predicting"), BarColumn(), MofNCompleteColumn(),
-                          TimeRemainingColumn(), transient=True) as bar:
-            task = bar.add_task("eval", total=None)
-            summary, info = evaluate(
-                options, out, resume, concurrency,
-                lambda done, total: bar.update(task, completed=done, total=total))
+                          TextColumn("{task.fields[rate]} traces/s"), TimeRemainingColumn(),
+                          transient=True) as bar:
+            task = bar.add_task("eval", total=None, rate="-")
+            summary, info = evaluate(options, out, resume, concurrency,
+                                     _progress(bar, task))
     except EvalError as exc:
         raise Failure("eval", str(exc), EXIT_DATA) from None
     except BackendError as exc:
@@ -214,3 +214,19 @@ def eval_compare(first: Path, second: Path) -> None:
         click.echo(f"note: the runs differ in {', '.join(differ) or 'their traces'} "
                    f"({runs[0]['traces']} and {runs[1]['traces']} traces): not a like-for-like "
                    "comparison")
+
+
+def _progress(bar, task):
+    """The eval's progress: traces done of all, and traces/s over those predicted by this run
+    (a resumed run's earlier ones do not count)."""
+    import time
+
+    started: dict[str, tuple[float, int]] = {}  # the first report's time and count
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        start, before = started.setdefault("at", (now, done))
+        rate = (done - before) / (now - start) if now > start and done > before else None
+        bar.update(task, completed=done, total=total,
+                   rate=f"{rate:.2f}" if rate is not None else "-")
+    return progress
