@@ -91,9 +91,10 @@ def train(datasets, out: Path, size, overrides, steps, batch_rows, accumulation,
     from tracekit.training.run import run
 
     shape = _shape(overrides, init)
-    options = TrainOptions(tuple(str(d) for d in datasets), size, shape, seq_len,
-                           vocab_size, val_traces, loss_on_context, device,
-                           str(init) if init is not None else None)
+    options = TrainOptions(datasets=tuple(str(d) for d in datasets), size=size, shape=shape,
+                           seq_len=seq_len, vocab_size=vocab_size, val_traces=val_traces,
+                           loss_on_context=loss_on_context, device=device,
+                           init=str(init) if init is not None else None)
     config = TrainConfig(steps=steps, batch_rows=batch_rows, accumulation=accumulation, lr=lr,
                          min_lr=lr / 10, warmup=min(warmup, steps), seed=seed,
                          optimizer=optimizer,

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     steps: int = 2000
     batch_rows: int = 8  # rows per optimizer step, over all ranks and accumulation
@@ -24,7 +24,7 @@ class TrainConfig:
     optimizer: str = "adamw"  # "muon": Muon on attention and MLP matrices, AdamW on the rest
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainOptions:
     datasets: tuple[str, ...]
     size: str = "small"
