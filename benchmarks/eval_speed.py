@@ -1,11 +1,15 @@
-"""`tracekit eval` with a model, teacher-forced: decoding every frame (the old path) against
-exact match from one forward over the real trace, decoding only the frames the model gets
-wrong (the new path), in one run on the same dataset and model. Each is a whole eval run
-(`evaluate`: load, predict, score with the bootstrap, report). Prints traces/s, the tokens
-decoded per second, the share of the prediction time spent in model forwards, the speed-up,
-and whether the two runs' predictions and metrics are identical (how many frames differ).
+"""`tracekit eval` with a model, the old path against the new one, in one run on the same
+dataset and model. Teacher-forced: decoding every frame, trace after trace, against exact
+match from one forward over each real trace, decoding only the frames the model gets wrong,
+those of every trace together. Rollout: one program after another (each through a session
+that keeps its cache), against many programs' rollouts decoding together in one batch. Each
+is a whole eval run (`evaluate`: load, predict, score with the bootstrap, report). Prints
+traces/s, the tokens decoded per second, the share of the prediction time spent in model
+forwards, the speed-up, and whether the two runs' predictions and metrics are identical (how
+many frames, or rollouts, differ).
 
     python benchmarks/eval_speed.py [--source cruxeval:200] [--model bundled]
+                                    [--mode teacher-forced|rollout|both]
 """
 
 from __future__ import annotations
@@ -30,7 +34,11 @@ from tracekit.model.backends import RuntimeBackend  # noqa: E402
 from tracekit.model.modeling import CwmForCausalLM  # noqa: E402
 from tracekit.programs import sources  # noqa: E402
 
-PATHS = {"decode every frame": False, "exact from one forward": True}
+PATHS = {  # mode: {path: the RuntimeBackend switch that chooses it}
+    "teacher-forced": {"decode every frame": ("exact_from_forward", False),
+                       "exact from one forward": ("exact_from_forward", True)},
+    "rollout": {"one program at a time": ("batch_conversations", False),
+                "programs batched": ("batch_conversations", True)}}
 
 
 class ForwardClock:
@@ -57,12 +65,15 @@ class ForwardClock:
         CwmForCausalLM.forward = self.original
 
 
-def run(data: Path, out: Path, model: str, exact: bool) -> dict:
-    RuntimeBackend.exact_from_forward = exact
-    with ForwardClock() as clock:
-        start = time.perf_counter()
-        summary, info = evaluate(RunOptions(str(data), "teacher-forced", model), out)
-        seconds = time.perf_counter() - start
+def run(data: Path, out: Path, model: str, mode: str, switch: tuple[str, bool]) -> dict:
+    setattr(RuntimeBackend, *switch)
+    try:
+        with ForwardClock() as clock:
+            start = time.perf_counter()
+            summary, info = evaluate(RunOptions(str(data), mode, model), out)
+            seconds = time.perf_counter() - start
+    finally:
+        setattr(RuntimeBackend, switch[0], True)
     records = [json.loads(line) for line in (out / "predictions.jsonl").open()]
     return {"seconds": seconds, "predict": info["seconds"]["load and predict"],
             "forwards": clock.seconds, "traces": summary["traces"],
@@ -70,42 +81,53 @@ def run(data: Path, out: Path, model: str, exact: bool) -> dict:
             "metrics": {k: v["value"] for k, v in summary["metrics"].items()}}
 
 
+def compare(mode: str, runs: dict[str, dict]) -> None:
+    old, new = runs.values()
+    print(f"speed-up: {old['seconds'] / new['seconds']:.1f}x the whole run, "
+          f"{old['predict'] / new['predict']:.1f}x predicting")
+    if mode == "teacher-forced":
+        frames = differ = 0
+        for a, b in zip(old["records"], new["records"], strict=True):
+            frames += len(a["ids"])
+            differ += sum(x != y for x, y in zip(a["ids"], b["ids"], strict=True))
+        what = f"{differ} of {frames} frames differ"
+    else:
+        differ = sum(a["ids"] != b["ids"] for a, b in zip(old["records"], new["records"],
+                                                          strict=True))
+        what = f"{differ} of {len(old['records'])} rollouts differ"
+    changed = {k: (old["metrics"][k], new["metrics"][k]) for k in old["metrics"]
+               if old["metrics"][k] != new["metrics"][k]}
+    print(f"predictions: {what}; metrics " + ("identical" if not changed
+                                               else f"differ: {changed}"), flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", default="cruxeval", help="a source spec (default: all "
                         "800 CRUXEval programs)")
     parser.add_argument("--model", default="bundled")
+    parser.add_argument("--mode", choices=["teacher-forced", "rollout", "both"], default="both")
     args = parser.parse_args(argv)
+    modes = list(PATHS) if args.mode == "both" else [args.mode]
     base = Path(tempfile.mkdtemp(prefix="tracekit-bench-eval-speed-"))
     try:
         build(list(sources.from_specs([args.source])), base / "data", BuildOptions())
         print(f"{platform.machine()}, {torch.get_num_threads()} threads ({os.cpu_count()} CPUs), "
               f"torch {torch.__version__}, Python {platform.python_version()}, "
-              f"{time.strftime('%Y-%m-%d')}; {args.source}, model {args.model}, teacher-forced, "
-              "greedy")
-        print(f"{'path':<24}{'traces':>7}{'total s':>9}{'predict s':>10}{'traces/s':>10}"
-              f"{'tokens':>9}{'tokens/s':>10}{'in forwards':>12}")
-        runs = {}
-        for name, exact in PATHS.items():
-            runs[name] = result = run(base / "data", base / name.replace(" ", "-"), args.model,
-                                      exact)
-            print(f"{name:<24}{result['traces']:>7}{result['seconds']:>9.1f}"
-                  f"{result['predict']:>10.1f}{result['traces'] / result['seconds']:>10.2f}"
-                  f"{result['tokens']:>9}{result['tokens'] / result['predict']:>10.0f}"
-                  f"{result['forwards'] / result['predict']:>11.0%}", flush=True)
-        old, new = runs.values()
-        print(f"speed-up: {old['seconds'] / new['seconds']:.1f}x the whole run, "
-              f"{old['predict'] / new['predict']:.1f}x predicting")
-        frames = differ = 0
-        for a, b in zip(old["records"], new["records"], strict=True):
-            frames += len(a["ids"])
-            differ += sum(x != y for x, y in zip(a["ids"], b["ids"], strict=True))
-        changed = {k: (old["metrics"][k], new["metrics"][k]) for k in old["metrics"]
-                   if old["metrics"][k] != new["metrics"][k]}
-        print(f"predictions: {differ} of {frames} frames differ; metrics "
-              + ("identical" if not changed else f"differ: {changed}"))
+              f"{time.strftime('%Y-%m-%d')}; {args.source}, model {args.model}, greedy")
+        for mode in modes:
+            print(f"\n{mode}\n{'path':<24}{'traces':>7}{'total s':>9}{'predict s':>10}"
+                  f"{'traces/s':>10}{'tokens':>9}{'tokens/s':>10}{'in forwards':>12}")
+            runs = {}
+            for name, switch in PATHS[mode].items():
+                runs[name] = result = run(base / "data", base / name.replace(" ", "-"),
+                                          args.model, mode, switch)
+                print(f"{name:<24}{result['traces']:>7}{result['seconds']:>9.1f}"
+                      f"{result['predict']:>10.1f}{result['traces'] / result['seconds']:>10.2f}"
+                      f"{result['tokens']:>9}{result['tokens'] / result['predict']:>10.0f}"
+                      f"{result['forwards'] / result['predict']:>11.0%}", flush=True)
+            compare(mode, runs)
     finally:
-        RuntimeBackend.exact_from_forward = True
         shutil.rmtree(base, ignore_errors=True)
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -180,38 +180,69 @@ def _resume_file(path: Path) -> dict[str, dict]:
     return read_predictions(path)[0]
 
 
-def predict_all(traces: list[tuple[str, Trace]], out: Path,
-                predict: Callable[[list[Trace]], list[dict]], mode: str, concurrency: int = 1,
-                progress: Callable[[int, int], None] | None = None,
-                group: int = 1) -> dict[str, dict]:
-    """Predictions for every trace, made only for those OUT/predictions.jsonl lacks, `group`
-    traces per call of `predict` (`concurrency` calls at once); each record is appended (and
-    flushed) as soon as its group is done."""
+Predict = Callable[[list[Trace]], Iterable[tuple[int, dict]]]
+
+
+def predict_all(traces: list[tuple[str, Trace]], out: Path, predict: Predict, mode: str,
+                concurrency: int = 1,
+                progress: Callable[[int, int], None] | None = None) -> dict[str, dict]:
+    """Predictions for every trace, made only for those OUT/predictions.jsonl lacks; each
+    record is appended (and flushed) as soon as `predict` yields it ((the trace's index in
+    the list it was given, its record), in any order), and once all are made the file is
+    put in the traces' order. With `concurrency` 1, `predict` is given every trace left to
+    do at once (our runtime batches across them); above, one trace per call, that many calls
+    at a time (a server's concurrent requests)."""
     path = out / PREDICTIONS
     records = _resume_file(path)
     todo = [(tid, trace) for tid, trace in traces if tid not in records]
     done = len(traces) - len(todo)
     if progress:
         progress(done, len(traces))
-    groups = [todo[first:first + group] for first in range(0, len(todo), group)]
-    with path.open("a", encoding="utf-8") as sink, ThreadPoolExecutor(concurrency) as pool:
-        futures = {pool.submit(predict, [trace for _, trace in part]): part for part in groups}
-        try:
-            for future in as_completed(futures):
-                for (tid, _), result in zip(futures[future], future.result(), strict=True):
-                    record = {"id": tid, "mode": mode, **result}
-                    sink.write(json.dumps(record) + "\n")
-                    sink.flush()
-                    records[tid] = record
-                    done += 1
-                    kill_point(f"predicted:{done}")
-                    if progress:
-                        progress(done, len(traces))
-        finally:
-            for future in futures:
-                future.cancel()
+    with path.open("a", encoding="utf-8") as sink:
+        def keep(tid: str, result: dict) -> None:
+            nonlocal done
+            record = {"id": tid, "mode": mode, **result}
+            sink.write(json.dumps(record) + "\n")
+            sink.flush()
+            records[tid] = record
+            done += 1
+            kill_point(f"predicted:{done}")
+            if progress:
+                progress(done, len(traces))
+
+        if concurrency == 1:
+            for i, result in predict([trace for _, trace in todo]):
+                keep(todo[i][0], result)
+        else:
+            with ThreadPoolExecutor(concurrency) as pool:
+                futures = {pool.submit(lambda one: list(predict([one])), trace): tid
+                           for tid, trace in todo}
+                try:
+                    for future in as_completed(futures):
+                        for _, result in future.result():
+                            keep(futures[future], result)
+                finally:
+                    for future in futures:
+                        future.cancel()
         os.fsync(sink.fileno())
+    _in_order(path, [tid for tid, _ in traces], records)
     return records
+
+
+def _in_order(path: Path, order: list[str], records: dict[str, dict]) -> None:
+    """Rewrite the predictions file with the records in `order` (any others after them, as
+    they were), atomically; untouched when it is in that order already."""
+    ranks = {tid: rank for rank, tid in enumerate(order)}
+    ids = list(records)
+    ordered = sorted(ids, key=lambda tid: ranks.get(tid, len(order)))
+    if ordered == ids:
+        return
+    temporary = path.with_name(path.name + ".tmp")
+    with temporary.open("w", encoding="utf-8") as sink:
+        sink.writelines(json.dumps(records[tid]) + "\n" for tid in ordered)
+        sink.flush()
+        os.fsync(sink.fileno())
+    os.replace(temporary, path)
 
 
 def score(traces: list[tuple[str, Trace]], records: dict[str, dict], mode: str,
@@ -314,52 +345,55 @@ def too_long(traces: list[tuple[str, Trace]], options: RunOptions, predictor=Non
     return kept, why, len(traces) - len(kept), frames
 
 
-TEACHER_FORCED_GROUP = 128  # traces per call: their wrong frames decode in one batch
-
-
-def model_predictor(options: RunOptions) -> tuple[Callable[[list[Trace]], list[dict]], str,
-                                                  object, object]:
-    """A function that predicts a list of traces in the run's mode (one record each), the
-    backend's name, the tokenizer its ids are in (None for a baseline, which writes text),
-    and the predictor (None for a baseline). Raises model.backends.BackendError when the
-    model cannot be loaded."""
+def model_predictor(options: RunOptions) -> tuple[Predict, str, object, object]:
+    """A function that predicts a list of traces in the run's mode (`predict_all` says how),
+    the backend's name, the tokenizer its ids are in (None for a baseline, which writes
+    text), and the predictor (None for a baseline). Raises model.backends.BackendError when
+    the model cannot be loaded."""
     if options.model in baselines.BASELINES:
-        return (lambda traces: [baselines.predict(options.model, trace, options.mode)
-                                for trace in traces]), options.model, None, None
+        return (lambda traces: enumerate(baselines.predict(options.model, trace, options.mode)
+                                         for trace in traces)), options.model, None, None
     from tracekit.prediction.predict import Sampling, load_predictor
 
     predictor = load_predictor(options.model, options.openai_model, options.device,
                                options.max_frame_tokens, options.compile_decode,
                                options.draft_tokens)
     sampling = Sampling(options.temperature, options.top_k, options.top_p, options.seed)
+    name, tokenizer = predictor.backend.name, predictor.tokenizer
     if options.mode == Mode.REASONING:
         reason = _reasoning_predictor(options, predictor, sampling)
-        return (lambda traces: [reason(trace) for trace in traces]), predictor.backend.name, \
-            None, predictor
-    if options.mode == Mode.TEACHER_FORCED:
-        def predict(traces: list[Trace]) -> list[dict]:
-            predicted = predictor.teacher_forced_many([(t.context, t.frames) for t in traces],
-                                                      sampling)
-            return [{"texts": [s.text for s in steps], "ids": [s.tokens for s in steps],
-                     "tokens": sum(len(s.logprobs) for s in steps)} for steps in predicted]
-        return predict, predictor.backend.name, predictor.tokenizer, predictor
-
-    def predict_one(trace: Trace) -> dict:
-        if options.mode == Mode.OUTPUT:
+        return (lambda traces: enumerate(map(reason, traces))), name, None, predictor
+    if options.mode == Mode.OUTPUT:
+        def predict_output(trace: Trace) -> dict:
             step = predictor.next_frame(trace.context, trace.frames[:1], "return", sampling)
             return {"text": step.text, "ids": step.tokens, "tokens": len(step.logprobs)}
+        return (lambda traces: enumerate(map(predict_output, traces))), name, tokenizer, \
+            predictor
+    if options.mode == Mode.TEACHER_FORCED:
+        def teacher_forced(traces: list[Trace]) -> Iterator[tuple[int, dict]]:
+            predicted = predictor.teacher_forced_stream([(t.context, t.frames) for t in traces],
+                                                        sampling)
+            for i, steps in predicted:
+                yield i, {"texts": [s.text for s in steps], "ids": [s.tokens for s in steps],
+                          "tokens": sum(len(s.logprobs) for s in steps)}
+        return teacher_forced, name, tokenizer, predictor
+
+    def rollouts(traces: list[Trace]) -> Iterator[tuple[int, dict]]:
         # From the entry's real call frame, which holds the arguments: a program traced with
         # a call of its own (`--call`, half the synthetic ones) has them nowhere else.
-        given = trace.frames[:1]
-        rollout = predictor.rollout(trace.context, given, max_frames=100_000,
-                                    budget_tokens=options.budget_tokens, sampling=sampling)
-        return {"text": "".join([*map(frame_wire_text, given), *(s.text for s in rollout.steps)]),
-                "ids": [*(t for f in given for t in predictor.frame_ids(f)),
-                        *(t for s in rollout.steps for t in s.tokens)],
-                "given": len(given), "stop": rollout.stop, "tokens": rollout.tokens_used}
-
-    return (lambda traces: [predict_one(trace) for trace in traces]), \
-        predictor.backend.name, predictor.tokenizer, predictor
+        predicted = predictor.rollout_stream([(t.context, t.frames[:1]) for t in traces],
+                                             max_frames=100_000,
+                                             budget_tokens=options.budget_tokens,
+                                             sampling=sampling)
+        for i, rollout in predicted:
+            given = traces[i].frames[:1]
+            yield i, {"text": "".join([*map(frame_wire_text, given),
+                                       *(s.text for s in rollout.steps)]),
+                      "ids": [*(t for f in given for t in predictor.frame_ids(f)),
+                              *(t for s in rollout.steps for t in s.tokens)],
+                      "given": len(given), "stop": rollout.stop,
+                      "tokens": rollout.tokens_used}
+    return rollouts, name, tokenizer, predictor
 
 
 def _reasoning_predictor(options: RunOptions, predictor, sampling) -> Callable[[Trace], dict]:
@@ -422,9 +456,7 @@ def evaluate(options: RunOptions, out: Path, resume: bool = False, concurrency: 
         predictor = options.predictor_name
     else:
         claim(out, described)
-        group = (TEACHER_FORCED_GROUP if options.mode == Mode.TEACHER_FORCED
-                 and loaded is not None and concurrency == 1 else 1)
-        records = predict_all(traces, out, predict, options.mode, concurrency, progress, group)
+        records = predict_all(traces, out, predict, options.mode, concurrency, progress)
         predictor = options.model if backend == options.model else f"{options.model} ({backend})"
     predicted = time.monotonic()
     comparisons, problems = score(traces, records, options.mode, tokenizer)

@@ -15,6 +15,7 @@ import contextlib
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,9 +23,19 @@ import torch
 
 from .cache import KVCache
 from .errors import BackendError  # noqa: F401 - raised here, imported from here too
-from .generation import Generation, RowJob, decode_rows, forced_generation, generate
+from .generation import (
+    Continuation,
+    Generation,
+    RowJob,
+    decode_rows,
+    forced_start,
+    generate,
+    joined,
+)
 from .prompt_lookup import DRAFT_TOKENS, PromptLookup
 from .spec import ModelSpec
+
+Conversation = Generator[tuple[list[int], int], Generation, object]
 
 
 class Backend:
@@ -42,14 +53,52 @@ class Backend:
 
     def teacher_forced(self, ids: list[int], starts: list[int], max_new_tokens: int, stop_ids,
                        sampling) -> list[Generation]:
-        """Branch i continues `ids[:starts[i]]`. By default, one request per branch."""
-        return [self.generate([ids[:n]], max_new_tokens, stop_ids, sampling)[0] for n in starts]
+        """Branch i continues `ids[:starts[i]]`. By default, every branch's prompt in one
+        `generate` (a server's are concurrent requests)."""
+        return self.generate([ids[:n] for n in starts], max_new_tokens, stop_ids, sampling)
 
-    def teacher_forced_many(self, traces: list[tuple[list[int], list[int]]], max_new_tokens: int,
-                            stop_ids, sampling) -> list[list[Generation]]:
-        """`teacher_forced` of each (ids, starts). By default, one trace after the other."""
-        return [self.teacher_forced(ids, starts, max_new_tokens, stop_ids, sampling)
-                for ids, starts in traces]
+    def teacher_forced_stream(self, traces: list[tuple[list[int], list[int]]],
+                              max_new_tokens: int, stop_ids, sampling
+                              ) -> Iterator[tuple[int, list[Generation]]]:
+        """`teacher_forced` of each (ids, starts), yielded as (its index, its generations) as
+        each is done, in any order. By default, one trace after the other."""
+        for t, (ids, starts) in enumerate(traces):
+            yield t, self.teacher_forced(ids, starts, max_new_tokens, stop_ids, sampling)
+
+    conversation_batch = 1  # conversations `converse` keeps going at once
+
+    def converse(self, conversations: Iterable[tuple[object, Conversation]], stop_ids,
+                 sampling) -> Iterator[tuple[object, object]]:
+        """Run each (key, conversation) to its end and yield (key, what it returns) as each
+        ends, in any order. A conversation (a generator: `TracePredictor.rollout_steps`)
+        yields requests (a prompt's ids, the tokens that may follow) and is sent each
+        generation. By default, in rounds: the next request of each of up to
+        `conversation_batch` conversations, in one `generate` per distinct budget (a
+        server's are concurrent requests), a finished one replaced by the next."""
+        pending = iter(conversations)
+        active: dict[object, tuple[Conversation, tuple[list[int], int]]] = {}
+        while True:
+            while len(active) < self.conversation_batch:
+                key, conversation = next(pending, (None, None))
+                if conversation is None:
+                    break
+                try:
+                    active[key] = conversation, next(conversation)
+                except StopIteration as done:
+                    yield key, done.value
+            if not active:
+                return
+            for budget in sorted({budget for _, (_, budget) in active.values()}):
+                keys = [key for key, (_, (_, b)) in active.items() if b == budget]
+                prompts = [active[key][1][0] for key in keys]
+                generations = self.generate(prompts, budget, stop_ids, sampling)
+                for key, generation in zip(keys, generations, strict=True):
+                    conversation = active[key][0]
+                    try:
+                        active[key] = conversation, conversation.send(generation)
+                    except StopIteration as done:
+                        del active[key]
+                        yield key, done.value
 
     def new_session(self, rewind_margin: int) -> RuntimeSession | None:
         """A session that keeps the prompt's cache from step to step, or None when the backend
@@ -64,6 +113,7 @@ class RuntimeBackend(Backend):
 
     name = "runtime"
     exact_from_forward = True  # greedy teacher forcing decodes only the frames it gets wrong
+    batch_conversations = True  # greedy conversations decode together (else one at a time)
 
     def __init__(self, model, branch_batch: int = 64, prefill_chunk: int = 2048,
                  draft_tokens: int = DRAFT_TOKENS):
@@ -77,42 +127,87 @@ class RuntimeBackend(Backend):
         return generate(self.model, prompts, max_new_tokens, stop_ids,
                         draft_tokens=self.draft_tokens, on_tokens=on_tokens, **vars(sampling))
 
-    def teacher_forced(self, ids, starts, max_new_tokens, stop_ids, sampling):
-        """Branch i continues `ids[:starts[i]]`, `ids` being the real trace (see
-        teacher_forced_many)."""
-        return self.teacher_forced_many([(ids, starts)], max_new_tokens, stop_ids, sampling)[0]
-
     @torch.inference_mode()
-    def teacher_forced_many(self, traces, max_new_tokens, stop_ids, sampling):
-        """Teacher forcing of many traces ((ids, starts) each): greedy (and
-        `exact_from_forward`, the default), one forward over each real trace keeps every
-        position's argmax, and a branch whose real continuation is the model's own choice
-        token after token up to its stop is that continuation (generation.forced_generation),
-        with no decoding; the other branches, of every trace, decode together in one batch of
-        `branch_batch` rows refilled as rows finish (generation.decode_rows). (The forward's
-        logits round differently from a decode step's, so a near-tie could go the other way
-        there, as in any batched decode.) Sampled, each trace's branches decode over its
-        shared cached prefix (`_decoded`)."""
-        if sampling.temperature > 0 or not self.exact_from_forward or not traces:
-            return [self._decoded(ids, starts, max_new_tokens, stop_ids, sampling)
-                    for ids, starts in traces]
-        out = [[None] * len(starts) for _, starts in traces]
+    def teacher_forced_stream(self, traces, max_new_tokens, stop_ids, sampling):
+        """Greedy (and `exact_from_forward`, the default): one forward over each real trace
+        keeps every position's argmax, and each branch starts with the real tokens for as long
+        as they are the model's own choices (generation.forced_start): a branch right up to
+        its stop is that, with no decoding; the others go on decoding from where the model
+        first differs, the branches of every trace together in one batch of `branch_batch`
+        rows refilled as rows finish (generation.decode_rows), and a trace is yielded as soon
+        as its last branch is done. (The forward's logits round differently from a decode
+        step's, so a near-tie could go the other way there, as in any batched decode.)
+        Sampled, each trace's branches decode over its shared cached prefix (`_decoded`)."""
+        if sampling.temperature > 0 or not self.exact_from_forward:
+            for t, (ids, starts) in enumerate(traces):
+                yield t, self._decoded(ids, starts, max_new_tokens, stop_ids, sampling)
+            return
+        traces = list(traces)
+        out: list[list[Generation | None]] = [[None] * len(starts) for _, starts in traces]
+        left = [len(starts) for _, starts in traces]  # branches not yet done, per trace
+        ready: list[int] = []  # traces whose branches were all right, not yet yielded
 
         def jobs():
             for t, (ids, starts) in enumerate(traces):
                 cache, argmax, logprobs = self._forward(ids)
                 for i, n in enumerate(starts):
-                    out[t][i] = forced_generation(ids, n, argmax, logprobs, max_new_tokens,
-                                                  stop_ids)
-                    if out[t][i] is None:
-                        yield RowJob((t, i), cache, n - 1, ids[n - 1])
+                    start, whole = forced_start(ids, n, argmax, logprobs, max_new_tokens,
+                                                stop_ids)
+                    out[t][i] = start
+                    if whole:
+                        left[t] -= 1
+                    else:
+                        at = n + len(start.tokens)
+                        yield RowJob((t, i), cache, at - 1, [ids[at - 1]],
+                                     max_new_tokens - len(start.tokens))
+                if left[t] == 0:
+                    ready.append(t)
 
-        longest = max(len(ids) for ids, _ in traces)
+        def done():
+            while ready:
+                t = ready.pop()
+                yield t, out[t]
+
+        longest = max((len(ids) for ids, _ in traces), default=0)
         for (t, i), generation in decode_rows(self.model, jobs(), self.branch_batch,
-                                              longest + max_new_tokens + 1, max_new_tokens,
-                                              stop_ids):
-            out[t][i] = generation
-        return out
+                                              longest + max_new_tokens + 1, stop_ids):
+            out[t][i] = joined(out[t][i], generation)
+            left[t] -= 1
+            if left[t] == 0:
+                ready.append(t)
+            yield from done()
+        yield from done()
+
+    def converse(self, conversations, stop_ids, sampling):
+        """Greedy (and `batch_conversations`, the default; not with a compiled step, which
+        runs one row): the conversations decode together, `branch_batch` rows at a time in
+        one batch refilled as they end (generation.decode_rows), each in a row of its own that
+        holds its prompt from one request to the next: a request runs only the tokens that
+        differ from what the row holds (after a frame, usually its last token). Else one
+        conversation after another, each through a session (`new_session`)."""
+        if sampling.temperature > 0 or not self.batch_conversations or self.model.compile_decode:
+            for key, conversation in conversations:
+                session = self.new_session(self.model.config.max_position_embeddings)
+                yield key, drive(conversation, session, self, stop_ids, sampling)
+            return
+        ended: list[tuple[object, object]] = []  # (key, result), not yet yielded
+
+        def jobs():
+            for key, conversation in conversations:
+                try:
+                    prompt, budget = next(conversation)
+                except StopIteration as done:
+                    ended.append((key, done.value))
+                    continue
+                cache, _, _ = self._forward(prompt[:-1])
+                yield RowJob(key, cache, len(prompt) - 1, prompt[-1:], budget,
+                             _Follow(key, conversation, prompt, ended))
+
+        rows = decode_rows(self.model, jobs(), self.branch_batch,
+                           self.model.config.max_position_embeddings + 1, stop_ids)
+        for _ in rows:  # each job's result is in `ended` by then
+            yield from _drain(ended)
+        yield from _drain(ended)
 
     def _forward(self, ids: list[int]) -> tuple[KVCache, list[int], list[float]]:
         """One forward over a whole trace, in chunks (bounded masks on long traces): a cache
@@ -128,9 +223,16 @@ class RuntimeBackend(Backend):
             _choices(logits, ids[first + 1:first + 1 + len(chunk)], argmax, logprobs)
         return cache, argmax, logprobs
 
+    def teacher_forced(self, ids, starts, max_new_tokens, stop_ids, sampling):
+        """One trace's `teacher_forced_stream`."""
+        [(_, generations)] = self.teacher_forced_stream([(ids, starts)], max_new_tokens,
+                                                        stop_ids, sampling)
+        return generations
+
     def _decoded(self, ids, starts, max_new_tokens, stop_ids, sampling) -> list[Generation]:
-        """Every branch decoded: one prefill of the trace, then the branches decode together,
-        `branch_batch` at a time, each reading the shared cached prefix."""
+        """Every branch decoded (the path of sampling, and of `exact_from_forward` False): one
+        prefill of the trace, then the branches decode together, `branch_batch` at a time,
+        each reading the shared cached prefix."""
         model = self.model
         prefix = ids[:max(starts) - 1]
         cache = KVCache(model.config, 1, max(starts), model.dtype, model.device,
@@ -149,6 +251,53 @@ class RuntimeBackend(Backend):
 
     def new_session(self, rewind_margin: int) -> RuntimeSession:
         return RuntimeSession(self.model, rewind_margin, draft_tokens=self.draft_tokens)
+
+
+class _Follow:
+    """A conversation's next request, as a RowJob's `follow`: the row holds the last prompt
+    and what was generated after it, but the last token; the next prompt keeps what they
+    share and runs the rest. When the conversation ends, its result goes to `ended`."""
+
+    def __init__(self, key, conversation: Conversation, prompt: list[int],
+                 ended: list[tuple[object, object]]):
+        self.key, self.conversation, self.prompt, self.ended = key, conversation, prompt, ended
+
+    def __call__(self, generation: Generation) -> Continuation | None:
+        try:
+            prompt, budget = self.conversation.send(generation)
+        except StopIteration as done:
+            self.ended.append((self.key, done.value))
+            return None
+        held = self.prompt + generation.tokens[:-1]
+        keep = 0
+        for a, b in zip(held, prompt[:-1]):  # the last token always runs, for its logits
+            if a != b:
+                break
+            keep += 1
+        self.prompt = prompt
+        return Continuation(keep, prompt[keep:], budget)
+
+
+def drive(conversation: Conversation, cached: RuntimeSession | None, backend: Backend,
+          stop_ids: tuple[int, ...], sampling):
+    """Run one conversation (`TracePredictor.rollout_steps`) to its end, each prompt generated
+    through the backend's session `cached` (only the tokens it does not hold run), or sent
+    whole when the backend keeps none; returns what the conversation returns."""
+    try:
+        prompt, budget = next(conversation)
+        while True:
+            if cached is not None:
+                generation = cached.generate(prompt, budget, stop_ids, sampling)
+            else:
+                generation = backend.generate([prompt], budget, stop_ids, sampling)[0]
+            prompt, budget = conversation.send(generation)
+    except StopIteration as done:
+        return done.value
+
+
+def _drain(items: list):
+    while items:
+        yield items.pop(0)
 
 
 def _choices(logits: torch.Tensor, following: list[int], argmax: list[int],
@@ -214,21 +363,21 @@ class TransformersBackend(Backend):
 
     def __init__(self, model, branch_batch: int = 16):
         self.model = model.eval()
-        self.branch_batch = branch_batch
+        self.branch_batch = self.conversation_batch = branch_batch
 
     @torch.no_grad()
     def teacher_forced(self, ids, starts, max_new_tokens, stop_ids, sampling):
         """Greedy: one forward over the real trace says which frames `generate` would write
-        exactly (generation.forced_generation: those are the real frame); the others are
-        generated from their prompts, `branch_batch` at a time (left-padded). Sampled: one
-        request per branch."""
-        if sampling.temperature > 0:
-            return super().teacher_forced(ids, starts, max_new_tokens, stop_ids, sampling)
-        logits = self.model(torch.tensor([ids], device=self.model.device)).logits[0]
-        argmax, logprobs = [], []
-        _choices(logits, ids[1:], argmax, logprobs)
-        out = [forced_generation(ids, n, argmax, logprobs, max_new_tokens, stop_ids)
-               for n in starts]
+        exactly (generation.forced_start: those are the real frame); the others are generated
+        from their prompts, `branch_batch` at a time (left-padded). Sampled: every frame so."""
+        out: list[Generation | None] = [None] * len(starts)
+        if sampling.temperature <= 0:
+            logits = self.model(torch.tensor([ids], device=self.model.device)).logits[0]
+            argmax, logprobs = [], []
+            _choices(logits, ids[1:], argmax, logprobs)
+            for i, n in enumerate(starts):
+                start, whole = forced_start(ids, n, argmax, logprobs, max_new_tokens, stop_ids)
+                out[i] = start if whole else None
         wrong = [i for i, generation in enumerate(out) if generation is None]
         for first in range(0, len(wrong), self.branch_batch):
             chunk = wrong[first:first + self.branch_batch]
@@ -283,7 +432,7 @@ class OpenAIBackend(Backend):
         if not self.url.endswith("/v1"):
             self.url += "/v1"
         self.model = model
-        self.concurrency = concurrency
+        self.concurrency = self.conversation_batch = concurrency
         self.timeout = timeout
 
     def generate(self, prompts, max_new_tokens, stop_ids, sampling,

@@ -321,6 +321,13 @@ class RowCache:
         self.lengths[row] = length
         self.active = max(self.active, row + 1)
 
+    def rewind_row(self, row: int, length: int) -> None:
+        """Forget the positions of row `row` from `length` on."""
+        if not 0 <= length <= int(self.lengths[row]):
+            raise ValueError(f"cannot rewind row {row} to {length}: it holds "
+                             f"0..{int(self.lengths[row])}")
+        self.lengths[row] = length
+
     def drop(self, row: int) -> int | None:
         """Stop using `row`: the last row in use moves into its place. Returns the row that
         moved (its old index), or None when `row` was the last."""

@@ -235,52 +235,101 @@ def _choose(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
     return torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0]
 
 
-def forced_generation(ids: list[int], start: int, argmax: list[int], logprobs: list[float],
-                      max_new_tokens: int, stop_ids: tuple[int, ...]) -> Generation | None:
-    """What greedy `generate` writes after `ids[:start]`, known without decoding when it is
-    the real continuation `ids[start:]`: `argmax[p]` is the model's choice after `ids[:p + 1]`
-    and `logprobs[p]` the log-probability of `ids[p + 1]` there (one forward over `ids`
-    gives both). Greedy decoding writes the real tokens up to the first stop token (kept) or
-    `max_new_tokens` exactly when the argmax is the real token at each of them; then that
-    generation, else None (decode it: the model writes something else, or the real ids end
-    before a stop)."""
+def forced_start(ids: list[int], start: int, argmax: list[int], logprobs: list[float],
+                 max_new_tokens: int, stop_ids: tuple[int, ...]) -> tuple[Generation, bool]:
+    """What greedy `generate` writes first after `ids[:start]`, known without decoding: the
+    real tokens `ids[start:]` for as long as each is the model's choice after the real tokens
+    before it (`argmax[p]` is the choice after `ids[:p + 1]`, `logprobs[p]` the
+    log-probability of `ids[p + 1]` there; one forward over `ids` gives both), up to the first
+    stop token (kept) or `max_new_tokens`. Returns that generation and whether it is the whole
+    of it (it reached a stop or the cap); if not, decoding goes on from `ids[:start + len]`
+    for the tokens left (`joined`). The real ids may end first: then it is not whole."""
     stops = set(stop_ids)
-    for p in range(start, start + max_new_tokens):
-        if p >= len(ids) or argmax[p - 1] != ids[p]:
-            return None
+    end = min(start + max_new_tokens, len(ids))
+    for p in range(start, end):
+        if argmax[p - 1] != ids[p]:
+            end = p
+            break
         if ids[p] in stops:
-            return Generation(ids[start:p + 1], logprobs[start - 1:p], True)
-    end = start + max_new_tokens
-    return Generation(ids[start:end], logprobs[start - 1:end - 1], False)
+            return Generation(ids[start:p + 1], logprobs[start - 1:p], True), True
+    return (Generation(ids[start:end], logprobs[start - 1:end - 1], False),
+            end == start + max_new_tokens)
+
+
+def joined(first: Generation, rest: Generation) -> Generation:
+    """A generation continued by another (decoded after it)."""
+    return Generation(first.tokens + rest.tokens, first.logprobs + rest.logprobs, rest.stopped)
+
+
+@dataclass
+class Continuation:
+    """What a row does next: keep its first `keep` positions, run `feed` one token a forward
+    (at least one: the last one's logits give the first new token), then write up to
+    `max_new_tokens` new tokens."""
+
+    keep: int
+    feed: list[int]
+    max_new_tokens: int
 
 
 @dataclass
 class RowJob:
-    """One greedy continuation for `decode_rows`: after the first `length` positions of
-    `prefix` (a one-row KVCache holding them in order), starting by running `first` (the
-    prefix's next token, whose logits give the first new token); `key` names it."""
+    """One greedy job for `decode_rows`: the first `length` positions of `prefix` (a one-row
+    KVCache holding them in order), then `feed` and up to `max_new_tokens` as in a
+    Continuation. `follow`, when given, is shown each generation and says how the job goes on
+    in its row (a Continuation, counting positions from the row's start), or None when it is
+    done; without it a job is one generation. `key` names it."""
 
     key: object
     prefix: KVCache
     length: int
-    first: int
+    feed: list[int]
+    max_new_tokens: int
+    follow: Callable[[Generation], Continuation | None] | None = None
+
+
+class _Row:
+    """A job in a row: the tokens it must still feed, and what it has written so far."""
+
+    def __init__(self, job: RowJob):
+        self.key, self.follow = job.key, job.follow
+
+    def go_on(self, feed: list[int], max_new_tokens: int) -> int:
+        """Start a generation after `feed`; returns the token this row runs next."""
+        if not feed or max_new_tokens < 1:
+            raise ValueError("a row job feeds at least one token and writes at least one")
+        self.forced, self.max_new_tokens = list(reversed(feed[1:])), max_new_tokens
+        self.tokens: list[int] = []
+        self.logprobs: list[float] = []
+        return feed[0]
+
+    def take(self, token: int, logprob: float, stops: set[int]) -> int | None:
+        """A forward's choice for this row: the token the row runs next (a fed one, or this
+        choice), or None when the generation is done."""
+        if self.forced:
+            return self.forced.pop()
+        self.tokens.append(token)
+        self.logprobs.append(logprob)
+        if token in stops or len(self.tokens) == self.max_new_tokens:
+            return None
+        return token
 
 
 @torch.inference_mode()
 def decode_rows(model: CwmForCausalLM, jobs: Iterable[RowJob], rows: int, max_length: int,
-                max_new_tokens: int, stop_ids: tuple[int, ...]) -> Iterator[tuple[object,
-                                                                                  Generation]]:
-    """Greedy continuations of many prefixes, decoded up to `rows` at a time in one batch
-    that is refilled as rows finish (continuous batching, as vLLM schedules requests): a row
-    that stops or reaches `max_new_tokens` yields (its job's key, its generation) and takes the
-    next job, whose prefix is copied in, while the others go on; once the jobs run out, the
-    batch shrinks to the rows still running. Jobs are drawn only as rows free up, so a lazy
-    iterable is prefilled as needed. `max_length` bounds every job's prefix plus its new
-    tokens."""
+                stop_ids: tuple[int, ...]) -> Iterator[tuple[object, Generation]]:
+    """Greedy jobs, decoded up to `rows` at a time in one batch that is refilled as rows
+    finish (continuous batching, as vLLM schedules requests): each forward runs one token a
+    row (a token the job feeds, or the one it chose last). A generation ends at a stop token
+    or its `max_new_tokens`; a job that is done yields (its key, its last generation) and its
+    row takes the next job, whose prefix is copied in, while the others go on; once the jobs
+    run out, the batch shrinks to the rows still running. Jobs are drawn only as rows free
+    up, so a lazy iterable is prefilled as needed. `max_length` bounds every row's
+    positions."""
     cache = RowCache(model.config, rows, max_length, model.dtype, model.device)
     pending = iter(jobs)
     feed = torch.zeros(rows, 1, dtype=torch.long, device=model.device)
-    running: list[tuple[object, list[int], list[float]]] = []  # row i's job, in cache row i
+    running: list[_Row] = []  # row i's job, in cache row i
     stops = set(stop_ids)
 
     def start(row: int) -> bool:
@@ -289,8 +338,8 @@ def decode_rows(model: CwmForCausalLM, jobs: Iterable[RowJob], rows: int, max_le
         if job is None:
             return False
         cache.load(row, job.prefix, job.length)
-        feed[row, 0] = job.first
-        state = (job.key, [], [])
+        state = _Row(job)
+        feed[row, 0] = state.go_on(job.feed, job.max_new_tokens)
         if row < len(running):
             running[row] = state
         else:
@@ -306,16 +355,20 @@ def decode_rows(model: CwmForCausalLM, jobs: Iterable[RowJob], rows: int, max_le
         logprobs = torch.log_softmax(logits, -1).gather(-1, chosen[:, None])[:, 0].tolist()
         finished = []
         for row, token in enumerate(chosen.tolist()):
-            key, tokens, their_logprobs = running[row]
-            tokens.append(token)
-            their_logprobs.append(logprobs[row])
-            if token in stops or len(tokens) == max_new_tokens:
+            following = running[row].take(token, logprobs[row], stops)
+            if following is None:
                 finished.append(row)
             else:
-                feed[row, 0] = token
+                feed[row, 0] = following
         for row in reversed(finished):  # the rows above each have found their place already
-            key, tokens, their_logprobs = running[row]
-            yield key, Generation(tokens, their_logprobs, tokens[-1] in stops)
+            state = running[row]
+            generation = Generation(state.tokens, state.logprobs, state.tokens[-1] in stops)
+            then = state.follow(generation) if state.follow is not None else None
+            if then is not None:
+                cache.rewind_row(row, then.keep)
+                feed[row, 0] = state.go_on(then.feed, then.max_new_tokens)
+                continue
+            yield state.key, generation
             if not start(row):
                 moved = cache.drop(row)
                 last = running.pop()

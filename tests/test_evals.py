@@ -723,12 +723,15 @@ def test_the_plots_show_each_bars_n_and_count_traces_in_words():
 
 
 def test_the_eval_speed_benchmark_finds_both_paths_equal(capsys):
-    """benchmarks/eval_speed.py on a few CRUXEval programs: a teacher-forced eval with the
-    bundled model that decodes every frame and one that takes exact match from the trace's
-    forward write the same predictions and the same metrics."""
+    """benchmarks/eval_speed.py on a few CRUXEval programs with the bundled model: a
+    teacher-forced eval that decodes every frame and one that takes exact match from the
+    trace's forward, and rollouts one program at a time and batched, write the same
+    predictions and the same metrics."""
     from tests.conftest import benchmark_module
 
     benchmark_module("eval_speed").main(["--source", "cruxeval:6"])
     out = capsys.readouterr().out
     assert "decode every frame" in out and "exact from one forward" in out
+    assert "one program at a time" in out and "programs batched" in out
     assert re.search(r"predictions: 0 of \d+ frames differ; metrics identical", out), out
+    assert re.search(r"predictions: 0 of \d+ rollouts differ; metrics identical", out), out

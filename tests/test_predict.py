@@ -684,3 +684,36 @@ def test_transformers_teacher_forcing_generates_only_the_frames_its_forward_says
         assert a.tokens == b.tokens == c.tokens and a.stopped == b.stopped == c.stopped
         assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
     assert all(forced[i].tokens == predictor.frame_ids(real[k]) for i in right)
+
+
+def test_rollouts_of_many_programs_decode_together_as_each_would_alone():
+    """The bundled model's greedy rollouts of the sample programs, two rows at a time in one
+    batch: each equals the rollout one program at a time through a session (frames, tokens,
+    why it stopped), and a program that ends early hands its row to the next one, so they
+    come back out of order. The same conversations through the default `converse` (rounds of
+    batched `generate`, as a server's concurrent requests) agree too."""
+    from tracekit.model.backends import Backend
+    from tracekit.prediction.predict import load_predictor
+    from tracekit.programs.sources import SAMPLE_PROGRAMS, python_files
+
+    predictor = load_predictor("bundled")
+    backend = predictor.backend
+    backend.branch_batch = 2
+    programs = []
+    for program in list(python_files([str(SAMPLE_PROGRAMS)]))[:6]:
+        trace = Trace.from_dict(trace_source(program.source, call=program.call))
+        programs.append((trace.context, trace.frames[:1]))
+    alone = [predictor.rollout(context, seeds, budget_tokens=600) for context, seeds in programs]
+    order, lengths = [], [len(r.steps) for r in alone]
+    for i, rollout in predictor.rollout_stream(programs, budget_tokens=600):
+        order.append(i)
+        assert [s.tokens for s in rollout.steps] == [s.tokens for s in alone[i].steps]
+        assert rollout.frames == alone[i].frames and rollout.stop == alone[i].stop
+    assert sorted(order) == list(range(6)) and order != sorted(order)
+    assert len(set(lengths)) > 2 and {r.stop for r in alone} >= {"end_of_text"}
+    backend.conversation_batch = 3
+    rounds = dict(Backend.converse(backend, ((i, predictor.rollout_steps(*p, budget_tokens=600))
+                                             for i, p in enumerate(programs)),
+                                   predictor.stop_ids, Sampling()))
+    assert [[s.tokens for s in rounds[i].steps] for i in range(6)] == [
+        [s.tokens for s in r.steps] for r in alone]

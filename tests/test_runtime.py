@@ -751,9 +751,40 @@ def test_continuous_batching_decodes_each_job_as_it_would_decode_alone(fast):
     assert alone[40].stopped and len(alone[40].tokens) == 4
     assert any(len(g.tokens) == 14 for g in alone.values())
     order = []
-    jobs = (RowJob(n, cache, n, ids[n]) for n in lengths)
-    for n, generation in decode_rows(ours, jobs, 2, len(ids) + 16, 14, (stop,)):
+    jobs = (RowJob(n, cache, n, [ids[n]], 14) for n in lengths)
+    for n, generation in decode_rows(ours, jobs, 2, len(ids) + 16, (stop,)):
         order.append(n)
         assert generation.tokens == alone[n].tokens and generation.stopped == alone[n].stopped
         assert generation.logprobs == pytest.approx(alone[n].logprobs, abs=1e-4)
     assert sorted(order) == sorted(lengths) and order != lengths  # finished out of order
+
+
+def test_a_row_job_goes_on_in_its_row_as_its_follow_says():
+    """decode_rows with a `follow`: after its first generation a job keeps only part of its
+    row, feeds several tokens one forward at a time, and writes again; its second generation
+    equals greedy `generate` from the whole prompt that row then holds, while another job in
+    the other row runs beside it, and the job is yielded once, with its last generation."""
+    from tracekit.model.generation import Continuation, RowJob, decode_rows
+
+    _, ours = pair(22)
+    torch.manual_seed(4)
+    ids = torch.randint(3, 300, (50,)).tolist()
+    with torch.inference_mode():
+        cache = KVCache(ours.config, 1, len(ids), torch.float32, rewind_margin=len(ids))
+        ours(torch.tensor([ids]), cache=cache)
+    seen = []
+
+    def follow(generation):
+        seen.append(generation)
+        if len(seen) == 2:
+            return None
+        return Continuation(keep=12, feed=ids[12:30], max_new_tokens=7)
+
+    jobs = [RowJob("again", cache, 20, [ids[20]], 5, follow), RowJob("once", cache, 40,
+                                                                      [ids[40]], 9)]
+    done = dict(decode_rows(ours, jobs, 2, len(ids) + 16, ()))
+    assert seen[0].tokens == generate(ours, [ids[:21]], 5)[0].tokens
+    again = generate(ours, [ids[:30]], 7)[0]
+    assert done["again"].tokens == seen[1].tokens == again.tokens
+    assert done["again"].logprobs == pytest.approx(again.logprobs, abs=1e-4)
+    assert done["once"].tokens == generate(ours, [ids[:41]], 9)[0].tokens

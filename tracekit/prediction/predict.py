@@ -10,6 +10,7 @@ malformed output becomes a frame with an `error`.
 
 from __future__ import annotations
 
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -36,6 +37,7 @@ from tracekit.model.spec import ModelSpec
 
 if TYPE_CHECKING:  # the model layer (torch) is imported where a model is loaded
     from tracekit.model.backends import Backend
+    from tracekit.model.generation import Generation
 
 
 @dataclass(frozen=True)
@@ -164,23 +166,65 @@ class TracePredictor:
 
     def teacher_forced_many(self, traces: list[tuple[str, list[Frame]]],
                             sampling: Sampling = GREEDY) -> list[list[FramePrediction]]:
-        """`teacher_forced` of each (context, frames), in one call to the backend: ours then
-        decodes the frames it gets wrong in every trace together (continuous batching)."""
-        fitting = [frames[:self.frames_that_fit(context, frames)] for context, frames in traces]
-        asked = [(self.prompt(context, frames), self._frame_starts(context, frames))
-                 for (context, _), frames in zip(traces, fitting) if frames]
-        answers = iter(self.backend.teacher_forced_many(asked, self.max_frame_tokens,
-                                                        self.stop_ids, sampling) if asked else [])
-        return [[self.read(g.tokens, g.logprobs) for g in next(answers)] if frames else []
-                for frames in fitting]
+        """`teacher_forced` of each (context, frames), in order (`teacher_forced_stream`)."""
+        out: list[list[FramePrediction]] = [[] for _ in traces]
+        for i, predictions in self.teacher_forced_stream(traces, sampling):
+            out[i] = predictions
+        return out
+
+    def teacher_forced_stream(self, traces: list[tuple[str, list[Frame]]],
+                              sampling: Sampling = GREEDY
+                              ) -> Iterator[tuple[int, list[FramePrediction]]]:
+        """`teacher_forced` of each (context, frames), yielded as (its index, its predictions)
+        as soon as each is done, in any order, from one call to the backend: ours decodes the
+        frames it gets wrong in every trace together (continuous batching)."""
+        asked = []  # (index, prompt, frame starts) of the traces with a frame that fits
+        for i, (context, frames) in enumerate(traces):
+            frames = frames[:self.frames_that_fit(context, frames)]
+            if frames:
+                asked.append((i, self.prompt(context, frames),
+                              self._frame_starts(context, frames)))
+            else:
+                yield i, []
+        answers = self.backend.teacher_forced_stream([(ids, starts) for _, ids, starts in asked],
+                                                     self.max_frame_tokens, self.stop_ids,
+                                                     sampling)
+        for k, generations in answers:
+            yield asked[k][0], [self.read(g.tokens, g.logprobs) for g in generations]
 
     def rollout(self, context: str, seed_frames: list[Frame] = (), max_frames: int = 1000,
                 budget_tokens: int | None = None, sampling: Sampling = GREEDY) -> Rollout:
         """Predict frame after frame from `seed_frames` until the model ends the trace, a frame
         is malformed, `max_frames` predicted frames, `budget_tokens` generated tokens, or the
-        model's context is full. Raises ContextError when the seed frames fill it."""
-        session = self.session(context, seed_frames)
-        self.check_prompt(session.prompt())
+        model's context is full (`rollout_steps`), keeping the prompt's cache from frame to
+        frame where the backend has one. Raises ContextError when the seed frames fill the
+        context."""
+        steps = self.rollout_steps(context, seed_frames, max_frames, budget_tokens)
+        from tracekit.model.backends import drive
+
+        margin = max(512, 4 * self.max_frame_tokens)  # as a Session's
+        return drive(steps, self.backend.new_session(margin), self.backend, self.stop_ids,
+                     sampling)
+
+    def rollout_stream(self, programs: list[tuple[str, list[Frame]]], max_frames: int = 1000,
+                       budget_tokens: int | None = None, sampling: Sampling = GREEDY
+                       ) -> Iterator[tuple[int, Rollout]]:
+        """`rollout` of each (context, seed frames), yielded as (its index, its rollout) as
+        soon as each is done, in any order: ours decodes many programs' rollouts in one batch
+        (Backend.converse)."""
+        conversations = ((i, self.rollout_steps(context, seeds, max_frames, budget_tokens))
+                         for i, (context, seeds) in enumerate(programs))
+        yield from self.backend.converse(conversations, self.stop_ids, sampling)
+
+    def rollout_steps(self, context: str, seed_frames: list[Frame] = (), max_frames: int = 1000,
+                      budget_tokens: int | None = None
+                      ) -> Generator[tuple[list[int], int], Generation, Rollout]:
+        """A rollout as a conversation with whatever generates: it yields (the prompt's ids,
+        the tokens the next frame may take), is sent what was generated, and returns the
+        Rollout. The prompt grows by each predicted frame as `prompt` encodes it. Raises
+        ContextError (when started) when the seed frames fill the context."""
+        ids = self.prompt(context, seed_frames)
+        self.check_prompt(ids)
         rollout = Rollout()
         limit = self.context_length
         while True:
@@ -191,12 +235,13 @@ class TracePredictor:
             if left is not None and left <= 0:
                 rollout.stop = "budget"
                 return rollout
-            room = None if limit is None else limit - len(session.prompt())
+            room = None if limit is None else limit - len(ids)
             if room is not None and room <= 0:
                 rollout.stop = "context"
                 return rollout
-            step = session.step(sampling=sampling, max_tokens=min(
-                (n for n in (left, room) if n is not None), default=None))
+            budget = self._budget(min((n for n in (left, room) if n is not None), default=None))
+            generation = yield ids, budget
+            step = self.read(generation.tokens, generation.logprobs)
             rollout.steps.append(step)
             if step.ended and step.frame is None:
                 rollout.stop = "end_of_text"
@@ -211,7 +256,7 @@ class TracePredictor:
                 else:
                     rollout.stop = "malformed"
                 return rollout
-            session.append(step.frame)
+            ids = ids + self.frame_ids(step.frame)
 
     def session(self, context: str, frames: list[Frame] = ()) -> Session:
         """A stepping session over the context and `frames` (see Session)."""
