@@ -703,16 +703,16 @@ def test_rollouts_of_many_programs_decode_together_as_each_would_alone():
     for program in list(python_files([str(SAMPLE_PROGRAMS)]))[:6]:
         trace = Trace.from_dict(trace_source(program.source, call=program.call))
         programs.append((trace.context, trace.frames[:1]))
-    alone = [predictor.rollout(context, seeds, budget_tokens=600) for context, seeds in programs]
+    alone = [predictor.rollout(context, seeds, budget_tokens=400) for context, seeds in programs]
     order, lengths = [], [len(r.steps) for r in alone]
-    for i, rollout in predictor.rollout_stream(programs, budget_tokens=600):
+    for i, rollout in predictor.rollout_stream(programs, budget_tokens=400):
         order.append(i)
         assert [s.tokens for s in rollout.steps] == [s.tokens for s in alone[i].steps]
         assert rollout.frames == alone[i].frames and rollout.stop == alone[i].stop
     assert sorted(order) == list(range(6)) and order != sorted(order)
     assert len(set(lengths)) > 2 and {r.stop for r in alone} >= {"end_of_text"}
     backend.conversation_batch = 3
-    rounds = dict(Backend.converse(backend, ((i, predictor.rollout_steps(*p, budget_tokens=600))
+    rounds = dict(Backend.converse(backend, ((i, predictor.rollout_steps(*p, budget_tokens=400))
                                              for i, p in enumerate(programs)),
                                    predictor.stop_ids, Sampling()))
     assert [[s.tokens for s in rounds[i].steps] for i in range(6)] == [

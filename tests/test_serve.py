@@ -227,6 +227,33 @@ def test_a_client_predicts_with_the_served_models_own_tokenizer(served):
     assert status == 400 and "tokens must be a list of token ids" in body["error"]["message"]
 
 
+def test_rollouts_through_the_server_are_concurrent_requests_equal_to_the_local_ones(served):
+    """Three programs' rollouts through `openai:URL` (Backend.converse: each round one request
+    per program, sent at once) equal our runtime's batched rollouts of the same programs."""
+    from tracekit.execution.sandbox import run_trace
+    from tracekit.prediction.predict import load_predictor
+
+    url, _, _ = served
+    programs = []
+    for body, call in [("    return [x * 2 for x in xs]\n", "f([1, 2, 3])"),
+                       ("    s = 0\n    for x in xs:\n        s += x\n    return s\n", "f([4, 5])"),
+                       ("    return len(xs)\n", "f('abc')")]:
+        trace = run_trace("def f(xs):  # << START_OF_TRACE\n" + body, call)
+        programs.append((trace.context, trace.frames[:1]))
+    remote = load_predictor(f"openai:{url}", "bundled", max_frame_tokens=64)
+    local = load_predictor("bundled", max_frame_tokens=64)
+    sent = []
+    generate = remote.backend.generate
+    remote.backend.generate = lambda prompts, *a, **kw: sent.append(len(prompts)) or generate(
+        prompts, *a, **kw)
+    there = dict(remote.rollout_stream(programs, budget_tokens=300))
+    here = dict(local.rollout_stream(programs, budget_tokens=300))
+    for i in range(3):
+        assert [s.tokens for s in there[i].steps] == [s.tokens for s in here[i].steps]
+        assert there[i].stop == here[i].stop
+    assert sent[0] == 3 and len(sent) < sum(len(r.steps) for r in here.values())
+
+
 def test_ctrl_c_during_a_request_stops_the_server_with_0_and_a_port_in_use_is_8():
     """Ctrl-C while the engine decodes ends `tracekit serve` with 0 and "stopped" (a torch op
     in the engine's thread used to abort the shutdown, 134); a port that is taken is exit 8."""

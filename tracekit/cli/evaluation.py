@@ -61,7 +61,10 @@ EVAL_EXIT = (exit_help(0, 2, 7, 8, 10, 130) + " After 7 the predictions made so 
 @click.option("--mode", type=click.Choice([m.value for m in Mode]), default=Mode.ROLLOUT.value,
               show_default=True, callback=lambda ctx, param, value: Mode(value),
               help="rollout: the whole trace free-running from the entry's real call frame "
-                   "(which holds the arguments; it is not scored), the CWM table's setting; "
+                   "(which holds the arguments; it is not scored), the CWM table's setting "
+                   "(greedy, with our runtime, the programs decode together in one batch, "
+                   "one taking the row of another that ends; with --compile or "
+                   "--temperature > 0, one program at a time); "
                    "teacher-forced: every frame from the real frames before it (greedy, "
                    "with our runtime, one forward over the real trace says which frames the "
                    "model writes exactly, and only the others are decoded; with "
