@@ -717,3 +717,33 @@ def test_rollouts_of_many_programs_decode_together_as_each_would_alone():
                                    predictor.stop_ids, Sampling()))
     assert [[s.tokens for s in rounds[i].steps] for i in range(6)] == [
         [s.tokens for s in r.steps] for r in alone]
+
+
+def test_transformers_rollouts_of_many_programs_equal_the_runtimes(tmp_path):
+    """transformers' model behind the default `converse` (rounds of left-padded batched
+    `generate`, prompts of different lengths) and our runtime's batched rows give the same
+    rollouts of three programs: a model that writes one real frame after every
+    <|frame_sep|> writes it frame after frame until the token budget ends each rollout."""
+    from tracekit.model.checkpoint import save_checkpoint
+
+    source = ("def f():  # << START_OF_TRACE\n    x = 1\n    pass\n    return x\n"
+              "\n# tracekit-call: f()\n")
+    real = Trace.from_dict(trace_source(source, call="f()")).frames
+    predictor = TracePredictor(RuntimeBackend(bigram_model([])))
+    k = next(i for i in range(1, len(real)) if len(set(predictor.frame_ids(real[i]))) == len(
+        predictor.frame_ids(real[i])))
+    bigram = bigram_model(predictor.frame_ids(real[k]))
+    save_checkpoint(bigram, tmp_path / "bigram")
+    reference = transformers.CwmForCausalLM.from_pretrained(tmp_path / "bigram",
+                                                            attn_implementation="eager")
+    programs = [(source, real[:1]), (source + "# a longer context\n", real[:1]),
+                (source, real[:2])]
+    ours = TracePredictor(RuntimeBackend(bigram))
+    theirs = TracePredictor(TransformersBackend(reference, branch_batch=3))
+    here = dict(ours.rollout_stream(programs, budget_tokens=40))
+    there = dict(theirs.rollout_stream(programs, budget_tokens=40))
+    for i in range(3):
+        assert [s.tokens for s in here[i].steps] == [s.tokens for s in there[i].steps]
+        assert here[i].stop == there[i].stop == "budget"
+        steps = here[i].steps  # the last one cut by the budget
+        assert len(steps) > 2 and all(s.tokens == ours.frame_ids(real[k]) for s in steps[:-1])
