@@ -381,13 +381,11 @@ def model_predictor(options: RunOptions) -> tuple[Predict, str, object, object]:
     def rollouts(traces: list[Trace]) -> Iterator[tuple[int, dict]]:
         # From the entry's real call frame, which holds the arguments: a program traced with
         # a call of its own (`--call`, half the synthetic ones) has them nowhere else.
-        order = longest_first(traces)
-        predicted = predictor.rollout_stream([(traces[i].context, traces[i].frames[:1])
-                                              for i in order], max_frames=100_000,
+        predicted = predictor.rollout_stream([(t.context, t.frames[:1]) for t in traces],
+                                             max_frames=100_000,
                                              budget_tokens=options.budget_tokens,
                                              sampling=sampling)
-        for k, rollout in predicted:
-            i = order[k]
+        for i, rollout in predicted:
             given = traces[i].frames[:1]
             yield i, {"text": "".join([*map(frame_wire_text, given),
                                        *(s.text for s in rollout.steps)]),
@@ -396,13 +394,6 @@ def model_predictor(options: RunOptions) -> tuple[Predict, str, object, object]:
                       "given": len(given), "stop": rollout.stop,
                       "tokens": rollout.tokens_used}
     return rollouts, name, tokenizer, predictor
-
-
-def longest_first(traces: list[Trace]) -> list[int]:
-    """The traces' indices, the most frames first: rollouts that decode together finish
-    sooner when the long ones start first and the short ones fill the rows they leave (the
-    real trace's length foretells the rollout's; 10% less time over CRUXEval's first 100)."""
-    return sorted(range(len(traces)), key=lambda i: -len(traces[i].frames))
 
 
 def _reasoning_predictor(options: RunOptions, predictor, sampling) -> Callable[[Trace], dict]:
