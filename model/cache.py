@@ -287,7 +287,8 @@ class RowCache:
     """Rows that each continue a prefix of their own, at their own length: continuous
     batching, where a row that finishes is loaded with the next prefix while the others go on.
     The rows in use are always the first `active` (`drop` moves the last one into a freed
-    place), and a forward runs those only, one token each, written at the row's own length;
+    place), and a forward runs those only, the same number of tokens each, written from the
+    row's own length (`take_back` forgets those a row does not keep);
     attention reads the slots up to the longest row under a per-row mask. Every slot holds its
     position (no ring: a sliding layer's window is a mask). `load` copies a prefix in from a
     one-row KVCache."""
@@ -343,22 +344,22 @@ class RowCache:
         return last
 
     def prepare(self, new: int) -> None:
-        """Check room for this step's token in every row in use; build its masks."""
-        if new != 1:
-            raise ValueError("a RowCache runs one token per row per forward")
+        """Check room for this step's `new` tokens in every row in use; build their masks."""
         lengths = self.lengths[:self.active]
         longest = int(lengths.max())
-        if longest >= self.max_length:
+        if longest + new > self.max_length:
             raise ValueError(f"a row of the RowCache is full ({self.max_length} positions)")
-        self._span = longest + 1  # the slots any row reads this step
+        self._span = longest + new  # the slots any row reads this step
         slots = torch.arange(self._span, device=lengths.device)
-        seen = slots[None] <= lengths[:, None]  # (rows, slots): this step's own slot included
-        windowed = seen & (slots[None] > lengths[:, None] - (self.window or 0))
-        # (rows, 1, 1, slots): broadcast over kv_heads and query groups
+        # each query's own position: the row's length, plus its place among this step's tokens
+        queries = lengths[:, None] + torch.arange(new, device=lengths.device)  # (rows, new)
+        seen = slots <= queries[..., None]  # (rows, new, slots): causal, this token included
+        windowed = seen & (slots > queries[..., None] - (self.window or 0))
+        # (rows, 1, 1, new, slots): broadcast over kv_heads and query groups
         self._masks = {False: seen[:, None, None], True: windowed[:, None, None]}
 
     def next_positions(self, new: int, batch: int | None = None) -> torch.Tensor:
-        return self.lengths[:self.active, None]
+        return self.lengths[:self.active, None] + torch.arange(new, device=self.lengths.device)
 
     def mask(self, window: int | None) -> torch.Tensor:
         """Which slots each row's token may read, on layers of this window."""
@@ -366,16 +367,23 @@ class RowCache:
 
     def store(self, layer: int, k: torch.Tensor,
               v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write each row's key/value (rows in use, kv_heads, 1, dim) at its own length;
-        return the layer's keys/values of those rows up to the longest (rows, kv_heads, slots
-        read, dim)."""
-        n = self.active
-        self.keys[layer][self._rows[:n], :, self.lengths[:n]] = k[:, :, 0]
-        self.values[layer][self._rows[:n], :, self.lengths[:n]] = v[:, :, 0]
+        """Write each row's keys/values (rows in use, kv_heads, new, dim) from its own length
+        on; return the layer's keys/values of those rows up to the longest (rows, kv_heads,
+        slots read, dim)."""
+        n, new = self.active, k.shape[2]
+        slots = self.lengths[:n, None] + torch.arange(new, device=k.device)  # (rows, new)
+        rows = self._rows[:n, None]
+        self.keys[layer][rows, :, slots] = k.transpose(1, 2)  # indexed: (rows, new, kv, dim)
+        self.values[layer][rows, :, slots] = v.transpose(1, 2)
         return self.keys[layer][:n, :, :self._span], self.values[layer][:n, :, :self._span]
 
     def advance(self, new: int) -> None:
         self.lengths[:self.active] += new
+
+    def take_back(self, counts: torch.Tensor) -> None:
+        """Forget the last `counts[i]` positions of row i, for each row in use (a step's
+        guesses the model did not agree with)."""
+        self.lengths[:self.active] -= counts
 
 
 def _bias(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -11,7 +11,7 @@ last token with prompt-lookup guesses checked in the same forward; or a compiled
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -278,7 +278,9 @@ class RowJob:
     KVCache holding them in order), then `feed` and up to `max_new_tokens` as in a
     Continuation. `follow`, when given, is shown each generation and says how the job goes on
     in its row (a Continuation, counting positions from the row's start), or None when it is
-    done; without it a job is one generation. `key` names it."""
+    done; without it a job is one generation. `guesses_from`: tokens that may be repeated
+    (ending with the row's last ones, `feed` included), for prompt-lookup guesses. `key`
+    names it."""
 
     key: object
     prefix: KVCache
@@ -286,49 +288,82 @@ class RowJob:
     feed: list[int]
     max_new_tokens: int
     follow: Callable[[Generation], Continuation | None] | None = None
+    guesses_from: list[int] = field(default_factory=list)
 
 
 class _Row:
-    """A job in a row: the tokens it must still feed, and what it has written so far."""
+    """A job in a row: the tokens it must run before its next choice (`pending`: what it
+    feeds, or the token it chose last), its guesses, and what it has written so far. Its
+    `lookup` ends with the row's tokens so far, pending ones included."""
 
-    def __init__(self, job: RowJob):
-        self.key, self.follow = job.key, job.follow
+    def __init__(self, job: RowJob, draft_tokens: int):
+        self.key, self.follow, self.draft_tokens = job.key, job.follow, draft_tokens
+        self.lookup = PromptLookup(job.guesses_from) if draft_tokens > 0 else None
 
-    def go_on(self, feed: list[int], max_new_tokens: int) -> int:
-        """Start a generation after `feed`; returns the token this row runs next."""
+    def go_on(self, feed: list[int], max_new_tokens: int) -> None:
+        """Start a generation after `feed`."""
         if not feed or max_new_tokens < 1:
             raise ValueError("a row job feeds at least one token and writes at least one")
-        self.forced, self.max_new_tokens = list(reversed(feed[1:])), max_new_tokens
+        self.pending, self.max_new_tokens = list(feed), max_new_tokens
         self.tokens: list[int] = []
         self.logprobs: list[float] = []
-        return feed[0]
 
-    def take(self, token: int, logprob: float, stops: set[int]) -> int | None:
-        """A forward's choice for this row: the token the row runs next (a fed one, or this
-        choice), or None when the generation is done."""
-        if self.forced:
-            return self.forced.pop()
-        self.tokens.append(token)
-        self.logprobs.append(logprob)
-        if token in stops or len(self.tokens) == self.max_new_tokens:
-            return None
-        return token
+    def proposal(self) -> list[int]:
+        """The tokens to run next: pending ones, then guesses of what the model will choose
+        (at most `draft_tokens`, none past the budget)."""
+        if len(self.pending) > self.draft_tokens or self.lookup is None:
+            return self.pending[:self.draft_tokens + 1]
+        room = self.max_new_tokens - len(self.tokens) - 1
+        return self.pending + self.lookup.guess(min(self.draft_tokens, room))
+
+    def take(self, ran: list[int], choices: list[int], logprobs: list[float],
+             stops: set[int]) -> tuple[int, bool]:
+        """After a forward ran `ran` (this row's proposal), with the model's choice and its
+        log-probability after each: keep each guess while it is the model's choice. Returns
+        the positions of `ran` that stay (the rest are taken back) and whether the generation
+        is done (a stop token or the budget)."""
+        pending = len(self.pending)
+        if pending > len(ran):
+            self.pending = self.pending[len(ran):]
+            return len(ran), False
+        at = pending - 1  # the position whose choice comes next
+        while True:
+            token = choices[at]
+            self.tokens.append(token)
+            self.logprobs.append(logprobs[at])
+            if self.lookup is not None:
+                self.lookup.extend((token,))
+            if token in stops or len(self.tokens) == self.max_new_tokens:
+                return at + 1, True
+            if at + 1 < len(ran) and ran[at + 1] == token:  # the guess was right: run already
+                at += 1
+                continue
+            self.pending = [token]
+            return at + 1, False
+
+    def rewound(self, held: int, then: Continuation) -> None:
+        """Go on as `then` says in a row that held `held` positions."""
+        if self.lookup is not None:  # it ends with those positions and the last choice
+            self.lookup.truncate(max(0, len(self.lookup.tokens) - (held + 1 - then.keep)))
+            self.lookup.extend(then.feed)
+        self.go_on(then.feed, then.max_new_tokens)
 
 
 @torch.inference_mode()
 def decode_rows(model: CwmForCausalLM, jobs: Iterable[RowJob], rows: int, max_length: int,
-                stop_ids: tuple[int, ...]) -> Iterator[tuple[object, Generation]]:
+                stop_ids: tuple[int, ...], draft_tokens: int = 0
+                ) -> Iterator[tuple[object, Generation]]:
     """Greedy jobs, decoded up to `rows` at a time in one batch that is refilled as rows
-    finish (continuous batching, as vLLM schedules requests): each forward runs one token a
-    row (a token the job feeds, or the one it chose last). A generation ends at a stop token
-    or its `max_new_tokens`; a job that is done yields (its key, its last generation) and its
-    row takes the next job, whose prefix is copied in, while the others go on; once the jobs
-    run out, the batch shrinks to the rows still running. Jobs are drawn only as rows free
-    up, so a lazy iterable is prefilled as needed. `max_length` bounds every row's
-    positions."""
-    cache = RowCache(model.config, rows, max_length, model.dtype, model.device)
+    finish (continuous batching, as vLLM schedules requests). Each forward runs the same
+    number of tokens in every row: the tokens a job feeds or the one it chose last, then up
+    to `draft_tokens` guesses by prompt lookup (model/prompt_lookup.py), kept while they are
+    the model's own choices (the rest taken back). A generation ends at a stop token or its
+    `max_new_tokens`; a job that is done yields (its key, its last generation) and its row
+    takes the next job, whose prefix is copied in, while the others go on; once the jobs run
+    out, the batch shrinks to the rows still running. Jobs are drawn only as rows free up, so
+    a lazy iterable is prefilled as needed. `max_length` bounds every row's positions."""
+    cache = RowCache(model.config, rows, max_length + draft_tokens, model.dtype, model.device)
     pending = iter(jobs)
-    feed = torch.zeros(rows, 1, dtype=torch.long, device=model.device)
     running: list[_Row] = []  # row i's job, in cache row i
     stops = set(stop_ids)
 
@@ -338,8 +373,8 @@ def decode_rows(model: CwmForCausalLM, jobs: Iterable[RowJob], rows: int, max_le
         if job is None:
             return False
         cache.load(row, job.prefix, job.length)
-        state = _Row(job)
-        feed[row, 0] = state.go_on(job.feed, job.max_new_tokens)
+        state = _Row(job, draft_tokens)
+        state.go_on(job.feed, job.max_new_tokens)
         if row < len(running):
             running[row] = state
         else:
@@ -349,29 +384,39 @@ def decode_rows(model: CwmForCausalLM, jobs: Iterable[RowJob], rows: int, max_le
     while len(running) < rows and start(len(running)):
         pass
     while running:
-        n = len(running)
-        logits = model(feed[:n], cache=cache).logits[:, -1].float()  # (rows in use, vocab)
-        chosen = logits.argmax(-1)
-        logprobs = torch.log_softmax(logits, -1).gather(-1, chosen[:, None])[:, 0].tolist()
-        finished = []
-        for row, token in enumerate(chosen.tolist()):
-            following = running[row].take(token, logprobs[row], stops)
-            if following is None:
-                finished.append(row)
-            else:
-                feed[row, 0] = following
+        finished = _step(model, cache, running, stops)
         for row in reversed(finished):  # the rows above each have found their place already
             state = running[row]
             generation = Generation(state.tokens, state.logprobs, state.tokens[-1] in stops)
             then = state.follow(generation) if state.follow is not None else None
             if then is not None:
+                held = int(cache.lengths[row])
                 cache.rewind_row(row, then.keep)
-                feed[row, 0] = state.go_on(then.feed, then.max_new_tokens)
+                state.rewound(held, then)
                 continue
             yield state.key, generation
             if not start(row):
-                moved = cache.drop(row)
+                cache.drop(row)
                 last = running.pop()
-                if moved is not None:
+                if row < len(running):
                     running[row] = last
-                    feed[row, 0] = feed[moved, 0]
+
+
+def _step(model: CwmForCausalLM, cache: RowCache, running: list[_Row],
+          stops: set[int]) -> list[int]:
+    """One forward of every row in use; returns the rows whose generation is done."""
+    proposals = [state.proposal() for state in running]
+    width = max(len(p) for p in proposals)
+    feed = torch.tensor([p + p[-1:] * (width - len(p)) for p in proposals],
+                        device=model.device)  # (rows, width), short ones padded
+    logits = model(feed, cache=cache).logits.float()  # (rows, width, vocab)
+    choices = logits.argmax(-1)
+    logprobs = torch.log_softmax(logits, -1).gather(-1, choices[..., None])[..., 0].tolist()
+    finished, unkept = [], []
+    for row, (state, ran, chosen) in enumerate(zip(running, proposals, choices.tolist())):
+        kept, done = state.take(ran, chosen, logprobs[row], stops)
+        unkept.append(width - kept)
+        if done:
+            finished.append(row)
+    cache.take_back(torch.tensor(unkept, device=cache.lengths.device))
+    return finished

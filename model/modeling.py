@@ -194,17 +194,20 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 def grouped_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                       allowed: torch.Tensor, scale: float) -> torch.Tensor:
-    """One query per row (q: batch, heads, 1, dim) against every slot of a cache (keys, values:
-    batch, kv_heads, slots, dim) where `allowed` (broadcast to batch, kv_heads, groups,
-    slots), grouped-query without copying keys/values: the static step's attention, written out
-    for torch.compile (with a mask and GQA, SDPA is reported to fall back to its math kernel on
-    CUDA, which repeats them per query head; not checked here). Eager attention's order."""
-    batch, heads, _, dim = q.shape
+    """A few queries per row (q: batch, heads, new, dim) against every slot of a cache (keys,
+    values: batch, kv_heads, slots, dim) where `allowed` (broadcast to batch, kv_heads,
+    groups, new, slots), grouped-query without copying keys/values: the static step's and the
+    RowCache's attention, written out for torch.compile (with a mask and GQA, SDPA is
+    reported to fall back to its math kernel on CUDA, which repeats them per query head; not
+    checked here). Eager attention's order."""
+    batch, heads, new, dim = q.shape
     kv = keys.shape[1]
-    scores = torch.matmul(q.view(batch, kv, heads // kv, dim), keys.transpose(2, 3)) * scale
-    scores = scores.masked_fill(~allowed, float("-inf"))  # (batch, kv, groups, slots)
+    groups = heads // kv
+    scores = torch.matmul(q.reshape(batch, kv, groups * new, dim), keys.transpose(2, 3)) * scale
+    scores = scores.view(batch, kv, groups, new, -1).masked_fill(~allowed, float("-inf"))
     weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-    return torch.matmul(weights, values).view(batch, heads, 1, dim)
+    out = torch.matmul(weights.view(batch, kv, groups * new, -1), values)
+    return out.view(batch, heads, new, dim)
 
 
 def forked_attention(q: torch.Tensor, shared: tuple[torch.Tensor, torch.Tensor],

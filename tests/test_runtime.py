@@ -729,12 +729,14 @@ def test_a_loaded_model_does_not_live_in_its_files(tmp_path):
         assert not any(start <= param.data_ptr() < end for start, end in mapped), name
 
 
-@pytest.mark.parametrize("fast", [False, True])
-def test_continuous_batching_decodes_each_job_as_it_would_decode_alone(fast):
+@pytest.mark.parametrize("fast,draft", [(False, 0), (True, 0), (True, 3)])
+def test_continuous_batching_decodes_each_job_as_it_would_decode_alone(fast, draft):
     """decode_rows over prefixes of different lengths (sliding layers past their window):
     two rows, five jobs; a row whose job stops early (a stop token it writes) takes the next
     job while the other row goes on. Each job's tokens are greedy `generate`'s from its whole
-    prompt, its log-probs equal to rounding, and every job comes back once."""
+    prompt, its log-probs equal to rounding, and every job comes back once; with prompt-lookup
+    guesses (3 a row, from the prompt) too, though rows then run several tokens a forward and
+    take back the guesses the model does not make, and the forwards are fewer."""
     from tracekit.model.generation import RowJob, decode_rows
 
     _, ours = pair(21)
@@ -751,12 +753,17 @@ def test_continuous_batching_decodes_each_job_as_it_would_decode_alone(fast):
     assert alone[40].stopped and len(alone[40].tokens) == 4
     assert any(len(g.tokens) == 14 for g in alone.values())
     order = []
-    jobs = (RowJob(n, cache, n, [ids[n]], 14) for n in lengths)
-    for n, generation in decode_rows(ours, jobs, 2, len(ids) + 16, (stop,)):
+    jobs = (RowJob(n, cache, n, [ids[n]], 14, guesses_from=ids[:n + 1]) for n in lengths)
+    forwards = []
+    hook = ours.register_forward_pre_hook(lambda *_: forwards.append(1))
+    for n, generation in decode_rows(ours, jobs, 2, len(ids) + 16, (stop,), draft):
         order.append(n)
         assert generation.tokens == alone[n].tokens and generation.stopped == alone[n].stopped
         assert generation.logprobs == pytest.approx(alone[n].logprobs, abs=1e-4)
+    hook.remove()
     assert sorted(order) == sorted(lengths) and order != lengths  # finished out of order
+    steps = sum(len(g.tokens) for g in alone.values())
+    assert (len(forwards) < steps / 2) if draft else (len(forwards) >= steps / 2)
 
 
 def test_a_row_job_goes_on_in_its_row_as_its_follow_says():
