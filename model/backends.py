@@ -207,7 +207,7 @@ class RuntimeBackend(Backend):
                 except StopIteration as done:
                     ended.append((key, done.value))
                     continue
-                cache, _, _ = self._forward(prompt[:-1])
+                cache, _, _ = self._forward(prompt[:-1], choices=False)
                 yield RowJob(key, cache, len(prompt) - 1, prompt[-1:], budget,
                              _Follow(key, conversation, prompt, ended),
                              guesses_from=prompt[-GUESS_FROM:])
@@ -219,18 +219,21 @@ class RuntimeBackend(Backend):
             yield from _drain(ended)
         yield from _drain(ended)
 
-    def _forward(self, ids: list[int]) -> tuple[KVCache, list[int], list[float]]:
+    def _forward(self, ids: list[int], choices: bool = True
+                 ) -> tuple[KVCache, list[int], list[float]]:
         """One forward over a whole trace, in chunks (bounded masks on long traces): a cache
-        holding every position in order, each position's argmax, and the log-probability of
-        each real next token."""
+        holding every position in order and (with `choices`) each position's argmax and the
+        log-probability of each real next token (else no logits but the last are made)."""
         model = self.model
         cache = KVCache(model.config, 1, len(ids), model.dtype, model.device,
                         rewind_margin=len(ids))
         argmax, logprobs = [], []
         for first in range(0, len(ids), self.prefill_chunk):
             chunk = ids[first:first + self.prefill_chunk]
-            logits = model(torch.tensor([chunk], device=model.device), cache=cache).logits[0]
-            _choices(logits, ids[first + 1:first + 1 + len(chunk)], argmax, logprobs)
+            logits = model(torch.tensor([chunk], device=model.device), cache=cache,
+                           logits_to_keep=0 if choices else 1).logits[0]
+            if choices:
+                _choices(logits, ids[first + 1:first + 1 + len(chunk)], argmax, logprobs)
         return cache, argmax, logprobs
 
     def teacher_forced(self, ids, starts, max_new_tokens, stop_ids, sampling):
@@ -278,12 +281,8 @@ class _Follow:
         except StopIteration as done:
             self.ended.append((self.key, done.value))
             return None
-        held = self.prompt + generation.tokens[:-1]
-        keep = 0
-        for a, b in zip(held, prompt[:-1]):  # the last token always runs, for its logits
-            if a != b:
-                break
-            keep += 1
+        # the last token always runs, for its logits
+        keep = _shared(self.prompt + generation.tokens[:-1], prompt[:-1])
         self.prompt = prompt
         return Continuation(keep, prompt[keep:], budget)
 
@@ -303,6 +302,16 @@ def drive(conversation: Conversation, cached: RuntimeSession | None, backend: Ba
             prompt, budget = conversation.send(generation)
     except StopIteration as done:
         return done.value
+
+
+def _shared(a: list[int], b: list[int]) -> int:
+    """How many tokens, from the first, `a` and `b` have in common."""
+    shared = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        shared += 1
+    return shared
 
 
 def _drain(items: list):
@@ -339,12 +348,8 @@ class RuntimeSession:
         self.lookup = PromptLookup()  # the tokens so far, indexed for guesses
 
     def generate(self, prompt: list[int], max_new_tokens, stop_ids, sampling) -> Generation:
-        keep = 0
-        for a, b in zip(self.cached, prompt):
-            if a != b:
-                break
-            keep += 1
-        keep = min(keep, len(prompt) - 1)  # at least one token runs, for the logits
+        # at least one token runs, for the logits
+        keep = min(_shared(self.cached, prompt), len(prompt) - 1)
         needed = len(prompt) + max_new_tokens
         if needed > self.cache.max_length:
             limit = self.model.config.max_position_embeddings
