@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tracekit.datasets import build as dataset
 from tracekit.datasets.files import load_rows
-from tracekit.programs import sources
+from tracekit.programs import pypi, sources
 from tracekit.programs.suites import EpisodeOptions
 
 # name -> (version, licence): the projects `make realworld` downloads (pure Python, MIT or
@@ -83,28 +83,6 @@ def _write(out: Path, rows: list[dict]) -> None:
             handle.write(json.dumps(row) + "\n")
 
 
-def download(work: Path) -> list[Path]:
-    """The pinned source distributions of PROJECTS, downloaded (pip, from the package index)
-    and unpacked under `work`: their checkouts."""
-    import subprocess
-    import sys
-    import tarfile
-
-    work.mkdir(parents=True, exist_ok=True)
-    checkouts = []
-    for name, (version, _) in PROJECTS.items():
-        checkout = work / f"{name}-{version}"
-        if not checkout.is_dir():
-            subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-                            "--no-binary", ":all:", f"{name}=={version}", "-d", str(work)],
-                           check=True)
-            archive = next(work.glob(f"{name.replace('-', '[-_]')}-{version}.tar.gz"))
-            with tarfile.open(archive) as tar:
-                tar.extractall(work, filter="data")
-        checkouts.append(checkout)
-    return checkouts
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-o", "--output", type=Path, required=True)
@@ -112,7 +90,7 @@ def main() -> None:
                         help="where the source distributions are downloaded and unpacked")
     parser.add_argument("--per-project", type=int, default=PER_PROJECT)
     args = parser.parse_args()
-    checkouts = [c.resolve() for c in download(args.work)]
+    checkouts = [c.resolve() for c in pypi.download(PROJECTS, args.work)]
     rows = make(checkouts, args.output, args.per_project)
     print(f"{len(rows)} episodes from {len(checkouts)} projects in {args.output}")
 

@@ -316,9 +316,13 @@ def test_init_starts_from_a_checkpoint_with_its_tokenizer_and_shape(dataset, tmp
     shaped = train(*args, "--set", "num_hidden_layers=3", "--init", str(tmp_path / "first"),
                    "-o", str(tmp_path / "other"))
     assert shaped.returncode == 2 and "--init keeps" in shaped.stderr
-    longer = train(str(dataset), *TINY[:2], "--seq-len", "4096", "--init",
+    # a longer --seq-len lengthens the context: the config says so and rows are that long
+    longer = train(*args, "--steps", "2", "--seq-len", "1024", "--init",
                    str(tmp_path / "first"), "-o", str(tmp_path / "longer"))
-    assert longer.returncode == 8 and "context" in longer.stderr
+    assert longer.returncode == 0, longer.stderr[-2000:]
+    config = json.loads((tmp_path / "longer" / "config.json").read_text())
+    assert config["max_position_embeddings"] == 1024
+    assert "context 1024 tokens" in (tmp_path / "longer" / "README.md").read_text()
 
 
 def test_two_processes_train_as_one_with_the_same_global_batch(dataset, tmp_path):
@@ -425,3 +429,21 @@ def test_val_traces_0_keeps_the_validation_loss_and_missing_validation_is_warned
                       "measured", "warning: no validation trace fits --seq-len 512: no "
                       "teacher-forced accuracy is measured"]
     assert "{}" not in unfit.stderr
+
+
+def test_the_real_code_trained_on_is_not_the_real_code_evaluated_on():
+    """`make model`'s real code: none of its projects is a project of the real-code evaluation
+    set; the standard library's examples come from modules that run alone (none that runs
+    commands or draws random numbers); the card's table names every project's licence."""
+    from tracekit.evals.realworld import PROJECTS as EVALUATED
+    from tracekit.training import real_code
+
+    trained = {name.lower() for name in {**real_code.TESTED, **real_code.DOCTESTED}}
+    assert not trained & {name.lower() for name in EVALUATED}
+    modules = real_code.stdlib_modules_with_examples()
+    assert {"fractions", "statistics", "difflib"} <= set(modules)
+    assert not set(modules) & real_code.STDLIB_LEFT_OUT
+    assert not [m for m in modules if m.split(".")[0] in real_code.STDLIB_SKIPPED]
+    table = real_code.licences_table()
+    for name, (version, licence) in {**real_code.TESTED, **real_code.DOCTESTED}.items():
+        assert f"| {name} | {version} | {licence} |" in table

@@ -69,7 +69,9 @@ CONFIG, OPTIONS = TrainConfig(), TrainOptions(datasets=())  # the defaults
               help="Start from this checkpoint's weights, shape and tokenizer (one `tracekit "
                    "train` wrote, e.g. model/bundled) instead of random ones: to continue "
                    "training on more or other data with a new schedule. --size, --set and "
-                   "--vocab-size then do not apply.")
+                   "--vocab-size then do not apply; a --seq-len past its context "
+                   "lengthens the context (RoPE: training on the longer rows teaches the "
+                   "new positions).")
 @resume_option("Continue a run killed or stopped in OUT (the same datasets and options): it "
                "ends with the weights the whole run would have.")
 def train(datasets, out: Path, size, overrides, steps, batch_rows, accumulation, seq_len,

@@ -140,8 +140,13 @@ def _start_model(options: TrainOptions, tokenizer):
         raise ValueError(f"--init {options.init}: its tokenizer.json has {tokenizer.vocab_size} "
                          f"tokens and its model {model.config.vocab_size}: not one checkpoint")
     if model.config.max_position_embeddings < options.seq_len:
-        raise ValueError(f"--seq-len {options.seq_len} is past --init {options.init}'s context "
-                         f"({model.config.max_position_embeddings}): use at most that")
+        # RoPE has no table of positions: a longer context is the config's number, and the
+        # training on longer rows is what teaches the positions past the old one
+        if model.config.rope_parameters.get("rope_type", "default") != "default":
+            raise ValueError(f"--seq-len {options.seq_len} is past --init {options.init}'s "
+                             f"context ({model.config.max_position_embeddings}) and its RoPE "
+                             f"is scaled: use at most that")
+        model.config.max_position_embeddings = options.seq_len
     return model
 
 
