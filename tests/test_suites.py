@@ -264,6 +264,18 @@ def test_what_a_build_cannot_use_is_one_line_and_exit_8(tmp_path):
     no_import = run_cli("dataset", "build", f"tests:{broken}", "-o", str(tmp_path / "d"))
     assert no_import.returncode == 8
     assert "No module named 'not_a_module_anywhere'" in no_import.stderr.splitlines()[-1]
+    # a conftest hook pytest rejects makes pytest.main raise (boltons 24.0's under pytest 8):
+    # the suite's error, named, not a crashed worker
+    rejected = tmp_path / "rejected"
+    (rejected / "tests").mkdir(parents=True)
+    (rejected / "lib.py").write_text("def f():\n    return 1\n")
+    (rejected / "tests" / "conftest.py").write_text(
+        "def pytest_ignore_collect(path, config):\n    return False\n")
+    (rejected / "tests" / "test_lib.py").write_text("import lib\n\ndef test_f():\n    "
+                                                    "assert lib.f() == 1\n")
+    raised = run_cli("dataset", "build", f"tests:{rejected}", "-o", str(tmp_path / "e"))
+    assert raised.returncode == 8
+    assert "internal_error: pytest raised PluginValidationError" in raised.stderr, raised.stderr
 
 
 def test_a_suite_that_runs_long_is_killed_at_the_timeout(tmp_path):

@@ -101,7 +101,14 @@ def _run_suite(request: dict, collector: Collector, summary: dict) -> None:
     os.chdir(request["project"])
     args = [request["test_file"], "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
             "--rootdir", request["project"]]
-    code = int(pytest.main(args, plugins=[plugin]))
+    try:
+        code = int(pytest.main(args, plugins=[plugin]))
+    except Exception as exc:  # noqa: BLE001 - pytest raises some setup errors (a conftest's
+        # hook pytest rejects): the suite's error, not a crash of the worker
+        first = (str(exc).strip().splitlines() or [""])[0]
+        summary.update(status="internal_error", exit_code=3,
+                       error=f"pytest raised {type(exc).__name__}: {first}"[:500])
+        return
     summary["exit_code"] = code
     summary["status"] = {0: "ok", 1: "ok", 2: "collection_error", 3: "internal_error",
                          4: "usage_error", 5: "no_tests"}.get(code, "ok")
