@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # before `pip install -e .` and this pin is never consulted.
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: demo test bench clean model realworld
+.PHONY: demo test bench clean model model-real realworld
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,7 @@ bench: $(BIN)/.installed
 MODEL_DATA := build/model/data
 MODEL_RUN := build/model/run
 MODEL_RUN2 := build/model/run2
+MODEL_RUN3 := build/model/run3
 # $(call dataset,DIR,SOURCE SPEC AND OPTIONS): build DIR unless it is built, resuming a killed build
 dataset = test -e $(1)/stats.json || $(BIN)/tracekit dataset build $(2) -o $(1) \
 	$$(test -e $(1)/manifest.json && echo --resume)
@@ -48,9 +49,25 @@ model: $(BIN)/.installed
 	$(call dataset,$(MODEL_DATA)/names2,synthetic:30000:111 --synthetic-size 2)
 	$(call dataset,$(MODEL_DATA)/names3,synthetic:12000:222 --synthetic-size 3)
 	$(call dataset,$(MODEL_DATA)/basic,basic:30000:303)
-	$(call train,$(MODEL_RUN2),$(MODEL_DATA)/names2 $(MODEL_DATA)/names3 $(MODEL_DATA)/basic \
-	    --init $(MODEL_RUN) --steps 1000 --lr 2e-3 --optimizer muon)
+	test -e $(MODEL_RUN2)/model.safetensors || $(call train,$(MODEL_RUN2),$(MODEL_DATA)/names2 \
+	    $(MODEL_DATA)/names3 $(MODEL_DATA)/basic --init $(MODEL_RUN) --steps 1000 --lr 2e-3 \
+	    --optimizer muon)
 	$(BIN)/python -m tracekit.training bundle $(MODEL_RUN2) model/bundled
+
+# A third stage on real code, measured and not shipped (benchmarks/RESULTS.md, "Real code"):
+# from the bundled model's weights with a context of 4,096 tokens, on the test suites and docstring
+# examples of pinned PyPI projects (tracekit/training/real_code.py, downloaded into
+# build/model/pypi) and the standard library's examples, beside more synthetic programs;
+# data 10.5 min, training 50 min on 2 cores. Writes build/model/run3, not model/bundled.
+model-real: $(BIN)/.installed
+	$(call dataset,$(MODEL_DATA)/real,$$($(BIN)/python -m tracekit.training.real_code \
+	    --work build/model/pypi) --per-function 8)
+	$(call dataset,$(MODEL_DATA)/long2,synthetic:10000:131 --synthetic-size 2)
+	$(call dataset,$(MODEL_DATA)/long3,synthetic:6000:242 --synthetic-size 3)
+	$(call dataset,$(MODEL_DATA)/basic3,basic:10000:323)
+	$(call train,$(MODEL_RUN3),$(MODEL_DATA)/real $(MODEL_DATA)/long2 $(MODEL_DATA)/long3 \
+	    $(MODEL_DATA)/basic3 --init model/bundled --seq-len 4096 --batch-rows 4 --eval-every 0 \
+	    --steps 500 --lr 1.5e-3 --optimizer muon)
 
 # The real-code evaluation set (data/realworld/): the pinned PyPI projects of
 # evals/realworld.py downloaded into build/realworld/, their test suites cut into episodes.

@@ -7,6 +7,8 @@ on the very traces the model's run scored (those that fit its context).
     python benchmarks/model_quality.py [--model bundled] [--limit 200] [--rollout-limit 50]
     python benchmarks/model_quality.py --sets CRUXEval     # one set (run several at once)
     python benchmarks/model_quality.py --prepare           # the datasets only
+    python benchmarks/model_quality.py --model M --build-max-tokens 4096 --out build/quality4k
+    python benchmarks/model_quality.py --model M ... --max-tokens 1024   # a 1,024 model's traces
 
 Every eval directory is kept under OUT (rerunning resumes them); the table is printed as
 markdown, with the per-value-type breakdown of changed values.
@@ -23,39 +25,47 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TRACEKIT = [sys.executable, "-m", "tracekit.cli"]
 # name: (source spec, extra `dataset build` options)
+# ("BOUND": traces over --build-max-tokens CWM tokens are not built; each eval also leaves
+# out those over its model's context, in the model's own tokens)
 SETS = {
     "held-out synthetic": ("synthetic:600:9001", ["--synthetic-size", "2", "--max-tokens",
-                                                  "1024"]),
+                                                  "BOUND"]),
     "CRUXEval": ("cruxeval", []),
-    "HumanEval": ("humaneval", ["--max-tokens", "1024"]),
-    "realworld": ("realworld", ["--max-tokens", "1024"]),  # 89 of its 286 fit the model
+    "HumanEval": ("humaneval", ["--max-tokens", "BOUND"]),
+    "realworld": ("realworld", ["--max-tokens", "BOUND"]),
 }
 METRICS = (("state_exact", "state exact"), ("action_exact", "action exact"))
-ROLLOUT_BUDGET = 2048  # tokens per free rollout: twice the longest trace the model trained on
+ROLLOUT_BUDGET = 4096  # tokens per free rollout (one stops sooner when its context is full)
 
 
 def tracekit(*args: str) -> None:
     subprocess.run([*TRACEKIT, *args], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
 
 
-def build(name: str, out: Path) -> Path:
+def build(name: str, out: Path, bound: int) -> Path:
     spec, extra = SETS[name]
     directory = out / name.split()[-1].lower()
     if not (directory / "manifest.json").exists():
-        tracekit("dataset", "build", spec, "-o", str(directory), "--split", "0,0,1", *extra)
+        tracekit("dataset", "build", spec, "-o", str(directory), "--split", "0,0,1",
+                 *[str(bound) if option == "BOUND" else option for option in extra])
     return directory
 
 
-def run_directory(dataset: Path, model: str, mode: str, out: Path, limit: int | None) -> Path:
-    return out / f"{dataset.name}-{model.replace('/', '_')}-{mode}-{limit or 'all'}"
+def run_directory(dataset: Path, model: str, mode: str, out: Path, limit: int | None,
+                  max_tokens: int | None = None) -> Path:
+    bound = f"-max{max_tokens}" if max_tokens else ""
+    return out / f"{dataset.name}-{model.replace('/', '_')}-{mode}-{limit or 'all'}{bound}"
 
 
-def evaluate(dataset: Path, model: str, mode: str, out: Path, limit: int | None) -> dict:
-    directory = run_directory(dataset, model, mode, out, limit)
+def evaluate(dataset: Path, model: str, mode: str, out: Path, limit: int | None,
+             max_tokens: int | None = None) -> dict:
+    directory = run_directory(dataset, model, mode, out, limit, max_tokens)
     args = ["eval", str(dataset), "--model", model, "--mode", mode, "-o", str(directory),
             "--budget-tokens", str(ROLLOUT_BUDGET)]
     if limit:
         args += ["--limit", str(limit)]
+    if max_tokens:
+        args += ["--max-tokens", str(max_tokens)]
     if (directory / "run.json").exists():
         args.append("--resume")
     tracekit(*args)
@@ -91,18 +101,27 @@ def main() -> None:
                         help="Teacher-forced on the first N traces of each set (0: all).")
     parser.add_argument("--rollout-limit", type=int, default=50,
                         help="Free rollouts on the first N traces of each set (0: all).")
+    parser.add_argument("--build-max-tokens", type=int, default=1024,
+                        help="Build only the traces of at most N CWM tokens (the synthetic, "
+                             "HumanEval and real-world sets): 1,024 for the bundled model's "
+                             "card, 4096 for a model with that context (use another --out).")
+    parser.add_argument("--max-tokens", type=int, default=None,
+                        help="Leave out traces over N of the model's tokens (eval --max-tokens):"
+                             " to score a longer-context model on a shorter one's traces.")
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "quality")
     args = parser.parse_args()
     rows, types = [], []
     for name in args.sets:
-        dataset = build(name, args.out)
+        dataset = build(name, args.out, args.build_max_tokens)
         if args.prepare:
             continue
         forced = {args.model: evaluate(dataset, args.model, "teacher-forced", args.out,
-                                       args.limit or None)}
+                                       args.limit or None, args.max_tokens)}
         forced["copy"] = copy_on_the_same(dataset, run_directory(
-            dataset, args.model, "teacher-forced", args.out, args.limit or None))
-        rollout = evaluate(dataset, args.model, "rollout", args.out, args.rollout_limit or None)
+            dataset, args.model, "teacher-forced", args.out, args.limit or None,
+            args.max_tokens))
+        rollout = evaluate(dataset, args.model, "rollout", args.out, args.rollout_limit or None,
+                           args.max_tokens)
         for key, label in METRICS:
             rows.append(f"| {name}: {label} | {forced[args.model]['traces']} | "
                         f"{cell(forced['copy'], key)} | {cell(forced[args.model], key)} |")

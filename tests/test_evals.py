@@ -326,6 +326,13 @@ def test_oracle_and_copy_runs_write_every_report_file(dataset, tmp_path):
     assert "is a file: choose a directory" in into_file.output
 
 
+def bundled_context() -> int:
+    """The bundled model's context (positions), from its config."""
+    from tracekit.model.checkpoint import BUNDLED
+
+    return json.loads((Path(BUNDLED) / "config.json").read_text())["max_position_embeddings"]
+
+
 def test_the_demos_sample_programs_fit_the_bundled_models_context(dataset):
     """So that `tracekit demo` predicts and scores every one of them, its end included."""
     from tracekit.datasets.files import load_rows
@@ -339,13 +346,13 @@ def test_the_demos_sample_programs_fit_the_bundled_models_context(dataset):
     assert len(rows) == len(list((ROOT / "data" / "programs").glob("*.py")))
     for row in rows:
         trace = row_trace(row)
-        assert len(trace_prompt_ids(tokenizer, trace.context, trace.frames, end=True)) <= 1024, \
-            row["id"]
+        assert len(trace_prompt_ids(tokenizer, trace.context, trace.frames, end=True)) \
+            <= bundled_context(), row["id"]
 
 
 def test_traces_over_the_context_are_left_out_and_counted_in_every_mode(tmp_path):
-    """One short and two long programs (over the bundled model's 1,024 tokens, counted here
-    in its tokenizer): teacher-forced and rollout runs predict and score the short one only
+    """One short and two long programs (over the bundled model's context, counted here in
+    its tokenizer): teacher-forced and rollout runs predict and score the short one only
     (an output run all three: the call and return frames fit), and metrics.json, report.md and the command's output count the long ones per
     trace and per frame; --max-tokens leaves out what is longer than it, for a baseline too."""
     from tracekit.datasets.files import load_rows
@@ -357,8 +364,11 @@ def test_traces_over_the_context_are_left_out_and_counted_in_every_mode(tmp_path
     source = tmp_path / "progs.jsonl"
     body = "def f(n):\n    total = 0\n    for i in range(n):\n        total += i * i\n" \
            "    return total\n"
+    context = bundled_context()
+    scale = context // 1024  # 60 and 90 loops run past 1,024 tokens
     source.write_text("".join(json.dumps({"id": i, "code": body, "call": f"f({n})"}) + "\n"
-                              for i, n in (("short", 2), ("long", 60), ("longer", 90))))
+                              for i, n in (("short", 2), ("long", 60 * scale),
+                                           ("longer", 90 * scale))))
     run(["dataset", "build", str(source), "-o", str(tmp_path / "ds")])
     tokenizer = load_tokenizer(BUNDLED)
     lengths, frames, traces = {}, {}, {}
@@ -367,8 +377,8 @@ def test_traces_over_the_context_are_left_out_and_counted_in_every_mode(tmp_path
         lengths[row["id"]] = len(trace_prompt_ids(tokenizer, trace.context, trace.frames,
                                                   end=True))
         frames[row["id"]] = len(trace.frames)
-    assert lengths["short"] < 1024 < lengths["long"] < lengths["longer"]
-    over = "over the context (1024 tokens)"
+    assert lengths["short"] < context < lengths["long"] < lengths["longer"]
+    over = f"over the context ({context} tokens)"
     for mode in ("teacher-forced", "rollout", "output"):
         out = tmp_path / mode
         result = run(["eval", str(tmp_path / "ds"), "--mode", mode, "-o", str(out)])

@@ -239,8 +239,8 @@ traces in CWM's format.
   (`tokenizer.json`).
 - Data: the train split of {', '.join(options.datasets)}: {packed.traces} traces packed into
   {len(packed.rows)} rows ({packed.dropped} longer than a row left out), {packed.tokens:,} tokens.
-  Left out as equal to a held-out test program (CRUXEval, HumanEval) up to names:
-  {len(leaked)}{' (' + '; '.join(leaked[:5]) + ')' if leaked else ''}.
+  Left out as equal to a held-out test program (CRUXEval, HumanEval, the real-code set) up to
+  names: {len(leaked)}{' (' + '; '.join(leaked[:5]) + ')' if leaked else ''}.
 - Training: {config.steps} steps of {config.batch_rows} rows ({rows_seen * options.seq_len:,}
   token positions seen), {optimizer} lr {config.lr:g} (warmup {config.warmup}, cosine to
   {config.min_lr:g}), seed {config.seed}, {precision}; final training loss {last['loss']:.3f}.
