@@ -55,10 +55,10 @@ model: $(BIN)/.installed
 	$(BIN)/python -m tracekit.training bundle $(MODEL_RUN2) model/bundled
 
 # A third stage on real code, measured and not shipped (benchmarks/RESULTS.md, "Real code"):
-# from the bundled model's weights with a context of 4,096 tokens, on the test suites and docstring
-# examples of pinned PyPI projects (tracekit/training/real_code.py, downloaded into
-# build/model/pypi) and the standard library's examples, beside more synthetic programs;
-# data 10.5 min, training 50 min on 2 cores. Writes build/model/run3, not model/bundled.
+# from the bundled model's weights with a context of 4,096 tokens, on the test suites and
+# docstring examples of pinned PyPI projects (tracekit/training/real_code.py, downloaded
+# into build/model/pypi) and the standard library's examples, beside more synthetic
+# programs; data 10.5 min, training 43 min on 2 cores (2026-12-07). Writes build/model/run3.
 model-real: $(BIN)/.installed
 	$(call dataset,$(MODEL_DATA)/real,$$($(BIN)/python -m tracekit.training.real_code \
 	    --work build/model/pypi) --per-function 8)
