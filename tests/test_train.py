@@ -316,7 +316,7 @@ def test_init_starts_from_a_checkpoint_with_its_tokenizer_and_shape(dataset, tmp
     shaped = train(*args, "--set", "num_hidden_layers=3", "--init", str(tmp_path / "first"),
                    "-o", str(tmp_path / "other"))
     assert shaped.returncode == 2 and "--init keeps" in shaped.stderr
-    # a longer --seq-len lengthens the context: the config says so and rows are that long
+    # a longer --seq-len lengthens the context: the config and the card say so
     longer = train(*args, "--steps", "2", "--seq-len", "1024", "--init",
                    str(tmp_path / "first"), "-o", str(tmp_path / "longer"))
     assert longer.returncode == 0, longer.stderr[-2000:]
@@ -432,9 +432,9 @@ def test_val_traces_0_keeps_the_validation_loss_and_missing_validation_is_warned
 
 
 def test_the_real_code_trained_on_is_not_the_real_code_evaluated_on():
-    """`make model`'s real code: none of its projects is a project of the real-code evaluation
+    """`make model-real`'s real code: none of its projects is a project of the real-code evaluation
     set; the standard library's examples come from modules that run alone (none that runs
-    commands or draws random numbers); the card's table names every project's licence."""
+    commands or draws random numbers); the licences table names every project's licence."""
     from tracekit.evals.realworld import PROJECTS as EVALUATED
     from tracekit.training import real_code
 

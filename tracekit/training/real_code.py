@@ -1,4 +1,4 @@
-"""The real code `make model` trains on, as `tracekit dataset build` source specs:
+"""The real code `make model-real` trains on, as `tracekit dataset build` source specs:
 function-level episodes cut from the test suites of pinned, permissively licensed pure-Python
 projects from PyPI (`tests:`), their docstring examples and the standard library's
 (`doctest:`). No project of the real-code evaluation set (`evals/realworld.py`) is among
@@ -76,7 +76,8 @@ def stdlib_modules_with_examples() -> list[str]:
 
 
 def licences_table() -> str:
-    """The projects and their licences, as the model card lists them (Markdown)."""
+    """The projects, their versions and licences, and how each is used (Markdown; `--licences`
+    prints it for a run's card)."""
     rows = {**TESTED, **DOCTESTED}
     lines = ["| project | version | licence | used as |", "|---|---|---|---|"]
     for name in sorted(rows, key=str.lower):
