@@ -60,8 +60,10 @@ model: $(BIN)/.installed
 # into build/model/pypi) and the standard library's examples, beside more synthetic
 # programs; data 10.5 min, training 43 min on 2 cores (2026-12-07). Writes build/model/run3.
 model-real: $(BIN)/.installed
-	$(call dataset,$(MODEL_DATA)/real,$$($(BIN)/python -m tracekit.training.real_code \
-	    --work build/model/pypi) --per-function 8)
+	mkdir -p build/model
+	test -e $(MODEL_DATA)/real/stats.json || $(BIN)/python -m tracekit.training.real_code \
+	    --work build/model/pypi > build/model/real-specs.txt
+	$(call dataset,$(MODEL_DATA)/real,$$(cat build/model/real-specs.txt) --per-function 8)
 	$(call dataset,$(MODEL_DATA)/long2,synthetic:10000:131 --synthetic-size 2)
 	$(call dataset,$(MODEL_DATA)/long3,synthetic:6000:242 --synthetic-size 3)
 	$(call dataset,$(MODEL_DATA)/basic3,basic:10000:323)

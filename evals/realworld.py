@@ -6,6 +6,8 @@ so that the programs import what they import. `tracekit dataset build realworld`
 
     make realworld     # python -m tracekit.evals.realworld -o data/realworld
 
+A download that fails exits 1 with one line naming the project and the fix.
+
 Never train on it: `held_out_programs` (tracekit/training/run.py) keeps it out of every
 training run.
 """
@@ -90,7 +92,10 @@ def main() -> None:
                         help="where the source distributions are downloaded and unpacked")
     parser.add_argument("--per-project", type=int, default=PER_PROJECT)
     args = parser.parse_args()
-    checkouts = [c.resolve() for c in pypi.download(PROJECTS, args.work)]
+    try:
+        checkouts = [c.resolve() for c in pypi.download(PROJECTS, args.work)]
+    except pypi.DownloadError as exc:
+        raise SystemExit(f"error: {exc}") from None
     rows = make(checkouts, args.output, args.per_project)
     print(f"{len(rows)} episodes from {len(checkouts)} projects in {args.output}")
 

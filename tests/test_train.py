@@ -447,3 +447,16 @@ def test_the_real_code_trained_on_is_not_the_real_code_evaluated_on():
     table = real_code.licences_table()
     for name, (version, licence) in {**real_code.TESTED, **real_code.DOCTESTED}.items():
         assert f"| {name} | {version} | {licence} |" in table
+
+
+def test_a_download_that_fails_is_one_line_naming_the_project(tmp_path):
+    """`make model-real` with no route to the package index: the spec printer exits 1 with one
+    line naming the first project and the fix (and prints no specs for `make` to build)."""
+    env = {**os.environ, "PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_RETRIES": "0",
+           "PIP_TIMEOUT": "1", "PIP_NO_CACHE_DIR": "1", "PIP_CONFIG_FILE": os.devnull}
+    done = subprocess.run([sys.executable, "-m", "tracekit.training.real_code", "--work",
+                           str(tmp_path)], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 1 and done.stdout == ""
+    [line] = done.stderr.splitlines()
+    assert line.startswith("error: pip could not download cachetools==5.3.3 (")
+    assert line.endswith(f"or unpack its sdist into {tmp_path / 'cachetools-5.3.3'}")

@@ -6,6 +6,8 @@ them, and every training run's leakage check (`run.held_out_programs`) drops any
 equal to a CRUXEval, HumanEval or real-code evaluation function all the same.
 
     python -m tracekit.training.real_code --work build/model/pypi   # downloads; prints specs
+
+A download that fails exits 1 with one line naming the project and the fix.
 """
 
 from __future__ import annotations
@@ -95,7 +97,13 @@ def main() -> None:
     parser.add_argument("--licences", action="store_true",
                         help="print the projects' licences as a Markdown table instead")
     args = parser.parse_args()
-    print(licences_table() if args.licences else " ".join(specs(args.work.resolve())))
+    if args.licences:
+        print(licences_table())
+        return
+    try:
+        print(" ".join(specs(args.work.resolve())))
+    except pypi.DownloadError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 if __name__ == "__main__":
