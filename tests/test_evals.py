@@ -745,3 +745,7 @@ def test_the_eval_speed_benchmark_finds_both_paths_equal(capsys):
     assert "one program at a time" in out and "programs batched" in out
     assert re.search(r"predictions: 0 of \d+ frames differ; metrics identical", out), out
     assert re.search(r"predictions: 0 of \d+ rollouts differ; metrics identical", out), out
+    floor = re.search(r"floor: the new path's one forward over each real trace took "
+                      r"(\d+\.\d) s; a run of those forwards and nothing else would be "
+                      r"(\d+\.\d)x the old path's whole run", out)
+    assert floor and float(floor[1]) > 0, out
