@@ -93,7 +93,6 @@ def compare(mode: str, runs: dict[str, dict]) -> None:
         print(f"floor: the new path's one forward over each real trace took {new['whole']:.1f} s;"
               f" a run of those forwards and nothing else would be "
               f"{old['seconds'] / new['whole']:.1f}x the old path's whole run")
-    if mode == "teacher-forced":
         frames = differ = 0
         for a, b in zip(old["records"], new["records"], strict=True):
             frames += len(a["ids"])
