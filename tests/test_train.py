@@ -452,8 +452,9 @@ def test_the_real_code_trained_on_is_not_the_real_code_evaluated_on():
 def test_a_download_that_fails_is_one_line_naming_the_project(tmp_path):
     """`make model-real` with no route to the package index: the spec printer exits 1 with one
     line naming the first project and the fix (and prints no specs for `make` to build)."""
-    env = {**os.environ, "PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_RETRIES": "0",
-           "PIP_TIMEOUT": "1", "PIP_NO_CACHE_DIR": "1", "PIP_CONFIG_FILE": os.devnull}
+    env = {name: value for name, value in os.environ.items() if not name.startswith("PIP_")}
+    env |= {"PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_RETRIES": "0",  # refused
+            "PIP_TIMEOUT": "1", "PIP_NO_CACHE_DIR": "1", "PIP_CONFIG_FILE": os.devnull}
     done = subprocess.run([sys.executable, "-m", "tracekit.training.real_code", "--work",
                            str(tmp_path)], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 1 and done.stdout == ""
