@@ -49,6 +49,15 @@ def benchmark_module(name: str) -> ModuleType:
     return module
 
 
+def bundled_context() -> int:
+    """The bundled model's context (positions), read from its config, not from the runtime
+    that the tests check against it."""
+    from tracekit.model.checkpoint import BUNDLED
+    from tracekit.model.config import CwmConfig
+
+    return CwmConfig.from_file(BUNDLED).max_position_embeddings
+
+
 @pytest.fixture(params=SUPPORTED_PYTHONS)
 def python(request) -> str:
     """Each CPython 3.10-3.13 found on PATH or under pyenv; absent ones skip with a reason."""

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import bundled_context
 from tracekit.datasets.build import BuildOptions, build
 from tracekit.evals.compare import (
     compare_output,
@@ -326,13 +327,6 @@ def test_oracle_and_copy_runs_write_every_report_file(dataset, tmp_path):
     assert "is a file: choose a directory" in into_file.output
 
 
-def bundled_context() -> int:
-    """The bundled model's context (positions), from its config."""
-    from tracekit.model.checkpoint import BUNDLED
-
-    return json.loads((Path(BUNDLED) / "config.json").read_text())["max_position_embeddings"]
-
-
 def test_the_demos_sample_programs_fit_the_bundled_models_context(dataset):
     """So that `tracekit demo` predicts and scores every one of them, its end included."""
     from tracekit.datasets.files import load_rows
@@ -353,8 +347,9 @@ def test_the_demos_sample_programs_fit_the_bundled_models_context(dataset):
 def test_traces_over_the_context_are_left_out_and_counted_in_every_mode(tmp_path):
     """One short and two long programs (over the bundled model's context, counted here in
     its tokenizer): teacher-forced and rollout runs predict and score the short one only
-    (an output run all three: the call and return frames fit), and metrics.json, report.md and the command's output count the long ones per
-    trace and per frame; --max-tokens leaves out what is longer than it, for a baseline too."""
+    (an output run all three: the call and return frames fit), and metrics.json, report.md
+    and the command's output count the long ones per trace and per frame; --max-tokens leaves
+    out what is longer than it, for a baseline too."""
     from tracekit.datasets.files import load_rows
     from tracekit.datasets.rows import row_trace
     from tracekit.format.prompts import trace_prompt_ids

@@ -15,6 +15,8 @@ from functools import partial
 import pytest
 import torch
 
+from tests.conftest import bundled_context
+
 
 @pytest.fixture(scope="module")
 def served():
@@ -213,10 +215,7 @@ def test_a_client_predicts_with_the_served_models_own_tokenizer(served):
                       "        out.append(x * 2)\n    return out\n", "f([1, 2, 3])")
     remote = load_predictor(f"openai:{url}", "bundled", max_frame_tokens=64)
     local = load_predictor("bundled", max_frame_tokens=64)
-    from tracekit.model.checkpoint import BUNDLED
-
-    shipped = json.loads((BUNDLED / "config.json").read_text())["max_position_embeddings"]
-    assert remote.context_length == local.context_length == shipped
+    assert remote.context_length == local.context_length == bundled_context()
     assert remote.prompt(trace.context, trace.frames) == local.prompt(trace.context,
                                                                       trace.frames)
     steps = remote.teacher_forced(trace.context, trace.frames)
