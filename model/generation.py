@@ -384,6 +384,9 @@ def decode_rows(model: CwmForCausalLM, jobs: Iterable[RowJob], rows: int, max_le
     while len(running) < rows and start(len(running)):
         pass
     while running:
+        order = cache.reorder()  # longest rows first, when they have drifted far from it
+        if order is not None:
+            running[:] = [running[row] for row in order]
         finished = _step(model, cache, running, stops)
         for row in reversed(finished):  # the rows above each have found their place already
             state = running[row]

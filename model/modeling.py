@@ -275,7 +275,11 @@ class Attention(nn.Module):
         else:
             if cache is not None:  # k, v become every key this forward's queries may read
                 k, v = cache.store(self.layer, k, v)
-            if isinstance(cache, (StaticStep, RowCache)):  # one token a row, every slot
+            if isinstance(cache, RowCache):  # a few tokens a row, each band to its longest
+                out = torch.cat([grouped_attention(q[a:b], k[a:b, :, :span], v[a:b, :, :span],
+                                                   mask[a:b, ..., :span], scale)
+                                 for a, b, span in cache.bands])
+            elif isinstance(cache, StaticStep):  # one token, every slot
                 out = grouped_attention(q, k, v, mask, scale)
             elif not self.fast:
                 out = eager_attention(q, k, v, mask, scale)

@@ -729,6 +729,18 @@ def test_a_loaded_model_does_not_live_in_its_files(tmp_path):
         assert not any(start <= param.data_ptr() < end for start, end in mapped), name
 
 
+def _row_prefix(model_seed: int, seed: int, length: int):
+    """A tiny model (ours), `length` random ids and a one-row KVCache holding all of them in
+    order, what decode_rows' jobs start from."""
+    _, ours = pair(model_seed)
+    torch.manual_seed(seed)
+    ids = torch.randint(3, 300, (length,)).tolist()
+    with torch.inference_mode():
+        cache = KVCache(ours.config, 1, len(ids), torch.float32, rewind_margin=len(ids))
+        ours(torch.tensor([ids]), cache=cache)
+    return ours, ids, cache
+
+
 @pytest.mark.parametrize("fast,draft", [(False, 0), (True, 0), (True, 3)])
 def test_continuous_batching_decodes_each_job_as_it_would_decode_alone(fast, draft):
     """decode_rows over prefixes of different lengths (sliding layers past their window):
@@ -739,13 +751,8 @@ def test_continuous_batching_decodes_each_job_as_it_would_decode_alone(fast, dra
     take back the guesses the model does not make, and the forwards are fewer."""
     from tracekit.model.generation import RowJob, decode_rows
 
-    _, ours = pair(21)
+    ours, ids, cache = _row_prefix(21, 3, 60)
     ours.fast = fast
-    torch.manual_seed(3)
-    ids = torch.randint(3, 300, (60,)).tolist()
-    with torch.inference_mode():
-        cache = KVCache(ours.config, 1, len(ids), torch.float32, rewind_margin=len(ids))
-        ours(torch.tensor([ids]), cache=cache)
     lengths = [12, 40, 5, 59, 23]
     alone = {n: generate(ours, [ids[:n + 1]], 14)[0] for n in lengths}
     stop = alone[40].tokens[3]  # job 40 stops on its 4th token; others may stop on it too
@@ -766,6 +773,41 @@ def test_continuous_batching_decodes_each_job_as_it_would_decode_alone(fast, dra
     assert (len(forwards) < steps / 2) if draft else (len(forwards) >= steps / 2)
 
 
+@pytest.mark.parametrize("draft", [0, 3])
+def test_rows_moved_longest_first_keep_their_jobs(monkeypatch, draft):
+    """decode_rows with rows of very different lengths: the RowCache moves them into
+    longest-first order (each band of rows then reads up to its own longest), mid-decoding and
+    more than once as short jobs replace finished ones, and every job still writes greedy
+    `generate`'s tokens from its whole prompt."""
+    from tracekit.model.cache import RowCache
+    from tracekit.model.generation import RowJob, decode_rows
+
+    ours, ids, cache = _row_prefix(23, 5, 200)
+    ours.fast = True
+    lengths = [5, 150, 9, 190, 30, 120, 15, 170, 60, 100, 3, 180, 8, 140, 20, 195, 2, 160]
+    budgets = {n: 6 + n % 7 for n in lengths}  # rows finish at different steps
+    alone = {n: generate(ours, [ids[:n + 1]], budgets[n])[0] for n in lengths}
+    moves = []
+    reorder = RowCache.reorder
+
+    def counted(self):
+        order = reorder(self)
+        if order is not None:
+            assert sorted(order) == list(range(self.active)) and order != sorted(order)
+            moves.append(order)
+        return order
+
+    monkeypatch.setattr(RowCache, "reorder", counted)
+    jobs = (RowJob(n, cache, n, [ids[n]], budgets[n], guesses_from=ids[:n + 1])
+            for n in lengths)
+    done = dict(decode_rows(ours, jobs, 8, len(ids) + 16, (), draft))
+    assert len(moves) >= 2
+    assert sorted(done) == sorted(lengths)
+    for n in lengths:
+        assert done[n].tokens == alone[n].tokens, n
+        assert done[n].logprobs == pytest.approx(alone[n].logprobs, abs=1e-4)
+
+
 def test_a_row_job_goes_on_in_its_row_as_its_follow_says():
     """decode_rows with a `follow`: after its first generation a job keeps only part of its
     row, feeds several tokens one forward at a time, and writes again; its second generation
@@ -773,12 +815,7 @@ def test_a_row_job_goes_on_in_its_row_as_its_follow_says():
     the other row runs beside it, and the job is yielded once, with its last generation."""
     from tracekit.model.generation import Continuation, RowJob, decode_rows
 
-    _, ours = pair(22)
-    torch.manual_seed(4)
-    ids = torch.randint(3, 300, (50,)).tolist()
-    with torch.inference_mode():
-        cache = KVCache(ours.config, 1, len(ids), torch.float32, rewind_margin=len(ids))
-        ours(torch.tensor([ids]), cache=cache)
+    ours, ids, cache = _row_prefix(22, 4, 50)
     seen = []
 
     def follow(generation):
