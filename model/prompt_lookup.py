@@ -22,46 +22,49 @@ class PromptLookup:
     """A growing (and shrinkable) token sequence, indexed to guess what follows it. The longest
     match wins: the last `longest` tokens, else fewer, down to one; the guess copies what
     followed that match's most recent earlier occurrence (overlapping the end as an LZ77 copy
-    does, so a repeating run continues). Extending or truncating costs per token changed."""
+    does, so a repeating run continues). The index (each n-gram's last occurrence) catches up
+    at the next guess, at a cost per token added; truncating below what it holds rebuilds it."""
 
     def __init__(self, tokens: Iterable[int] = (), longest: int = 4):
         self.longest = longest
         self.tokens: list[int] = []
-        # n-gram -> index of its last token at each occurrence before the sequence's end
-        self._ends: list[dict[tuple[int, ...], list[int]]] = [{} for _ in range(longest)]
+        # n-gram -> index of its last token at its last occurrence before the sequence's end
+        self._last: list[dict[tuple[int, ...], int]] = [{} for _ in range(longest)]
+        self._indexed = 0  # the n-grams ending before position _indexed - 1 are in _last
         self.extend(tokens)
 
     def extend(self, tokens: Iterable[int]) -> None:
-        for token in tokens:
-            self.tokens.append(token)
-            end = len(self.tokens) - 2  # the n-grams ending here now have a continuation
-            for n in range(1, min(self.longest, end + 1) + 1):
-                self._ends[n - 1].setdefault(tuple(self.tokens[end - n + 1:end + 1]),
-                                             []).append(end)
+        self.tokens.extend(tokens)
 
     def truncate(self, length: int) -> None:
         """Forget every token from `length` on."""
-        while len(self.tokens) > length:
-            end = len(self.tokens) - 2
-            for n in range(1, min(self.longest, end + 1) + 1):
-                key = tuple(self.tokens[end - n + 1:end + 1])
-                ends = self._ends[n - 1][key]
-                ends.pop()
-                if not ends:
-                    del self._ends[n - 1][key]
-            self.tokens.pop()
+        del self.tokens[length:]
+        if self._indexed > length:  # n-grams it forgets may hide earlier occurrences
+            self._last = [{} for _ in range(self.longest)]
+            self._indexed = 0
 
     def guess(self, count: int) -> list[int]:
         """Up to `count` tokens to follow the sequence ([] when nothing matches)."""
+        self._catch_up()
         tokens, length = self.tokens, len(self.tokens)
         for n in range(min(self.longest, length), 0, -1):
-            ends = self._ends[n - 1].get(tuple(tokens[length - n:]))
-            if ends:
+            end = self._last[n - 1].get(tuple(tokens[length - n:]))
+            if end is not None:
                 guess: list[int] = []
-                for source in range(ends[-1] + 1, ends[-1] + 1 + count):
+                for source in range(end + 1, end + 1 + count):
                     guess.append(tokens[source] if source < length else guess[source - length])
                 return guess
         return []
+
+    def _catch_up(self) -> None:
+        """Index the n-grams that now have a continuation (ending up to the last but one)."""
+        seq, last = self.tokens, len(self.tokens) - 2
+        first = max(0, self._indexed - 1)
+        for n, index in enumerate(self._last, 1):
+            lo = max(first, n - 1)  # each n-gram ending at lo..last, in order: the last wins
+            grams = zip(*(seq[lo - n + 1 + i:last - n + 2 + i] for i in range(n)))
+            index.update(zip(grams, range(lo, last + 1)))
+        self._indexed = len(seq)
 
 
 def agreement(guess: list[int], chosen: list[int]) -> int:

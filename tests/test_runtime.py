@@ -245,6 +245,32 @@ def test_sampling_is_seeded_and_stops_on_stop_ids():
     assert stopped.tokens == greedy[:greedy.index(stop) + 1] and stopped.stopped
 
 
+def test_prompt_lookup_guesses_as_a_scan_of_the_whole_sequence_would():
+    """Random extends, truncates and guesses, each guess against a brute-force scan: the
+    longest tail (up to 4 tokens) that occurred before, at its latest occurrence, copied on."""
+    import random
+
+    def scanned(tokens: list[int], count: int) -> list[int]:
+        for n in range(min(4, len(tokens)), 0, -1):
+            tail = tokens[len(tokens) - n:]
+            ends = [e for e in range(n - 1, len(tokens) - 1) if tokens[e - n + 1:e + 1] == tail]
+            if ends:
+                copied = tokens[ends[-1] + 1:]
+                return [copied[i % len(copied)] for i in range(count)]
+        return []
+
+    rng = random.Random(7)
+    for _ in range(300):
+        alphabet = rng.choice([2, 5, 30])
+        lookup = PromptLookup([rng.randrange(alphabet) for _ in range(rng.randrange(12))])
+        for _ in range(25):
+            lookup.extend([rng.randrange(alphabet) for _ in range(rng.randrange(4))])
+            if rng.random() < 0.3:
+                lookup.truncate(rng.randrange(len(lookup.tokens) + 1))
+            count = rng.randrange(8)
+            assert lookup.guess(count) == scanned(lookup.tokens, count), lookup.tokens
+
+
 def test_prompt_lookup_guesses_copy_the_latest_longest_match():
     assert PromptLookup([1, 2, 3, 9, 1, 2]).guess(4) == [3, 9, 1, 2]
     assert PromptLookup([1, 2, 5, 8, 2, 6, 3, 1, 2]).guess(1) == [5]  # "1 2", not "2" -> 6
@@ -259,7 +285,9 @@ def test_prompt_lookup_guesses_copy_the_latest_longest_match():
     lookup.truncate(5)  # back to 5 6 7 5 6: as if never extended
     assert lookup.guess(2) == [7, 5] and lookup.tokens == [5, 6, 7, 5, 6]
     lookup.truncate(2)
-    assert lookup.guess(2) == [] and lookup._ends == PromptLookup([5, 6], longest=2)._ends
+    assert lookup.guess(2) == []
+    lookup.extend([5])
+    assert lookup.guess(3) == PromptLookup([5, 6, 5], longest=2).guess(3) == [6, 5, 6]
     assert agreement([1, 2, 3], [1, 2, 4]) == 2 and agreement([1, 2], [1, 2, 3]) == 2
     assert agreement([1, 2, 3], [1, 2]) == 2 and agreement([7], [1]) == agreement([], [1]) == 0
 
