@@ -105,6 +105,21 @@ def test_packing_keeps_traces_whole_and_apart(tokenizer, traces):
     assert (packed_logits - alone).abs().max() <= 1e-5
 
 
+def test_packing_leaves_out_traces_with_a_frame_the_predictor_could_not_write(tokenizer,
+                                                                              traces):
+    """--max-frame-tokens: a trace with a frame longer than the cap (the frame's tokens, its
+    closing separator included, each frame encoded on its own) is left out and counted."""
+    from tracekit.format.cwm import frame_wire_text
+
+    longest = [max(len(encode(tokenizer, frame_wire_text(f))) for f in t.frames) for t in traces]
+    cap = sorted(longest)[len(longest) // 2]
+    row = max(len(trace_ids(tokenizer, t)[0]) for t in traces)  # every trace fits a row
+    packed = pack(traces, tokenizer, row, max_frame_tokens=cap)
+    assert packed.long_frames == sum(n > cap for n in longest) > 0
+    assert packed.traces == sum(n <= cap for n in longest) > 0 and packed.dropped == 0
+    assert pack(traces, tokenizer, row).traces == len(traces)
+
+
 def test_a_compiled_training_step_computes_what_the_eager_one_does(tokenizer, traces, tmp_path):
     """--compile changes how the step runs, not what: the same losses and weights (within
     float rounding of fused kernels) over three steps from the same start."""

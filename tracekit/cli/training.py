@@ -56,6 +56,10 @@ CONFIG, OPTIONS = TrainConfig(), TrainOptions(datasets=())  # the defaults
               show_default=True,
               help="Validation traces predicted teacher-forced at each validation (0: none; the "
                    "validation loss is measured either way).")
+@click.option("--max-frame-tokens", type=click.IntRange(min=1), default=None,
+              help="Leave out traces with a frame longer than this, in the model's tokens "
+                   "(its separator included): frames the predictor, which cuts a frame at 256 "
+                   "(--max-frame-tokens of predict and eval), could never write.")
 @click.option("--loss-on-context", is_flag=True, help="Also learn to write the program text "
               "(by default the loss is on the trace's frames only).")
 @click.option("--bf16", is_flag=True, help="Train under bfloat16 autocast (weights and "
@@ -76,7 +80,7 @@ CONFIG, OPTIONS = TrainConfig(), TrainOptions(datasets=())  # the defaults
                "ends with the weights the whole run would have.")
 def train(datasets, out: Path, size, overrides, steps, batch_rows, accumulation, seq_len,
           vocab_size, lr, optimizer, warmup, seed, eval_every, save_every, val_traces,
-          loss_on_context, bf16, device, compile_model, init, resume) -> None:
+          max_frame_tokens, loss_on_context, bf16, device, compile_model, init, resume) -> None:
     """Train a CWM-architecture model from scratch (or from --init's weights) on DATASET...
     (`tracekit dataset build` directories: their train split trains, their validation split
     validates).
@@ -95,7 +99,8 @@ def train(datasets, out: Path, size, overrides, steps, batch_rows, accumulation,
     shape = _shape(overrides, init)
     options = TrainOptions(datasets=tuple(str(d) for d in datasets), size=size, shape=shape,
                            seq_len=seq_len, vocab_size=vocab_size, val_traces=val_traces,
-                           loss_on_context=loss_on_context, device=device,
+                           loss_on_context=loss_on_context,
+                           max_frame_tokens=max_frame_tokens, device=device,
                            init=str(init) if init is not None else None)
     config = TrainConfig(steps=steps, batch_rows=batch_rows, accumulation=accumulation, lr=lr,
                          min_lr=lr / 10, warmup=min(warmup, steps), seed=seed,

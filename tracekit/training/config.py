@@ -33,6 +33,7 @@ class TrainOptions:
     vocab_size: int = 2048
     val_traces: int = 100
     loss_on_context: bool = False
+    max_frame_tokens: int | None = None  # leave out traces with a longer frame (None: keep all)
     device: str = "cpu"
     init: str | None = None  # a checkpoint to start from: its weights, shape and tokenizer
 

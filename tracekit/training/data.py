@@ -62,6 +62,7 @@ class Packing:
     traces: int  # packed
     dropped: int  # longer than a row
     tokens: int  # in the packed traces
+    long_frames: int = 0  # left out for a frame longer than max_frame_tokens
 
 
 def trace_ids(tokenizer: Tokenizer, trace: Trace) -> tuple[list[int], int]:
@@ -74,18 +75,25 @@ def trace_ids(tokenizer: Tokenizer, trace: Trace) -> tuple[list[int], int]:
 
 
 def pack(traces: Iterable[Trace], tokenizer: Tokenizer, length: int,
-         loss_on_context: bool = False) -> Packing:
+         loss_on_context: bool = False, max_frame_tokens: int | None = None) -> Packing:
     """Whole traces packed first-fit, in order, into rows of `length` tokens (padding at a
     row's end: its own document, no loss). Targets are the next token inside each trace;
-    the context's tokens get none unless `loss_on_context`."""
+    the context's tokens get none unless `loss_on_context`. With `max_frame_tokens`, a trace
+    with a longer frame (its tokens and the separator that ends it) is left out: a frame the
+    predictor, which cuts a frame there, could never write."""
     pad = tokenizer.special_ids["<|pad|>"]
+    frame_sep = tokenizer.special_ids[FRAME_SEP]
     rows: list[list[tuple[list[int], int]]] = []
     room: list[int] = []
-    dropped = packed = tokens = 0
+    dropped = packed = tokens = long_frames = 0
     for trace in traces:
         ids, prompt = trace_ids(tokenizer, trace)
         if len(ids) > length:
             dropped += 1
+            continue
+        if max_frame_tokens is not None and _longest_frame(ids, prompt, frame_sep) > \
+                max_frame_tokens:
+            long_frames += 1
             continue
         packed, tokens = packed + 1, tokens + len(ids)
         # first fit among the last few open rows keeps the order nearly that of the data
@@ -110,7 +118,14 @@ def pack(traces: Iterable[Trace], tokenizer: Tokenizer, length: int,
             out.targets[r, at + first_target - 1:end - 1] = ids[first_target:]
             at = end
         out.documents[r, at:] = len(documents)  # the padding, a document of its own
-    return Packing(out, packed, dropped, tokens)
+    return Packing(out, packed, dropped, tokens, long_frames)
+
+
+def _longest_frame(ids: list[int], prompt: int, frame_sep: int) -> int:
+    """The most tokens of one frame in a trace's ids (the prompt ends with a frame
+    separator; each frame ends with one)."""
+    ends = [i for i in range(prompt - 1, len(ids)) if ids[i] == frame_sep]
+    return max((b - a for a, b in zip(ends, ends[1:])), default=0)
 
 
 def function_shapes(source: str) -> dict[str, str]:

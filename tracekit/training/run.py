@@ -74,7 +74,8 @@ def run(options: TrainOptions, config: TrainConfig, out: Path, resume: bool = Fa
     if distributed:
         torch.distributed.barrier()
     tokenizer = _tokenizer(out, training, options, resume, rank, distributed)
-    packed = pack((t for _, t in training), tokenizer, options.seq_len, options.loss_on_context)
+    packed = pack((t for _, t in training), tokenizer, options.seq_len, options.loss_on_context,
+                  options.max_frame_tokens)
     held = pack(validation[:VAL_LOSS_TRACES], tokenizer, options.seq_len,
                 options.loss_on_context)
     if not len(packed.rows):
@@ -229,6 +230,8 @@ def _finish(out: Path, model, log: list[dict], options: TrainOptions,
     precision = f"under {config.autocast} autocast" if config.autocast else "float32"
     shape = (f"that of `{options.init}`" if options.init else f"`{options.size}` preset"
              + (f" with {dict(options.shape)}" if options.shape else ""))
+    long_frames = (f", {packed.long_frames} with a frame over {options.max_frame_tokens} "
+                   "tokens left out" if options.max_frame_tokens is not None else "")
     (out / "README.md").write_text(f"""# {out.name}
 
 A CWM-architecture model trained {origin} by `tracekit train` to predict Python execution
@@ -238,7 +241,8 @@ traces in CWM's format.
   context {options.seq_len} tokens; tokenizer: byte-level BPE of {tokenizer.vocab_size} tokens
   (`tokenizer.json`).
 - Data: the train split of {', '.join(options.datasets)}: {packed.traces} traces packed into
-  {len(packed.rows)} rows ({packed.dropped} longer than a row left out), {packed.tokens:,} tokens.
+  {len(packed.rows)} rows ({packed.dropped} longer than a row left out{long_frames}),
+  {packed.tokens:,} tokens.
   Left out as equal to a held-out test program (CRUXEval, HumanEval, the real-code set) up to
   names: {len(leaked)}{' (' + '; '.join(leaked[:5]) + ')' if leaked else ''}.
 - Training: {config.steps} steps of {config.batch_rows} rows ({rows_seen * options.seq_len:,}
