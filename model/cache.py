@@ -290,9 +290,10 @@ class RowCache:
     place), and a forward runs those only, the same number of tokens each, written from the
     row's own length (`take_back` forgets those a row does not keep);
     attention reads the slots under a per-row mask, each band of rows (`bands`: up to `BANDS`
-    runs of consecutive rows) up to its own longest row, and `reorder` keeps the rows about
-    longest first so that a band's rows are about as long as each other (rows of mixed lengths
-    read up to the longest otherwise: 2.7x the slots they hold, in rollouts of CRUXEval).
+    runs of consecutive rows) up to its own longest row, and `reorder` keeps the rows in bands
+    by length (the longest in the first), so that a band's rows are about as long as each
+    other (rows of mixed lengths read up to the longest otherwise: 2.7x the slots they hold,
+    in rollouts of CRUXEval).
     Every slot holds its position (no ring: a sliding layer's window is a mask). `load` copies
     a prefix in from a one-row KVCache."""
 
@@ -364,20 +365,33 @@ class RowCache:
         self.bands = _bands(lengths.tolist(), new)
 
     def reorder(self) -> list[int] | None:
-        """Move the rows in use into longest-first order when the bands would read more than
-        `REORDER_AT` times what they read in that order (a copy of every row's slots, worth it
-        over the steps that follow). Returns the order (row i now holds what row `order[i]`
-        held), or None when the rows stay where they are."""
+        """When the bands would read more than `REORDER_AT` times what they read with the rows
+        ranked by length (the longest in the first band), move into each band the rows of its
+        ranks, only those that are in another band (a swap of a few rows' slots, usually).
+        Returns the order (row i now holds what row `order[i]` held), or None when the rows
+        stay where they are."""
         lengths = self.lengths[:self.active].tolist()
-        order = sorted(range(len(lengths)), key=lambda row: -lengths[row])
-        if _read(lengths) <= REORDER_AT * _read([lengths[row] for row in order]):
+        ranked = sorted(range(len(lengths)), key=lambda row: -lengths[row])
+        if _read(lengths) <= REORDER_AT * _read([lengths[row] for row in ranked]):
             return None
-        index = torch.tensor(order, device=self.lengths.device)
-        held = max(lengths)
+        cuts = _cuts(len(lengths))
+        band = {row: b for b, (first, end) in enumerate(zip(cuts, cuts[1:]))
+                for row in ranked[first:end]}  # each row's band by its rank
+        order = list(range(len(lengths)))
+        leaving = [[row for row in range(first, end) if band[row] != b]
+                   for b, (first, end) in enumerate(zip(cuts, cuts[1:]))]
+        for b, places in enumerate(leaving):  # as many rows come into a band as leave it
+            coming = [row for rows in leaving for row in rows if band[row] == b]
+            for place, row in zip(places, coming, strict=True):
+                order[place] = row
+        moved = [place for place, row in enumerate(order) if place != row]
+        into = torch.tensor(moved, device=self.lengths.device)
+        out_of = torch.tensor([order[place] for place in moved], device=self.lengths.device)
+        held = max(lengths[order[place]] for place in moved)
         for tensors in (self.keys, self.values):
             for tensor in tensors:
-                tensor[:len(order), :, :held] = tensor[index, :, :held]
-        self.lengths[:len(order)] = self.lengths[index]
+                tensor[into, :, :held] = tensor[out_of, :, :held]
+        self.lengths[into] = self.lengths[out_of]
         return order
 
     def next_positions(self, new: int, batch: int | None = None) -> torch.Tensor:
@@ -409,14 +423,19 @@ class RowCache:
 
 
 BANDS = 4  # bands of rows per RowCache step, each reading up to its own longest row
-REORDER_AT = 1.25  # RowCache.reorder sorts the rows when bands would read this much more
+REORDER_AT = 1.25  # RowCache.reorder moves rows when the bands would read this much more
+
+
+def _cuts(rows: int) -> list[int]:
+    """Where the bands of `rows` rows start, and the end: up to BANDS runs of about equal
+    size."""
+    return sorted({rows * band // BANDS for band in range(BANDS)} | {rows})
 
 
 def _bands(lengths: list[int], new: int) -> list[tuple[int, int, int]]:
-    """Rows 0..len(lengths) in up to BANDS runs of consecutive rows, each with the slots it
-    reads (its longest row's length and the step's `new` tokens)."""
-    rows = len(lengths)
-    cuts = sorted({rows * band // BANDS for band in range(BANDS)} | {rows})
+    """Rows 0..len(lengths) in their bands, each with the slots it reads (its longest row's
+    length and the step's `new` tokens)."""
+    cuts = _cuts(len(lengths))
     return [(first, end, max(lengths[first:end]) + new) for first, end in zip(cuts, cuts[1:])]
 
 

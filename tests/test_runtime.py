@@ -802,12 +802,13 @@ def test_continuous_batching_decodes_each_job_as_it_would_decode_alone(fast, dra
 
 
 @pytest.mark.parametrize("draft", [0, 3])
-def test_rows_moved_longest_first_keep_their_jobs(monkeypatch, draft):
-    """decode_rows with rows of very different lengths: the RowCache moves them into
-    longest-first order (each band of rows then reads up to its own longest), mid-decoding and
-    more than once as short jobs replace finished ones, and every job still writes greedy
-    `generate`'s tokens from its whole prompt."""
-    from tracekit.model.cache import RowCache
+def test_rows_moved_into_bands_by_length_keep_their_jobs(monkeypatch, draft):
+    """decode_rows with rows of very different lengths: the RowCache moves them so that each
+    band of rows holds the rows of its ranks by length (the longest in the first; each band
+    then reads up to its own longest), mid-decoding and more than once as short jobs replace
+    finished ones, and every job still writes greedy `generate`'s tokens from its whole
+    prompt."""
+    from tracekit.model.cache import RowCache, _bands
     from tracekit.model.generation import RowJob, decode_rows
 
     ours, ids, cache = _row_prefix(23, 5, 200)
@@ -822,6 +823,9 @@ def test_rows_moved_longest_first_keep_their_jobs(monkeypatch, draft):
         order = reorder(self)
         if order is not None:
             assert sorted(order) == list(range(self.active)) and order != sorted(order)
+            lengths = self.lengths[:self.active].tolist()
+            bands = [lengths[first:end] for first, end, _ in _bands(lengths, 1)]
+            assert all(min(a) >= max(b) for a, b in zip(bands, bands[1:])), bands
             moves.append(order)
         return order
 
