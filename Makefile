@@ -58,8 +58,9 @@ model: $(BIN)/.installed
 # from the bundled model's weights with a context of 4,096 tokens, on the test suites and
 # docstring examples of pinned PyPI projects (tracekit/training/real_code.py, downloaded
 # into build/model/pypi) and the standard library's examples, beside more synthetic
-# programs; data 11.7 min, training 53 min on 2 cores (2026-12-07: the second try, lr 1e-3
-# and 600 steps with replay2, which kept synthetic states within the CI). Writes
+# programs; data 11 min, training 51-53 min on 2 cores (2026-12-08: the third try, the
+# second's lr 1e-3 and 600 steps with replay2, and no trace with a frame over the
+# predictor's 256 tokens; every synthetic figure within the shipped model's CIs). Writes
 # build/model/run3.
 model-real: $(BIN)/.installed
 	mkdir -p build/model
@@ -72,7 +73,8 @@ model-real: $(BIN)/.installed
 	$(call dataset,$(MODEL_DATA)/replay2,synthetic:10000:151 --synthetic-size 2)
 	$(call train,$(MODEL_RUN3),$(MODEL_DATA)/real $(MODEL_DATA)/long2 $(MODEL_DATA)/long3 \
 	    $(MODEL_DATA)/basic3 $(MODEL_DATA)/replay2 --init model/bundled --seq-len 4096 \
-	    --batch-rows 4 --eval-every 0 --steps 600 --lr 1e-3 --optimizer muon)
+	    --batch-rows 4 --eval-every 0 --steps 600 --lr 1e-3 --optimizer muon \
+	    --max-frame-tokens 256)
 
 # The real-code evaluation set (data/realworld/): the pinned PyPI projects of
 # evals/realworld.py downloaded into build/realworld/, their test suites cut into episodes.
