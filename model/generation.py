@@ -384,7 +384,7 @@ def decode_rows(model: CwmForCausalLM, jobs: Iterable[RowJob], rows: int, max_le
     while len(running) < rows and start(len(running)):
         pass
     while running:
-        order = cache.reorder()  # longest rows first, when they have drifted far from it
+        order = cache.reorder()  # rows into bands by length, when they have drifted from them
         if order is not None:
             running[:] = [running[row] for row in order]
         finished = _step(model, cache, running, stops)
