@@ -124,8 +124,8 @@ def pack(traces: Iterable[Trace], tokenizer: Tokenizer, length: int,
 def _longest_frame(ids: list[int], prompt: int, frame_sep: int) -> int:
     """The most tokens of one frame in a trace's ids (the prompt ends with a frame
     separator; each frame ends with one)."""
-    ends = [i for i in range(prompt - 1, len(ids)) if ids[i] == frame_sep]
-    return max((b - a for a, b in zip(ends, ends[1:])), default=0)
+    ends = np.flatnonzero(np.asarray(ids[prompt - 1:]) == frame_sep)
+    return int(np.diff(ends).max()) if len(ends) > 1 else 0
 
 
 def function_shapes(source: str) -> dict[str, str]:
