@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # before `pip install -e .` and this pin is never consulted.
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: demo test bench clean model model-real realworld
+.PHONY: demo test bench clean model realworld
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,16 +24,21 @@ test: $(BIN)/.installed
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/tracer.py
 
-# The bundled model (model/bundled/), in two stages on 2 CPU cores with Muon under bf16
+# The bundled model (model/bundled/), in three stages on 2 CPU cores with Muon under bf16
 # autocast: (1) from scratch on synthetic programs; (2) from stage 1's weights (--init) on
-# more synthetic programs and on everyday functions. 1 h 2 min end to end on a 2-core VM with
-# bubblewrap (2026-11-30): the five data builds 12 min, stage 1 23 min, stage 2 27 min;
-# without bubblewrap every program gets its own sandbox and the builds take ~50 min.
-# Logs: build/model/run*/training_log.jsonl. Killed, run it again: the builds and the training
-# resume where they stopped.
+# more synthetic programs and on everyday functions; (3) from stage 2's weights, as bundled
+# in bfloat16, with a context of 4,096 tokens, on the test suites and docstring examples of
+# pinned PyPI projects (tracekit/training/real_code.py, downloaded into build/model/pypi) and
+# the standard library's examples beside more synthetic programs, leaving out traces with a
+# frame over the predictor's 256 tokens. Stages 1-2: 1 h 2 min on a 2-core VM with
+# bubblewrap (2026-11-30: data 12 min, training 23 + 27 min); stage 3: data 11 min,
+# training 51 min (2026-12-08). Without bubblewrap every program gets its own sandbox and
+# the builds take ~4x as long. Logs: build/model/run*/training_log.jsonl. Killed, run it
+# again: the builds and the training resume where they stopped.
 MODEL_DATA := build/model/data
 MODEL_RUN := build/model/run
 MODEL_RUN2 := build/model/run2
+MODEL_STAGE2 := build/model/stage2
 MODEL_RUN3 := build/model/run3
 # $(call dataset,DIR,SOURCE SPEC AND OPTIONS): build DIR unless it is built, resuming a killed build
 dataset = test -e $(1)/stats.json || $(BIN)/tracekit dataset build $(2) -o $(1) \
@@ -52,18 +57,8 @@ model: $(BIN)/.installed
 	test -e $(MODEL_RUN2)/model.safetensors || $(call train,$(MODEL_RUN2),$(MODEL_DATA)/names2 \
 	    $(MODEL_DATA)/names3 $(MODEL_DATA)/basic --init $(MODEL_RUN) --steps 1000 --lr 2e-3 \
 	    --optimizer muon)
-	$(BIN)/python -m tracekit.training bundle $(MODEL_RUN2) model/bundled
-
-# A third stage on real code, measured and not shipped (benchmarks/RESULTS.md, "Real code"):
-# from the bundled model's weights with a context of 4,096 tokens, on the test suites and
-# docstring examples of pinned PyPI projects (tracekit/training/real_code.py, downloaded
-# into build/model/pypi) and the standard library's examples, beside more synthetic
-# programs; data 11 min, training 51-53 min on 2 cores (2026-12-08: the third try, the
-# second's lr 1e-3 and 600 steps with replay2, and no trace with a frame over the
-# predictor's 256 tokens; every synthetic figure within the shipped model's CIs). Writes
-# build/model/run3.
-model-real: $(BIN)/.installed
-	mkdir -p build/model
+	test -e $(MODEL_STAGE2)/model.safetensors || \
+	    $(BIN)/python -m tracekit.training bundle $(MODEL_RUN2) $(MODEL_STAGE2)
 	test -e $(MODEL_DATA)/real/stats.json || $(BIN)/python -m tracekit.training.real_code \
 	    --work build/model/pypi > build/model/real-specs.txt
 	$(call dataset,$(MODEL_DATA)/real,$$(cat build/model/real-specs.txt) --per-function 8)
@@ -71,10 +66,11 @@ model-real: $(BIN)/.installed
 	$(call dataset,$(MODEL_DATA)/long3,synthetic:6000:242 --synthetic-size 3)
 	$(call dataset,$(MODEL_DATA)/basic3,basic:10000:323)
 	$(call dataset,$(MODEL_DATA)/replay2,synthetic:10000:151 --synthetic-size 2)
-	$(call train,$(MODEL_RUN3),$(MODEL_DATA)/real $(MODEL_DATA)/long2 $(MODEL_DATA)/long3 \
-	    $(MODEL_DATA)/basic3 $(MODEL_DATA)/replay2 --init model/bundled --seq-len 4096 \
-	    --batch-rows 4 --eval-every 0 --steps 600 --lr 1e-3 --optimizer muon \
-	    --max-frame-tokens 256)
+	test -e $(MODEL_RUN3)/model.safetensors || $(call train,$(MODEL_RUN3),$(MODEL_DATA)/real \
+	    $(MODEL_DATA)/long2 $(MODEL_DATA)/long3 $(MODEL_DATA)/basic3 $(MODEL_DATA)/replay2 \
+	    --init $(MODEL_STAGE2) --seq-len 4096 --batch-rows 4 --eval-every 0 --steps 600 \
+	    --lr 1e-3 --optimizer muon --max-frame-tokens 256)
+	$(BIN)/python -m tracekit.training bundle $(MODEL_RUN3) model/bundled
 
 # The real-code evaluation set (data/realworld/): the pinned PyPI projects of
 # evals/realworld.py downloaded into build/realworld/, their test suites cut into episodes.
