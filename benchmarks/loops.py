@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from tracekit.execution.sandbox import run_trace  # noqa: E402
 from tracekit.format.trace import Trace  # noqa: E402
-from tracekit.prediction.debugger import ModelStepper, Program, Track  # noqa: E402
+from tracekit.prediction.debugger import ModelStepper, SourceMap, Track  # noqa: E402
 from tracekit.prediction.predict import GREEDY, load_predictor  # noqa: E402
 from tracekit.programs.sources import basic  # noqa: E402
 
@@ -78,7 +78,7 @@ def set_probe(predictor, start: Trace, source: str, body: str, bound: str,
     frame of `start` (the traced call), then greedy to the end."""
     real = run_trace(source, f"f({value})")
     track = Track(ModelStepper(predictor, start.context, GREEDY), start.frames[:1],
-                  Program(start.context))
+                  SourceMap(start.context))
     track.set_value(bound, value)
     track.run_to(set())
     rounds = sum(frame.source.strip() == body for frame in track.frames)
