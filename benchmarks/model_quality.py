@@ -7,8 +7,8 @@ on the very traces the model's run scored (those that fit its context).
     python benchmarks/model_quality.py [--model bundled] [--limit 200] [--rollout-limit 50]
     python benchmarks/model_quality.py --sets CRUXEval     # one set (run several at once)
     python benchmarks/model_quality.py --prepare           # the datasets only
-    python benchmarks/model_quality.py --model M --build-max-tokens 4096 --out build/quality4k
-    python benchmarks/model_quality.py --model M ... --max-tokens 1024   # a 1,024 model's traces
+    python benchmarks/model_quality.py --model M --build-max-tokens 1024 --out build/quality
+    python benchmarks/model_quality.py --max-tokens 1024   # the traces a 1,024 model reads
 
 Every eval directory is kept under OUT (rerunning resumes them); the table is printed as
 markdown, with the per-value-type breakdown of changed values.
@@ -101,14 +101,14 @@ def main() -> None:
                         help="Teacher-forced on the first N traces of each set (0: all).")
     parser.add_argument("--rollout-limit", type=int, default=50,
                         help="Free rollouts on the first N traces of each set (0: all).")
-    parser.add_argument("--build-max-tokens", type=int, default=1024,
+    parser.add_argument("--build-max-tokens", type=int, default=4096,
                         help="Build only the traces of at most N CWM tokens (the synthetic, "
-                             "HumanEval and real-world sets): 1,024 for the bundled model's "
-                             "card, 4096 for a model with that context (use another --out).")
+                             "HumanEval and real-world sets): 4,096 for the bundled model's "
+                             "card; a set built with another N needs another --out.")
     parser.add_argument("--max-tokens", type=int, default=None,
                         help="Leave out traces over N of the model's tokens (eval --max-tokens):"
                              " to score a longer-context model on a shorter one's traces.")
-    parser.add_argument("--out", type=Path, default=ROOT / "build" / "quality")
+    parser.add_argument("--out", type=Path, default=ROOT / "build" / "quality4k")
     args = parser.parse_args()
     rows, types = [], []
     for name in args.sets:

@@ -298,35 +298,34 @@ def test_back_over_a_set_compares_with_the_real_run_again(bundled):
         assert not track.is_edited
 
 
-COUNT = "def f(k):  # << START_OF_TRACE\n    i = 0\n    while i < k:\n        i += 1\n" \
-        "    return i\n"
+SUM = "def f(items):  # << START_OF_TRACE\n    total = 0\n    for x in items:\n" \
+      "        total += x\n    return total\n"
 
 
 def test_set_of_a_loop_bound_changes_how_many_rounds_the_model_predicts(bundled):
-    """`set` is counterfactual execution: with the bound edited at the call frame, the bundled
-    model's trace runs another number of rounds. It does not follow loops in general
-    (`benchmarks/loops.py`: 0 of 23 `set` probes right); the case chosen is one it gets right:
-    `while i < k: i += 1` (README's count.py) called as f(3), where it runs the real run's 3
-    rounds, and after `set k = 1` one round and `return 1`, as the real run with k = 1 does
-    (greedy; found by a search over bounds 0-4 of seven one-loop functions: it gets k = 1 right
-    from every start, and no other edited bound)."""
-    trace = run_trace(COUNT, "f(3)")
+    """`set` is counterfactual execution: with the list a loop walks edited at the call frame,
+    the bundled model's trace runs another number of rounds. It does not follow loops in
+    general (`benchmarks/loops.py`: 1 of 23 `set` probes right): traced as f([5, 6]) it runs 4
+    rounds, not 2; after `set items = [1]` it runs one round and returns 1, as the real run of
+    f([1]) does (greedy; the one edit it gets right in a search over four one-loop functions
+    and bounds 0-4, 2026-12-08)."""
+    trace = run_trace(SUM, "f([5, 6])")
 
     def rounds(frames) -> int:
-        return sum(f.source.strip() == "i += 1" for f in frames)
+        return sum(f.source.strip() == "total += x" for f in frames)
 
     def predicted(edit: str | None) -> tuple[int, str]:
         track = Track(ModelStepper(bundled, trace.context, GREEDY), trace.frames[:1],
                       SourceMap(trace.context))
         if edit is not None:
-            track.set_value("k", edit)
-            assert track.frames[0].locals == {"k": edit} and track.is_edited
+            track.set_value("items", edit)
+            assert track.frames[0].locals == {"items": edit} and track.is_edited
         track.run_to(set())
         return rounds(track.frames), track.frames[-1].arg
 
-    real = run_trace(COUNT, "f(1)")
-    assert predicted(None)[0] == 3 == rounds(trace.frames)
-    assert predicted("1") == (1, "1") == (rounds(real.frames), real.frames[-1].arg)
+    real = run_trace(SUM, "f([1])")
+    assert rounds(trace.frames) == 2 and predicted(None)[0] == 4
+    assert predicted("[1]") == (1, "1") == (rounds(real.frames), real.frames[-1].arg)
 
 
 def test_ctrl_c_during_a_prediction_stops_it_and_keeps_the_session(bundled, capsys):

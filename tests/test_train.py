@@ -447,7 +447,7 @@ def test_val_traces_0_keeps_the_validation_loss_and_missing_validation_is_warned
 
 
 def test_the_real_code_trained_on_is_not_the_real_code_evaluated_on():
-    """`make model-real`'s real code: none of its projects is a project of the real-code evaluation
+    """`make model`'s real code: none of its projects is a project of the real-code evaluation
     set; the standard library's examples come from modules that run alone (none that runs
     commands or draws random numbers); the licences table names every project's licence."""
     from tracekit.evals.realworld import PROJECTS as EVALUATED
@@ -465,7 +465,7 @@ def test_the_real_code_trained_on_is_not_the_real_code_evaluated_on():
 
 
 def test_a_download_that_fails_is_one_line_naming_the_project(tmp_path):
-    """`make model-real` with no route to the package index: the spec printer exits 1 with one
+    """`make model` with no route to the package index: the spec printer exits 1 with one
     line naming the first project and the fix (and prints no specs for `make` to build)."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("PIP_")}
     env |= {"PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_RETRIES": "0",  # refused

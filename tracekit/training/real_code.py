@@ -1,4 +1,4 @@
-"""The real code `make model-real` trains on, as `tracekit dataset build` source specs:
+"""The real code `make model`'s third stage trains on, as `tracekit dataset build` source specs:
 function-level episodes cut from the test suites of pinned, permissively licensed pure-Python
 projects from PyPI (`tests:`), their docstring examples and the standard library's
 (`doctest:`). No project of the real-code evaluation set (`evals/realworld.py`) is among
