@@ -307,8 +307,9 @@ def test_set_of_a_loop_bound_changes_how_many_rounds_the_model_predicts(bundled)
     the bundled model's trace runs another number of rounds. It does not follow loops in
     general (`benchmarks/loops.py`: 1 of 23 `set` probes right): traced as f([5, 6]) it runs 4
     rounds, not 2; after `set items = [1]` it runs one round and returns 1, as the real run of
-    f([1]) does (greedy; the one edit it gets right in a search over four one-loop functions
-    and bounds 0-4, 2026-12-08)."""
+    f([1]) does (greedy; the one edit it gets right that changes its count, in a search over
+    bounds 0-4 of five one-loop functions, `benchmarks/loops.py`'s four and README's count.py,
+    2026-12-08)."""
     trace = run_trace(SUM, "f([5, 6])")
 
     def rounds(frames) -> int:
