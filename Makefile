@@ -30,11 +30,12 @@ bench: $(BIN)/.installed
 # in bfloat16, with a context of 4,096 tokens, on the test suites and docstring examples of
 # pinned PyPI projects (tracekit/training/real_code.py, downloaded into build/model/pypi) and
 # the standard library's examples beside more synthetic programs, leaving out traces with a
-# frame over the predictor's 256 tokens. Stages 1-2: 1 h 2 min on a 2-core VM with
-# bubblewrap (2026-11-30: data 12 min, training 23 + 27 min); stage 3: data 11 min,
-# training 51 min (2026-12-08). Without bubblewrap every program gets its own sandbox and
-# the builds take ~4x as long. Logs: build/model/run*/training_log.jsonl. Killed, run it
-# again: the builds and the training resume where they stopped.
+# frame over the predictor's 256 tokens. From a fresh clone on a 2-core VM with bubblewrap
+# (2026-12-08): 2 h 6 min, other work beside its first hour; its last hour alone held stage
+# 2's data and training (21 min) and stage 3's (38 min). Without bubblewrap every program
+# gets its own sandbox and the builds take ~4x as long. Logs:
+# build/model/run*/training_log.jsonl. Killed, run it again: the builds and the training
+# resume where they stopped.
 MODEL_DATA := build/model/data
 MODEL_RUN := build/model/run
 MODEL_RUN2 := build/model/run2
